@@ -1,0 +1,38 @@
+# Two commands on a fresh clone:  make demo  |  make test
+# Both create .venv if absent and install everything the project needs (torch pinned first: a
+# CPU build; an unpinned torch would pull a multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.truncbridge-installed
+TORCH_VERSION ?= 2.13.0
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install demo test bench clean train-default-model
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==$(TORCH_VERSION)
+	$(PIP) -e '.[test,mpc]'
+	# crypten 0.4.1 declares the dead `sklearn` package: install it without deps (its real needs
+	# come from the `mpc` extra above); truncbridge.crypten_compat makes it import on this torch.
+	$(PIP) --no-deps crypten==0.4.1
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/truncbridge emulate
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python launch/bench_emulator.py
+
+train-default-model: install
+	$(BIN)/python launch/train_default_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,26 @@
+"""Helpers for tests that build small IR programs by hand."""
+from __future__ import annotations
+
+import torch
+
+from truncbridge.execute import RingExecutor, run_float
+from truncbridge.ir import Program
+from truncbridge.placement import place
+
+
+def float_maxabs(program: Program, inputs: dict[str, torch.Tensor]) -> dict[int, float]:
+    out: dict[int, float] = {}
+
+    def visit(node, value):
+        out[node.id] = value.abs().max().item() if value.numel() else 0.0
+
+    run_float(program, inputs, visit=visit)
+    return out
+
+
+def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bits=64, frac_bits=16, policy="eager"):
+    """Place with bounds calibrated on the same inputs, run exactly, return decoded outputs and plan."""
+    plan = place(program, policy, field_bits, frac_bits, float_maxabs(program, inputs))
+    ex = RingExecutor(plan)
+    outs, violations = ex.run(inputs, check=True)
+    return ex.decode_outputs(outs), plan, violations

@@ -1,0 +1,147 @@
+"""The emulator's integers equal an independent Python-int computation in Z_2^l."""
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from truncbridge.execute import RingExecutor
+from truncbridge.ir import Node, Program
+from truncbridge.placement import Plan
+from truncbridge.ring import Ring, matmul_mod64
+
+N = 3  # every tensor in the random programs is N x N
+
+
+def signed(v: int, bits: int) -> int:
+    v %= 1 << bits
+    return v - (1 << bits) if v >= 1 << (bits - 1) else v
+
+
+class Reference:
+    """Plain Python integers, reduced mod 2^bits after every operation; no torch involved."""
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    def map2(self, a, b, fn):
+        return [[signed(fn(x, y), self.bits) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+
+    def run(self, op, args, attrs, consts):
+        a = args[0]
+        if op == "add":
+            return self.map2(a, args[1], lambda x, y: x + y)
+        if op == "mul":
+            return self.map2(a, args[1], lambda x, y: x * y)
+        if op == "neg":
+            return self.map2(a, a, lambda x, _: -x)
+        if op == "mul_public":
+            return self.map2(a, consts[attrs["const"]], lambda x, c: x * c)
+        if op == "add_public":
+            return self.map2(a, consts[attrs["const"]], lambda x, c: x + c)
+        if op == "trunc":  # Python >> is floor division
+            half = (1 << attrs["shift"]) >> 1 if attrs["rounding"] == "nearest" else 0
+            return self.map2(a, a, lambda x, _: signed(x + half, self.bits) >> attrs["shift"])
+        if op == "shl":
+            return self.map2(a, a, lambda x, _: x << attrs["shift"])
+        if op == "matmul":
+            b = args[1]
+            return [[signed(sum(a[i][k] * b[k][j] for k in range(N)), self.bits) for j in range(N)] for i in range(N)]
+        if op == "sum":  # over dim 1, keepdim: broadcast back is not needed, keep N x 1
+            return [[signed(sum(row), self.bits)] for row in a]
+        raise AssertionError(op)
+
+
+OPS = ("add", "mul", "neg", "mul_public", "add_public", "trunc", "shl", "matmul", "sum")
+
+
+@st.composite
+def programs(draw):
+    bits = draw(st.sampled_from([2, 8, 16, 31, 32, 33, 48, 63, 64]) | st.integers(2, 64))
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    ring_ints = st.integers(lo, hi)
+    matrix = st.lists(st.lists(ring_ints, min_size=N, max_size=N), min_size=N, max_size=N)
+    n_inputs = draw(st.integers(1, 3))
+    values = [draw(matrix) for _ in range(n_inputs)]
+    steps = []
+    for _ in range(draw(st.integers(1, 12))):
+        op = draw(st.sampled_from(OPS))
+        square = [i for i, v in enumerate(values) if len(v[0]) == N]
+        i = draw(st.sampled_from(square))
+        j = draw(st.sampled_from(square))
+        attrs = {}
+        if op in ("trunc", "shl"):
+            attrs["shift"] = draw(st.integers(0, bits - 1))
+        if op == "trunc":
+            attrs["rounding"] = draw(st.sampled_from(["nearest", "floor"]))
+        if op in ("mul_public", "add_public"):  # public constants come from float64: |c| < 2^53
+            c = (1 << (min(bits, 53) - 1))
+            attrs["value"] = draw(st.lists(st.lists(st.integers(-c, c - 1), min_size=N, max_size=N), min_size=N, max_size=N))
+        steps.append((op, (i, j) if op in ("add", "mul", "matmul") else (i,), attrs))
+        values.append([[0]] if op == "sum" else [[0] * N] * N)
+    return bits, values[:n_inputs], steps
+
+
+def build(bits, inputs, steps):
+    prog = Program()
+    for k, _ in enumerate(inputs):
+        prog.nodes.append(Node(k, "input", (), (N, N), {"name": f"x{k}"}, scale=0))
+        prog.inputs[f"x{k}"] = k
+    for op, ins, attrs in steps:
+        nid = len(prog.nodes)
+        attrs = dict(attrs)
+        shape = (N, 1) if op == "sum" else (N, N)
+        if "value" in attrs:
+            prog.consts[f"c{nid}"] = torch.tensor(attrs.pop("value"), dtype=torch.float64)
+            attrs.update(const=f"c{nid}", const_scale=0)
+        if op == "sum":
+            attrs.update(dims=[1], keepdim=True)
+        prog.nodes.append(Node(nid, op, ins, shape, attrs, scale=0))
+    prog.outputs = list(range(len(inputs), len(prog.nodes)))
+    return Plan(prog, bits, 0, "test", {n.id: bits for n in prog.nodes})
+
+
+@settings(max_examples=150, deadline=None)
+@given(programs())
+def test_random_programs_match_python_integers(case):
+    bits, inputs, steps = case
+    plan = build(bits, inputs, steps)
+    ints = {f"x{k}": torch.tensor(v, dtype=torch.int64) for k, v in enumerate(inputs)}
+    outs, _ = RingExecutor(plan).run(ints)
+
+    ref = Reference(bits)
+    env = [[[signed(x, bits) for x in row] for row in v] for v in inputs]
+    consts = {k: [[int(x) for x in row] for row in v.tolist()] for k, v in plan.program.consts.items()}
+    for node in plan.program.nodes[len(inputs):]:
+        env.append(ref.run(node.op, [env[i] for i in node.inputs], node.attrs, consts))
+    for out_id, got in zip(plan.program.outputs, outs):
+        assert got.tolist() == env[out_id], plan.program.nodes[out_id].op
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-(2**63), 2**63 - 1, (rows, inner), generator=g)
+    b = torch.randint(-(2**63), 2**63 - 1, (inner, cols), generator=g)
+    want = [[signed(sum(int(a[i, k]) * int(b[k, j]) for k in range(inner)), 64) for j in range(cols)] for i in range(rows)]
+    assert matmul_mod64(a, b, method="limbs").tolist() == want
+    assert matmul_mod64(a, b, method="int64").tolist() == want
+
+
+def test_small_operands_take_one_exact_float64_gemm():
+    a = torch.randint(-(2**20), 2**20, (7, 64))
+    b = torch.randint(-(2**20), 2**20, (64, 5))
+    assert torch.equal(matmul_mod64(a, b, method="float64"), a @ b)
+
+
+@given(st.integers(2, 64), st.integers(-(2**63), 2**63 - 1))
+def test_reduce_is_the_signed_representative(bits, v):
+    assert Ring(bits).reduce(torch.tensor([v])).item() == signed(v, bits)
+
+
+@given(st.integers(2, 64), st.integers(0, 63), st.data())
+def test_truncation_is_floor_of_the_signed_value(bits, shift, data):
+    v = data.draw(st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
+    got = Ring.trunc_floor(torch.tensor([v]), shift).item()
+    assert got == v // 2**shift

@@ -1,0 +1,9 @@
+"""The one exception type that means "the user asked for something we cannot do".
+
+The CLI turns a ``UserError`` into a one-line message and exit status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: unknown model, missing file, impossible field size, unsupported operator, ..."""

@@ -1,0 +1,131 @@
+"""Executors for IR programs: real-valued (float64) and exact fixed-point (ring Z_2^l).
+
+``run_float`` gives the IR's own real-valued result: the float model with every nonlinearity
+replaced by its recipe, and no rounding. Calibration reads node magnitudes from it.
+``run_ring`` executes a placed plan bit-exactly; with ``check`` it counts elements whose integer
+exceeds the bound the plan promised.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .ir import Node, Program, aten_op, resolve_args
+from .placement import Plan
+from .ring import Ring
+
+
+def _move(node: Node, args: list[torch.Tensor], consts) -> torch.Tensor:
+    a = node.attrs
+    args = [x.contiguous() for x in args]  # clones are folded away, views need contiguous inputs
+    return aten_op(a["fn"])(*resolve_args(a["args"], args, consts), **resolve_args(a.get("kwargs", {}), args, consts))
+
+
+def run_float(program: Program, inputs: dict[str, torch.Tensor],
+              visit: Callable[[Node, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+    """Real-valued execution in float64; ``visit(node, value)`` sees every node's value."""
+    consts = program.consts
+    env: dict[int, torch.Tensor] = {}
+    for node in program.nodes:
+        x = [env[i] for i in node.inputs]
+        op, a = node.op, node.attrs
+        if op == "input":
+            v = inputs[a["name"]].double()
+        elif op == "weight":
+            v = program.weights[a["name"]]
+        elif op == "add":
+            v = x[0] + x[1]
+        elif op == "neg":
+            v = -x[0]
+        elif op == "mul" or op == "mul_public" or op == "add_public":
+            other = x[1] if op == "mul" else consts[a["const"]]
+            v = x[0] + other if op == "add_public" else x[0] * other
+        elif op == "matmul":
+            v = torch.matmul(x[0], x[1])
+        elif op == "sum":
+            v = x[0].sum(dim=a["dims"], keepdim=a["keepdim"])
+        elif op == "pow2":
+            v = x[0] * 2.0 ** a["exp"]
+        elif op == "move":
+            v = _move(node, x, consts)
+        elif op in ("output", "trunc", "shl"):
+            v = x[0]
+        else:
+            raise ValueError(f"unknown op {op}")
+        env[node.id] = v
+        if visit is not None:
+            visit(node, v)
+    return [env[o] for o in program.outputs]
+
+
+class RingExecutor:
+    """Runs a plan in Z_2^field_bits on ``device``; public constants are encoded once."""
+
+    def __init__(self, plan: Plan, device: str | torch.device = "cpu"):
+        self.plan = plan
+        self.ring = Ring(plan.field_bits)
+        self.device = torch.device(device)
+        self.weights: dict[str, torch.Tensor] = {}
+        self.encoded: dict[int, torch.Tensor] = {}  # node id -> encoded public operand
+        for node in plan.program.nodes:
+            if node.op == "weight":
+                self.weights[node.attrs["name"]] = self._encode(plan.program.weights[node.attrs["name"]], node.scale)
+            elif node.op == "mul_public":
+                self.encoded[node.id] = self._encode(plan.program.consts[node.attrs["const"]], node.attrs["const_scale"])
+            elif node.op == "add_public":
+                self.encoded[node.id] = self._encode(plan.program.consts[node.attrs["const"]], node.scale)
+        self.index_consts = {k: v.to(self.device) for k, v in plan.program.consts.items()}
+
+    def _encode(self, value: torch.Tensor, scale: int) -> torch.Tensor:
+        return self.ring.encode(value, scale).to(self.device)
+
+    def run(self, inputs: dict[str, torch.Tensor], check: bool = False) -> tuple[list[torch.Tensor], int]:
+        """Returns (output integers, number of elements that broke their promised bound)."""
+        ring, plan = self.ring, self.plan
+        env: dict[int, torch.Tensor] = {}
+        violations = 0
+        for node in plan.program.nodes:
+            x = [env[i] for i in node.inputs]
+            op, a = node.op, node.attrs
+            if op == "input":
+                given = inputs[a["name"]]
+                # int64 inputs are ring elements already; floats are real values to encode
+                v = ring.reduce(given.to(self.device)) if given.dtype == torch.int64 else self._encode(given, node.scale)
+            elif op == "weight":
+                v = self.weights[a["name"]]
+            elif op == "add":
+                v = ring.add(x[0], x[1])
+            elif op == "neg":
+                v = ring.neg(x[0])
+            elif op == "mul":
+                v = ring.mul(x[0], x[1])
+            elif op == "matmul":
+                v = ring.matmul(x[0], x[1])
+            elif op == "mul_public":
+                v = ring.mul(x[0], self.encoded[node.id])
+            elif op == "add_public":
+                v = ring.add(x[0], self.encoded[node.id])
+            elif op == "sum":
+                v = ring.sum(x[0], a["dims"], a["keepdim"])
+            elif op == "move":
+                v = _move(node, x, self.index_consts)
+            elif op == "trunc":
+                rounding = a.get("rounding", "nearest")
+                v = ring.trunc_nearest(x[0], a["shift"]) if rounding == "nearest" else ring.trunc_floor(x[0], a["shift"])
+            elif op == "shl":
+                v = ring.shl(x[0], a["shift"])
+            elif op in ("pow2", "output"):
+                v = x[0]  # pow2 only relabels the scale
+            else:
+                raise ValueError(f"unknown op {op}")
+            env[node.id] = v
+            if check:
+                limit = 1 << (plan.bound_bits(node) - 1) if plan.bound_bits(node) <= 64 else None
+                if limit is not None and limit < 2**63:
+                    violations += int(((v >= limit) | (v < -limit)).sum())
+        return [env[o] for o in plan.program.outputs], violations
+
+    def decode_outputs(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        nodes = self.plan.program.nodes
+        return [Ring.decode(v.cpu(), nodes[o].scale) for v, o in zip(outs, self.plan.program.outputs)]

@@ -1,0 +1,205 @@
+"""The intermediate representation: a straight-line program over secret tensors.
+
+Nodes are in topological order and hold real-valued semantics; the placement pass later gives
+each node a fixed-point ``scale`` (fractional bits) and inserts ``trunc`` / ``shl`` nodes, turning
+the same ``Program`` into a plan that the emulator and the CrypTen backend execute.
+
+Operations (inputs are node ids; public tensors live in ``Program.consts``):
+
+    input        secret input of the client (attrs: name, integer)   — the one-hot token matrix
+    weight       secret tensor of the model owner (attrs: name)
+    add, neg     private addition / negation (local in MPC)
+    mul          private elementwise product (Beaver: one round)
+    matmul       private matrix product (torch.matmul semantics)
+    mul_public   product with a public tensor or scalar (attrs: const)
+    add_public   sum with a public tensor or scalar (attrs: const)
+    sum          sum over dims (attrs: dims, keepdim)
+    pow2         multiply by the public 2^exp (attrs: exp) — free in fixed point
+    move         data movement (attrs: fn = ATen op name, args with "$i" input / "@name" const refs)
+    output       the revealed result
+  placement adds:
+    trunc        drop ``shift`` fractional bits (attrs: shift, rounding = "nearest" | "floor";
+                 nearest adds the public 2^(shift-1) first, a local operation in MPC)
+    shl          multiply the integer by 2^shift to raise the scale (attrs: shift)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PRIVATE_MULS = ("mul", "matmul")
+OPS = ("input", "weight", "add", "neg", "mul", "matmul", "mul_public", "add_public", "sum", "pow2",
+       "move", "output", "trunc", "shl")
+
+
+@dataclass
+class Node:
+    id: int
+    op: str
+    inputs: tuple[int, ...]
+    shape: tuple[int, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # "module.path:aten_node" the node was lowered from
+    recipe: str = ""  # name of the approximation recipe that emitted it, if any
+    scale: int | None = None  # fractional bits, set by placement
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Program:
+    nodes: list[Node] = field(default_factory=list)
+    consts: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)  # input name -> node id
+    outputs: list[int] = field(default_factory=list)
+
+    def __getitem__(self, node_id: int) -> Node:
+        return self.nodes[node_id]
+
+    def users(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.id)
+        return out
+
+
+def resolve_args(template: Any, tensors: list[Any], consts: dict[str, Any]) -> Any:
+    """Replace "$i" by ``tensors[i]`` and "@name" by ``consts[name]`` inside a nested arg template."""
+    if isinstance(template, str):
+        if template.startswith("$"):
+            return tensors[int(template[1:])]
+        if template.startswith("@"):
+            return consts[template[1:]]
+        return template
+    if isinstance(template, (list, tuple)):
+        return type(template)(resolve_args(t, tensors, consts) for t in template)
+    if isinstance(template, dict):
+        return {k: resolve_args(v, tensors, consts) for k, v in template.items()}
+    return template
+
+
+def aten_op(name: str):
+    """``"aten.permute.default"`` -> ``torch.ops.aten.permute.default``."""
+    _, op, overload = name.split(".")
+    return getattr(getattr(torch.ops.aten, op), overload)
+
+
+class Builder:
+    """Appends nodes to a Program, inferring shapes on meta tensors."""
+
+    def __init__(self, program: Program | None = None):
+        self.program = program or Program()
+        self.origin = ""
+        self.recipe = ""
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _meta(self, node_id: int) -> torch.Tensor:
+        return torch.empty(self.program[node_id].shape, device="meta")
+
+    def shape(self, node_id: int) -> tuple[int, ...]:
+        return self.program[node_id].shape
+
+    def emit(self, op: str, inputs: tuple[int, ...], shape: tuple[int, ...], **attrs: Any) -> int:
+        node = Node(len(self.program.nodes), op, tuple(inputs), tuple(shape), attrs, self.origin, self.recipe)
+        self.program.nodes.append(node)
+        return node.id
+
+    def const(self, value: torch.Tensor | float, hint: str = "c") -> str:
+        """Register a public constant (floats as float64, integer index tensors kept) by name."""
+        t = torch.as_tensor(value).detach().clone()
+        if t.is_floating_point() or t.dtype == torch.bool:
+            t = t.to(torch.float64)
+        name = f"{hint}{len(self.program.consts)}"
+        self.program.consts[name] = t
+        return name
+
+    # -- sources ----------------------------------------------------------------------------
+    def input(self, name: str, shape: tuple[int, ...], integer: bool = False) -> int:
+        nid = self.emit("input", (), shape, name=name, integer=integer)
+        self.program.inputs[name] = nid
+        return nid
+
+    def weight(self, name: str, value: torch.Tensor) -> int:
+        self.program.weights[name] = value.detach().to(torch.float64).clone()
+        return self.emit("weight", (), tuple(value.shape), name=name)
+
+    def output(self, x: int) -> int:
+        nid = self.emit("output", (x,), self.shape(x))
+        self.program.outputs.append(nid)
+        return nid
+
+    # -- arithmetic -------------------------------------------------------------------------
+    def _broadcast(self, a: int, b: int) -> tuple[int, ...]:
+        return tuple(torch.broadcast_shapes(self.shape(a), self.shape(b)))
+
+    def add(self, a: int, b: int) -> int:
+        return self.emit("add", (a, b), self._broadcast(a, b))
+
+    def neg(self, a: int) -> int:
+        return self.emit("neg", (a,), self.shape(a))
+
+    def sub(self, a: int, b: int) -> int:
+        return self.add(a, self.neg(b))
+
+    def mul(self, a: int, b: int) -> int:
+        return self.emit("mul", (a, b), self._broadcast(a, b))
+
+    def matmul(self, a: int, b: int) -> int:
+        shape = torch.matmul(self._meta(a), self._meta(b)).shape
+        return self.emit("matmul", (a, b), tuple(shape))
+
+    def _public(self, op: str, a: int, value: torch.Tensor | float) -> int:
+        name = self.const(value)
+        shape = torch.broadcast_shapes(self.shape(a), tuple(self.program.consts[name].shape))
+        return self.emit(op, (a,), tuple(shape), const=name)
+
+    def mul_public(self, a: int, value: torch.Tensor | float) -> int:
+        t = torch.as_tensor(value, dtype=torch.float64)
+        if t.numel() == 1:
+            v = float(t)
+            if v == 1.0:
+                return a
+            if v != 0 and abs(v) == 2.0 ** round(torch.log2(torch.tensor(abs(v))).item()):
+                out = self.pow2(a, round(torch.log2(torch.tensor(abs(v))).item()))
+                return out if v > 0 else self.neg(out)
+        return self._public("mul_public", a, t)
+
+    def add_public(self, a: int, value: torch.Tensor | float) -> int:
+        t = torch.as_tensor(value, dtype=torch.float64)
+        if t.numel() == 1 and float(t) == 0.0:
+            return a
+        return self._public("add_public", a, t)
+
+    def pow2(self, a: int, exp: int) -> int:
+        return a if exp == 0 else self.emit("pow2", (a,), self.shape(a), exp=int(exp))
+
+    def sum(self, a: int, dims: list[int], keepdim: bool = False) -> int:
+        shape = self._meta(a).sum(dim=dims, keepdim=keepdim).shape
+        return self.emit("sum", (a,), tuple(shape), dims=list(dims), keepdim=bool(keepdim))
+
+    def move(self, fn: str, inputs: list[int], args: Any, kwargs: dict[str, Any] | None = None) -> int:
+        """Data movement: apply the ATen op ``fn`` to inputs (referenced as "$i" inside ``args``)."""
+        kwargs = kwargs or {}
+        metas = [self._meta(i) for i in inputs]
+        meta_consts = _MetaView(self.program.consts)
+        out = aten_op(fn)(*resolve_args(args, metas, meta_consts), **resolve_args(kwargs, metas, meta_consts))
+        return self.emit("move", tuple(inputs), tuple(out.shape), fn=fn, args=args, kwargs=kwargs)
+
+
+class _MetaView:
+    """Read-only view of a const table that hands out meta copies (for shape inference)."""
+
+    def __init__(self, consts: dict[str, torch.Tensor]):
+        self._consts = consts
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._consts[name].to("meta")

@@ -1,0 +1,24 @@
+"""Accuracy of emulated logits against the float model, per position over windows of text."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def compare_logits(float_logits: torch.Tensor, emu_logits: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+    """Logits (positions, vocab) of both models and the token ids they were run on.
+
+    top1_agreement: share of positions where both models predict the same next token;
+    kl_mean: mean KL(p_float || p_emulated) in nats; perplexities are of ids[1:] given the prefix.
+    """
+    f, e = float_logits.double(), emu_logits.double()
+    logp_f, logp_e = f.log_softmax(-1), e.log_softmax(-1)
+    targets = ids[1:]
+    return {
+        "top1_agreement": (f.argmax(-1) == e.argmax(-1)).double().mean().item(),
+        "kl_mean": (logp_f.exp() * (logp_f - logp_e)).sum(-1).mean().item(),
+        "max_abs_logit_error": (f - e).abs().max().item(),
+        "ppl_float": math.exp(-logp_f[:-1].gather(-1, targets[:, None]).mean().item()),
+        "ppl_emulated": math.exp(-logp_e[:-1].gather(-1, targets[:, None]).mean().item()),
+    }

@@ -1,0 +1,218 @@
+"""Recipes: nonlinear functions as additions, multiplications and free power-of-two rescales.
+
+Each recipe is range-aware: it is given the interval its input lies in (calibrated, widened by a
+safety margin) and an absolute tolerance, and picks its parameters — normalisation shifts,
+iteration counts, polynomial degree — by simulating itself in float64 over that interval. The
+parameters it picked are written on the nodes it emits (``attrs["recipe_params"]`` on the first
+one) so a plan says exactly what was computed. No recipe uses a comparison.
+
+    exp         limit method (1 + u + u^2/2 + u^3/6)^(2^n), u = x/2^n, n sized by the interval
+    reciprocal  x = u 2^k with u in (0, 1]; Newton  y <- y (2 - u y)  from a public start
+    rsqrt       x = u 4^k with u in (0, 1]; Newton  y <- y (3 - u y^2) / 2  from a public start
+    chebyshev   any smooth elementwise f: Chebyshev interpolant on the interval, T_k by doubling
+    softmax     centred on the row mean; exp by the limit with interleaved normalisations (no max)
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .ir import Builder
+
+EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
+MAX_NEWTON_ITERS = 40
+MAX_CHEBYSHEV_DEGREE = 96
+NEWTON_STARTS = (0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@contextmanager
+def recipe(b: Builder, name: str, **params):
+    """Tag the nodes emitted inside with the recipe name; record its parameters on the first."""
+    previous, first = b.recipe, len(b.program.nodes)
+    b.recipe = name
+    try:
+        yield
+    finally:
+        b.recipe = previous
+        if len(b.program.nodes) > first:
+            b.program.nodes[first].attrs["recipe_params"] = {k: _jsonable(v) for k, v in params.items()}
+
+
+def _jsonable(v):
+    return float(v) if isinstance(v, (float, np.floating)) else v
+
+
+def _positive_range(name: str, lo: float, hi: float) -> None:
+    if not (lo > 0 and hi >= lo and math.isfinite(hi)):
+        raise UserError(f"{name} needs a positive input range, calibration gave [{lo:.4g}, {hi:.4g}]")
+
+
+# -- exp -----------------------------------------------------------------------------------------
+def exp_iterations(lo: float) -> int:
+    """Squarings N for the limit method: at least EXP_MIN_ITERS, and u = lo / 2^N >= -3/4,
+    where the cubic base 1 + u + u^2/2 + u^3/6 is still above 1/2 and increasing."""
+    need = math.ceil(math.log2(-lo / 0.75)) if lo < -0.75 else 0
+    return max(EXP_MIN_ITERS, need)
+
+
+def exp_base(b: Builder, z: int, squarings: int) -> int:
+    """1 + u + u^2/2 + u^3/6 with u = z / 2^squarings: exp(u) to O(u^4), so that squaring it
+    ``squarings`` times gives exp(z) with relative error ~ z^4 / (24 * 8^squarings), where the
+    plain limit base 1 + u would leave z^2 / 2^(squarings + 1)."""
+    u = b.pow2(z, -squarings)
+    u2 = b.mul(u, u)
+    cubic = b.mul_public(b.mul(u2, u), 1.0 / 6.0)
+    return b.add_public(b.add(b.add(u, b.pow2(u2, -1)), cubic), 1.0)
+
+
+def exp(b: Builder, x: int, lo: float, hi: float) -> int:
+    n = exp_iterations(lo)
+    with recipe(b, "exp", method="limit", squarings=n, lo=lo, hi=hi):
+        y = exp_base(b, x, n)
+        for _ in range(n):
+            y = b.mul(y, y)
+    return y
+
+
+# -- Newton–Raphson ------------------------------------------------------------------------------
+def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[float, int]:
+    """Best public start c and iteration count so that ``step`` converges on u in [r, 1] to tol."""
+    us = np.geomspace(r, 1.0, 4000)
+    best = None
+    for c in NEWTON_STARTS:
+        y = np.full_like(us, c)
+        for it in range(1, MAX_NEWTON_ITERS + 1):
+            y = step(us, y)
+            if np.all(np.isfinite(y)) and np.max(start_error(us, y)) <= tol:
+                if best is None or it < best[1]:
+                    best = (c, it)
+                break
+    if best is None:
+        raise UserError(f"{name}: no Newton start converges within {MAX_NEWTON_ITERS} iterations "
+                        f"on a dynamic range of {1 / r:.3g}; narrow the input range")
+    return best
+
+
+def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
+    _positive_range("reciprocal", lo, hi)
+    k = math.ceil(math.log2(hi))
+    r = lo / 2.0**k
+    c, iters = _newton_plan(lambda u, y: y * (2 - u * y), lambda u, y: np.abs(1 - u * y), r, tol, "reciprocal")
+    with recipe(b, "reciprocal", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
+        u = b.pow2(x, -k)
+        y = b.add_public(b.mul_public(u, -c * c), 2 * c)  # first step from the public start c
+        for _ in range(iters - 1):
+            y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
+        out = b.pow2(y, -k)
+    return out
+
+
+def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
+    _positive_range("rsqrt", lo, hi)
+    k = max(0, math.ceil(math.log2(hi) / 2))
+    r = lo / 4.0**k
+    c, iters = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
+                            r, tol, "rsqrt")
+    with recipe(b, "rsqrt", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
+        u = b.pow2(x, -2 * k)
+        y = b.add_public(b.mul_public(u, -0.5 * c**3), 1.5 * c)
+        for _ in range(iters - 1):
+            half_uy2 = b.pow2(b.mul(u, b.mul(y, y)), -1)
+            y = b.mul(y, b.add_public(b.neg(half_uy2), 1.5))
+        out = b.pow2(y, -k)
+    return out
+
+
+# -- Chebyshev -----------------------------------------------------------------------------------
+def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[float, int, np.ndarray]:
+    """Centre m, shift K (t = (x - m) / 2^K in [-1, 1]) and coefficients of the lowest-degree fit."""
+    m = (lo + hi) / 2
+    K = math.ceil(math.log2(max((hi - lo) / 2, 2.0**-20)))
+    g = lambda t: fn(m + t * 2.0**K)  # noqa: E731
+    ts = np.linspace((lo - m) / 2.0**K, (hi - m) / 2.0**K, 4001)
+    exact = g(ts)
+    for degree in range(1, MAX_CHEBYSHEV_DEGREE + 1):
+        series = np.polynomial.chebyshev.Chebyshev.interpolate(g, degree)
+        if np.max(np.abs(series(ts) - exact)) <= tol:
+            coef = series.coef.copy()
+            coef[np.abs(coef) < tol / (4 * len(coef))] = 0.0  # drop terms that cannot matter
+            return m, K, coef
+    raise UserError(f"{name}: no Chebyshev fit of degree <= {MAX_CHEBYSHEV_DEGREE} reaches {tol:.2g} "
+                    f"on [{lo:.4g}, {hi:.4g}]")
+
+
+def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str) -> int:
+    m, K, coef = chebyshev_fit(fn, lo, hi, tol, name)
+    degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
+    with recipe(b, name, method="chebyshev", degree=degree, centre=m, shift=K, lo=lo, hi=hi):
+        t = b.pow2(b.add_public(x, -m), -K)
+        T = chebyshev_basis(b, t, degree)
+        terms = [b.mul_public(T[k], float(coef[k])) for k in range(1, degree + 1) if coef[k] != 0.0]
+        if not terms:  # constant function on the range
+            terms = [b.mul_public(t, 0.0)]
+        out = terms[0]
+        for term in terms[1:]:
+            out = b.add(out, term)
+        out = b.add_public(out, float(coef[0]))
+    return out
+
+
+def chebyshev_basis(b: Builder, t: int, degree: int) -> dict[int, int]:
+    """T_1..T_degree of a secret t by T_2k = 2 T_k^2 - 1 and T_2k+1 = 2 T_k T_k+1 - t (depth log d)."""
+    T = {1: t}
+    for k in range(2, degree + 1):
+        half = k // 2
+        if k % 2 == 0:
+            T[k] = b.add_public(b.pow2(b.mul(T[half], T[half]), 1), -1.0)
+        else:
+            T[k] = b.sub(b.pow2(b.mul(T[half], T[half + 1]), 1), t)
+    return T
+
+
+# -- softmax -------------------------------------------------------------------------------------
+def softmax_plan(zlo: float, zhi: float, row: int) -> tuple[int, int]:
+    """(normalisations m, total squarings N) for centred scores in [zlo, zhi] and rows of ``row``.
+
+    m makes exp(zhi / 2^m) <= row, so every reciprocal sees a range of at most [1, row];
+    N makes the base 1 + u + u^2/2 + u^3/6 with u = z / 2^N stay above 1/2 on [zlo, zhi].
+    """
+    m = max(0, math.ceil(math.log2(zhi / math.log(max(row, 2))))) if zhi > 0 else 0
+    return m, max(exp_iterations(zlo), m)
+
+
+def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float, zhi: float, tol: float) -> int:
+    """softmax along ``dim`` with no comparison and no max.
+
+    Scores are centred on their row mean (z = x - mean; the mean is local and free), then
+    exp(z) is the limit (1 + u + u^2/2 + u^3/6)^(2^N), u = z / 2^N, whose last m squarings are
+    interleaved with normalisations q <- q^2 / mean(q^2). A row of q has mean 1, so
+    mean(q^2) lies in [1, row] whatever the scores: the reciprocals have static, narrow ranges
+    and nothing overflows. ``keep`` is the public 0/1 mask of entries that are not -inf;
+    [zlo, zhi] is the calibrated (widened) range of the centred scores.
+    """
+    shape = b.shape(x)
+    n = shape[dim]
+    live = torch.ones(shape, dtype=torch.float64) if keep is None else keep.to(torch.float64)
+    inv_count = 1.0 / live.sum(dim, keepdim=True).clamp(min=1)  # public: 1 / live entries per row
+    m, N = softmax_plan(zlo, zhi, n)
+    with recipe(b, "softmax", normalisations=m, squarings=N, zlo=zlo, zhi=zhi, row=n):
+        xs = x if keep is None else b.mul_public(x, live)
+        mean = b.mul_public(b.sum(xs, [dim], keepdim=True), inv_count)
+        y = exp_base(b, b.sub(x, mean), N)
+        for _ in range(N - m):
+            y = b.mul(y, y)
+        if keep is not None:
+            y = b.mul_public(y, live)
+        first_hi = math.exp(zhi / 2**m) * 2
+        for k in range(m + 1):
+            if k:
+                y = b.mul(y, y)
+            t = b.mul_public(b.sum(y, [dim], keepdim=True), inv_count)  # mean over live entries
+            r = reciprocal(b, t, 0.5, first_hi if k == 0 else 2.0 * n, tol)
+            y = b.mul(y, r)
+        out = b.mul_public(y, inv_count)
+    return out
