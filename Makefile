@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python launch/bench_emulator.py
+	$(BIN)/python launch/bench.py
 
 train-default-model: install
 	$(BIN)/python launch/train_default_model.py

@@ -4,7 +4,7 @@ A small Llama-architecture causal LM (4 layers, hidden 128, 4 query / 2 key-valu
 MLP, RMSNorm, rotary embeddings, tied embeddings) with a 1024-token byte-level BPE, trained on the
 standard library's ``pydoc_data`` documentation (see ``truncbridge/data.py`` for the split).
 
-    python launch/train_default_model.py            # about 4 minutes on 2 CPU cores
+    python launch/train_default_model.py            # about 2.5 minutes on 2 CPU cores
 
 Seeded and single-process; the output directory is a regular Hugging Face checkpoint
 (config.json, model.safetensors, tokenizer files) plus ``heldout.txt`` and ``training.json``.

@@ -113,7 +113,7 @@ def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
 
 def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     _positive_range("rsqrt", lo, hi)
-    k = max(0, math.ceil(math.log2(hi) / 2))
+    k = math.ceil(math.log2(hi) / 2)  # may be negative: small inputs are scaled up, for free
     r = lo / 4.0**k
     c, iters = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
                             r, tol, "rsqrt")

@@ -1,0 +1,76 @@
+"""Benchmarks kept out of the test suite (``make bench``).
+
+Emulator: exact ring emulation vs the float model on the default model, and the three exact
+matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in the same
+run so the ratios are meaningful on a noisy machine.
+
+    python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from truncbridge.models import load_model
+from truncbridge.pipeline import build_plan, convert, emulate, tokenize_windows
+from truncbridge.ring import matmul_mod64
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_emulator(seq_len: int, windows: int, repeat: int) -> None:
+    loaded = load_model("default")
+    t = time.perf_counter()
+    converted = convert(loaded, seq_len, 16)
+    convert_s = time.perf_counter() - t
+    plan = build_plan(converted, "eager", 64, 16)
+    w = tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, windows)
+    runs = [emulate(converted, plan, w, check=False) for _ in range(repeat)]
+    fl = min(r.time_float for r in runs)
+    em = min(r.time_emulated for r in runs)
+    print(f"default model, seq {seq_len}, {len(w)} windows, best of {repeat}:")
+    print(f"  convert (capture + calibrate + lower)  {convert_s:8.2f} s")
+    print(f"  float model                           {fl:8.3f} s")
+    print(f"  exact emulation (Z_2^64, eager)       {em:8.3f} s   = {em / fl:.1f} x float")
+    print(f"  emulated tokens per second            {len(w) * seq_len / em:8.0f}")
+
+
+def bench_matmul(repeat: int) -> None:
+    print("exact int64 matmul mod 2^64, (128 x 128) @ (128 x 1024):")
+    g = torch.Generator().manual_seed(0)
+    big = (torch.randint(-(2**62), 2**62, (128, 128), generator=g), torch.randint(-(2**62), 2**62, (128, 1024), generator=g))
+    small = (torch.randint(-(2**18), 2**18, (128, 128), generator=g), torch.randint(-(2**18), 2**18, (128, 1024), generator=g))
+    rows = [
+        ("int64 (CPU path)", lambda: matmul_mod64(*big, method="int64")),
+        ("16-bit limbs in float64 (CUDA path)", lambda: matmul_mod64(*big, method="limbs")),
+        ("one float64 GEMM (small operands)", lambda: matmul_mod64(*small, method="float64")),
+    ]
+    base = None
+    for name, fn in rows:
+        s = best_of(fn, repeat)
+        base = base or s
+        print(f"  {name:38s} {s * 1e3:8.2f} ms   {s / base:5.2f} x int64")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    bench_emulator(args.seq_len, args.windows, args.repeat)
+    bench_matmul(args.repeat)
+
+
+if __name__ == "__main__":
+    main()
