@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from truncbridge.analysis import calibrated_bounds, static_bounds
 from truncbridge.execute import RingExecutor, run_float
 from truncbridge.ir import Program
 from truncbridge.placement import place
@@ -18,9 +19,14 @@ def float_maxabs(program: Program, inputs: dict[str, torch.Tensor]) -> dict[int,
     return out
 
 
-def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bits=64, frac_bits=16, policy="eager"):
-    """Place with bounds calibrated on the same inputs, run exactly, return decoded outputs and plan."""
-    plan = place(program, policy, field_bits, frac_bits, float_maxabs(program, inputs))
+def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bits=64, frac_bits=16, policy="eager",
+                    bounds="calibrated"):
+    """Place (bounds calibrated on the same inputs, or static), run exactly; decoded outputs and plan."""
+    if bounds == "static":
+        node_bounds = static_bounds(program)
+    else:
+        node_bounds = calibrated_bounds(program, float_maxabs(program, inputs), 1)
+    plan = place(program, policy, field_bits, frac_bits, node_bounds)
     ex = RingExecutor(plan)
     outs, violations = ex.run(inputs, check=True)
     return ex.decode_outputs(outs), plan, violations

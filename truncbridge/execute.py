@@ -7,13 +7,15 @@ exceeds the bound the plan promised.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .ir import Node, Program, aten_op, resolve_args
-from .placement import Plan
 from .ring import Ring
+
+if TYPE_CHECKING:
+    from .placement import Plan
 
 
 def _move(node: Node, args: list[torch.Tensor], consts) -> torch.Tensor:
@@ -22,47 +24,51 @@ def _move(node: Node, args: list[torch.Tensor], consts) -> torch.Tensor:
     return aten_op(a["fn"])(*resolve_args(a["args"], args, consts), **resolve_args(a.get("kwargs", {}), args, consts))
 
 
+def float_op(node: Node, x: list[torch.Tensor], program: Program, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """One node's real-valued result from its inputs' values (float64; trunc and shl are identities)."""
+    op, a, consts = node.op, node.attrs, program.consts
+    if op == "input":
+        return inputs[a["name"]].double()
+    if op == "weight":
+        return program.weights[a["name"]]
+    if op == "add":
+        return x[0] + x[1]
+    if op == "neg":
+        return -x[0]
+    if op == "mul":
+        return x[0] * x[1]
+    if op == "mul_public":
+        return x[0] * consts[a["const"]]
+    if op == "add_public":
+        return x[0] + consts[a["const"]]
+    if op == "matmul":
+        return torch.matmul(x[0], x[1])
+    if op == "sum":
+        return x[0].sum(dim=a["dims"], keepdim=a["keepdim"])
+    if op == "pow2":
+        return x[0] * 2.0 ** a["exp"]
+    if op == "move":
+        return _move(node, x, consts)
+    if op in ("output", "trunc", "shl"):
+        return x[0]
+    raise ValueError(f"unknown op {op}")
+
+
 def run_float(program: Program, inputs: dict[str, torch.Tensor],
               visit: Callable[[Node, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
     """Real-valued execution in float64; ``visit(node, value)`` sees every node's value."""
-    consts = program.consts
     env: dict[int, torch.Tensor] = {}
     for node in program.nodes:
-        x = [env[i] for i in node.inputs]
-        op, a = node.op, node.attrs
-        if op == "input":
-            v = inputs[a["name"]].double()
-        elif op == "weight":
-            v = program.weights[a["name"]]
-        elif op == "add":
-            v = x[0] + x[1]
-        elif op == "neg":
-            v = -x[0]
-        elif op == "mul" or op == "mul_public" or op == "add_public":
-            other = x[1] if op == "mul" else consts[a["const"]]
-            v = x[0] + other if op == "add_public" else x[0] * other
-        elif op == "matmul":
-            v = torch.matmul(x[0], x[1])
-        elif op == "sum":
-            v = x[0].sum(dim=a["dims"], keepdim=a["keepdim"])
-        elif op == "pow2":
-            v = x[0] * 2.0 ** a["exp"]
-        elif op == "move":
-            v = _move(node, x, consts)
-        elif op in ("output", "trunc", "shl"):
-            v = x[0]
-        else:
-            raise ValueError(f"unknown op {op}")
-        env[node.id] = v
+        env[node.id] = float_op(node, [env[i] for i in node.inputs], program, inputs)
         if visit is not None:
-            visit(node, v)
+            visit(node, env[node.id])
     return [env[o] for o in program.outputs]
 
 
 class RingExecutor:
     """Runs a plan in Z_2^field_bits on ``device``; public constants are encoded once."""
 
-    def __init__(self, plan: Plan, device: str | torch.device = "cpu"):
+    def __init__(self, plan: "Plan", device: str | torch.device = "cpu"):
         self.plan = plan
         self.ring = Ring(plan.field_bits)
         self.device = torch.device(device)

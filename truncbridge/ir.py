@@ -24,6 +24,7 @@ Operations (inputs are node ids; public tensors live in ``Program.consts``):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,15 @@ class Builder:
         name = f"{hint}{len(self.program.consts)}"
         self.program.consts[name] = t
         return name
+
+    def declare(self, node_id: int, bound: float, source: str = "recipe") -> None:
+        """Record |value| <= bound for a node. ``source`` "recipe": holds by construction (given
+        the recipe's input range); "range": the input range a recipe was built for — an
+        assumption from calibration, which ``--check`` verifies at run time."""
+        attrs = self.program[node_id].attrs
+        if float(bound) < attrs.get("declared_bound", math.inf):
+            attrs["declared_bound"] = float(bound)
+            attrs["declared_source"] = source
 
     # -- sources ----------------------------------------------------------------------------
     def input(self, name: str, shape: tuple[int, ...], integer: bool = False) -> int:

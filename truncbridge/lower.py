@@ -88,6 +88,7 @@ class Lowerer:
         self.tol = 2.0 ** -(frac_bits - RECIPE_TOL_SLACK_BITS)
         self.b = Builder()
         self.env: dict[str, Any] = {}
+        self.rms_of: dict[int, tuple[int, int]] = {}  # rsqrt(mean(x^2) [+ eps]) node -> (x, n)
         self.rules = {
             aten.embedding.default: self.embedding,
             aten.add.Tensor: self.add, aten.sub.Tensor: self.sub, aten.mul.Tensor: self.mul,
@@ -213,7 +214,11 @@ class Lowerer:
 
     def mul(self, node, a, b) -> Secret:
         if isinstance(a, Secret) and isinstance(b, Secret):
-            return Secret(self.b.mul(self._plain(a, "aten.mul"), self._plain(b, "aten.mul")))
+            out = self.b.mul(self._plain(a, "aten.mul"), self._plain(b, "aten.mul"))
+            for x, r in ((a.id, b.id), (b.id, a.id)):
+                if self.rms_of.get(r, (None,))[0] == x:  # x / sqrt(mean(x^2)): |.| <= sqrt(n)
+                    self.b.declare(out, math.sqrt(self.rms_of[r][1]) * recipes.NORM_SLACK)
+            return Secret(out)
         s, p = (a, b) if isinstance(a, Secret) else (b, a)
         p = torch.as_tensor(p, dtype=torch.float64)
         if s.keep is not None and bool((p <= 0).any()):
@@ -263,7 +268,13 @@ class Lowerer:
 
     def rsqrt(self, node, x) -> Secret:
         lo, hi = _positive(self.range_of(node.args[0]), "rsqrt")
-        return Secret(recipes.rsqrt(self.b, self._plain(x, "rsqrt"), lo, hi, self.tol))
+        out = recipes.rsqrt(self.b, self._plain(x, "rsqrt"), lo, hi, self.tol)
+        rms = _rms_source(node.args[0])
+        if rms is not None and isinstance(self.env.get(rms[0].name), Secret):
+            x_id, n = self.env[rms[0].name].id, rms[1]
+            self.rms_of[out] = (x_id, n)
+            self.b.declare(x_id, math.sqrt(n * hi), "range")  # mean(x^2) <= hi gives |x_i| <= sqrt(n hi)
+        return Secret(out)
 
     def sqrt(self, node, x) -> Secret:
         r = self.rsqrt(node, x)
@@ -314,6 +325,23 @@ class Lowerer:
         full = torch.broadcast_to(keeps[0], self.b.shape(secrets[0].id))
         keep = node.target(*_substitute(args, secrets[0], full))
         return Secret(out, keep)
+
+
+def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
+    """(x, n) if ``arg`` is mean(x^2) or mean(x^2) + a positive constant, over n elements."""
+    if arg.target == aten.add.Tensor and not isinstance(arg.args[1], torch.fx.Node) and arg.args[1] >= 0:
+        arg = arg.args[0]
+    if arg.target != aten.mean.dim:
+        return None
+    square = arg.args[0]
+    if square.target == aten.pow.Tensor_Scalar and square.args[1] == 2:
+        x = square.args[0]
+    elif square.target == aten.mul.Tensor and square.args[0] is square.args[1]:
+        x = square.args[0]
+    else:
+        return None
+    shape = x.meta["val"].shape
+    return x, math.prod(shape[d] for d in arg.args[1])
 
 
 def _substitute(args, secret: Secret, tensor: torch.Tensor):

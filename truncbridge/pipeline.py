@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .analysis import calibrated_bounds, static_bounds
 from .calibrate import calibrate
 from .capture import Captured, capture
 from .data import split_pydoc_text
@@ -86,8 +87,15 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
     return Converted(loaded, captured, program, maxabs, timings)
 
 
-def build_plan(converted: Converted, policy: str, field_bits: int, frac_bits: int) -> Plan:
-    return place(converted.program, policy, field_bits, frac_bits, converted.maxabs)
+def build_plan(converted: Converted, policy: str, field_bits: int, frac_bits: int, bounds: str = "static",
+               margin_bits: int = 1, headroom_bits: int = 0) -> Plan:
+    if bounds == "static":
+        node_bounds = static_bounds(converted.program)
+    elif bounds == "calibrated":
+        node_bounds = calibrated_bounds(converted.program, converted.maxabs, margin_bits)
+    else:
+        raise UserError(f"unknown bounds mode {bounds!r}: choose static or calibrated")
+    return place(converted.program, policy, field_bits, frac_bits, node_bounds, headroom_bits)
 
 
 @dataclass

@@ -1,26 +1,39 @@
 """Placement: give every IR node a fixed-point scale and insert the truncations.
 
-``eager`` is CrypTen's rule: every product (private or with a public fraction) is truncated back to
-``frac_bits`` at once. Free rescales (``pow2``) only relabel the scale; additions align their
-operands by shifting the lower-scale one up (a local multiplication by a public 2^k, no truncation).
+A node at scale s holds round(x 2^s); with |x| < 2^m its integer needs m + s + 1 bits (sign
+included), which must stay within the budget: field bits minus the protocol's statistical headroom.
+Products add scales, free rescales (``pow2``) relabel them, additions align their operands by
+shifting the lower-scale one up (a local multiplication by a public 2^k). A truncation lowers the
+scale, never below ``frac_bits`` — the precision every value keeps.
 
-The result is a ``Plan``: the same node list with ``scale`` set on every node, ``trunc`` / ``shl``
-nodes inserted, and each node's promised magnitude bound (real-valued bits, from calibration).
+    eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
+    lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
+             budget, truncate its highest-scale input back to frac_bits, and repeat
+    optimal  an integer program over every node's scale and truncation: minimum truncated
+             elements under the same budget and precision constraints (scipy's HiGHS MILP)
+
+The result is a ``Plan``: the node list with ``scale`` set on every node, ``trunc`` / ``shl``
+nodes inserted, and each node's bound.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from .analysis import Bound
 from .errors import UserError
 from .ir import PRIVATE_MULS, Node, Program
 
-POLICIES = ("eager",)
+POLICIES = ("eager", "lazy", "optimal")
 INTEGER_CONST_LIMIT = 2**20  # public integer constants up to this size are encoded at scale 0
-BOUND_MARGIN_BITS = 1  # calibrated magnitudes are promised with this many bits of headroom
 ROUNDING_FLOOR_BITS = 8  # no real bound is below 2^8 LSBs of frac_bits: tiny values carry rounding error
+OPTIMAL_TIME_LIMIT_S = 120.0
+PRODUCTS = PRIVATE_MULS + ("mul_public",)
+HOISTABLE = ("neg", "add_public", "move", "pow2")  # a truncation after these can move before them
 
 
 @dataclass
@@ -29,11 +42,17 @@ class Plan:
     field_bits: int
     frac_bits: int
     policy: str
-    magnitude: dict[int, int] = field(default_factory=dict)  # node id -> m with |real value| < 2^m
+    bounds: dict[int, Bound] = field(default_factory=dict)  # plan node id -> bound of its real value
+    budget_bits: int | None = None  # integer bits (sign included) a value may use; default field_bits
+    solver: dict = field(default_factory=dict)  # optimal: status, objective, wall time
+
+    def __post_init__(self):
+        if self.budget_bits is None:
+            self.budget_bits = self.field_bits
 
     def bound_bits(self, node: Node) -> int:
         """Promised bits of the node's ring integer, sign included."""
-        return max(self.magnitude[node.id], ROUNDING_FLOOR_BITS - self.frac_bits) + node.scale + 1
+        return needed_bits(self.bounds[node.id], node.scale, self.frac_bits)
 
     def counts(self) -> dict[str, int]:
         nodes = self.program.nodes
@@ -57,105 +76,327 @@ class Plan:
         return total
 
 
+def needed_bits(bound: Bound, scale: int, frac_bits: int) -> int:
+    """Integer bits (sign included) of a value with this bound at this scale."""
+    return max(bound.bits(), ROUNDING_FLOOR_BITS - frac_bits) + scale + 1
+
+
 def _is_small_integer(t: torch.Tensor) -> bool:
-    return bool(torch.all(t == torch.round(t))) and bool(t.abs().max() < INTEGER_CONST_LIMIT) if t.numel() else True
+    if not t.numel():
+        return True
+    return bool(torch.all(t == torch.round(t))) and bool(t.abs().max() < INTEGER_CONST_LIMIT)
 
 
-class _Placer:
-    """Rebuilds the node list in order, remapping ids as trunc / shl nodes are inserted."""
+def const_scale(program: Program, node: Node, frac_bits: int) -> int:
+    """Scale a public multiplier is encoded at: 0 for small integers, else frac_bits."""
+    return 0 if _is_small_integer(program.consts[node.attrs["const"]]) else frac_bits
 
-    def __init__(self, program: Program, frac_bits: int, magnitude: dict[int, int]):
-        self.src = program
-        self.f = frac_bits
-        self.src_magnitude = magnitude
-        self.out = Program(consts=program.consts, weights=program.weights)
-        self.magnitude: dict[int, int] = {}
-        self.new_id: dict[int, int] = {}
 
-    def add(self, node: Node, inputs: tuple[int, ...], scale: int, magnitude: int, **attrs) -> int:
+def source_scale(node: Node, frac_bits: int) -> int:
+    if node.op == "input":
+        return 0 if node.attrs.get("integer") else frac_bits
+    return frac_bits  # weights
+
+
+# -- emitting a placed program ------------------------------------------------------------------
+class _Emitter:
+    """Rebuilds the node list in order with scales, remapping ids as trunc / shl nodes are inserted."""
+
+    def __init__(self, src: Program, frac_bits: int, bounds: dict[int, Bound], budget: int):
+        self.src, self.f, self.src_bounds, self.budget = src, frac_bits, bounds, budget
+        self.out = Program(consts=src.consts, weights=src.weights)
+        self.bounds: dict[int, Bound] = {}
+        self.current: dict[int, int] = {}  # source id -> placed id users read now
+        self.source_of: dict[int, int] = {}  # placed id -> source id, for emitted (not inserted) nodes
+        self.truncated: dict[int, int] = {}  # placed id -> its truncation to frac_bits (lazy reuse)
+
+    def scale(self, nid: int) -> int:
+        return self.out[nid].scale
+
+    def bits(self, nid: int, scale: int | None = None) -> int:
+        return needed_bits(self.bounds[nid], self.scale(nid) if scale is None else scale, self.f)
+
+    def _append(self, op, inputs, shape, attrs, origin, recipe, scale, bound) -> int:
         nid = len(self.out.nodes)
-        self.out.nodes.append(Node(nid, node.op, inputs, node.shape, {**node.attrs, **attrs},
-                                   node.origin, node.recipe, scale))
-        self.magnitude[nid] = magnitude
+        self.out.nodes.append(Node(nid, op, tuple(inputs), tuple(shape), attrs, origin, recipe, scale))
+        self.bounds[nid] = bound
         return nid
 
     def derived(self, base: int, op: str, scale: int, **attrs) -> int:
-        """Insert a trunc / shl of node ``base``."""
+        """A trunc / shl of placed node ``base``."""
         src = self.out[base]
-        nid = len(self.out.nodes)
-        self.out.nodes.append(Node(nid, op, (base,), src.shape, attrs, src.origin, src.recipe, scale))
-        self.magnitude[nid] = self.magnitude[base]
-        return nid
+        return self._append(op, (base,), src.shape, attrs, src.origin, src.recipe, scale, self.bounds[base])
 
     def to_scale(self, nid: int, scale: int) -> int:
-        have = self.out[nid].scale
+        have = self.scale(nid)
         if have > scale:
             return self.derived(nid, "trunc", scale, shift=have - scale, rounding="nearest")
         if have < scale:
             return self.derived(nid, "shl", scale, shift=scale - have)
         return nid
 
-    def run(self) -> Program:
-        for node in self.src.nodes:
-            ins = tuple(self.new_id[i] for i in node.inputs)
-            m = self.src_magnitude[node.id]
-            self.new_id[node.id] = self.place(node, ins, m)
-        self.out.inputs = {k: self.new_id[v] for k, v in self.src.inputs.items()}
-        self.out.outputs = [self.new_id[o] for o in self.src.outputs]
-        return self.out
+    def truncate_to_f(self, nid: int) -> int:
+        """A frac_bits version of placed node ``nid`` (made once). The truncation is hoisted above
+        negations, public additions, relabels and non-shrinking moves, which are then re-emitted
+        on the truncated value: it touches no more elements, and sits where optimal may put one."""
+        if nid in self.truncated:
+            return self.truncated[nid]
+        node = self.src[self.source_of[nid]] if nid in self.source_of else None
+        if node is not None and len(node.inputs) == 1 and node.op in HOISTABLE and not _worth_truncating(self.src, node):
+            base = self.truncate_to_f(self.out[nid].inputs[0])
+            scale, extra = self.natural_scale(node, [base])
+            out = self.emit(node, [base], scale, extra)
+        else:
+            out = self.to_scale(nid, self.f)
+        self.truncated[nid] = out
+        return out
 
-    def place(self, node: Node, ins: tuple[int, ...], m: int) -> int:
-        f, op = self.f, node.op
-        scales = [self.out[i].scale for i in ins]
-        if op == "input":
-            return self.add(node, ins, 0 if node.attrs.get("integer") else f, m)
-        if op == "weight":
-            return self.add(node, ins, f, m)
+    def natural_scale(self, node: Node, ins: list[int]) -> tuple[int, dict]:
+        """Scale of a node's result computed from placed inputs (before any truncation of it)."""
+        op, f = node.op, self.f
+        s = [self.scale(i) for i in ins]
+        if op in ("input", "weight"):
+            return source_scale(node, f), {}
         if op in ("add", "move") and len(ins) > 1:
-            s = max(scales)
-            return self.add(node, tuple(self.to_scale(i, s) for i in ins), s, m)
-        if op in ("neg", "sum", "move", "output"):
-            return self.add(node, ins, scales[0], m)
+            return max(s), {}
+        if op in ("neg", "sum", "move", "output", "add_public"):
+            return s[0], {}
         if op == "pow2":
-            return self.add(node, ins, scales[0] - node.attrs["exp"], m)
-        if op == "add_public":
-            a = ins[0]
-            c = self.src.consts[node.attrs["const"]]
-            if scales[0] < f and not _is_small_integer(c * 2.0 ** scales[0]):
-                a = self.to_scale(a, f)
-            return self.add(node, (a,), self.out[a].scale, m)
+            return s[0] - node.attrs["exp"], {}
         if op in PRIVATE_MULS:
-            return self.truncated(node, ins, sum(scales), m)
+            return s[0] + s[1], {}
         if op == "mul_public":
-            c = self.src.consts[node.attrs["const"]]
-            cs = 0 if _is_small_integer(c) else f
-            return self.truncated(node, ins, scales[0] + cs, m, const_scale=cs)
+            cs = const_scale(self.src, node, f)
+            return s[0] + cs, {"const_scale": cs}
         raise UserError(f"placement: unexpected op {op!r} (node {node.id})")
 
-    def truncated(self, node: Node, ins: tuple[int, ...], scale: int, m: int, **attrs) -> int:
-        """Eager: a product above frac_bits is truncated back to frac_bits right away."""
-        nid = self.add(node, ins, scale, m, **attrs)
-        return self.to_scale(nid, self.f) if scale > self.f else nid
+    def fits(self, node: Node, ins: list[int], scale: int) -> bool:
+        """The result, and for additions each operand shifted up to the result scale, fit the budget."""
+        if needed_bits(self.src_bounds[node.id], scale, self.f) > self.budget:
+            return False
+        aligned = node.op in ("add", "move") and len(ins) > 1
+        return not aligned or all(self.bits(i, scale) <= self.budget for i in ins)
+
+    def emit(self, node: Node, ins: list[int], scale: int, extra: dict) -> int:
+        if node.op in ("add", "move") and len(ins) > 1:
+            ins = [self.to_scale(i, scale) for i in ins]
+        if node.op == "add_public" and scale < self.f:  # a fractional constant needs fraction bits
+            c = self.src.consts[node.attrs["const"]]
+            if not _is_small_integer(c * 2.0**scale):
+                ins, scale = [self.to_scale(ins[0], self.f)], self.f
+        attrs = {**node.attrs, **extra}
+        nid = self._append(node.op, ins, node.shape, attrs, node.origin, node.recipe, scale, self.src_bounds[node.id])
+        self.current[node.id] = nid
+        self.source_of[nid] = node.id
+        return nid
+
+    def finish(self) -> Program:
+        self.out.inputs = {k: self.current[v] for k, v in self.src.inputs.items()}
+        self.out.outputs = [self.current[o] for o in self.src.outputs]
+        return self.out
 
 
-def magnitudes(program: Program, maxabs: dict[int, float]) -> dict[int, int]:
-    """m per node with |value| < 2^m, from calibrated maxima plus BOUND_MARGIN_BITS."""
-    out = {}
-    for node in program.nodes:
-        top = maxabs.get(node.id, 0.0)
-        m = math.floor(math.log2(top)) + 1 if top > 0 else 0
-        out[node.id] = m + BOUND_MARGIN_BITS
-    return out
+def _too_small(node: Node, bits: int, budget: int, bound: Bound, scale: int) -> UserError:
+    where = node.origin + (f" [{node.recipe}]" if node.recipe else "")
+    return UserError(f"field too small: {node.op} at {where} needs {bits} bits "
+                     f"(|value| <= {bound.value:.4g} ({bound.source}) at scale {scale}) "
+                     f"but the budget is {budget} bits")
 
 
-def place(program: Program, policy: str, field_bits: int, frac_bits: int, maxabs: dict[int, float]) -> Plan:
+# -- policies -----------------------------------------------------------------------------------
+def _place_greedy(e: _Emitter, lazy: bool) -> None:
+    for node in e.src.nodes:
+        ins = [e.current[i] for i in node.inputs]
+        scale, extra = e.natural_scale(node, ins)
+        while lazy and not e.fits(node, ins, scale):
+            # TruncFormer: truncate the highest-scale input that is still above frac_bits
+            above = [k for k, i in enumerate(ins) if e.scale(i) > e.f]
+            if not above:
+                break
+            k = max(above, key=lambda k: e.scale(ins[k]))
+            ins[k] = e.truncate_to_f(ins[k])
+            scale, extra = e.natural_scale(node, ins)
+        nid = e.emit(node, ins, scale, extra)
+        if not lazy and node.op in PRODUCTS and scale > e.f:
+            e.current[node.id] = e.to_scale(nid, e.f)
+
+
+def _place_fixed(e: _Emitter, target: dict[int, int]) -> None:
+    """Emit with the truncations an optimal solution chose: node id -> scale after truncation."""
+    for node in e.src.nodes:
+        ins = [e.current[i] for i in node.inputs]
+        scale, extra = e.natural_scale(node, ins)
+        nid = e.emit(node, ins, scale, extra)
+        if node.id in target and target[node.id] < e.scale(nid):
+            e.current[node.id] = e.to_scale(nid, target[node.id])
+
+
+def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
+                   start: set[int]) -> tuple[dict[int, int], dict]:
+    """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
+
+    p follows the op (products add scales, additions take the max of their operands), every
+    value and every aligned operand fits the budget at its scale, a truncation ends at >= f,
+    and the objective is the number of truncated elements (tie: lower scales). HiGHS starts from
+    ``start`` (a feasible set of truncated nodes, e.g. lazy's), so the result is never worse.
+    """
+    import highspy
+
+    nodes = src.nodes
+    n = len(nodes)
+    cost, var_lo, var_hi, A, lo, hi = _milp_model(src, f, bounds, budget)
+    numel = cost[2 * n:]
+    Q, Z = n, 2 * n
+
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = 3 * n, len(lo)
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, var_lo, var_hi
+    lp.row_lower_, lp.row_upper_ = lo, hi
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * (3 * n)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("threads", 1)
+    h.passModel(lp)
+    initial = highspy.HighsSolution()
+    initial.col_value = list(_start_vector(src, f, start))
+    h.setSolution(initial)
+    t = time.perf_counter()
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    x = np.round(np.array(h.getSolution().col_value)).astype(int)
+    info = h.getInfo()
+    result = {"solver": "HiGHS MILP", "status": status, "wall_s": round(time.perf_counter() - t, 3),
+              "variables": 3 * n, "constraints": len(lo), "mip_gap": float(info.mip_gap),
+              "start_elements": int(sum(nodes[i].numel for i in start))}
+    if len(x) != 3 * n or info.primal_solution_status == 0:
+        raise UserError(f"optimal placement found no feasible solution ({status}): the field is too small")
+    result["objective_elements"] = int(round(float(numel @ x[Z:])))
+    result["proven_optimal"] = status == "Optimal"
+    return {v.id: int(x[Q + v.id]) for v in nodes if x[Z + v.id]}, result
+
+
+def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
+    """Cost, variable bounds, constraint matrix and row bounds; variables are [p | q | z] per node."""
+    from scipy.sparse import coo_matrix
+
+    nodes = src.nodes
+    n = len(nodes)
+    P, Q, Z = 0, n, 2 * n  # variable blocks
+    m_eff = [max(bounds[v.id].bits(), ROUNDING_FLOOR_BITS - f) for v in nodes]
+    smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
+    untruncated = _start_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
+    rows, lo, hi = [], [], []
+
+    def con(coefs: dict[int, float], low: float, high: float) -> None:
+        rows.append(coefs)
+        lo.append(low)
+        hi.append(high)
+
+    var_lo = np.full(3 * n, -float(budget))  # scales below -budget would be pointless
+    var_hi = np.full(3 * n, float(budget))
+    var_lo[Z:], var_hi[Z:] = 0, 1
+    for v in nodes:
+        i, ins = v.id, v.inputs
+        var_hi[P + i] = smax[i]
+        if v.op in ("input", "weight"):
+            s0 = source_scale(v, f)
+            if s0 > smax[i]:
+                raise _too_small(v, m_eff[i] + s0 + 1, budget, bounds[i], s0)
+            var_lo[P + i] = var_hi[P + i] = s0
+        elif v.op in ("add", "move") and len(ins) > 1:
+            for j in ins:
+                con({P + i: 1, Q + j: -1}, 0, np.inf)  # p >= q_j
+                con({P + i: 1}, -np.inf, budget - 1 - m_eff[j])  # operand j shifted to p fits
+        elif v.op in PRIVATE_MULS:  # p = q_a + q_b (a square x * x counts q_x twice)
+            coefs = {P + i: 1}
+            for j in ins:
+                coefs[Q + j] = coefs.get(Q + j, 0) - 1
+            con(coefs, 0, 0)
+        elif v.op == "mul_public":
+            cs = const_scale(src, v, f)
+            con({P + i: 1, Q + ins[0]: -1}, cs, cs)
+        elif v.op == "pow2":
+            con({P + i: 1, Q + ins[0]: -1}, -v.attrs["exp"], -v.attrs["exp"])
+        else:  # neg, sum, move, output, add_public
+            con({P + i: 1, Q + ins[0]: -1}, 0, 0)
+        # truncation: 0 <= p - q <= z * (highest p - f), and q >= f when z = 1
+        big = max(min(smax[i], untruncated[i]) - f, 0)
+        con({P + i: 1, Q + i: -1}, 0, np.inf)
+        con({P + i: 1, Q + i: -1, Z + i: -big}, -np.inf, 0)
+        con({Q + i: 1, Z + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
+        if not _worth_truncating(src, v) or big == 0:
+            var_hi[Z + i] = 0
+
+    numel = np.array([v.numel for v in nodes], dtype=float)
+    eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
+    cost = np.concatenate([np.full(2 * n, eps), numel])
+    A = coo_matrix(([c for r in rows for c in r.values()],
+                    ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
+                   shape=(len(rows), 3 * n)).tocsc()
+    return cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float)
+
+
+def _worth_truncating(src: Program, v: Node) -> bool:
+    """Candidate truncation sites. Elsewhere a truncation is never cheaper than one next to it:
+    after a negation, relabel, public addition or a move that does not shrink the tensor, the
+    same truncation could sit on the input, touching no more elements."""
+    if v.op in PRODUCTS or v.op in ("add", "sum"):
+        return True
+    if v.op == "pow2":  # a division relabels the scale up: truncating after it drops more bits
+        return v.attrs["exp"] < 0
+    if v.op == "move":
+        return v.numel < max(src[i].numel for i in v.inputs) or len(v.inputs) > 1
+    return False
+
+
+def _start_vector(src: Program, f: int, truncated: set[int]) -> np.ndarray:
+    """The MILP variables (p, q, z) of the placement that truncates exactly ``truncated`` to f."""
+    n = len(src.nodes)
+    p, q, z = np.zeros(n), np.zeros(n), np.zeros(n)
+    for v in src.nodes:
+        s = [q[i] for i in v.inputs]
+        if v.op in ("input", "weight"):
+            p[v.id] = source_scale(v, f)
+        elif v.op in ("add", "move") and len(s) > 1:
+            p[v.id] = max(s)
+        elif v.op in PRIVATE_MULS:
+            p[v.id] = s[0] + s[1]
+        elif v.op == "mul_public":
+            p[v.id] = s[0] + const_scale(src, v, f)
+        elif v.op == "pow2":
+            p[v.id] = s[0] - v.attrs["exp"]
+        else:
+            p[v.id] = s[0]
+        cut = v.id in truncated and p[v.id] > f
+        z[v.id], q[v.id] = (1, f) if cut else (0, p[v.id])
+    return np.concatenate([p, q, z])
+
+
+def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds: dict[int, Bound],
+          headroom_bits: int = 0, time_limit: float = OPTIMAL_TIME_LIMIT_S) -> Plan:
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
     if not 0 < frac_bits < field_bits:
         raise UserError(f"frac bits must be between 1 and field bits - 1 (got {frac_bits} with a {field_bits}-bit field)")
-    placer = _Placer(program, frac_bits, magnitudes(program, maxabs))
-    planned = placer.run()
-    plan = Plan(planned, field_bits, frac_bits, policy, placer.magnitude)
+    budget = field_bits - headroom_bits
+    if budget <= frac_bits + 1:
+        raise UserError(f"a {field_bits}-bit field with {headroom_bits} bits of headroom leaves no room for "
+                        f"{frac_bits} fraction bits")
+    e = _Emitter(program, frac_bits, bounds, budget)
+    solver = {}
+    if policy == "optimal":
+        lazy = _Emitter(program, frac_bits, bounds, budget)
+        _place_greedy(lazy, lazy=True)
+        start = {lazy.source_of[t.inputs[0]] for t in lazy.out.nodes if t.op == "trunc"}
+        target, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, start)
+        _place_fixed(e, target)
+    else:
+        _place_greedy(e, lazy=policy == "lazy")
+    plan = Plan(e.finish(), field_bits, frac_bits, policy, e.bounds, budget, solver)
     _check_fits(plan)
     return plan
 
@@ -163,7 +404,5 @@ def place(program: Program, policy: str, field_bits: int, frac_bits: int, maxabs
 def _check_fits(plan: Plan) -> None:
     for node in plan.program.nodes:
         need = plan.bound_bits(node)
-        if need > plan.field_bits:
-            where = node.origin + (f" [{node.recipe}]" if node.recipe else "")
-            raise UserError(f"field too small: {node.op} at {where} needs {need} bits "
-                            f"(|value| < 2^{plan.magnitude[node.id]} at scale {node.scale}) but the field has {plan.field_bits}")
+        if need > plan.budget_bits:
+            raise _too_small(node, need, plan.budget_bits, plan.bounds[node.id], node.scale)

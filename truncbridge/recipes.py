@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .execute import float_op
 from .ir import Builder
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
@@ -40,6 +41,21 @@ def recipe(b: Builder, name: str, **params):
         b.recipe = previous
         if len(b.program.nodes) > first:
             b.program.nodes[first].attrs["recipe_params"] = {k: _jsonable(v) for k, v in params.items()}
+
+
+GRID_POINTS = 4001
+GRID_SLACK = 1.001  # declared bounds: grid maximum x this, for extrema between grid points
+NORM_SLACK = 1.01  # bounds that hold for exact normalisation, widened for the reciprocal's error
+
+
+def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray) -> None:
+    """Declare bounds for the elementwise nodes emitted since ``first`` (all functions of node
+    ``source`` and public scalars) by evaluating them on ``grid``, a dense sample of the range
+    the recipe was built for."""
+    env = {source: torch.as_tensor(grid, dtype=torch.float64)}
+    for node in b.program.nodes[first:]:
+        env[node.id] = float_op(node, [env[i] for i in node.inputs], b.program)
+        b.declare(node.id, env[node.id].abs().max().item() * GRID_SLACK)
 
 
 def _jsonable(v):
@@ -71,10 +87,13 @@ def exp_base(b: Builder, z: int, squarings: int) -> int:
 
 def exp(b: Builder, x: int, lo: float, hi: float) -> int:
     n = exp_iterations(lo)
+    b.declare(x, max(-lo, hi), "range")
+    first = len(b.program.nodes)
     with recipe(b, "exp", method="limit", squarings=n, lo=lo, hi=hi):
         y = exp_base(b, x, n)
         for _ in range(n):
             y = b.mul(y, y)
+    declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS))
     return y
 
 
@@ -99,24 +118,29 @@ def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[fl
 
 def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     _positive_range("reciprocal", lo, hi)
+    b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi))
     r = lo / 2.0**k
     c, iters = _newton_plan(lambda u, y: y * (2 - u * y), lambda u, y: np.abs(1 - u * y), r, tol, "reciprocal")
+    first = len(b.program.nodes)
     with recipe(b, "reciprocal", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
         u = b.pow2(x, -k)
         y = b.add_public(b.mul_public(u, -c * c), 2 * c)  # first step from the public start c
         for _ in range(iters - 1):
             y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
         out = b.pow2(y, -k)
+    declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
     return out
 
 
 def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     _positive_range("rsqrt", lo, hi)
+    b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi) / 2)  # may be negative: small inputs are scaled up, for free
     r = lo / 4.0**k
     c, iters = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
                             r, tol, "rsqrt")
+    first = len(b.program.nodes)
     with recipe(b, "rsqrt", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
         u = b.pow2(x, -2 * k)
         y = b.add_public(b.mul_public(u, -0.5 * c**3), 1.5 * c)
@@ -124,6 +148,7 @@ def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
             half_uy2 = b.pow2(b.mul(u, b.mul(y, y)), -1)
             y = b.mul(y, b.add_public(b.neg(half_uy2), 1.5))
         out = b.pow2(y, -k)
+    declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
     return out
 
 
@@ -147,7 +172,9 @@ def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[floa
 
 def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str) -> int:
     m, K, coef = chebyshev_fit(fn, lo, hi, tol, name)
+    b.declare(x, max(-lo, hi), "range")
     degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
+    first = len(b.program.nodes)
     with recipe(b, name, method="chebyshev", degree=degree, centre=m, shift=K, lo=lo, hi=hi):
         t = b.pow2(b.add_public(x, -m), -K)
         T = chebyshev_basis(b, t, degree)
@@ -158,6 +185,7 @@ def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: st
         for term in terms[1:]:
             out = b.add(out, term)
         out = b.add_public(out, float(coef[0]))
+    declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS))
     return out
 
 
@@ -202,17 +230,29 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
     with recipe(b, "softmax", normalisations=m, squarings=N, zlo=zlo, zhi=zhi, row=n):
         xs = x if keep is None else b.mul_public(x, live)
         mean = b.mul_public(b.sum(xs, [dim], keepdim=True), inv_count)
-        y = exp_base(b, b.sub(x, mean), N)
+        z = b.sub(x, mean)
+        b.declare(z, max(-zlo, zhi), "range")  # the range this recipe is built for
+        first = len(b.program.nodes)
+        y = exp_base(b, z, N)
         for _ in range(N - m):
             y = b.mul(y, y)
+        declare_by_grid(b, first, z, np.linspace(zlo, zhi, GRID_POINTS))  # y ~ exp(z / 2^m)
         if keep is not None:
             y = b.mul_public(y, live)
         first_hi = math.exp(zhi / 2**m) * 2
         for k in range(m + 1):
             if k:
                 y = b.mul(y, y)
-            t = b.mul_public(b.sum(y, [dim], keepdim=True), inv_count)  # mean over live entries
+                b.declare(y, NORM_SLACK**2 * n**2)  # q <= n (mean 1, non-negative), so q^2 <= n^2
+            s = b.sum(y, [dim], keepdim=True)
+            t = b.mul_public(s, inv_count)  # mean over live entries
+            row_mean_hi = first_hi / 2 if k == 0 else NORM_SLACK**2 * n  # mean(q^2) <= n (Cauchy-Schwarz)
+            b.declare(s, n * row_mean_hi)
+            b.declare(t, row_mean_hi)
             r = reciprocal(b, t, 0.5, first_hi if k == 0 else 2.0 * n, tol)
             y = b.mul(y, r)
+            b.declare(y, NORM_SLACK * n)
         out = b.mul_public(y, inv_count)
+        b.declare(out, NORM_SLACK)
+        b.program[out].attrs["row_stochastic"] = True  # rows are non-negative and sum to 1
     return out

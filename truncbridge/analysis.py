@@ -1,0 +1,134 @@
+"""Bit-width analysis: a magnitude bound for every IR value, and where it came from.
+
+Static bounds hold for every input (given the recipes' input ranges, which the plan records):
+
+    weight      the model owner knows weights exactly: any value computed from weights alone is
+                evaluated, and its maximum is its bound
+    input       the one-hot token matrix is 0/1; an embedding lookup is bounded by the table
+    rule        interval rules: |a + b| <= A + B, |a b| <= A B, |sum_K| <= K A, x @ W <= X times
+                W's largest column l1 norm (linear layers by weight norms), p @ v <= V when p's
+                rows are non-negative and sum to at most 1 (softmax outputs)
+    recipe      bounds recipes declare for their own nodes (by construction, or evaluated on a
+                dense grid of the input range the recipe was built for); RMS normalisation
+                x / sqrt(mean(x^2)) is bounded by sqrt(n) by construction
+    range       the input range a recipe was built for (calibrated, then widened): outside it the
+                recipe is wrong anyway, so the range is also a bound — an assumption, not a proof,
+                and ``emulate --check`` verifies it; mean(x^2) <= H also bounds |x| by sqrt(n H)
+Where two apply, the tighter wins. Calibrated bounds instead take the largest value seen on the
+calibration windows, times 2^margin_bits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+from .execute import float_op
+from .ir import Node, Program
+
+BOUNDS_MODES = ("static", "calibrated")
+STOCHASTIC_PRESERVING = {"aten.view.default", "aten._unsafe_view.default", "aten.reshape.default",
+                         "aten.expand.default", "aten.unsqueeze.default", "aten.slice.Tensor",
+                         "aten.squeeze.dim", "aten.clone.default"}
+
+
+@dataclass(frozen=True)
+class Bound:
+    value: float  # |x| <= value for every element
+    source: str  # weight | input | rule | recipe | calibrated
+
+    def bits(self) -> int:
+        """Smallest m with |x| < 2^m."""
+        return math.floor(math.log2(self.value)) + 1 if self.value > 0 else -1074
+
+
+def calibrated_bounds(program: Program, maxabs: dict[int, float], margin_bits: int) -> dict[int, Bound]:
+    if margin_bits < 0:
+        raise UserError(f"calibration margin must be >= 0 bits, got {margin_bits}")
+    return {n.id: Bound(maxabs.get(n.id, 0.0) * 2.0**margin_bits, "calibrated") for n in program.nodes}
+
+
+class _Static:
+    def __init__(self, program: Program):
+        self.p = program
+        self.bounds: dict[int, Bound] = {}
+        self.exact: dict[int, torch.Tensor] = {}  # owner-known values (functions of weights only)
+        self.stochastic: set[int] = set()  # rows non-negative with sum <= 1 along the last dim
+        self.onehot: set[int] = set()
+
+    def run(self) -> dict[int, Bound]:
+        for node in self.p.nodes:
+            b = self.rule(node)
+            declared = node.attrs.get("declared_bound")
+            if declared is not None and declared < b.value:
+                b = Bound(declared, node.attrs.get("declared_source", "recipe"))
+            self.bounds[node.id] = b
+            self.track_properties(node)
+        return self.bounds
+
+    def B(self, i: int) -> float:
+        return self.bounds[i].value
+
+    def rule(self, node: Node) -> Bound:
+        op, ins = node.op, node.inputs
+        if op == "weight" or (ins and all(i in self.exact for i in ins)):
+            v = float_op(node, [self.exact[i] for i in ins], self.p)
+            self.exact[node.id] = v
+            return Bound(v.abs().max().item() if v.numel() else 0.0, "weight")
+        if op == "input":
+            if not node.attrs.get("integer"):
+                raise UserError(f"input {node.attrs['name']} has no static bound; use calibrated bounds")
+            self.onehot.add(node.id)
+            return Bound(1.0, "input")
+        if op == "add":
+            return Bound(self.B(ins[0]) + self.B(ins[1]), "rule")
+        if op in ("neg", "output"):
+            return Bound(self.B(ins[0]), "rule")
+        if op == "move":
+            return Bound(max(self.B(i) for i in ins), "rule")
+        if op == "pow2":
+            return Bound(self.B(ins[0]) * 2.0 ** node.attrs["exp"], "rule")
+        if op == "sum":
+            shape = self.p[ins[0]].shape
+            count = math.prod(shape[d] for d in node.attrs["dims"])
+            return Bound(self.B(ins[0]) * count, "rule")
+        if op == "mul_public":
+            return Bound(self.B(ins[0]) * self._public_max(node), "rule")
+        if op == "add_public":
+            return Bound(self.B(ins[0]) + self._public_max(node), "rule")
+        if op == "mul":
+            return Bound(self.B(ins[0]) * self.B(ins[1]), "rule")
+        if op == "matmul":
+            return self.matmul(node)
+        raise UserError(f"analysis: no bound rule for op {op!r}")
+
+    def _public_max(self, node: Node) -> float:
+        c = self.p.consts[node.attrs["const"]]
+        return c.abs().max().item() if c.numel() else 0.0
+
+    def matmul(self, node: Node) -> Bound:
+        a, b = node.inputs
+        if a in self.onehot:  # a one-hot row selects one row of b
+            return Bound(self.B(b), "input")
+        if a in self.stochastic:  # a convex (sub-)combination of b's rows
+            return Bound(self.B(b), "rule")
+        k = self.p[a].shape[-1]
+        candidates = [k * self.B(a) * self.B(b)]
+        if b in self.exact:  # x @ W: |y_j| <= max|x| * sum_k |W_kj|
+            candidates.append(self.B(a) * self.exact[b].abs().sum(-2).max().item())
+        if a in self.exact:  # W @ x: |y_i| <= max|x| * sum_k |W_ik|
+            candidates.append(self.B(b) * self.exact[a].abs().sum(-1).max().item())
+        return Bound(min(candidates), "rule")
+
+    def track_properties(self, node: Node) -> None:
+        if node.attrs.get("row_stochastic"):
+            self.stochastic.add(node.id)
+        elif node.op == "move" and node.inputs[0] in self.stochastic and node.attrs["fn"] in STOCHASTIC_PRESERVING:
+            if self.p[node.inputs[0]].shape[-1:] == node.shape[-1:]:
+                self.stochastic.add(node.id)
+
+
+def static_bounds(program: Program) -> dict[int, Bound]:
+    return _Static(program).run()
