@@ -48,7 +48,7 @@ def test_default_model_emulates_exactly_within_bounds(default_converted):
     c = default_converted
     plan = build_plan(c, "eager", 64, 16)
     windows = tokenize_windows(c.loaded.tokenizer, c.loaded.heldout_text, 32, 3)
-    result = emulate(c, plan, windows)
+    result = emulate(c.loaded.model, plan, windows)
     assert result.bound_violations == 0
     assert result.metrics["top1_agreement"] >= 0.97
     assert abs(result.metrics["ppl_emulated"] / result.metrics["ppl_float"] - 1) <= 0.02

@@ -1,10 +1,9 @@
-"""Command line: ``truncbridge emulate`` (more subcommands build on the same pipeline)."""
+"""Command line: ``truncbridge emulate | plan | report | compare | models``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from .errors import UserError
@@ -30,78 +29,260 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _word_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_model_args(p, seq=True):
     from .models import MODEL_NAMES
-    from .placement import POLICIES
+
+    p.add_argument("--model", default=None, help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
+    if seq:
+        p.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN, help=f"tokens per window (default {DEFAULT_SEQ_LEN})")
+
+
+def _add_numeric_args(p, lists=False):
+    from .analysis import BOUNDS_MODES
+    from .placement import OPTIMAL_TIME_LIMIT_S, POLICIES
+    from .protocols import DEFAULT_PROTOCOL, protocol_names
+
+    if not lists:
+        p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
+        p.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
+    p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
+                   help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
+    p.add_argument("--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
+    p.add_argument("--bounds", default="static", choices=BOUNDS_MODES, help="static analysis (default) or calibrated maxima")
+    p.add_argument("--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
+    p.add_argument("--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
+                   help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
+
+
+def _add_eval_args(p, windows=DEFAULT_WINDOWS):
+    p.add_argument("--text", help="evaluation text file (default: the model's held-out text)")
+    p.add_argument("--windows", type=_positive_int, default=windows, help=f"at most this many windows (default {windows})")
+    p.add_argument("--device", default="cpu", help="torch device for the emulator (cpu, cuda, cuda:1, ...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .protocols import protocol_names
 
     parser = _Parser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    emu = sub.add_parser("emulate", help="run a model's fixed-point plan exactly in plaintext and compare with float")
-    emu.add_argument("--model", default="default", help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory")
-    emu.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
-    emu.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits (default 16)")
-    emu.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement policy")
-    emu.add_argument("--text", help="evaluation text file (default: the model's held-out text)")
-    emu.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN, help=f"tokens per window (default {DEFAULT_SEQ_LEN})")
-    emu.add_argument("--windows", type=_positive_int, default=DEFAULT_WINDOWS, help=f"at most this many windows (default {DEFAULT_WINDOWS})")
-    emu.add_argument("--device", default="cpu", help="torch device for the emulator (cpu, cuda, cuda:1, ...)")
-    emu.add_argument("--no-check", action="store_true", help="skip the run-time bound check (bound_violations = null)")
+    emu = sub.add_parser("emulate", help="run a fixed-point plan exactly in plaintext and compare with float")
+    _add_model_args(emu)
+    _add_numeric_args(emu)
+    _add_eval_args(emu)
+    emu.add_argument("--plan", help="run this plan file (its field, policy and shapes replace the flags above)")
+    check = emu.add_mutually_exclusive_group()
+    check.add_argument("--check", dest="check", action="store_true", default=True,
+                       help="verify at run time that no value exceeds its promised bound (default)")
+    check.add_argument("--no-check", dest="check", action="store_false", help="skip the bound check (bound_violations = null)")
     emu.add_argument("--json", help="write the results as JSON to this path")
+
+    pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")
+    _add_model_args(pl)
+    _add_numeric_args(pl)
+    pl.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
+
+    rep = sub.add_parser("report", help="costs of a plan under a protocol profile and network")
+    rep.add_argument("plan", help="plan file")
+    rep.add_argument("--protocol", default=None, choices=protocol_names(), help="profile (default: the plan's)")
+    rep.add_argument("--network", default="lan", choices=("lan", "wan"), help="network setting (default lan)")
+    rep.add_argument("--json", help="write the report as JSON to this path")
+
+    cmp = sub.add_parser("compare", help="policies x field sizes: truncations, rounds, accuracy")
+    _add_model_args(cmp)
+    _add_numeric_args(cmp, lists=True)
+    _add_eval_args(cmp, windows=4)
+    cmp.add_argument("--field-bits", type=_int_list, default=[40, 48, 56, 64], help="comma-separated (default 40,48,56,64)")
+    cmp.add_argument("--policies", type=_word_list, default=["eager", "lazy", "optimal"], help="comma-separated")
+    cmp.add_argument("--json", help="write the rows as a JSON list to this path")
+    cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")
+
     sub.add_parser("models", help="list the built-in model names")
     return parser
 
 
-def _validate_emulate(args) -> None:
-    if not 2 <= args.field_bits <= 64:
-        raise UserError(f"--field-bits must be between 2 and 64, got {args.field_bits}")
-    if not 1 <= args.frac_bits < args.field_bits:
-        raise UserError(f"--frac-bits must be at least 1 and below --field-bits {args.field_bits}, got {args.frac_bits}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UserError(f"--json: directory does not exist: {Path(args.json).resolve().parent}")
-    if args.device != "cpu":
+def _check_output_path(path: str | None, flag: str) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise UserError(f"{flag}: directory does not exist: {Path(path).resolve().parent}")
+
+
+def _check_field(field_bits: int, frac_bits: int) -> None:
+    if not 2 <= field_bits <= 64:
+        raise UserError(f"--field-bits must be between 2 and 64, got {field_bits}")
+    if not 1 <= frac_bits < field_bits:
+        raise UserError(f"--frac-bits must be at least 1 and below --field-bits {field_bits}, got {frac_bits}")
+
+
+def _check_device(device: str) -> None:
+    if device != "cpu":
         import torch
 
         try:
-            torch.empty(1, device=args.device)
+            torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as exc:
-            raise UserError(f"--device {args.device} is not usable here: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"--device {device} is not usable here: {str(exc).splitlines()[0]}") from None
+
+
+def _eval_windows(args, loaded, seq_len: int):
+    from .data import read_text_file
+    from .pipeline import tokenize_windows
+
+    if args.text:
+        text, source = read_text_file(args.text), args.text
+    elif loaded.heldout_text is not None:
+        text, source = loaded.heldout_text, "held-out text"
+    else:
+        raise UserError(f"model {loaded.name} ships no held-out text: pass --text FILE")
+    return tokenize_windows(loaded.tokenizer, text, seq_len, args.windows, what=source), source
+
+
+def _plan_kwargs(args) -> dict:
+    return {"bounds": args.bounds, "margin_bits": args.margin_bits, "protocol": args.protocol,
+            "headroom_bits": args.headroom, "time_limit": args.time_limit}
+
+
+def _emulation_record(name, plan, result, check: bool) -> dict:
+    return {
+        "model": name,
+        "field_bits": plan.field_bits,
+        "frac_bits": plan.frac_bits,
+        "policy": plan.policy,
+        "metrics": result.metrics,
+        "counts": plan.counts(),
+        "bound_violations": result.bound_violations if check else None,
+        "time_s": {"float": result.time_float, "emulated": result.time_emulated},
+    }
 
 
 def cmd_emulate(args) -> dict:
-    _validate_emulate(args)
-    from .data import read_text_file
     from .models import load_model
-    from .pipeline import build_plan, convert, emulate, tokenize_windows
+    from .pipeline import build_plan, convert, emulate
+    from .planfile import attach_weights, load_plan
     from .report import print_emulation, progress_bar
 
-    text = read_text_file(args.text) if args.text else None  # before the slow work
-    loaded = load_model(args.model)
-    if text is None:
-        if loaded.heldout_text is None:
-            raise UserError(f"model {args.model} ships no held-out text: pass --text FILE")
-        text, source = loaded.heldout_text, "held-out text"
+    _check_output_path(args.json, "--json")
+    _check_device(args.device)
+    if args.text:  # fail fast on a bad text file, before the slow work
+        from .data import read_text_file
+
+        read_text_file(args.text)
+    timings = {}
+    if args.plan:
+        plan = load_plan(args.plan)
+        name = args.model or plan.meta["model"].get("name", "default")
+        loaded = load_model(name)
+        attach_weights(plan, loaded.model, name)
+        seq_len = plan.meta["model"]["seq_len"]
     else:
-        source = args.text
-    windows = tokenize_windows(loaded.tokenizer, text, args.seq_len, args.windows, what=source)
-    converted = convert(loaded, args.seq_len, args.frac_bits)
-    plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits)
+        _check_field(args.field_bits, args.frac_bits)
+        loaded = load_model(args.model)
+        seq_len = args.seq_len
+    windows, source = _eval_windows(args, loaded, seq_len)
+    if not args.plan:
+        converted = convert(loaded, seq_len, args.frac_bits)
+        plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits, **_plan_kwargs(args))
+        timings = converted.timings
     with progress_bar(len(windows), "emulating") as advance:
-        result = emulate(converted, plan, windows, device=args.device, check=not args.no_check, progress=advance)
-    record = {
-        "model": loaded.name,
-        "field_bits": args.field_bits,
-        "frac_bits": args.frac_bits,
-        "policy": args.policy,
-        "metrics": result.metrics,
-        "counts": plan.counts(),
-        "bound_violations": None if args.no_check else result.bound_violations,
-        "time_s": {"float": result.time_float, "emulated": result.time_emulated},
-    }
-    print_emulation(record, plan, converted, result, source)
+        result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance)
+    record = _emulation_record(loaded.name, plan, result, args.check)
+    print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def cmd_plan(args) -> None:
+    from .models import load_model
+    from .pipeline import build_plan, convert
+    from .planfile import save_plan
+    from .report import print_plan_summary
+
+    _check_field(args.field_bits, args.frac_bits)
+    _check_output_path(args.output, "-o")
+    loaded = load_model(args.model)
+    converted = convert(loaded, args.seq_len, args.frac_bits)
+    plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits, **_plan_kwargs(args))
+    save_plan(plan, args.output)
+    print_plan_summary(plan, args.output)
+
+
+def cmd_report(args) -> None:
+    from .cost import plan_costs
+    from .planfile import load_plan
+    from .protocols import load_network, load_protocol
+    from .report import print_report
+
+    _check_output_path(args.json, "--json")
+    plan = load_plan(args.plan)
+    protocol = load_protocol(args.protocol or plan.meta.get("protocol"))
+    costs = plan_costs(plan, protocol, load_network(args.network))
+    print_report(plan, costs, args.network)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"plan": args.plan, "network": args.network, "counts": plan.counts(),
+                                               **costs}, indent=2) + "\n")
+
+
+def cmd_compare(args) -> list[dict]:
+    from .cost import plan_costs
+    from .models import load_model
+    from .pipeline import build_plan, convert, emulate
+    from .placement import POLICIES
+    from .protocols import load_network, load_protocol
+    from .report import plot_compare, print_compare, progress_bar
+
+    _check_output_path(args.json, "--json")
+    _check_output_path(args.plot, "--plot")
+    _check_device(args.device)
+    if not args.field_bits or not args.policies:
+        raise UserError("--field-bits and --policies need at least one value each")
+    for fb in args.field_bits:
+        _check_field(fb, args.frac_bits)
+    for pol in args.policies:
+        if pol not in POLICIES:
+            raise UserError(f"unknown policy {pol!r}: choose from {', '.join(POLICIES)}")
+    loaded = load_model(args.model)
+    windows, source = _eval_windows(args, loaded, args.seq_len)
+    converted = convert(loaded, args.seq_len, args.frac_bits)
+    protocol, network = load_protocol(args.protocol), load_network("lan")
+    rows, rounds = [], []
+    sites: dict[str, list] = {}  # policy -> truncation sites of its plans at smaller fields
+    with progress_bar(len(args.field_bits) * len(args.policies), "planning and emulating") as advance:
+        for fb in sorted(args.field_bits):
+            for pol in args.policies:
+                try:
+                    # a placement that fits a smaller field fits this one: optimal starts from it
+                    hints = tuple(sites.get("optimal", [])) + tuple(sites.get("lazy", [])[-1:])
+                    plan = build_plan(converted, pol, fb, args.frac_bits, hints=hints, **_plan_kwargs(args))
+                    sites.setdefault(pol, []).append(plan.sites)
+                except UserError as exc:
+                    rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
+                                 "metrics": None, "counts": None, "bound_violations": None, "time_s": None,
+                                 "feasible": False, "reason": str(exc)})
+                    rounds.append(None)
+                    advance()
+                    continue
+                result = emulate(loaded.model, plan, windows, device=args.device, check=True)
+                rows.append({**_emulation_record(loaded.name, plan, result, True), "feasible": True, "reason": ""})
+                rounds.append(plan_costs(plan, protocol, network)["rounds"])
+                advance()
+    print_compare(rows, rounds, protocol.name, source, len(windows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        plot_compare(rows, args.plot)
+    return rows
 
 
 def cmd_models(args) -> None:
@@ -111,10 +292,13 @@ def cmd_models(args) -> None:
         print(name)
 
 
+COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "models": cmd_models}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        {"emulate": cmd_emulate, "models": cmd_models}[args.command](args)
+        COMMANDS[args.command](args)
         return 0
     except UserError as exc:
         print(f"truncbridge: error: {exc}", file=sys.stderr)

@@ -16,7 +16,9 @@ from .ir import Program
 from .lower import lower
 from .metrics import compare_logits
 from .models import LoadedModel
-from .placement import Plan, place
+from .placement import OPTIMAL_TIME_LIMIT_S, Plan, place
+from .planfile import model_hash
+from .protocols import load_protocol
 
 CALIBRATION_WINDOWS = 8
 
@@ -30,10 +32,22 @@ class Converted:
     program: Program
     maxabs: dict[int, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    weights_hash: str = ""
 
     @property
     def vocab(self) -> int:
-        return self.captured.weights and self.loaded.model.get_input_embeddings().weight.shape[0]
+        return vocab_size(self.loaded.model)
+
+    def identity(self) -> dict:
+        """What a plan file records about the model it was made for."""
+        if not self.weights_hash:
+            self.weights_hash = model_hash(self.loaded.model)
+        return {"name": self.loaded.name, "class": type(self.loaded.model).__name__, "hash": self.weights_hash,
+                "seq_len": self.captured.seq_len, "batch": self.captured.batch, "vocab": self.vocab}
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    return model.get_input_embeddings().weight.shape[0]
 
 
 def tokenize_windows(tokenizer, text: str, seq_len: int, limit: int | None = None, what: str = "text") -> torch.Tensor:
@@ -88,14 +102,27 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
 
 
 def build_plan(converted: Converted, policy: str, field_bits: int, frac_bits: int, bounds: str = "static",
-               margin_bits: int = 1, headroom_bits: int = 0) -> Plan:
+               margin_bits: int = 1, protocol: str | None = None, headroom_bits: int | None = None,
+               time_limit: float = OPTIMAL_TIME_LIMIT_S, hints: tuple = ()) -> Plan:
+    """Analyse and place. The protocol's statistical headroom (or ``headroom_bits``) shrinks the budget."""
+    proto = load_protocol(protocol)
+    proto.check_ring(field_bits)
+    headroom = proto.headroom_bits if headroom_bits is None else headroom_bits
+    if headroom < 0:
+        raise UserError(f"--headroom must be >= 0 bits, got {headroom}")
     if bounds == "static":
         node_bounds = static_bounds(converted.program)
     elif bounds == "calibrated":
         node_bounds = calibrated_bounds(converted.program, converted.maxabs, margin_bits)
     else:
         raise UserError(f"unknown bounds mode {bounds!r}: choose static or calibrated")
-    return place(converted.program, policy, field_bits, frac_bits, node_bounds, headroom_bits)
+    t = time.perf_counter()
+    plan = place(converted.program, policy, field_bits, frac_bits, node_bounds, headroom, time_limit, hints)
+    plan.solver.setdefault("wall_s", round(time.perf_counter() - t, 3))
+    plan.meta = {"model": converted.identity(), "protocol": proto.name,
+                 "bounds": {"mode": bounds, "margin_bits": margin_bits if bounds == "calibrated" else None},
+                 "weights": sorted(converted.program.weights)}
+    return plan
 
 
 @dataclass
@@ -109,10 +136,13 @@ class EmulationResult:
     ir_float_max_abs_logit_error: float  # recipes alone (no rounding) vs the float model
 
 
-def emulate(converted: Converted, plan: Plan, windows: torch.Tensor, device: str = "cpu",
+def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
             check: bool = True, progress=None) -> EmulationResult:
     """Run the float model and the plan on every window; compare logits position by position."""
-    model, vocab = converted.loaded.model, converted.loaded.model.get_input_embeddings().weight.shape[0]
+    vocab = vocab_size(model)
+    seq_len = plan.program[plan.program.inputs["tokens"]].shape[1]
+    if windows.shape[1] != seq_len:
+        raise UserError(f"the plan was made for windows of {seq_len} tokens, not {windows.shape[1]}")
     executor = RingExecutor(plan, device)
     floats, emus, irs = [], [], []
     t_float = t_emu = 0.0
@@ -128,7 +158,7 @@ def emulate(converted: Converted, plan: Plan, windows: torch.Tensor, device: str
         emus.append(executor.decode_outputs(outs)[0][0])
         t_emu += time.perf_counter() - t
         violations += v
-        irs.append(run_float(converted.program, inputs)[0][0])
+        irs.append(run_float(plan.program, inputs)[0][0])
         if progress is not None:
             progress()
     f, e, ir = torch.cat(floats), torch.cat(emus), torch.cat(irs)

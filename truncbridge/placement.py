@@ -17,8 +17,10 @@ nodes inserted, and each node's bound.
 """
 from __future__ import annotations
 
-import math
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +47,8 @@ class Plan:
     bounds: dict[int, Bound] = field(default_factory=dict)  # plan node id -> bound of its real value
     budget_bits: int | None = None  # integer bits (sign included) a value may use; default field_bits
     solver: dict = field(default_factory=dict)  # optimal: status, objective, wall time
+    meta: dict = field(default_factory=dict)  # model identity, protocol, bounds mode: set by the pipeline
+    sites: list[int] = field(default_factory=list)  # source (IR) nodes whose value is truncated
 
     def __post_init__(self):
         if self.budget_bits is None:
@@ -232,13 +236,14 @@ def _place_fixed(e: _Emitter, target: dict[int, int]) -> None:
 
 
 def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                   start: set[int]) -> tuple[dict[int, int], dict]:
+                   starts: list[set[int]]) -> tuple[dict[int, int], dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at >= f,
     and the objective is the number of truncated elements (tie: lower scales). HiGHS starts from
-    ``start`` (a feasible set of truncated nodes, e.g. lazy's), so the result is never worse.
+    the cheapest feasible set in ``starts`` (truncated source nodes: lazy's, or a plan for a
+    smaller field), so the result is never worse than any of them.
     """
     import highspy
 
@@ -255,12 +260,14 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
     lp.integrality_ = [highspy.HighsVarType.kInteger] * (3 * n)
-    h = highspy.Highs()
+    with _c_stdout_silenced():  # HiGHS prints a banner from C++ when it starts
+        h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("threads", 1)
     h.passModel(lp)
+    start = _cheapest_feasible(starts, src, f, A, lo, hi, var_lo, var_hi)
     initial = highspy.HighsSolution()
     initial.col_value = list(_start_vector(src, f, start))
     h.setSolution(initial)
@@ -340,6 +347,32 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
     return cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float)
 
 
+@contextmanager
+def _c_stdout_silenced():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _cheapest_feasible(starts, src, f, A, lo, hi, var_lo, var_hi) -> set[int]:
+    feasible = []
+    for start in starts:
+        x = _start_vector(src, f, start)
+        ax = A @ x
+        if np.all(ax >= lo - 1e-9) and np.all(ax <= hi + 1e-9) and np.all(x >= var_lo) and np.all(x <= var_hi):
+            feasible.append((sum(src[i].numel for i in start if x[2 * len(src.nodes) + i]), start))
+    if not feasible:
+        raise UserError("optimal placement: no feasible starting placement (lazy failed too)")
+    return min(feasible, key=lambda t: t[0])[1]
+
+
 def _worth_truncating(src: Program, v: Node) -> bool:
     """Candidate truncation sites. Elsewhere a truncation is never cheaper than one next to it:
     after a negation, relabel, public addition or a move that does not shrink the tensor, the
@@ -377,7 +410,9 @@ def _start_vector(src: Program, f: int, truncated: set[int]) -> np.ndarray:
 
 
 def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds: dict[int, Bound],
-          headroom_bits: int = 0, time_limit: float = OPTIMAL_TIME_LIMIT_S) -> Plan:
+          headroom_bits: int = 0, time_limit: float = OPTIMAL_TIME_LIMIT_S, hints: tuple = ()) -> Plan:
+    """``hints``: truncation sites (source node ids, ``Plan.sites``) of other plans of the same
+    program; optimal starts from the cheapest feasible of them and lazy's."""
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
     if not 0 < frac_bits < field_bits:
@@ -391,12 +426,17 @@ def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds
     if policy == "optimal":
         lazy = _Emitter(program, frac_bits, bounds, budget)
         _place_greedy(lazy, lazy=True)
+        # lazy fails only where a value does not fit even with its inputs at frac_bits: then no
+        # placement can fit, and lazy's error names the value
+        _check_fits(Plan(lazy.finish(), field_bits, frac_bits, "lazy", lazy.bounds, budget))
         start = {lazy.source_of[t.inputs[0]] for t in lazy.out.nodes if t.op == "trunc"}
-        target, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, start)
+        target, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, [start, *map(set, hints)])
         _place_fixed(e, target)
     else:
         _place_greedy(e, lazy=policy == "lazy")
     plan = Plan(e.finish(), field_bits, frac_bits, policy, e.bounds, budget, solver)
+    plan.sites = sorted({e.source_of[t.inputs[0]] for t in plan.program.nodes
+                         if t.op == "trunc" and t.inputs[0] in e.source_of})
     _check_fits(plan)
     return plan
 

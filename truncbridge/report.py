@@ -1,13 +1,14 @@
 """Human-readable output: tables and progress bars (rich, on stderr for progress)."""
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+console = Console(width=max(110, shutil.get_terminal_size().columns))
 
 
 @contextmanager
@@ -19,7 +20,7 @@ def progress_bar(total: int, label: str):
         yield lambda: progress.advance(task)
 
 
-def print_emulation(record: dict, plan, converted, result, source: str) -> None:
+def print_emulation(record: dict, plan, timings: dict, result, source: str) -> None:
     m, c = record["metrics"], record["counts"]
     title = (f"truncbridge emulate — {record['model']}  (Z_2^{record['field_bits']}, "
              f"{record['frac_bits']} fractional bits, {record['policy']} truncation)")
@@ -51,8 +52,127 @@ def print_emulation(record: dict, plan, converted, result, source: str) -> None:
     times = Table(show_header=True)
     times.add_column("time")
     times.add_column("seconds", justify="right")
-    for stage, seconds in converted.timings.items():
+    for stage, seconds in timings.items():
         times.add_row(f"{stage} (once)", f"{seconds:.2f}")
+    if plan.solver.get("wall_s") is not None:
+        times.add_row(f"placement ({plan.policy})", f"{plan.solver['wall_s']:.2f}")
     times.add_row("float model, all windows", f"{record['time_s']['float']:.3f}")
     times.add_row("exact emulation, all windows", f"{record['time_s']['emulated']:.3f}")
     console.print(times)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def print_plan_summary(plan, path: str) -> None:
+    c = plan.counts()
+    meta = plan.meta
+    t = Table(title=f"plan written to {path}", title_justify="left")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("model", f"{meta['model']['name']} (seq {meta['model']['seq_len']}, weights {meta['model']['hash'][:12]})")
+    t.add_row("field / fraction bits", f"Z_2^{plan.field_bits} / {plan.frac_bits}")
+    t.add_row("protocol / headroom", f"{meta['protocol']} / {plan.field_bits - plan.budget_bits} bits")
+    t.add_row("policy / bounds", f"{plan.policy} / {meta['bounds']['mode']}")
+    t.add_row("nodes", f"{len(plan.program.nodes):,}")
+    t.add_row("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}")
+    if plan.solver.get("solver"):
+        s = plan.solver
+        t.add_row("solver", f"{s['status']}, gap {s['mip_gap']:.1%}, {s['wall_s']:.1f} s "
+                            f"(started from lazy: {s['start_elements']:,} elements)")
+    console.print(t)
+
+
+def print_report(plan, costs: dict, network: str) -> None:
+    c = plan.counts()
+    head = Table(title=f"truncbridge report — {plan.meta['model']['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
+                       f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}",
+                 title_justify="left")
+    head.add_column("")
+    head.add_column("value", justify="right")
+    head.add_row("private multiplications", f"{c['mul_private']:,}")
+    head.add_row("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}")
+    head.add_row("rounds (critical path)", f"{costs['rounds']:,.0f}")
+    head.add_row("communication per party", _fmt_bytes(costs["bytes"]))
+    head.add_row("estimated latency", f"{costs['latency_s']:.3f} s")
+    head.add_row("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}")
+    console.print(head)
+
+    layers = Table(title="per layer", title_justify="left")
+    for col in ("layer", "private muls", "scalar products", "truncations", "truncated elements", "bytes"):
+        layers.add_column(col, justify="left" if col == "layer" else "right")
+    for name, v in costs["by_layer"].items():
+        if not any(v.values()):
+            continue
+        layers.add_row(name, f"{v.get('mul_private', 0):,.0f}", f"{v.get('private_products', 0):,.0f}",
+                       f"{v.get('truncations', 0):,.0f}", f"{v.get('truncated_elements', 0):,.0f}",
+                       _fmt_bytes(v.get("bytes", 0)))
+    console.print(layers)
+
+    kinds = Table(title="per operation kind", title_justify="left")
+    kinds.add_column("op")
+    kinds.add_column("nodes", justify="right")
+    kinds.add_column("elements", justify="right")
+    by_op: dict[str, list[int]] = {}
+    for n in plan.program.nodes:
+        by_op.setdefault(n.op, [0, 0])
+        by_op[n.op][0] += 1
+        by_op[n.op][1] += n.numel
+    for op, (count, elements) in sorted(by_op.items()):
+        kinds.add_row(op, f"{count:,}", f"{elements:,}")
+    console.print(kinds)
+
+    rec = Table(title="truncations per recipe", title_justify="left")
+    for col in ("recipe", "truncations", "truncated elements", "expected failures"):
+        rec.add_column(col, justify="left" if col == "recipe" else "right")
+    for name, v in sorted(costs["by_recipe"].items()):
+        rec.add_row(name, f"{v['truncations']:,.0f}", f"{v['truncated_elements']:,.0f}", f"{v['expected_failures']:.3g}")
+    console.print(rec)
+
+
+def print_compare(rows: list[dict], rounds: list, protocol: str, source: str, windows: int) -> None:
+    t = Table(title=f"truncbridge compare — {rows[0]['model']}, rounds under {protocol} "
+                    f"(accuracy on {source}, {windows} windows)", title_justify="left")
+    for col in ("field", "policy", "truncated elements", "truncations", "rounds", "top-1", "ppl ratio", "violations"):
+        t.add_column(col, justify="right", overflow="fold")
+    for row, r in zip(rows, rounds):
+        if not row["feasible"]:
+            t.add_row(str(row["field_bits"]), row["policy"], "infeasible", "", "", "", "",
+                      row["reason"].split(" (|value|")[0])
+            continue
+        m, c = row["metrics"], row["counts"]
+        t.add_row(str(row["field_bits"]), row["policy"], f"{c['truncated_elements']:,}", f"{c['truncations']:,}",
+                  f"{r:,.0f}", f"{m['top1_agreement']:.4f}", f"{m['ppl_emulated'] / m['ppl_float']:.4f}",
+                  str(row["bound_violations"]))
+    console.print(t)
+
+
+def plot_compare(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        pts = [(r["field_bits"], r["counts"]["truncated_elements"], r["metrics"]["top1_agreement"])
+               for r in rows if r["policy"] == policy and r["feasible"]]
+        if pts:
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+            ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=policy)
+    ax1.set_xlabel("field bits")
+    ax1.set_ylabel("truncated elements per forward pass")
+    ax2.set_xlabel("field bits")
+    ax2.set_ylabel("top-1 agreement with float")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{rows[0]['model']}: infeasible (field, policy) pairs are not drawn")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

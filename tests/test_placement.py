@@ -1,0 +1,149 @@
+"""Placement policies on random programs and on the default model: cost order, bounds, precision."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import float_maxabs
+from truncbridge.analysis import calibrated_bounds, static_bounds
+from truncbridge.errors import UserError
+from truncbridge.execute import RingExecutor, run_float
+from truncbridge.ir import Builder
+from truncbridge.placement import place
+from truncbridge.pipeline import build_plan
+
+F = 12  # fraction bits of the random programs
+
+
+@st.composite
+def programs(draw):
+    """Random straight-line programs over secret 4x4 tensors with values in [-2, 2]."""
+    b = Builder()
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    vals = {}
+    for k in range(draw(st.integers(1, 3))):
+        x = b.input(f"x{k}", (4, 4))
+        vals[x] = (torch.rand(4, 4, generator=g, dtype=torch.float64) * 4 - 2)
+    live = list(vals)
+    for _ in range(draw(st.integers(2, 14))):
+        op = draw(st.sampled_from(["mul", "mul", "matmul", "add", "mul_public", "add_public", "sum", "pow2", "neg",
+                                   "move"]))
+        a = draw(st.sampled_from(live))
+        c = draw(st.sampled_from(live))
+        if op == "mul":
+            out = b.mul(a, c)
+        elif op == "matmul":
+            out = b.matmul(a, c)
+        elif op == "add":
+            out = b.add(a, c)
+        elif op == "mul_public":
+            out = b.mul_public(a, draw(st.sampled_from([0.37, -1.5, 3.0, 0.05])))
+        elif op == "add_public":
+            out = b.add_public(a, draw(st.sampled_from([0.5, -1.25, 2.0])))
+        elif op == "sum":
+            out = b.move("aten.expand.default", [b.sum(a, [1], keepdim=True)], ["$0", [4, 4]])
+        elif op == "pow2":
+            out = b.pow2(a, draw(st.integers(-3, 2)))
+        elif op == "neg":
+            out = b.neg(a)
+        else:
+            out = b.move("aten.permute.default", [a], ["$0", [1, 0]])
+        live.append(out)
+    b.output(live[-1])
+    inputs = {f"x{k}": v for k, v in enumerate(vals.values())}
+    return b.program, inputs
+
+
+def _plans(program, inputs, field_bits):
+    """All three policies under bounds calibrated on the inputs themselves (+1 bit)."""
+    node_bounds = calibrated_bounds(program, float_maxabs(program, inputs), 1)
+    return {p: place(program, p, field_bits, F, node_bounds, time_limit=20) for p in ("eager", "lazy", "optimal")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(programs(), st.sampled_from([40, 48, 64]))
+def test_optimal_le_lazy_le_eager_and_all_exact_within_bounds(case, field_bits):
+    program, inputs = case
+    try:
+        plans = _plans(program, inputs, field_bits)
+    except UserError as exc:  # a small field may not hold even one product: then no policy can
+        assert "field too small" in str(exc) or "no feasible" in str(exc)
+        return
+    cost = {p: plan.counts()["truncated_elements"] for p, plan in plans.items()}
+    assert cost["optimal"] <= cost["lazy"] <= cost["eager"]
+    want = run_float(program, inputs)[0]
+    for policy, plan in plans.items():
+        ex = RingExecutor(plan)
+        outs, violations = ex.run(inputs, check=True)
+        assert violations == 0, policy
+        for n in plan.program.nodes:
+            assert plan.bound_bits(n) <= plan.budget_bits
+            if n.op == "trunc":
+                assert n.scale >= F  # a shift never drops below the precision the output needs
+        got = ex.decode_outputs(outs)[0]
+        # every value keeps >= F fraction bits; rounding errors grow at most by the values' own size
+        scale = 1 + float_maxabs(program, inputs)[program.outputs[0]]
+        assert (got - want).abs().max() <= 2.0 ** -(F - 8) * scale ** 3, policy
+
+
+def test_optimal_is_exact_on_a_chain_where_lazy_is_greedy():
+    """x^8 by repeated squaring in a narrow field: each policy's truncation count is known."""
+    b = Builder()
+    x = b.input("x", (8,))
+    y = x
+    for _ in range(3):
+        y = b.mul(y, y)
+    b.output(y)
+    inputs = {"x": torch.linspace(-1.2, 1.2, 8, dtype=torch.float64)}
+    plans = _plans(b.program, inputs, 48)
+    counts = {p: plan.counts()["truncations"] for p, plan in plans.items()}
+    assert counts["eager"] == 3  # after every product
+    assert counts["optimal"] <= counts["lazy"] < counts["eager"]
+    assert plans["optimal"].solver["proven_optimal"]
+
+
+@pytest.fixture(scope="module")
+def default_plans(default_converted):
+    return {p: build_plan(default_converted, p, 64, 16, time_limit=30) for p in ("eager", "lazy", "optimal")}
+
+
+def test_default_model_policies_shrink_truncations(default_plans):
+    te = {p: plan.counts()["truncated_elements"] for p, plan in default_plans.items()}
+    assert te["optimal"] <= te["lazy"] < te["eager"]
+
+
+def test_static_bounds_hold_on_real_text(default_converted):
+    """No calibrated maximum exceeds its static bound (sources: weight, input, rule, recipe, range)."""
+    sb = static_bounds(default_converted.program)
+    for node in default_converted.program.nodes:
+        assert default_converted.maxabs.get(node.id, 0.0) <= sb[node.id].value * (1 + 1e-9), (node.op, node.origin)
+    assert {b.source for b in sb.values()} >= {"weight", "input", "rule", "recipe", "range"}
+
+
+def test_field_too_small_names_the_value(default_converted):
+    with pytest.raises(UserError, match=r"field too small: .* needs \d+ bits .* but the budget is 24 bits"):
+        build_plan(default_converted, "lazy", 24, 16)
+
+
+def test_protocol_headroom_shrinks_the_budget(default_converted):
+    plan = build_plan(default_converted, "lazy", 64, 16, protocol="crypten-2pc", bounds="calibrated")
+    assert plan.budget_bits == 64 - 16
+    assert all(plan.bound_bits(n) <= 48 for n in plan.program.nodes)
+    with pytest.raises(UserError, match="works in Z_2\\^64 only"):
+        build_plan(default_converted, "lazy", 48, 16, protocol="crypten-2pc")
+
+
+def test_truncated_elements_never_grow_with_the_field(default_converted):
+    prev = math.inf
+    for fb in (48, 56, 64):
+        try:
+            plan = build_plan(default_converted, "lazy", fb, 16, bounds="calibrated")
+        except UserError:
+            continue
+        te = plan.counts()["truncated_elements"]
+        assert te <= prev
+        prev = te

@@ -1,0 +1,105 @@
+"""Plan files, `truncbridge plan | report | compare`, and their errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from truncbridge.cli import main
+from truncbridge.planfile import SCHEMA_VERSION, load_plan
+
+EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s"}
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plans") / "lazy.json"
+    assert main(["plan", "--policy", "lazy", "--seq-len", "16", "-o", str(path)]) == 0
+    return path
+
+
+def test_plan_file_is_self_describing(plan_file):
+    doc = json.loads(plan_file.read_text())
+    assert doc["schema"] == "truncbridge-plan" and doc["schema_version"] == SCHEMA_VERSION
+    assert doc["model"]["name"] == "default" and len(doc["model"]["hash"]) == 64 and doc["model"]["seq_len"] == 16
+    assert (doc["field_bits"], doc["frac_bits"], doc["policy"], doc["protocol"]) == (64, 16, "lazy", "faithful-2pc")
+    assert doc["bounds"]["mode"] == "static"
+    node = doc["nodes"][-1]
+    assert {"scale", "bound", "bound_source", "bound_bits"} <= set(node)
+    assert len(doc["truncations"]) == doc["counts"]["truncations"] > 0
+    assert all(t["shift"] > 0 for t in doc["truncations"])
+
+
+def test_emulate_runs_a_plan_file(plan_file, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["emulate", "--plan", str(plan_file), "--windows", "2", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec) == EMULATE_KEYS
+    assert rec["policy"] == "lazy" and rec["bound_violations"] == 0
+    assert rec["counts"] == json.loads(plan_file.read_text())["counts"]
+
+
+def _bad(tmp_path, text):
+    p = tmp_path / "bad.json"
+    p.write_text(text)
+    return str(p)
+
+
+def test_corrupt_plan_file(tmp_path, capsys):
+    assert main(["emulate", "--plan", _bad(tmp_path, "{not json")]) == 2
+    assert "corrupt plan file" in capsys.readouterr().err
+
+
+def test_wrong_schema_version(plan_file, tmp_path, capsys):
+    doc = json.loads(plan_file.read_text())
+    doc["schema_version"] = 999
+    assert main(["emulate", "--plan", _bad(tmp_path, json.dumps(doc))]) == 2
+    assert "schema version 999" in capsys.readouterr().err
+
+
+def test_truncated_plan_file(plan_file, tmp_path, capsys):
+    doc = json.loads(plan_file.read_text())
+    del doc["nodes"][3]["scale"]
+    assert main(["emulate", "--plan", _bad(tmp_path, json.dumps(doc))]) == 2
+    assert "corrupt plan file" in capsys.readouterr().err
+
+
+def test_plan_for_another_model(plan_file, capsys):
+    assert main(["emulate", "--plan", str(plan_file), "--model", "random-llama"]) == 2
+    err = capsys.readouterr().err
+    assert "plan was made for model default" in err and err.count("\n") == 1
+
+
+def test_report_under_protocols(plan_file, tmp_path, capsys):
+    out = tmp_path / "rep.json"
+    assert main(["report", str(plan_file), "--json", str(out)]) == 0
+    faithful = json.loads(out.read_text())
+    assert faithful["expected_truncation_failures"] == 0 and faithful["rounds"] > 0
+    assert main(["report", str(plan_file), "--protocol", "crypten-2pc", "--network", "wan", "--json", str(out)]) == 0
+    crypten = json.loads(out.read_text())
+    assert crypten["expected_truncation_failures"] > 0  # a 64-bit faithful plan is too full for local truncation
+    printed = capsys.readouterr().out
+    assert "per layer" in printed and "truncations per recipe" in printed
+
+
+def test_compare_marks_infeasible_rows(tmp_path):
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    args = ["compare", "--seq-len", "16", "--windows", "1", "--field-bits", "24,64", "--policies", "eager,lazy",
+            "--json", str(out), "--plot", str(png)]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["field_bits"], r["policy"]) for r in rows] == [(24, "eager"), (24, "lazy"), (64, "eager"), (64, "lazy")]
+    for r in rows:
+        assert set(r) == EMULATE_KEYS | {"feasible", "reason"}
+    assert not rows[0]["feasible"] and "field too small" in rows[0]["reason"]
+    assert rows[2]["feasible"] and rows[2]["bound_violations"] == 0
+    assert rows[3]["counts"]["truncated_elements"] < rows[2]["counts"]["truncated_elements"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_errors(tmp_path, capsys):
+    assert main(["plan", "--policy", "lazy", "--field-bits", "48", "--protocol", "crypten-2pc", "-o",
+                 str(tmp_path / "p.json")]) == 2
+    assert "Z_2^64 only" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    assert "plan file not found" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""Turn a plan into protocol costs: rounds on the critical path, bytes, latency, and the expected
+number of truncation failures of a probabilistic truncation protocol."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .placement import Plan
+from .protocols import Protocol
+
+
+def layer_of(origin: str) -> str:
+    """"model.layers.3.mlp.act_fn:sigmoid_3" -> "model.layers.3"; "model.norm:mul" -> "model.norm";
+    "lm_head:mm" -> "lm_head"; inputs and weights (no module) -> "(inputs)"."""
+    if ":" not in origin:
+        return "(inputs)"
+    parts = origin.split(":")[0].split(".")
+    if len(parts) >= 3 and parts[1] in ("layers", "h", "layer", "blocks"):
+        return ".".join(parts[:3])
+    return ".".join(parts[:2])
+
+
+def opened_elements(plan: Plan, node) -> int:
+    """Elements a Beaver multiplication opens: each distinct operand once (a square opens one)."""
+    return sum(plan.program[i].numel for i in dict.fromkeys(node.inputs))
+
+
+def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
+    protocol.check_ring(plan.field_bits)
+    l = plan.field_bits
+    nodes = plan.program.nodes
+    mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
+    tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)
+    depth: dict[int, float] = {}
+    bits_total = 0.0
+    failures = 0.0
+    by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    for n in nodes:
+        rounds, bits = 0.0, 0.0
+        layer = by_layer[layer_of(n.origin)]
+        if n.op in ("mul", "matmul"):
+            rounds, bits = mul_r, opened_elements(plan, n) * mul_b
+            layer["mul_private"] += 1
+            layer["private_products"] += n.numel * (plan.program[n.inputs[0]].shape[-1] if n.op == "matmul" else 1)
+        elif n.op == "mul_public":
+            layer["mul_public"] += 1
+        elif n.op == "trunc":
+            rounds, bits = tr_r, n.numel * tr_b
+            p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), l)
+            failures += n.numel * p_fail
+            layer["truncations"] += 1
+            layer["truncated_elements"] += n.numel
+            rec = by_recipe[n.recipe or "(linear)"]
+            rec["truncations"] += 1
+            rec["truncated_elements"] += n.numel
+            rec["expected_failures"] += n.numel * p_fail
+        depth[n.id] = rounds + max((depth[i] for i in n.inputs), default=0.0)
+        bits_total += bits
+        layer["bytes"] += bits / 8
+    rounds_total = max(depth.values(), default=0.0)
+    bytes_total = bits_total / 8
+    latency = rounds_total * network["rtt_ms"] / 1e3 + bits_total / (network["bandwidth_gbps"] * 1e9)
+    return {
+        "protocol": protocol.name,
+        "rounds": rounds_total,
+        "bytes": bytes_total,
+        "latency_s": latency,
+        "expected_truncation_failures": failures,
+        "by_layer": {k: dict(v) for k, v in by_layer.items()},
+        "by_recipe": {k: dict(v) for k, v in by_recipe.items()},
+    }

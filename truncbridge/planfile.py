@@ -1,0 +1,144 @@
+"""Plan files: one self-describing JSON document per plan.
+
+It holds the schema version, the model's identity (name, class, hash of its weights, sequence
+length), field, fraction bits, protocol, headroom, policy, how bounds were obtained, every node
+with its scale and bound (and the bound's source), every truncation with its shift, and the public
+constants the plan uses. Weights are not in the file: they are the model owner's secret; running
+a plan loads them from the model and checks the hash.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .analysis import Bound
+from .errors import UserError
+from .ir import Node, Program
+from .placement import Plan
+
+SCHEMA = "truncbridge-plan"
+SCHEMA_VERSION = 1
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes and float32 bytes (tied weights counted once)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to(torch.float32).contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _encode_tensor(t: torch.Tensor) -> dict:
+    arr = t.detach().cpu().numpy()
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode()}
+
+
+def _decode_tensor(d: dict) -> torch.Tensor:
+    arr = np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+    return torch.from_numpy(arr.copy())
+
+
+def plan_to_json(plan: Plan) -> dict:
+    prog = plan.program
+    used_consts = sorted({n.attrs["const"] for n in prog.nodes if "const" in n.attrs} |
+                         {ref[1:] for n in prog.nodes if n.op == "move" for ref in _refs(n.attrs["args"])})
+    nodes = []
+    for n in prog.nodes:
+        b = plan.bounds[n.id]
+        nodes.append({"id": n.id, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape), "scale": n.scale,
+                      "bound": b.value, "bound_source": b.source, "bound_bits": plan.bound_bits(n),
+                      "attrs": n.attrs, "origin": n.origin, "recipe": n.recipe})
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"truncbridge {__version__}",
+        "model": plan.meta.get("model", {}),
+        "field_bits": plan.field_bits,
+        "frac_bits": plan.frac_bits,
+        "protocol": plan.meta.get("protocol"),
+        "headroom_bits": plan.field_bits - plan.budget_bits,
+        "budget_bits": plan.budget_bits,
+        "policy": plan.policy,
+        "bounds": plan.meta.get("bounds"),
+        "solver": plan.solver,
+        "counts": plan.counts(),
+        "truncations": [{"node": n.id, "input": n.inputs[0], "shift": n.attrs["shift"], "elements": n.numel,
+                         "rounding": n.attrs.get("rounding", "nearest"), "origin": n.origin, "recipe": n.recipe}
+                        for n in prog.nodes if n.op == "trunc"],
+        "inputs": prog.inputs,
+        "outputs": prog.outputs,
+        "weights": sorted({n.attrs["name"] for n in prog.nodes if n.op == "weight"}),
+        "consts": {k: _encode_tensor(prog.consts[k]) for k in used_consts},
+        "nodes": nodes,
+    }
+
+
+def _refs(template) -> list[str]:
+    if isinstance(template, str):
+        return [template] if template.startswith("@") else []
+    if isinstance(template, (list, tuple)):
+        return [r for t in template for r in _refs(t)]
+    return []
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(plan_to_json(plan)) + "\n")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file; weights are attached later by ``attach_weights``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"plan file not found: {p}")
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"corrupt plan file {p}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UserError(f"{p} is not a truncbridge plan (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"plan {p} has schema version {doc.get('schema_version')}, this truncbridge reads {SCHEMA_VERSION}")
+    try:
+        prog = Program()
+        prog.consts = {k: _decode_tensor(v) for k, v in doc["consts"].items()}
+        bounds = {}
+        for d in doc["nodes"]:
+            node = Node(d["id"], d["op"], tuple(d["inputs"]), tuple(d["shape"]), d["attrs"], d["origin"], d["recipe"],
+                        d["scale"])
+            if node.id != len(prog.nodes) or any(i >= node.id for i in node.inputs):
+                raise ValueError(f"node {node.id} is out of order")
+            prog.nodes.append(node)
+            bounds[node.id] = Bound(float(d["bound"]), d["bound_source"])
+        prog.inputs = {k: int(v) for k, v in doc["inputs"].items()}
+        prog.outputs = [int(o) for o in doc["outputs"]]
+        plan = Plan(prog, int(doc["field_bits"]), int(doc["frac_bits"]), doc["policy"], bounds,
+                    int(doc["budget_bits"]), doc.get("solver", {}),
+                    {"model": doc["model"], "protocol": doc["protocol"], "bounds": doc["bounds"],
+                     "weights": doc["weights"]})
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UserError(f"corrupt plan file {p}: {type(exc).__name__}: {exc}") from None
+    return plan
+
+
+def attach_weights(plan: Plan, model: torch.nn.Module, model_name: str) -> None:
+    """Give the plan its weights from ``model``, which must be the model the plan was made for."""
+    want = plan.meta.get("model", {}).get("hash")
+    have = model_hash(model)
+    if want != have:
+        made_for = plan.meta.get("model", {}).get("name", "?")
+        raise UserError(f"this plan was made for model {made_for} (weights {str(want)[:12]}), "
+                        f"not {model_name} (weights {have[:12]})")
+    state = model.state_dict()
+    missing = [w for w in plan.meta["weights"] if w not in state]
+    if missing:
+        raise UserError(f"model {model_name} lacks the plan's weights: {', '.join(missing[:3])}")
+    plan.program.weights = {w: state[w].detach().to(torch.float64) for w in plan.meta["weights"]}
