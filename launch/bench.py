@@ -1,10 +1,11 @@
 """Benchmarks kept out of the test suite (``make bench``).
 
-Emulator: exact ring emulation vs the float model on the default model, and the three exact
-matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in the same
-run so the ratios are meaningful on a noisy machine.
+Placement: truncated elements and truncations per policy on the default model (ratios to eager)
+and the planner's wall time. Emulator: exact ring emulation vs the float model, and the three
+exact matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in
+the same run so the ratios are meaningful on a noisy machine.
 
-    python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3]
+    python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3] [--time-limit 60]
 """
 from __future__ import annotations
 
@@ -28,14 +29,28 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def bench_emulator(seq_len: int, windows: int, repeat: int) -> None:
-    loaded = load_model("default")
-    t = time.perf_counter()
-    converted = convert(loaded, seq_len, 16)
-    convert_s = time.perf_counter() - t
+def bench_placement(converted, time_limit: float) -> None:
+    print(f"placement on the default model (seq {converted.captured.seq_len}, Z_2^64, 16 fraction bits, "
+          f"faithful-2pc, static bounds):")
+    base = None
+    for policy in ("eager", "lazy", "optimal"):
+        t = time.perf_counter()
+        plan = build_plan(converted, policy, 64, 16, time_limit=time_limit)
+        wall = time.perf_counter() - t
+        c = plan.counts()
+        base = base or c
+        extra = ""
+        if plan.solver.get("solver"):
+            extra = f"  [{plan.solver['status']}, gap {plan.solver['mip_gap']:.1%}]"
+        print(f"  {policy:8s} truncated elements {c['truncated_elements']:>11,} ({c['truncated_elements'] / base['truncated_elements']:.3f} x eager)"
+              f"  truncations {c['truncations']:>5,} ({c['truncations'] / base['truncations']:.3f} x)"
+              f"  planner {wall:6.2f} s{extra}")
+
+
+def bench_emulator(loaded, converted, seq_len: int, windows: int, repeat: int, convert_s: float) -> None:
     plan = build_plan(converted, "eager", 64, 16)
     w = tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, windows)
-    runs = [emulate(converted, plan, w, check=False) for _ in range(repeat)]
+    runs = [emulate(loaded.model, plan, w, check=False) for _ in range(repeat)]
     fl = min(r.time_float for r in runs)
     em = min(r.time_emulated for r in runs)
     print(f"default model, seq {seq_len}, {len(w)} windows, best of {repeat}:")
@@ -67,8 +82,14 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--time-limit", type=float, default=60.0, help="optimal placement: MILP time limit (s)")
     args = ap.parse_args()
-    bench_emulator(args.seq_len, args.windows, args.repeat)
+    loaded = load_model("default")
+    t = time.perf_counter()
+    converted = convert(loaded, args.seq_len, 16)
+    convert_s = time.perf_counter() - t
+    bench_placement(converted, args.time_limit)
+    bench_emulator(loaded, converted, args.seq_len, args.windows, args.repeat, convert_s)
     bench_matmul(args.repeat)
 
 

@@ -20,45 +20,45 @@ def progress_bar(total: int, label: str):
         yield lambda: progress.advance(task)
 
 
+def two_column(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "value"), title: str | None = None) -> Table:
+    """A label / right-aligned value table."""
+    t = Table(title=title, title_justify="left")
+    t.add_column(header[0])
+    t.add_column(header[1], justify="right")
+    for label, value in rows:
+        t.add_row(label, value)
+    return t
+
+
 def print_emulation(record: dict, plan, timings: dict, result, source: str) -> None:
     m, c = record["metrics"], record["counts"]
     title = (f"truncbridge emulate — {record['model']}  (Z_2^{record['field_bits']}, "
              f"{record['frac_bits']} fractional bits, {record['policy']} truncation)")
-    acc = Table(title=title, title_justify="left", show_header=True)
-    acc.add_column("accuracy vs float model")
-    acc.add_column("value", justify="right")
-    acc.add_row("evaluated on", f"{source}: {result.windows} windows x {result.positions // result.windows} tokens")
-    acc.add_row("top-1 agreement", f"{m['top1_agreement']:.4f}")
-    acc.add_row("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}")
-    acc.add_row("max |logit error|", f"{m['max_abs_logit_error']:.4g}")
-    acc.add_row("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}")
-    acc.add_row("perplexity float / emulated", f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  "
-                f"(ratio {m['ppl_emulated'] / m['ppl_float']:.4f})")
     v = record["bound_violations"]
-    acc.add_row("bound violations", "not checked" if v is None else str(v))
-    console.print(acc)
-
-    ops = Table(show_header=True)
-    ops.add_column("operations per forward pass")
-    ops.add_column("count", justify="right")
-    ops.add_row("private multiplications (mul + matmul nodes)", f"{c['mul_private']:,}")
-    ops.add_row("  scalar private products", f"{plan.private_mul_elements():,}")
-    ops.add_row("public multiplications", f"{c['mul_public']:,}")
-    ops.add_row("truncations", f"{c['truncations']:,}")
-    ops.add_row("truncated elements", f"{c['truncated_elements']:,}")
-    ops.add_row("comparisons", f"{c['comparisons']:,}")
-    console.print(ops)
-
-    times = Table(show_header=True)
-    times.add_column("time")
-    times.add_column("seconds", justify="right")
-    for stage, seconds in timings.items():
-        times.add_row(f"{stage} (once)", f"{seconds:.2f}")
-    if plan.solver.get("wall_s") is not None:
-        times.add_row(f"placement ({plan.policy})", f"{plan.solver['wall_s']:.2f}")
-    times.add_row("float model, all windows", f"{record['time_s']['float']:.3f}")
-    times.add_row("exact emulation, all windows", f"{record['time_s']['emulated']:.3f}")
-    console.print(times)
+    console.print(two_column([
+        ("evaluated on", f"{source}: {result.windows} windows x {result.positions // result.windows} tokens"),
+        ("top-1 agreement", f"{m['top1_agreement']:.4f}"),
+        ("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}"),
+        ("max |logit error|", f"{m['max_abs_logit_error']:.4g}"),
+        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
+        ("perplexity float / emulated",
+         f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  (ratio {m['ppl_emulated'] / m['ppl_float']:.4f})"),
+        ("bound violations", "not checked" if v is None else str(v)),
+    ], ("accuracy vs float model", "value"), title))
+    console.print(two_column([
+        ("private multiplications (mul + matmul nodes)", f"{c['mul_private']:,}"),
+        ("  scalar private products", f"{plan.private_mul_elements():,}"),
+        ("public multiplications", f"{c['mul_public']:,}"),
+        ("truncations", f"{c['truncations']:,}"),
+        ("truncated elements", f"{c['truncated_elements']:,}"),
+        ("comparisons", f"{c['comparisons']:,}"),
+    ], ("operations per forward pass", "count")))
+    times = [(f"{stage} (once)", f"{seconds:.2f}") for stage, seconds in timings.items()]
+    if timings and plan.solver.get("wall_s") is not None:
+        times.append((f"placement ({plan.policy})", f"{plan.solver['wall_s']:.2f}"))
+    times += [("float model, all windows", f"{record['time_s']['float']:.3f}"),
+              ("exact emulation, all windows", f"{record['time_s']['emulated']:.3f}")]
+    console.print(two_column(times, ("time", "seconds")))
 
 
 def _fmt_bytes(n: float) -> str:
@@ -72,36 +72,32 @@ def _fmt_bytes(n: float) -> str:
 def print_plan_summary(plan, path: str) -> None:
     c = plan.counts()
     meta = plan.meta
-    t = Table(title=f"plan written to {path}", title_justify="left")
-    t.add_column("")
-    t.add_column("value", justify="right")
-    t.add_row("model", f"{meta['model']['name']} (seq {meta['model']['seq_len']}, weights {meta['model']['hash'][:12]})")
-    t.add_row("field / fraction bits", f"Z_2^{plan.field_bits} / {plan.frac_bits}")
-    t.add_row("protocol / headroom", f"{meta['protocol']} / {plan.field_bits - plan.budget_bits} bits")
-    t.add_row("policy / bounds", f"{plan.policy} / {meta['bounds']['mode']}")
-    t.add_row("nodes", f"{len(plan.program.nodes):,}")
-    t.add_row("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}")
+    rows = [
+        ("model", f"{meta['model']['name']} (seq {meta['model']['seq_len']}, weights {meta['model']['hash'][:12]})"),
+        ("field / fraction bits", f"Z_2^{plan.field_bits} / {plan.frac_bits}"),
+        ("protocol / headroom", f"{meta['protocol']} / {plan.field_bits - plan.budget_bits} bits"),
+        ("policy / bounds", f"{plan.policy} / {meta['bounds']['mode']}"),
+        ("nodes", f"{len(plan.program.nodes):,}"),
+        ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
+    ]
     if plan.solver.get("solver"):
         s = plan.solver
-        t.add_row("solver", f"{s['status']}, gap {s['mip_gap']:.1%}, {s['wall_s']:.1f} s "
-                            f"(started from lazy: {s['start_elements']:,} elements)")
-    console.print(t)
+        rows.append(("solver", f"{s['status']}, gap {s['mip_gap']:.1%}, {s['wall_s']:.1f} s "
+                               f"(best start: {s['start_elements']:,} elements)"))
+    console.print(two_column(rows, title=f"plan written to {path}"))
 
 
 def print_report(plan, costs: dict, network: str) -> None:
     c = plan.counts()
-    head = Table(title=f"truncbridge report — {plan.meta['model']['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
-                       f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}",
-                 title_justify="left")
-    head.add_column("")
-    head.add_column("value", justify="right")
-    head.add_row("private multiplications", f"{c['mul_private']:,}")
-    head.add_row("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}")
-    head.add_row("rounds (critical path)", f"{costs['rounds']:,.0f}")
-    head.add_row("communication per party", _fmt_bytes(costs["bytes"]))
-    head.add_row("estimated latency", f"{costs['latency_s']:.3f} s")
-    head.add_row("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}")
-    console.print(head)
+    console.print(two_column([
+        ("private multiplications", f"{c['mul_private']:,}"),
+        ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
+        ("rounds (critical path)", f"{costs['rounds']:,.0f}"),
+        ("communication per party", _fmt_bytes(costs["bytes"])),
+        ("estimated latency", f"{costs['latency_s']:.3f} s"),
+        ("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}"),
+    ], title=f"truncbridge report — {plan.meta['model']['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
+             f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}"))
 
     layers = Table(title="per layer", title_justify="left")
     for col in ("layer", "private muls", "scalar products", "truncations", "truncated elements", "bytes"):
