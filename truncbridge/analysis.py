@@ -7,7 +7,10 @@ Static bounds hold for every input (given the recipes' input ranges, which the p
     input       the one-hot token matrix is 0/1; an embedding lookup is bounded by the table
     rule        interval rules: |a + b| <= A + B, |a b| <= A B, |sum_K| <= K A, x @ W <= X times
                 W's largest column l1 norm (linear layers by weight norms), p @ v <= V when p's
-                rows are non-negative and sum to at most 1 (softmax outputs)
+                rows are non-negative and sum to at most 1 (softmax outputs); and Cauchy-Schwarz:
+                bounds on the l2 norms of rows (last dim) and columns (dim -2) are carried along
+                (RMS-normalised rows have norm sqrt(n), x @ W multiplies it by W's spectral norm,
+                moves keep or split rows), so |a @ b| <= |a row| |b column|
     recipe      bounds recipes declare for their own nodes (by construction, or evaluated on a
                 dense grid of the input range the recipe was built for); RMS normalisation
                 x / sqrt(mean(x^2)) is bounded by sqrt(n) by construction
@@ -57,6 +60,8 @@ class _Static:
         self.exact: dict[int, torch.Tensor] = {}  # owner-known values (functions of weights only)
         self.stochastic: set[int] = set()  # rows non-negative with sum <= 1 along the last dim
         self.onehot: set[int] = set()
+        self.row: dict[int, float] = {}  # bound on the l2 norm along the last dim
+        self.col: dict[int, float] = {}  # bound on the l2 norm along dim -2
 
     def run(self) -> dict[int, Bound]:
         for node in self.p.nodes:
@@ -64,6 +69,9 @@ class _Static:
             declared = node.attrs.get("declared_bound")
             if declared is not None and declared < b.value:
                 b = Bound(declared, node.attrs.get("declared_source", "recipe"))
+            self.track_norms(node)
+            if node.id in self.row and self.row[node.id] < b.value:  # |x_i| <= ||row||_2
+                b = Bound(self.row[node.id], "rule")
             self.bounds[node.id] = b
             self.track_properties(node)
         return self.bounds
@@ -116,6 +124,8 @@ class _Static:
             return Bound(self.B(b), "rule")
         k = self.p[a].shape[-1]
         candidates = [k * self.B(a) * self.B(b)]
+        if a in self.row and b in self.col:  # Cauchy-Schwarz on each (row, column) pair
+            candidates.append(self.row[a] * self.col[b])
         if b in self.exact:  # x @ W: |y_j| <= max|x| * sum_k |W_kj|
             candidates.append(self.B(a) * self.exact[b].abs().sum(-2).max().item())
         if a in self.exact:  # W @ x: |y_i| <= max|x| * sum_k |W_ik|
@@ -128,6 +138,93 @@ class _Static:
         elif node.op == "move" and node.inputs[0] in self.stochastic and node.attrs["fn"] in STOCHASTIC_PRESERVING:
             if self.p[node.inputs[0]].shape[-1:] == node.shape[-1:]:
                 self.stochastic.add(node.id)
+
+
+    def track_norms(self, node: Node) -> None:
+        """l2 bounds of rows (last dim) and columns (dim -2), where a rule gives them."""
+        i, ins, op = node.id, node.inputs, node.op
+        row, col = _norm_rule(self, node)
+        declared = node.attrs.get("declared_row_l2")
+        if declared is not None:
+            row = min(row, declared) if row is not None else declared
+        if row is not None:
+            self.row[i] = row
+        if col is not None:
+            self.col[i] = col
+
+
+def _norm_rule(st: _Static, node: Node) -> tuple[float | None, float | None]:
+    ins, op, p = node.inputs, node.op, st.p
+    if node.id in st.exact and node.numel:
+        v = st.exact[node.id]
+        if v.dim() >= 2:
+            return v.norm(dim=-1).max().item(), v.norm(dim=-2).max().item()
+        return None, None
+    if op in ("neg", "output"):
+        return st.row.get(ins[0]), st.col.get(ins[0])
+    if op == "pow2":
+        f = 2.0 ** node.attrs["exp"]
+        return _scaled(st.row.get(ins[0]), f), _scaled(st.col.get(ins[0]), f)
+    if op == "mul_public":
+        f = p.consts[node.attrs["const"]].abs().max().item() if p.consts[node.attrs["const"]].numel() else 0.0
+        return _scaled(st.row.get(ins[0]), f), _scaled(st.col.get(ins[0]), f)
+    if op == "mul":
+        for x, w in ((ins[0], ins[1]), (ins[1], ins[0])):
+            if w in st.exact and x in st.row:  # x scaled elementwise by known weights
+                return st.row[x] * st.exact[w].abs().max().item(), None
+        return None, None
+    if op == "add":
+        r = [st.row.get(i) for i in ins]
+        c = [st.col.get(i) for i in ins]
+        return (sum(r) if None not in r else None), (sum(c) if None not in c else None)
+    if op == "matmul":
+        a, b = ins
+        if b in st.exact and a in st.row and st.exact[b].dim() >= 2:  # rows of x @ W: ||W||_2 ||x||
+            return st.row[a] * torch.linalg.matrix_norm(st.exact[b], ord=2).max().item(), None
+        return None, None
+    if op == "move":
+        return _move_norms(st, node)
+    return None, None
+
+
+def _scaled(v: float | None, f: float) -> float | None:
+    return None if v is None else v * f
+
+
+def _move_norms(st: _Static, node: Node) -> tuple[float | None, float | None]:
+    fn, x = node.attrs["fn"], node.inputs[0]
+    if fn == "aten.cat.default":
+        rows = [st.row.get(i) for i in node.inputs]
+        if None in rows:
+            return None, None
+        dim = node.attrs["args"][1] if len(node.attrs["args"]) > 1 else 0
+        last = dim % len(node.shape) == len(node.shape) - 1
+        return (math.sqrt(sum(r * r for r in rows)) if last else max(rows)), None  # rows joined / stacked
+    if len(node.inputs) != 1:
+        return None, None
+    src = st.p[x].shape
+    row, col = st.row.get(x), st.col.get(x)
+    if fn == "aten.slice.Tensor":  # parts of rows and columns are no longer than they were
+        return row, col
+    if fn in ("aten.expand.default", "aten.clone.default", "aten.unsqueeze.default"):
+        keeps_tail = src[-2:] == node.shape[-2:] if len(src) >= 2 and len(node.shape) >= 2 else False
+        return row if src[-1:] == node.shape[-1:] else None, col if keeps_tail else None
+    if fn == "aten.permute.default":
+        perm = [d % len(src) for d in node.attrs["args"][1]]
+        last, second = len(src) - 1, len(src) - 2
+        if perm[-2:] == [second, last]:
+            return row, col
+        if perm[-2:] == [last, second]:
+            return col, row
+        return (row if perm[-1] == last else None), None
+    if fn in ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default"):
+        if src[-1] == node.shape[-1]:
+            return row, (col if len(src) >= 2 and len(node.shape) >= 2 and src[-2] == node.shape[-2] else None)
+        if row is not None and src[-1] % node.shape[-1] == 0:  # rows split: each piece is no longer
+            return row, None
+        if row is not None and node.shape[-1] % src[-1] == 0:  # r rows joined: sqrt(r) times
+            return row * math.sqrt(node.shape[-1] // src[-1]), None
+    return None, None
 
 
 def static_bounds(program: Program) -> dict[int, Bound]:

@@ -216,8 +216,10 @@ class Lowerer:
         if isinstance(a, Secret) and isinstance(b, Secret):
             out = self.b.mul(self._plain(a, "aten.mul"), self._plain(b, "aten.mul"))
             for x, r in ((a.id, b.id), (b.id, a.id)):
-                if self.rms_of.get(r, (None,))[0] == x:  # x / sqrt(mean(x^2)): |.| <= sqrt(n)
-                    self.b.declare(out, math.sqrt(self.rms_of[r][1]) * recipes.NORM_SLACK)
+                if self.rms_of.get(r, (None,))[0] == x:  # x / sqrt(mean(x^2)): rows have l2 norm sqrt(n)
+                    norm = math.sqrt(self.rms_of[r][1]) * recipes.NORM_SLACK
+                    self.b.declare(out, norm)
+                    self.b.program[out].attrs["declared_row_l2"] = norm
             return Secret(out)
         s, p = (a, b) if isinstance(a, Secret) else (b, a)
         p = torch.as_tensor(p, dtype=torch.float64)
@@ -328,7 +330,7 @@ class Lowerer:
 
 
 def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
-    """(x, n) if ``arg`` is mean(x^2) or mean(x^2) + a positive constant, over n elements."""
+    """(x, n) if ``arg`` is mean(x^2) or mean(x^2) + a positive constant over x's last dim of n."""
     if arg.target == aten.add.Tensor and not isinstance(arg.args[1], torch.fx.Node) and arg.args[1] >= 0:
         arg = arg.args[0]
     if arg.target != aten.mean.dim:
@@ -341,7 +343,10 @@ def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
     else:
         return None
     shape = x.meta["val"].shape
-    return x, math.prod(shape[d] for d in arg.args[1])
+    dims = [d % len(shape) for d in arg.args[1]]
+    if dims != [len(shape) - 1]:  # normalisation over the last dim only: rows of length n
+        return None
+    return x, shape[-1]
 
 
 def _substitute(args, secret: Secret, tensor: torch.Tensor):

@@ -267,7 +267,9 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("threads", 1)
     h.passModel(lp)
-    start = _cheapest_feasible(starts, src, f, A, lo, hi, var_lo, var_hi)
+    t = time.perf_counter()
+    start = _cheapest_feasible(_Feasibility(src, f, A, lo, hi, var_lo, var_hi), starts)
+    search_s = time.perf_counter() - t
     initial = highspy.HighsSolution()
     initial.col_value = list(_start_vector(src, f, start))
     h.setSolution(initial)
@@ -276,7 +278,7 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     status = h.modelStatusToString(h.getModelStatus())
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
     info = h.getInfo()
-    result = {"solver": "HiGHS MILP", "status": status, "wall_s": round(time.perf_counter() - t, 3),
+    result = {"solver": "HiGHS MILP", "status": status, "wall_s": round(time.perf_counter() - t + search_s, 3),
               "variables": 3 * n, "constraints": len(lo), "mip_gap": float(info.mip_gap),
               "start_elements": int(sum(nodes[i].numel for i in start))}
     if len(x) != 3 * n or info.primal_solution_status == 0:
@@ -335,6 +337,7 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
         con({P + i: 1, Q + i: -1}, 0, np.inf)
         con({P + i: 1, Q + i: -1, Z + i: -big}, -np.inf, 0)
         con({Q + i: 1, Z + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
+        con({Q + i: 1, Z + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f: truncations end at f
         if not _worth_truncating(src, v) or big == 0:
             var_hi[Z + i] = 0
 
@@ -361,16 +364,47 @@ def _c_stdout_silenced():
         os.close(devnull)
 
 
-def _cheapest_feasible(starts, src, f, A, lo, hi, var_lo, var_hi) -> set[int]:
-    feasible = []
-    for start in starts:
-        x = _start_vector(src, f, start)
-        ax = A @ x
-        if np.all(ax >= lo - 1e-9) and np.all(ax <= hi + 1e-9) and np.all(x >= var_lo) and np.all(x <= var_hi):
-            feasible.append((sum(src[i].numel for i in start if x[2 * len(src.nodes) + i]), start))
+class _Feasibility:
+    """Checks a set of truncation sites (each truncated to f) against the MILP's constraints."""
+
+    def __init__(self, src: Program, f: int, A, lo, hi, var_lo, var_hi):
+        self.src, self.f, self.A, self.lo, self.hi, self.var_lo, self.var_hi = src, f, A, lo, hi, var_lo, var_hi
+        self.n = len(src.nodes)
+
+    def cost(self, sites: set[int]) -> int | None:
+        """Truncated elements, or None if the placement breaks a constraint."""
+        x = _start_vector(self.src, self.f, sites)
+        ax = self.A @ x
+        ok = (np.all(ax >= self.lo - 1e-9) and np.all(ax <= self.hi + 1e-9)
+              and np.all(x >= self.var_lo) and np.all(x <= self.var_hi))
+        return int(sum(self.src[i].numel for i in sites if x[2 * self.n + i])) if ok else None
+
+
+def _improve(check: _Feasibility, sites: set[int]) -> set[int]:
+    """Local search on a feasible placement: drop sites that are not needed (largest first), and
+    move a site onto its operands when truncating them instead touches fewer elements."""
+    src = check.src
+    sites = {i for i in sites if check.var_hi[2 * check.n + i] > 0}
+    best = check.cost(sites)
+    changed = True
+    while changed:
+        changed = False
+        for v in sorted(sites, key=lambda i: -src[i].numel):
+            if v not in sites:
+                continue
+            for trial in (sites - {v}, (sites - {v}) | {i for i in src[v].inputs if check.var_hi[2 * check.n + i] > 0}):
+                c = check.cost(trial)
+                if c is not None and c < best:
+                    sites, best, changed = trial, c, True
+                    break
+    return sites
+
+
+def _cheapest_feasible(check: _Feasibility, starts: list[set[int]]) -> set[int]:
+    feasible = [(c, s) for s in starts if (c := check.cost(s)) is not None]
     if not feasible:
         raise UserError("optimal placement: no feasible starting placement (lazy failed too)")
-    return min(feasible, key=lambda t: t[0])[1]
+    return _improve(check, min(feasible, key=lambda t: t[0])[1])
 
 
 def _worth_truncating(src: Program, v: Node) -> bool:
