@@ -10,7 +10,6 @@ the same run so the ratios are meaningful on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch

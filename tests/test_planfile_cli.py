@@ -6,7 +6,7 @@ import json
 import pytest
 
 from truncbridge.cli import main
-from truncbridge.planfile import SCHEMA_VERSION, load_plan
+from truncbridge.planfile import SCHEMA_VERSION
 
 EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s"}
 

@@ -145,3 +145,13 @@ def test_truncation_is_floor_of_the_signed_value(bits, shift, data):
     v = data.draw(st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
     got = Ring.trunc_floor(torch.tensor([v]), shift).item()
     assert got == v // 2**shift
+
+
+@given(st.integers(2, 64), st.floats(-1e6, 1e6, allow_nan=False), st.integers(0, 62))
+def test_public_constants_wrap_exactly(bits, value, scale):
+    """A public operand may exceed the ring: it is encoded as round(c 2^s) mod 2^l, exactly."""
+    from fractions import Fraction
+
+    exact = round(Fraction(value) * 2**scale)
+    got = Ring(bits).encode_public(torch.tensor([value], dtype=torch.float64), scale).item()
+    assert got == signed(exact, bits)

@@ -139,10 +139,9 @@ class _Static:
             if self.p[node.inputs[0]].shape[-1:] == node.shape[-1:]:
                 self.stochastic.add(node.id)
 
-
     def track_norms(self, node: Node) -> None:
         """l2 bounds of rows (last dim) and columns (dim -2), where a rule gives them."""
-        i, ins, op = node.id, node.inputs, node.op
+        i = node.id
         row, col = _norm_rule(self, node)
         declared = node.attrs.get("declared_row_l2")
         if declared is not None:

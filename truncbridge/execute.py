@@ -78,9 +78,11 @@ class RingExecutor:
             if node.op == "weight":
                 self.weights[node.attrs["name"]] = self._encode(plan.program.weights[node.attrs["name"]], node.scale)
             elif node.op == "mul_public":
-                self.encoded[node.id] = self._encode(plan.program.consts[node.attrs["const"]], node.attrs["const_scale"])
+                c = plan.program.consts[node.attrs["const"]]
+                self.encoded[node.id] = self.ring.encode_public(c, node.attrs["const_scale"]).to(self.device)
             elif node.op == "add_public":
-                self.encoded[node.id] = self._encode(plan.program.consts[node.attrs["const"]], node.scale)
+                c = plan.program.consts[node.attrs["const"]]
+                self.encoded[node.id] = self.ring.encode_public(c, node.scale).to(self.device)
         self.index_consts = {k: v.to(self.device) for k, v in plan.program.consts.items()}
 
     def _encode(self, value: torch.Tensor, scale: int) -> torch.Tensor:

@@ -4,13 +4,16 @@ A node at scale s holds round(x 2^s); with |x| < 2^m its integer needs m + s + 1
 included), which must stay within the budget: field bits minus the protocol's statistical headroom.
 Products add scales, free rescales (``pow2``) relabel them, additions align their operands by
 shifting the lower-scale one up (a local multiplication by a public 2^k). A truncation lowers the
-scale, never below ``frac_bits`` — the precision every value keeps.
+scale, never below ``frac_bits``; where the field allows, lazy and optimal truncate a value only
+down to the scale eager gives it (higher where a division relabelled it up), so they keep at least
+eager's precision there at no extra cost.
 
     eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
     lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
              budget, truncate its highest-scale input back to frac_bits, and repeat
     optimal  an integer program over every node's scale and truncation: minimum truncated
-             elements under the same budget and precision constraints (scipy's HiGHS MILP)
+             elements under the same budget and precision constraints (HiGHS MILP via highspy),
+             started from lazy's placement improved by a local search, so never worse than lazy
 
 The result is a ``Plan``: the node list with ``scale`` set on every node, ``trunc`` / ``shl``
 nodes inserted, and each node's bound.
@@ -35,7 +38,8 @@ INTEGER_CONST_LIMIT = 2**20  # public integer constants up to this size are enco
 ROUNDING_FLOOR_BITS = 8  # no real bound is below 2^8 LSBs of frac_bits: tiny values carry rounding error
 OPTIMAL_TIME_LIMIT_S = 120.0
 PRODUCTS = PRIVATE_MULS + ("mul_public",)
-HOISTABLE = ("neg", "add_public", "move", "pow2")  # a truncation after these can move before them
+HOISTABLE = ("neg", "add_public", "move", "pow2")
+FLOOR_MODES = ("eager", "frac_bits")  # a truncation after these can move before them
 
 
 @dataclass
@@ -151,7 +155,7 @@ class _Emitter:
             scale, extra = self.natural_scale(node, [base])
             out = self.emit(node, [base], scale, extra)
         else:
-            out = self.to_scale(nid, self.f)
+            out = self.to_scale(nid, min(self.f, self.scale(nid)))
         self.truncated[nid] = out
         return out
 
@@ -212,13 +216,16 @@ def _place_greedy(e: _Emitter, lazy: bool) -> None:
     for node in e.src.nodes:
         ins = [e.current[i] for i in node.inputs]
         scale, extra = e.natural_scale(node, ins)
+        tried: set[int] = set()  # inputs already truncated for this node, and their truncations
         while lazy and not e.fits(node, ins, scale):
             # TruncFormer: truncate the highest-scale input that is still above frac_bits
-            above = [k for k, i in enumerate(ins) if e.scale(i) > e.f]
+            above = [i for i in dict.fromkeys(ins) if e.scale(i) > e.f and i not in tried]
             if not above:
                 break
-            k = max(above, key=lambda k: e.scale(ins[k]))
-            ins[k] = e.truncate_to_f(ins[k])
+            old = max(above, key=e.scale)
+            new = e.truncate_to_f(old)
+            tried.update((old, new))
+            ins = [new if i == old else i for i in ins]  # both operands of a square
             scale, extra = e.natural_scale(node, ins)
         nid = e.emit(node, ins, scale, extra)
         if not lazy and node.op in PRODUCTS and scale > e.f:
@@ -236,23 +243,20 @@ def _place_fixed(e: _Emitter, target: dict[int, int]) -> None:
 
 
 def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                   starts: list[set[int]]) -> tuple[dict[int, int], dict]:
+                   start: set[int]) -> tuple[set[int], dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
 
     p follows the op (products add scales, additions take the max of their operands), every
-    value and every aligned operand fits the budget at its scale, a truncation ends at >= f,
-    and the objective is the number of truncated elements (tie: lower scales). HiGHS starts from
-    the cheapest feasible set in ``starts`` (truncated source nodes: lazy's, or a plan for a
-    smaller field), so the result is never worse than any of them.
+    value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
+    (any higher end is no cheaper and leaves fewer bits), and the objective is the number of
+    truncated elements (ties: lower scales). HiGHS starts from ``start``, a feasible set of
+    truncated nodes, so the result is never worse than it.
     """
     import highspy
 
     nodes = src.nodes
     n = len(nodes)
     cost, var_lo, var_hi, A, lo, hi = _milp_model(src, f, bounds, budget)
-    numel = cost[2 * n:]
-    Q, Z = n, 2 * n
-
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = 3 * n, len(lo)
     lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, var_lo, var_hi
@@ -262,14 +266,10 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     lp.integrality_ = [highspy.HighsVarType.kInteger] * (3 * n)
     with _c_stdout_silenced():  # HiGHS prints a banner from C++ when it starts
         h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_rel_gap", 0.0)
-    h.setOptionValue("threads", 1)
+    for option, value in (("output_flag", False), ("time_limit", float(time_limit)), ("mip_rel_gap", 0.0),
+                          ("threads", 1)):
+        h.setOptionValue(option, value)
     h.passModel(lp)
-    t = time.perf_counter()
-    start = _cheapest_feasible(_Feasibility(src, f, A, lo, hi, var_lo, var_hi), starts)
-    search_s = time.perf_counter() - t
     initial = highspy.HighsSolution()
     initial.col_value = list(_start_vector(src, f, start))
     h.setSolution(initial)
@@ -278,14 +278,14 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     status = h.modelStatusToString(h.getModelStatus())
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
     info = h.getInfo()
-    result = {"solver": "HiGHS MILP", "status": status, "wall_s": round(time.perf_counter() - t + search_s, 3),
-              "variables": 3 * n, "constraints": len(lo), "mip_gap": float(info.mip_gap),
-              "start_elements": int(sum(nodes[i].numel for i in start))}
     if len(x) != 3 * n or info.primal_solution_status == 0:
-        raise UserError(f"optimal placement found no feasible solution ({status}): the field is too small")
-    result["objective_elements"] = int(round(float(numel @ x[Z:])))
-    result["proven_optimal"] = status == "Optimal"
-    return {v.id: int(x[Q + v.id]) for v in nodes if x[Z + v.id]}, result
+        raise UserError(f"optimal placement found no feasible solution ({status})")
+    numel = cost[2 * n:]
+    return {v.id for v in nodes if x[2 * n + v.id]}, {
+        "solver": "HiGHS MILP", "status": status, "proven_optimal": status == "Optimal",
+        "mip_gap": float(info.mip_gap), "milp_s": round(time.perf_counter() - t, 3),
+        "variables": 3 * n, "constraints": len(lo), "objective_elements": int(round(float(numel @ x[2 * n:]))),
+        "start_elements": int(sum(nodes[i].numel for i in start))}
 
 
 def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
@@ -312,10 +312,7 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
         i, ins = v.id, v.inputs
         var_hi[P + i] = smax[i]
         if v.op in ("input", "weight"):
-            s0 = source_scale(v, f)
-            if s0 > smax[i]:
-                raise _too_small(v, m_eff[i] + s0 + 1, budget, bounds[i], s0)
-            var_lo[P + i] = var_hi[P + i] = s0
+            var_lo[P + i] = var_hi[P + i] = source_scale(v, f)
         elif v.op in ("add", "move") and len(ins) > 1:
             for j in ins:
                 con({P + i: 1, Q + j: -1}, 0, np.inf)  # p >= q_j
@@ -332,12 +329,12 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
             con({P + i: 1, Q + ins[0]: -1}, -v.attrs["exp"], -v.attrs["exp"])
         else:  # neg, sum, move, output, add_public
             con({P + i: 1, Q + ins[0]: -1}, 0, 0)
-        # truncation: 0 <= p - q <= z * (highest p - f), and q >= f when z = 1
+        # truncation: 0 <= p - q <= z * (highest p - f), and q = f exactly when z = 1
         big = max(min(smax[i], untruncated[i]) - f, 0)
         con({P + i: 1, Q + i: -1}, 0, np.inf)
         con({P + i: 1, Q + i: -1, Z + i: -big}, -np.inf, 0)
         con({Q + i: 1, Z + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
-        con({Q + i: 1, Z + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f: truncations end at f
+        con({Q + i: 1, Z + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f
         if not _worth_truncating(src, v) or big == 0:
             var_hi[Z + i] = 0
 
@@ -364,27 +361,34 @@ def _c_stdout_silenced():
         os.close(devnull)
 
 
-class _Feasibility:
-    """Checks a set of truncation sites (each truncated to f) against the MILP's constraints."""
+class _Checker:
+    """Does a placement — truncate these nodes, down to these scales — fit the budget, and what
+    does it cost? (The same constraints as the MILP, checked directly.)"""
 
-    def __init__(self, src: Program, f: int, A, lo, hi, var_lo, var_hi):
-        self.src, self.f, self.A, self.lo, self.hi, self.var_lo, self.var_hi = src, f, A, lo, hi, var_lo, var_hi
-        self.n = len(src.nodes)
+    def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int):
+        self.src, self.f = src, f
+        m_eff = [max(bounds[v.id].bits(), ROUNDING_FLOOR_BITS - f) for v in src.nodes]
+        cap = [budget - 1 - m for m in m_eff]
+        for v in src.nodes:
+            if v.op in ("add", "move") and len(v.inputs) > 1:  # aligned operands must fit too
+                cap[v.id] = min([cap[v.id]] + [budget - 1 - m_eff[j] for j in v.inputs])
+        self.cap = np.array(cap, dtype=float)
+        self.candidate = {v.id for v in src.nodes if _worth_truncating(src, v)}
 
-    def cost(self, sites: set[int]) -> int | None:
-        """Truncated elements, or None if the placement breaks a constraint."""
-        x = _start_vector(self.src, self.f, sites)
-        ax = self.A @ x
-        ok = (np.all(ax >= self.lo - 1e-9) and np.all(ax <= self.hi + 1e-9)
-              and np.all(x >= self.var_lo) and np.all(x <= self.var_hi))
-        return int(sum(self.src[i].numel for i in sites if x[2 * self.n + i])) if ok else None
+    def cost(self, sites: set[int], floors: list[int] | None = None) -> int | None:
+        """Truncated elements, or None if some value would not fit."""
+        n = len(self.src.nodes)
+        x = _start_vector(self.src, self.f, sites, floors)
+        if np.any(x[:n] > self.cap):
+            return None
+        return int(sum(self.src[i].numel for i in sites if x[2 * n + i]))
 
 
-def _improve(check: _Feasibility, sites: set[int]) -> set[int]:
+def _improve(check: _Checker, sites: set[int]) -> set[int]:
     """Local search on a feasible placement: drop sites that are not needed (largest first), and
     move a site onto its operands when truncating them instead touches fewer elements."""
     src = check.src
-    sites = {i for i in sites if check.var_hi[2 * check.n + i] > 0}
+    sites = sites & check.candidate
     best = check.cost(sites)
     changed = True
     while changed:
@@ -392,7 +396,7 @@ def _improve(check: _Feasibility, sites: set[int]) -> set[int]:
         for v in sorted(sites, key=lambda i: -src[i].numel):
             if v not in sites:
                 continue
-            for trial in (sites - {v}, (sites - {v}) | {i for i in src[v].inputs if check.var_hi[2 * check.n + i] > 0}):
+            for trial in (sites - {v}, (sites - {v}) | (set(src[v].inputs) & check.candidate)):
                 c = check.cost(trial)
                 if c is not None and c < best:
                     sites, best, changed = trial, c, True
@@ -400,11 +404,16 @@ def _improve(check: _Feasibility, sites: set[int]) -> set[int]:
     return sites
 
 
-def _cheapest_feasible(check: _Feasibility, starts: list[set[int]]) -> set[int]:
-    feasible = [(c, s) for s in starts if (c := check.cost(s)) is not None]
-    if not feasible:
-        raise UserError("optimal placement: no feasible starting placement (lazy failed too)")
-    return _improve(check, min(feasible, key=lambda t: t[0])[1])
+def _raise_precision(check: _Checker, sites: set[int], eager_floors: list[int]) -> list[int]:
+    """Per-node truncation targets: frac_bits, raised to the node's eager scale wherever that
+    still fits. Same truncations, same cost; at least eager's precision where the field allows."""
+    floors = [check.f] * len(check.src.nodes)
+    for v in sorted(sites):
+        if eager_floors[v] > check.f:
+            floors[v] = eager_floors[v]
+            if check.cost(sites, floors) is None:
+                floors[v] = check.f
+    return floors
 
 
 def _worth_truncating(src: Program, v: Node) -> bool:
@@ -420,8 +429,9 @@ def _worth_truncating(src: Program, v: Node) -> bool:
     return False
 
 
-def _start_vector(src: Program, f: int, truncated: set[int]) -> np.ndarray:
-    """The MILP variables (p, q, z) of the placement that truncates exactly ``truncated`` to f."""
+def _start_vector(src: Program, f: int, truncated: set[int], floors: list[int] | None = None) -> np.ndarray:
+    """The MILP variables (p, q, z) of the placement that truncates exactly the nodes in
+    ``truncated``, each down to its floor (default: f)."""
     n = len(src.nodes)
     p, q, z = np.zeros(n), np.zeros(n), np.zeros(n)
     for v in src.nodes:
@@ -438,15 +448,24 @@ def _start_vector(src: Program, f: int, truncated: set[int]) -> np.ndarray:
             p[v.id] = s[0] - v.attrs["exp"]
         else:
             p[v.id] = s[0]
-        cut = v.id in truncated and p[v.id] > f
-        z[v.id], q[v.id] = (1, f) if cut else (0, p[v.id])
+        floor = f if floors is None else floors[v.id]
+        cut = v.id in truncated and p[v.id] > floor
+        z[v.id], q[v.id] = (1, floor) if cut else (0, p[v.id])
     return np.concatenate([p, q, z])
+
+
+def eager_scales(src: Program, f: int) -> list[int]:
+    """Each node's scale under eager: frac_bits after products, more where a division relabelled
+    a value up. Lazy and optimal truncate to these where the field allows."""
+    n = len(src.nodes)
+    q = _start_vector(src, f, {v.id for v in src.nodes if v.op in PRODUCTS})[n:2 * n]
+    return [int(max(f, s)) for s in q]
 
 
 def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds: dict[int, Bound],
           headroom_bits: int = 0, time_limit: float = OPTIMAL_TIME_LIMIT_S, hints: tuple = ()) -> Plan:
     """``hints``: truncation sites (source node ids, ``Plan.sites``) of other plans of the same
-    program; optimal starts from the cheapest feasible of them and lazy's."""
+    program, e.g. for smaller fields; optimal starts from the cheapest feasible of them and lazy's."""
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
     if not 0 < frac_bits < field_bits:
@@ -455,19 +474,31 @@ def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds
     if budget <= frac_bits + 1:
         raise UserError(f"a {field_bits}-bit field with {headroom_bits} bits of headroom leaves no room for "
                         f"{frac_bits} fraction bits")
-    e = _Emitter(program, frac_bits, bounds, budget)
-    solver = {}
+    if policy == "eager":
+        e = _Emitter(program, frac_bits, bounds, budget)
+        _place_greedy(e, lazy=False)
+        return _finish(e, field_bits, frac_bits, policy, budget, {})
+    # lazy fails only where a value does not fit even with its inputs at frac_bits: then no
+    # placement fits, and lazy's error names the value
+    greedy = _Emitter(program, frac_bits, bounds, budget)
+    _place_greedy(greedy, lazy=True)
+    sites = set(_finish(greedy, field_bits, frac_bits, "lazy", budget, {}).sites)
+    check = _Checker(program, frac_bits, bounds, budget)
+    solver: dict = {}
     if policy == "optimal":
-        lazy = _Emitter(program, frac_bits, bounds, budget)
-        _place_greedy(lazy, lazy=True)
-        # lazy fails only where a value does not fit even with its inputs at frac_bits: then no
-        # placement can fit, and lazy's error names the value
-        _check_fits(Plan(lazy.finish(), field_bits, frac_bits, "lazy", lazy.bounds, budget))
-        start = {lazy.source_of[t.inputs[0]] for t in lazy.out.nodes if t.op == "trunc"}
-        target, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, [start, *map(set, hints)])
-        _place_fixed(e, target)
-    else:
-        _place_greedy(e, lazy=policy == "lazy")
+        t = time.perf_counter()
+        starts = [st for st in (sites, *map(set, hints)) if check.cost(st) is not None]
+        start = _improve(check, min(starts, key=check.cost))
+        sites, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, start)
+        solver["wall_s"] = round(time.perf_counter() - t, 3)
+    floors = _raise_precision(check, sites, eager_scales(program, frac_bits))
+    e = _Emitter(program, frac_bits, bounds, budget)
+    _place_fixed(e, {v: floors[v] for v in sites})
+    solver["precision_raised"] = sum(floors[v] > frac_bits for v in sites)
+    return _finish(e, field_bits, frac_bits, policy, budget, solver)
+
+
+def _finish(e: _Emitter, field_bits: int, frac_bits: int, policy: str, budget: int, solver: dict) -> Plan:
     plan = Plan(e.finish(), field_bits, frac_bits, policy, e.bounds, budget, solver)
     plan.sites = sorted({e.source_of[t.inputs[0]] for t in plan.program.nodes
                          if t.op == "trunc" and t.inputs[0] in e.source_of})

@@ -163,6 +163,7 @@ def plot_compare(rows: list[dict], path: str) -> None:
             ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=policy)
     ax1.set_xlabel("field bits")
     ax1.set_ylabel("truncated elements per forward pass")
+    ax1.set_ylim(bottom=0)
     ax2.set_xlabel("field bits")
     ax2.set_ylabel("top-1 agreement with float")
     for ax in (ax1, ax2):

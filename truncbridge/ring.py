@@ -49,6 +49,17 @@ class Ring:
             )
         return scaled.to(torch.int64)
 
+    def encode_public(self, real: torch.Tensor, scale: int) -> torch.Tensor:
+        """round(real * 2^scale) mod 2^bits: a public operand of an addition or product may wrap,
+        since only the result has to fit (the ring is a ring)."""
+        scaled = torch.round(real.double() * 2.0**scale)
+        if scaled.numel() and not torch.isfinite(scaled).all():
+            raise UserError(f"public constant is not finite at {scale} fractional bits")
+        wrapped = torch.fmod(scaled, 2.0**64)  # exact in IEEE arithmetic
+        wrapped = torch.where(wrapped >= 2.0**63, wrapped - 2.0**64, wrapped)
+        wrapped = torch.where(wrapped < -(2.0**63), wrapped + 2.0**64, wrapped)
+        return self.reduce(wrapped.to(torch.int64))
+
     @staticmethod
     def decode(x: torch.Tensor, scale: int) -> torch.Tensor:
         return x.double() * 2.0 ** (-scale)
