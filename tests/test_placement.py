@@ -14,7 +14,7 @@ from truncbridge.errors import UserError
 from truncbridge.execute import RingExecutor, run_float
 from truncbridge.ir import Builder
 from truncbridge.placement import place
-from truncbridge.pipeline import build_plan
+from truncbridge.pipeline import build_plan, emulate, tokenize_windows
 
 F = 12  # fraction bits of the random programs
 
@@ -108,12 +108,18 @@ def test_optimal_is_exact_on_a_chain_where_lazy_is_greedy():
 
 @pytest.fixture(scope="module")
 def default_plans(default_converted):
-    return {p: build_plan(default_converted, p, 64, 16, time_limit=30) for p in ("eager", "lazy", "optimal")}
+    return {p: build_plan(default_converted, p, 64, 16, time_limit=10) for p in ("eager", "lazy", "optimal")}
 
 
-def test_default_model_policies_shrink_truncations(default_plans):
+def test_default_model_policies_shrink_truncations_not_accuracy(default_plans, default_converted):
     te = {p: plan.counts()["truncated_elements"] for p, plan in default_plans.items()}
     assert te["optimal"] <= te["lazy"] < te["eager"]
+    loaded = default_converted.loaded
+    windows = tokenize_windows(loaded.tokenizer, loaded.heldout_text, 32, 4)
+    results = {p: emulate(loaded.model, plan, windows) for p, plan in default_plans.items()}
+    for p, r in results.items():
+        assert r.bound_violations == 0, p
+        assert r.metrics["top1_agreement"] >= results["eager"].metrics["top1_agreement"] - 0.01, p
 
 
 def test_static_bounds_hold_on_real_text(default_converted):
