@@ -1,0 +1,109 @@
+"""Run a plan on CrypTen secret shares, with truncations exactly where the plan puts them.
+
+Values are CrypTen ``ArithmeticSharedTensor``s with ``precision=0``: CrypTen's encoder does no
+rescaling, the plan's scales are our own bookkeeping, and products are plain Beaver products
+(``beaver.mul`` / ``beaver.square`` / ``beaver.matmul``) — never truncated behind our back.
+A ``trunc`` node adds the public 2^(k-1) (one party, locally) and divides by 2^k with CrypTen's
+own protocol: local share division with 2 parties, the wraps-based protocol with 3 or more.
+Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
+model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
+
+Call inside an initialised CrypTen process (``truncbridge.crypten_compat.import_crypten()``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .crypten_compat import import_crypten
+from .errors import UserError
+from .ir import aten_op, resolve_args
+from .placement import Plan
+from .ring import Ring
+
+OWNER = 0
+CLIENT = 1
+
+
+class CryptenPlanRunner:
+    def __init__(self, plan: Plan, client: int = CLIENT):
+        if plan.field_bits != 64:
+            raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
+        self.crypten = import_crypten()
+        from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
+
+        self.AST, self.beaver = ArithmeticSharedTensor, beaver
+        self.plan, self.client = plan, client
+        self.ring = Ring(64)
+        self.rank = self.crypten.communicator.get().get_rank()
+        self.consts = plan.program.consts
+        self.truncations_executed = 0
+
+    def _share(self, value: torch.Tensor | None, shape, src: int):
+        """Secret-share an int64 tensor held by ``src`` (others pass None)."""
+        if self.rank == src:
+            return self.AST(value, precision=0, src=src)
+        return self.AST(None, size=torch.Size(shape), precision=0, src=src)
+
+    def _local(self, share: torch.Tensor):
+        return self.AST.from_shares(share, precision=0)
+
+    def _add_public(self, x, c: torch.Tensor):
+        shape = torch.broadcast_shapes(x.share.shape, c.shape)
+        share = x.share.expand(shape).clone()
+        if self.rank == 0:  # a public constant is added by one party only
+            share = share + c
+        return self._local(share)
+
+    def run(self, inputs: dict[str, torch.Tensor] | None = None) -> list:
+        """Execute the plan; ``inputs`` (real values) are needed only on the client's rank.
+        Returns the output shares (``ArithmeticSharedTensor``), unopened."""
+        plan, ring = self.plan, self.ring
+        env: dict[int, object] = {}
+        for node in plan.program.nodes:
+            x = [env[i] for i in node.inputs]
+            op, a = node.op, node.attrs
+            if op == "input":
+                value = ring.encode(inputs[a["name"]], node.scale) if self.rank == self.client else None
+                v = self._share(value, node.shape, self.client)
+            elif op == "weight":
+                value = ring.encode(plan.program.weights[a["name"]], node.scale) if self.rank == OWNER else None
+                v = self._share(value, node.shape, OWNER)
+            elif op == "add":
+                v = x[0] + x[1]
+            elif op == "neg":
+                v = -x[0]
+            elif op == "mul":
+                v = self.beaver.square(x[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(x[0], x[1])
+            elif op == "matmul":
+                v = self.beaver.matmul(x[0], x[1])
+            elif op == "mul_public":
+                v = self._local(x[0].share * ring.encode_public(self.consts[a["const"]], a["const_scale"]))
+            elif op == "add_public":
+                v = self._add_public(x[0], ring.encode_public(self.consts[a["const"]], node.scale))
+            elif op == "sum":
+                v = self._local(x[0].share.sum(dim=a["dims"], keepdim=a["keepdim"]))
+            elif op == "move":
+                shares = [t.share.contiguous() for t in x]
+                v = self._local(aten_op(a["fn"])(*resolve_args(a["args"], shares, self.consts),
+                                                 **resolve_args(a.get("kwargs", {}), shares, self.consts)))
+            elif op == "shl":
+                v = self._local(torch.bitwise_left_shift(x[0].share, a["shift"]))
+            elif op == "trunc":
+                k = a["shift"]
+                base = self._add_public(x[0], torch.tensor(1 << (k - 1))) if a.get("rounding") == "nearest" else x[0]
+                v = base.div(1 << k)
+                self.truncations_executed += 1
+            elif op in ("pow2", "output"):
+                v = x[0]
+            else:
+                raise ValueError(f"unknown op {op}")
+            env[node.id] = v
+        return [env[o] for o in plan.program.outputs]
+
+    def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
+        """Reveal the outputs (to ``dst`` only, if given) as real values; None on other ranks."""
+        nodes = self.plan.program.nodes
+        opened = [t.reveal(dst=dst) for t in outs]
+        if dst is not None and self.rank != dst:
+            return None
+        return [Ring.decode(v, nodes[o].scale) for v, o in zip(opened, self.plan.program.outputs)]
