@@ -100,6 +100,31 @@ def const_scale(program: Program, node: Node, frac_bits: int) -> int:
     return 0 if _is_small_integer(program.consts[node.attrs["const"]]) else frac_bits
 
 
+def scale_rule(src: Program, node: Node, s: list, f: int) -> tuple:
+    """A node's scale from its inputs' scales ``s``: products add, additions take the max,
+    ``pow2`` relabels; also the extra attrs the node needs (a public multiplier's scale)."""
+    op = node.op
+    if op in ("input", "weight"):
+        return source_scale(node, f), {}
+    if op in ("add", "move") and len(s) > 1:
+        return max(s), {}
+    if op in ("neg", "sum", "move", "output", "add_public"):
+        return s[0], {}
+    if op == "pow2":
+        return s[0] - node.attrs["exp"], {}
+    if op in PRIVATE_MULS:
+        return s[0] + s[1], {}
+    if op == "mul_public":
+        cs = const_scale(src, node, f)
+        return s[0] + cs, {"const_scale": cs}
+    raise UserError(f"placement: unexpected op {op!r} (node {node.id})")
+
+
+def effective_bits(src: Program, bounds: dict[int, Bound], f: int) -> list[int]:
+    """Per node, the m of |x| < 2^m used against the budget (floored for rounding error)."""
+    return [max(bounds[v.id].bits(), ROUNDING_FLOOR_BITS - f) for v in src.nodes]
+
+
 def source_scale(node: Node, frac_bits: int) -> int:
     if node.op == "input":
         return 0 if node.attrs.get("integer") else frac_bits
@@ -161,22 +186,7 @@ class _Emitter:
 
     def natural_scale(self, node: Node, ins: list[int]) -> tuple[int, dict]:
         """Scale of a node's result computed from placed inputs (before any truncation of it)."""
-        op, f = node.op, self.f
-        s = [self.scale(i) for i in ins]
-        if op in ("input", "weight"):
-            return source_scale(node, f), {}
-        if op in ("add", "move") and len(ins) > 1:
-            return max(s), {}
-        if op in ("neg", "sum", "move", "output", "add_public"):
-            return s[0], {}
-        if op == "pow2":
-            return s[0] - node.attrs["exp"], {}
-        if op in PRIVATE_MULS:
-            return s[0] + s[1], {}
-        if op == "mul_public":
-            cs = const_scale(self.src, node, f)
-            return s[0] + cs, {"const_scale": cs}
-        raise UserError(f"placement: unexpected op {op!r} (node {node.id})")
+        return scale_rule(self.src, node, [self.scale(i) for i in ins], self.f)
 
     def fits(self, node: Node, ins: list[int], scale: int) -> bool:
         """The result, and for additions each operand shifted up to the result scale, fit the budget."""
@@ -295,7 +305,7 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
     nodes = src.nodes
     n = len(nodes)
     P, Q, Z = 0, n, 2 * n  # variable blocks
-    m_eff = [max(bounds[v.id].bits(), ROUNDING_FLOOR_BITS - f) for v in nodes]
+    m_eff = effective_bits(src, bounds, f)
     smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
     untruncated = _start_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
     rows, lo, hi = [], [], []
@@ -367,7 +377,7 @@ class _Checker:
 
     def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int):
         self.src, self.f = src, f
-        m_eff = [max(bounds[v.id].bits(), ROUNDING_FLOOR_BITS - f) for v in src.nodes]
+        m_eff = effective_bits(src, bounds, f)
         cap = [budget - 1 - m for m in m_eff]
         for v in src.nodes:
             if v.op in ("add", "move") and len(v.inputs) > 1:  # aligned operands must fit too
@@ -435,19 +445,7 @@ def _start_vector(src: Program, f: int, truncated: set[int], floors: list[int] |
     n = len(src.nodes)
     p, q, z = np.zeros(n), np.zeros(n), np.zeros(n)
     for v in src.nodes:
-        s = [q[i] for i in v.inputs]
-        if v.op in ("input", "weight"):
-            p[v.id] = source_scale(v, f)
-        elif v.op in ("add", "move") and len(s) > 1:
-            p[v.id] = max(s)
-        elif v.op in PRIVATE_MULS:
-            p[v.id] = s[0] + s[1]
-        elif v.op == "mul_public":
-            p[v.id] = s[0] + const_scale(src, v, f)
-        elif v.op == "pow2":
-            p[v.id] = s[0] - v.attrs["exp"]
-        else:
-            p[v.id] = s[0]
+        p[v.id] = scale_rule(src, v, [q[i] for i in v.inputs], f)[0]
         floor = f if floors is None else floors[v.id]
         cut = v.id in truncated and p[v.id] > floor
         z[v.id], q[v.id] = (1, floor) if cut else (0, p[v.id])
