@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import float_maxabs  # noqa: E402
 
 from truncbridge.analysis import calibrated_bounds  # noqa: E402
-from truncbridge.crypten_compat import import_crypten  # noqa: E402
+from truncbridge.crypten import import_crypten  # noqa: E402
 from truncbridge.ir import Builder  # noqa: E402
 from truncbridge.placement import place  # noqa: E402
 
@@ -45,9 +45,9 @@ def main() -> None:
     crypten = import_crypten()
     c10d.default_pg_timeout = timedelta(seconds=60)  # a lost peer ends this party, not hangs it
     crypten.init()
-    from truncbridge.crypten_backend import CryptenPlanRunner
+    from truncbridge.crypten import PlanRunner
 
-    runner = CryptenPlanRunner(plan_for(policy))
+    runner = PlanRunner(plan_for(policy))
     outs = runner.run(INPUTS if runner.rank == 1 else None)
     opened = runner.open_outputs(outs, dst=1)  # only the client learns the output
     out.write_text(json.dumps({"rank": runner.rank, "truncations": runner.truncations_executed,

@@ -55,7 +55,7 @@ def test_crypten_parties_match_the_emulator(parties, tmp_path):
 
 
 def test_crypten_needs_a_64_bit_ring():
-    from truncbridge.crypten_backend import CryptenPlanRunner
+    from truncbridge.crypten import PlanRunner
 
     with pytest.raises(UserError, match="Z_2\\^64"):
-        CryptenPlanRunner(plan_for("eager", field_bits=48))
+        PlanRunner(plan_for("eager", field_bits=48))

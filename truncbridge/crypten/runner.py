@@ -8,23 +8,23 @@ own protocol: local share division with 2 parties, the wraps-based protocol with
 Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
 model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
 
-Call inside an initialised CrypTen process (``truncbridge.crypten_compat.import_crypten()``).
+Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten()``).
 """
 from __future__ import annotations
 
 import torch
 
-from .crypten_compat import import_crypten
-from .errors import UserError
-from .ir import aten_op, resolve_args
-from .placement import Plan
-from .ring import Ring
+from .compat import import_crypten
+from ..errors import UserError
+from ..ir import aten_op, resolve_args
+from ..placement import Plan
+from ..ring import Ring
 
 OWNER = 0
 CLIENT = 1
 
 
-class CryptenPlanRunner:
+class PlanRunner:
     def __init__(self, plan: Plan, client: int = CLIENT):
         if plan.field_bits != 64:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
