@@ -1,6 +1,6 @@
 """One CrypTen party for the backend tests, run as its own process (no fork of the test runner).
 
-    RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py POLICY OUT.json
+    RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py POLICY TRUNCATION OUT.json
 """
 from __future__ import annotations
 
@@ -41,13 +41,13 @@ def plan_for(policy: str, field_bits: int = 64):
 
 
 def main() -> None:
-    policy, out = sys.argv[1], Path(sys.argv[2])
+    policy, truncation, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     crypten = import_crypten()
     c10d.default_pg_timeout = timedelta(seconds=60)  # a lost peer ends this party, not hangs it
     crypten.init()
     from truncbridge.crypten import PlanRunner
 
-    runner = PlanRunner(plan_for(policy))
+    runner = PlanRunner(plan_for(policy), truncation=truncation)
     outs = runner.run(INPUTS if runner.rank == 1 else None)
     opened = runner.open_outputs(outs, dst=1)  # only the client learns the output
     out.write_text(json.dumps({"rank": runner.rank, "truncations": runner.truncations_executed,

@@ -31,6 +31,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)
     depth: dict[int, float] = {}
+    rounds_sequential = 0.0  # one operation at a time, as CrypTen executes
     bits_total = 0.0
     failures = 0.0
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
@@ -55,6 +56,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
             rec["truncated_elements"] += n.numel
             rec["expected_failures"] += n.numel * p_fail
         depth[n.id] = rounds + max((depth[i] for i in n.inputs), default=0.0)
+        rounds_sequential += rounds
         bits_total += bits
         layer["bytes"] += bits / 8
     rounds_total = max(depth.values(), default=0.0)
@@ -63,6 +65,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
     return {
         "protocol": protocol.name,
         "rounds": rounds_total,
+        "rounds_sequential": rounds_sequential,
         "bytes": bytes_total,
         "latency_s": latency,
         "expected_truncation_failures": failures,

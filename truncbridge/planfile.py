@@ -103,6 +103,12 @@ def load_plan(path: str | Path) -> Plan:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"corrupt plan file {p}: not JSON ({exc})") from None
+    return plan_from_json(doc, str(p))
+
+
+def plan_from_json(doc: dict, where: str = "plan") -> Plan:
+    """A plan from its JSON document (``plan_to_json``); ``where`` names it in errors."""
+    p = where
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UserError(f"{p} is not a truncbridge plan (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
     if doc.get("schema_version") != SCHEMA_VERSION:

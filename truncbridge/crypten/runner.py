@@ -3,8 +3,9 @@
 Values are CrypTen ``ArithmeticSharedTensor``s with ``precision=0``: CrypTen's encoder does no
 rescaling, the plan's scales are our own bookkeeping, and products are plain Beaver products
 (``beaver.mul`` / ``beaver.square`` / ``beaver.matmul``) — never truncated behind our back.
-A ``trunc`` node adds the public 2^(k-1) (one party, locally) and divides by 2^k with CrypTen's
-own protocol: local share division with 2 parties, the wraps-based protocol with 3 or more.
+A ``trunc`` node runs one of the protocols of ``truncation.py``: ``"crypten"`` (CrypTen's own
+division: local with 2 parties, wraps with 3; the public 2^(k-1) is added first for round-to-
+nearest) or ``"exact"`` (one opening, exact for |x| < 2^62, stochastic rounding: no offset).
 Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
 model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
 
@@ -19,15 +20,24 @@ from ..errors import UserError
 from ..ir import aten_op, resolve_args
 from ..placement import Plan
 from ..ring import Ring
+from .truncation import EXACT_LIMIT_BITS, PROTOCOLS, crypten_truncate, exact_truncate
 
 OWNER = 0
 CLIENT = 1
 
 
 class PlanRunner:
-    def __init__(self, plan: Plan, client: int = CLIENT):
+    def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten"):
         if plan.field_bits != 64:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
+        if truncation not in PROTOCOLS:
+            raise UserError(f"unknown truncation protocol {truncation!r}: choose {' or '.join(PROTOCOLS)}")
+        if truncation == "exact":
+            widest = max((plan.bound_bits(plan.program[n.inputs[0]]) for n in plan.program.nodes if n.op == "trunc"), default=0)
+            if widest > EXACT_LIMIT_BITS + 1:
+                raise UserError(f"the exact truncation needs |x| < 2^{EXACT_LIMIT_BITS}; this plan truncates "
+                                f"values of {widest} bits: plan it with --protocol crypten-exact-2pc or -3pc")
+        self.truncation = truncation
         self.crypten = import_crypten()
         from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
 
@@ -89,9 +99,7 @@ class PlanRunner:
             elif op == "shl":
                 v = self._local(torch.bitwise_left_shift(x[0].share, a["shift"]))
             elif op == "trunc":
-                k = a["shift"]
-                base = self._add_public(x[0], torch.tensor(1 << (k - 1))) if a.get("rounding") == "nearest" else x[0]
-                v = base.div(1 << k)
+                v = self._truncate(x[0], a["shift"], a.get("rounding") == "nearest")
                 self.truncations_executed += 1
             elif op in ("pow2", "output"):
                 v = x[0]
@@ -99,6 +107,11 @@ class PlanRunner:
                 raise ValueError(f"unknown op {op}")
             env[node.id] = v
         return [env[o] for o in plan.program.outputs]
+
+    def _truncate(self, x, k: int, nearest: bool):
+        if self.truncation == "exact":  # stochastic rounding: unbiased without an offset
+            return exact_truncate(x, k, self.AST, self.rank)
+        return crypten_truncate(self._add_public(x, torch.tensor(1 << (k - 1))) if nearest else x, k)
 
     def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
         """Reveal the outputs (to ``dst`` only, if given) as real values; None on other ranks."""

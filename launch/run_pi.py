@@ -1,0 +1,19 @@
+"""Private inference with real CrypTen parties, one process per party, started by mpirun.
+
+    mpirun -n 2 python launch/run_pi.py [--model default] [--policy eager,lazy,optimal,vanilla] [--json out.json]
+    mpirun -n 3 python launch/run_pi.py ...          # rank 2 only helps
+    mpirun -H hostA,hostB -n 2 python launch/run_pi.py ...   # across machines (see README)
+
+As root, Open MPI also wants --allow-run-as-root, and --oversubscribe when ranks exceed cores.
+Rank 0 owns the weights, rank 1 is the client; only rank 1 learns the logits. Prints one row per
+policy (wall_s, rounds, bytes, truncations_executed, max_abs_diff_vs_emulator,
+top1_agreement_vs_float) and the lazy/eager, optimal/eager ratios. See truncbridge/crypten/session.py.
+"""
+import os
+
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # a lost peer is reported by truncbridge in one line
+
+from truncbridge.crypten.session import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())
