@@ -20,12 +20,12 @@ PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 TOLERANCE = 2.0 ** -8
 
 
-def run_parties(parties: int, policy: str, tmp: Path) -> dict[int, dict]:
+def run_parties(parties: int, policy: str, truncation: str, tmp: Path) -> dict[int, dict]:
     """Start every party as its own Python process; none may take longer than 120 s."""
     tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WORLD_SIZE": str(parties), "RENDEZVOUS": f"file://{tmp / 'rendezvous'}",
            "DISTRIBUTED_BACKEND": "gloo"}
-    procs = [subprocess.Popen([sys.executable, str(PARTY), policy, str(tmp / f"out{r}.json")],
+    procs = [subprocess.Popen([sys.executable, str(PARTY), policy, truncation, str(tmp / f"out{r}.json")],
                               env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(parties)]
     try:
@@ -40,10 +40,10 @@ def run_parties(parties: int, policy: str, tmp: Path) -> dict[int, dict]:
     return {r: json.loads((tmp / f"out{r}.json").read_text()) for r in range(parties)}
 
 
-@pytest.mark.parametrize("parties", [2, 3])
-def test_crypten_parties_match_the_emulator(parties, tmp_path):
+@pytest.mark.parametrize("parties,truncation", [(2, "crypten"), (3, "crypten"), (3, "exact")])
+def test_crypten_parties_match_the_emulator(parties, truncation, tmp_path):
     for policy in ("eager", "lazy"):
-        results = run_parties(parties, policy, tmp_path / policy)
+        results = run_parties(parties, policy, truncation, tmp_path / policy)
         assert all(results[r]["output"] is None for r in results if r != 1)  # only the client sees it
         plan = plan_for(policy)
         ex = RingExecutor(plan)

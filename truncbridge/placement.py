@@ -288,14 +288,14 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
     status = h.modelStatusToString(h.getModelStatus())
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
     info = h.getInfo()
-    if len(x) != 3 * n or info.primal_solution_status == 0:
-        raise UserError(f"optimal placement found no feasible solution ({status})")
+    report = {"solver": "HiGHS MILP", "status": status, "proven_optimal": status == "Optimal",
+              "milp_s": round(time.perf_counter() - t, 3), "variables": 3 * n, "constraints": len(lo),
+              "start_elements": int(sum(nodes[i].numel for i in start))}
+    if len(x) != 3 * n or info.primal_solution_status == 0:  # stopped before it took up the start
+        return set(start), {**report, "kept_start": True}
     numel = cost[2 * n:]
     return {v.id for v in nodes if x[2 * n + v.id]}, {
-        "solver": "HiGHS MILP", "status": status, "proven_optimal": status == "Optimal",
-        "mip_gap": float(info.mip_gap), "milp_s": round(time.perf_counter() - t, 3),
-        "variables": 3 * n, "constraints": len(lo), "objective_elements": int(round(float(numel @ x[2 * n:]))),
-        "start_elements": int(sum(nodes[i].numel for i in start))}
+        **report, "mip_gap": float(info.mip_gap), "objective_elements": int(round(float(numel @ x[2 * n:])))}
 
 
 def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
@@ -488,6 +488,9 @@ def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds
         starts = [st for st in (sites, *map(set, hints)) if check.cost(st) is not None]
         start = _improve(check, min(starts, key=check.cost))
         sites, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, start)
+        found = check.cost(sites)
+        if found is None or found > check.cost(start):  # a time-limited solve may stop short of its start
+            sites, solver["kept_start"] = start, True
         solver["wall_s"] = round(time.perf_counter() - t, 3)
     floors = _raise_precision(check, sites, eager_scales(program, frac_bits))
     e = _Emitter(program, frac_bits, bounds, budget)

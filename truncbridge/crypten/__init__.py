@@ -12,5 +12,6 @@ Modules: ``compat`` (import alias), ``truncation`` (truncation protocols on shar
 """
 from .compat import import_crypten
 from .runner import PlanRunner
+from .vanilla import VanillaRunner
 
-__all__ = ["import_crypten", "PlanRunner"]
+__all__ = ["import_crypten", "PlanRunner", "VanillaRunner"]

@@ -4,8 +4,9 @@ Values are CrypTen ``ArithmeticSharedTensor``s with ``precision=0``: CrypTen's e
 rescaling, the plan's scales are our own bookkeeping, and products are plain Beaver products
 (``beaver.mul`` / ``beaver.square`` / ``beaver.matmul``) — never truncated behind our back.
 A ``trunc`` node runs one of the protocols of ``truncation.py``: ``"crypten"`` (CrypTen's own
-division: local with 2 parties, wraps with 3; the public 2^(k-1) is added first for round-to-
-nearest) or ``"exact"`` (one opening, exact for |x| < 2^62, stochastic rounding: no offset).
+division: local with 2 parties, wraps with 3) or ``"exact"`` (one opening, exact for |x| < 2^62).
+Both are unbiased on their own, so the plan's round-to-nearest offset is not added: the
+emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
 Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
 model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
 
@@ -99,7 +100,7 @@ class PlanRunner:
             elif op == "shl":
                 v = self._local(torch.bitwise_left_shift(x[0].share, a["shift"]))
             elif op == "trunc":
-                v = self._truncate(x[0], a["shift"], a.get("rounding") == "nearest")
+                v = self._truncate(x[0], a["shift"])
                 self.truncations_executed += 1
             elif op in ("pow2", "output"):
                 v = x[0]
@@ -108,10 +109,10 @@ class PlanRunner:
             env[node.id] = v
         return [env[o] for o in plan.program.outputs]
 
-    def _truncate(self, x, k: int, nearest: bool):
-        if self.truncation == "exact":  # stochastic rounding: unbiased without an offset
+    def _truncate(self, x, k: int):
+        if self.truncation == "exact":
             return exact_truncate(x, k, self.AST, self.rank)
-        return crypten_truncate(self._add_public(x, torch.tensor(1 << (k - 1))) if nearest else x, k)
+        return crypten_truncate(x, k)
 
     def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
         """Reveal the outputs (to ``dst`` only, if given) as real values; None on other ranks."""

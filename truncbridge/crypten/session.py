@@ -26,6 +26,7 @@ from ..errors import UserError
 from .party import Party, audit_findings, role
 
 POLICIES = ("eager", "lazy", "optimal", "vanilla")
+SPREAD_SEEDS = 4  # emulator runs with the protocol's truncation model, for the expected MPC error
 TRUNCATIONS = ("exact", "crypten")
 COLUMNS = ("policy", "parties", "wall_s", "rounds", "bytes", "truncations_executed",
            "max_abs_diff_vs_emulator", "top1_agreement_vs_float")
@@ -50,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a party waits on a peer before giving up (default 60)")
     p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
+    p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
+                   help="vanilla only: rsqrt(x) = s * inv_sqrt(s^2 x), the hand-made workaround for CrypTen's "
+                        "inv_sqrt range (default 1: CrypTen as is)")
     p.add_argument("--audit", action="store_true", help="record what each party receives and check nothing but the output is revealed")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
     args = p.parse_args(argv)
@@ -91,7 +95,7 @@ def make_plans(args, converted, parties: int, progress) -> dict:
         plans[policy] = build_plan(converted, policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
                                    headroom_bits=headroom, time_limit=args.time_limit, hints=hints)
         if policy == "lazy":
-            hints = (plans[policy],)
+            hints = (plans[policy].sites,)
     return plans
 
 
@@ -105,6 +109,18 @@ def predictions(plan, parties: int, truncation: str) -> dict:
 
 
 # -- all ranks ---------------------------------------------------------------------------------
+def bcast_idle(comm, obj, root: int = 0, tag: int = 11):
+    """``comm.bcast`` without busy-waiting: Open MPI spins in a blocking receive, which would take
+    the cores rank 0 plans on (the MILP) away from it while the others wait."""
+    if comm.Get_rank() == root:
+        for request in [comm.isend(obj, dest=r, tag=tag) for r in range(comm.Get_size()) if r != root]:
+            request.wait()
+        return obj
+    while not comm.Iprobe(source=root, tag=tag):
+        time.sleep(0.05)
+    return comm.recv(source=root, tag=tag)
+
+
 def rendezvous(comm) -> str:
     """Rank 0 picks a free TCP port on its host; everyone learns tcp://host:port."""
     if comm.Get_rank() == 0:
@@ -143,14 +159,17 @@ class _CountDivisions:
         self.cls.div_ = self.original
 
 
-def run_policy(party: Party, policy: str, plan, captured, inputs, ids, truncation: str) -> dict:
+def run_policy(party: Party, policy: str, plan, captured, inputs, ids, args) -> dict:
     """One timed private forward pass; returns this party's measurements (and logits on rank 1)."""
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
     from .runner import PlanRunner
     from .vanilla import VanillaRunner
 
-    runner = VanillaRunner(captured) if policy == "vanilla" else PlanRunner(plan, truncation=truncation)
+    if policy == "vanilla":
+        runner = VanillaRunner(captured, rsqrt_scale=args.vanilla_rsqrt_scale)
+    else:
+        runner = PlanRunner(plan, truncation=args.truncation)
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t = time.perf_counter()
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for policy in args.policies:
             say(f"running {policy} with {parties} parties")
             mine = run_policy(party, policy, setup["plans"].get(policy), setup["captured"], setup["inputs"],
-                              setup["ids"], args.truncation)
+                              setup["ids"], args)
             everyone = comm.gather(mine, root=0)  # the client's logits too: measurement only, after the run
             if rank == 0:
                 rows.append(_row(policy, parties, everyone, everyone[1]["logits"], setup, args))
@@ -220,41 +239,50 @@ def _setup(comm, args, parties: int, say) -> dict:
     rank = comm.Get_rank()
     loaded = load_model(args.model)
     ids = client_window(loaded, args.seq_len)
-    payload = None
+    vocab = vocab_size(loaded.model)
+    payload = references = None
     if rank == 0:
         try:
             say(f"converting {loaded.name} (seq {args.seq_len})")
             converted = convert(loaded, args.seq_len, args.frac_bits)
             plans = make_plans(args, converted, parties, say)
+            say("emulating the plans (exact, and with the protocol's truncation model)")
+            references = _references(loaded.model, plans, ids, vocab, args.truncation, parties)
             payload = ("ok", {k: plan_to_json(p) for k, p in plans.items()})
         except UserError as exc:
             payload = ("error", str(exc))
-    status, data = comm.bcast(payload, root=0)
+    status, data = bcast_idle(comm, payload)
     if status == "error":
         raise UserError(data)
     if rank == 0:
         captured = converted.captured
-        references = _references(loaded.model, plans, ids, vocab_size(loaded.model))
     else:
         plans = {k: plan_from_json(d, f"{k} plan") for k, d in data.items()}  # no weights: not ours
         captured = capture(loaded.model, args.seq_len) if "vanilla" in args.policies else None
         if captured is not None:
             captured.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
-        references = None
-    inputs = {"tokens": one_hot(ids[None], vocab_size(loaded.model))} if rank == 1 else None
+    inputs = {"tokens": one_hot(ids[None], vocab)} if rank == 1 else None
     return {"plans": plans, "captured": captured, "ids": ids[None] if rank == 1 else None, "inputs": inputs,
             "references": references}
 
 
-def _references(model, plans: dict, ids: torch.Tensor, vocab: int) -> dict:
-    from ..execute import RingExecutor
+def _references(model, plans: dict, ids: torch.Tensor, vocab: int, truncation: str, parties: int) -> dict:
+    """Float logits; per plan the emulator's exact (round-nearest) logits, and the spread of the
+    protocol's own truncation model over SPREAD_SEEDS runs: the error MPC should stay within."""
+    from ..execute import RingExecutor, truncation_model_for
     from ..pipeline import one_hot
+    from ..protocols import load_protocol
 
+    inputs = {"tokens": one_hot(ids[None], vocab)}
+    model_name = truncation_model_for(load_protocol(protocol_profile(truncation, parties)))
     with torch.no_grad():
         out = {"float": model(ids[None]).logits[0].double()}
     for policy, plan in plans.items():
         ex = RingExecutor(plan)
-        out[policy] = ex.decode_outputs(ex.run({"tokens": one_hot(ids[None], vocab)})[0])[0][0]
+        out[policy] = exact = ex.decode_outputs(ex.run(inputs)[0])[0][0]
+        noisy = RingExecutor(plan, truncation=model_name, seed=1)
+        out[f"{policy}/spread"] = max((noisy.decode_outputs(noisy.run(inputs)[0])[0][0] - exact).abs().max().item()
+                                      for _ in range(SPREAD_SEEDS))
     return out
 
 
@@ -267,6 +295,7 @@ def _row(policy: str, parties: int, everyone: list[dict], logits: torch.Tensor, 
            "bytes": max(m["bytes"] for m in everyone),
            "truncations_executed": everyone[0]["truncations_executed"],
            "max_abs_diff_vs_emulator": (logits - refs[policy]).abs().max().item() if policy in refs else None,
+           "emulated_protocol_spread": refs.get(f"{policy}/spread"),
            "top1_agreement_vs_float": (logits.argmax(-1) == refs["float"].argmax(-1)).double().mean().item(),
            "max_abs_diff_vs_float": (logits - refs["float"]).abs().max().item(),
            "per_party": [{k: m[k] for k in ("wall_s", "rounds", "bytes")} for m in everyone]}
@@ -302,15 +331,19 @@ def ratios(rows: list[dict]) -> dict:
 
 
 def _format_row(r: dict) -> str:
-    diff = "-" if r["max_abs_diff_vs_emulator"] is None else f"{r['max_abs_diff_vs_emulator']:.4g}"
+    def num(v):
+        return "-" if v is None else f"{v:.3g}"
+
     return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
-            f"{r['truncations_executed']:>6} {diff:>10} {r['top1_agreement_vs_float']:>6.3f}")
+            f"{r['truncations_executed']:>6} {num(r['max_abs_diff_vs_emulator']):>10} "
+            f"{num(r['emulated_protocol_spread']):>10} {r['top1_agreement_vs_float']:>6.3f}")
 
 
 def format_table(result: dict) -> str:
     lines = [f"{result['model']}, {result['parties']} parties, seq {result['seq_len']}, "
              f"{result['truncation']} truncation, {result['bounds']} bounds",
-             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'truncs':>6} {'vs emu':>10} {'top1':>6}"]
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'truncs':>6} {'vs emu':>10} "
+             f"{'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())

@@ -3,6 +3,7 @@
 ``crypten``  CrypTen's own ``div_``: 2 parties divide their shares locally (0 rounds), 3 or more run
              the wraps protocol (2 rounds). Both ignore the wrap of x + r, so they fail — off by
              2^(64-k) — with probability about |x| / 2^64: plans for it need headroom (16 bits).
+             Shares are divided toward zero, which is unbiased: no 2^(k-1) offset is added.
 ``exact``    one opening of x + 2^62 + r with dealer-made r, r >> k and msb(r) (TFP, like CrypTen's
              triples). Because x + 2^62 < 2^63, the opened c wrapped iff msb(r) = 1 and msb(c) = 0,
              a *linear* function of the shared bit msb(r): the wrap is corrected exactly. The low-bit
@@ -15,13 +16,10 @@ from __future__ import annotations
 
 import torch
 
-EXACT_LIMIT_BITS = 62  # |x| < 2^62 keeps x + 2^62 below 2^63, where the wrap test is exact
+from ..ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
+from ..ring import logical_shift
+
 PROTOCOLS = ("crypten", "exact")
-
-
-def _logical_shift(t: torch.Tensor, k: int) -> torch.Tensor:
-    """Unsigned t >> k for int64 ring elements."""
-    return torch.bitwise_right_shift(t, k) & ((1 << (64 - k)) - 1)
 
 
 def _add_public(ast_cls, x, value: torch.Tensor | int, rank: int):
@@ -35,7 +33,7 @@ def truncation_pairs(ast_cls, size, k: int):
     from crypten.common.rng import generate_random_ring_element
 
     r = generate_random_ring_element(size)
-    stacked = torch.stack([r, _logical_shift(r, k), (r < 0).long()])
+    stacked = torch.stack([r, logical_shift(r, k), (r < 0).long()])
     shared = ast_cls(stacked, precision=0, src=0)
     return shared[0], shared[1], shared[2]
 
@@ -47,7 +45,7 @@ def exact_truncate(x, k: int, ast_cls, rank: int):
     wrapped_if_msb = (c >= 0).long() << (64 - k)  # msb(c) = 0: the sum wrapped iff msb(r) = 1
     share = r_msb.share * wrapped_if_msb - r_hi.share
     if rank == 0:
-        share = share + _logical_shift(c, k) - (1 << (EXACT_LIMIT_BITS - k))
+        share = share + logical_shift(c, k) - (1 << (EXACT_LIMIT_BITS - k))
     return ast_cls.from_shares(share, precision=0)
 
 

@@ -1,0 +1,128 @@
+"""launch/run_pi.py under mpirun: real CrypTen parties, one process each, on a tiny random Llama."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MPIRUN = Path(sys.executable).parent / "mpirun"
+RUN_PI = ROOT / "launch" / "run_pi.py"
+TINY = ["--model", "random-llama", "--seq-len", "16"]
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+pytestmark = pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
+
+
+def mpirun(parties: int, *args: str) -> list[str]:
+    return [str(MPIRUN), "-n", str(parties), "--oversubscribe", sys.executable, str(RUN_PI), *args]
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_parties_match_the_emulator_and_reveal_only_the_output(parties, tmp_path):
+    out = tmp_path / "pi.json"
+    done = subprocess.run(mpirun(parties, *TINY, "--policy", "eager,lazy", "--audit", "--json", str(out)),
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["policy"]: r for r in result["rows"]}
+    for policy, row in rows.items():
+        assert row["parties"] == parties
+        assert row["truncations_executed"] == row["planned_truncations"]
+        # the emulator with the protocol's own truncation model bounds what MPC may differ by
+        assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9, policy
+        assert row["top1_agreement_vs_float"] >= 0.9, policy
+        # measured rounds = the cost model's sequential rounds + the one opening of the output
+        assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1, policy
+    assert rows["lazy"]["truncations_executed"] < rows["eager"]["truncations_executed"]
+    assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
+    audit = result["audit"]["parties"]
+    assert all(a["findings"] == [] for a in audit), audit
+    assert [a["output_receipts"] > 0 for a in audit] == [r == 1 for r in range(parties)]  # only the client
+    assert all(a["elements"] > 0 for a in audit)
+
+
+def test_audit_catches_a_revealed_intermediate():
+    """The audit is not vacuous: a receipt of plain fixed-point values is reported."""
+    from truncbridge.crypten.party import audit_findings
+
+    leaked = {"label": "protocol", "method": "all_reduce", "numel": 1000, "small": 990}
+    masked = {"label": "protocol", "method": "all_reduce", "numel": 1000, "small": 0}
+    output = {"label": "output", "method": "reduce", "numel": 1000, "small": 1000}
+    assert audit_findings([masked, output]) == []
+    assert len(audit_findings([masked, leaked, output])) == 1
+
+
+def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[int, str, float]:
+    """Start 3 parties, send ``sig`` to rank ``victim`` once the first policy runs; return
+    (mpirun's exit status, everything printed, seconds from the signal to the end)."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        cmd = mpirun(3, *TINY, "--policy", "eager,lazy,eager,lazy,eager,lazy", "--silence", "3")
+        proc = subprocess.Popen([cmd[0], *mpi_flags, *cmd[1:]], env=ENV, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while "running eager" not in log.read_text() or f"party {victim} (" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        pid = int(re.search(rf"party {victim} \([a-z ]+\) pid (\d+)", log.read_text()).group(1))
+        time.sleep(0.5)
+        os.kill(pid, sig)
+        hurt = time.monotonic()
+        status = proc.wait(timeout=90)
+        return status, log.read_text(), time.monotonic() - hurt
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if sig == signal.SIGSTOP and "pid" in locals():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_party_ends_the_others_with_a_message_naming_it(tmp_path):
+    status, log, seconds = start_and_hurt(tmp_path, 1, signal.SIGKILL)
+    assert status != 0 and seconds < 60
+    for survivor in (0, 2):
+        assert re.search(rf"party {survivor} \(\w[\w ]*\) stops: .*party 1 \(client\) was lost", log), log[-3000:]
+
+
+def test_a_stalled_party_is_named_by_the_others_heartbeat_watch(tmp_path):
+    """SIGSTOP: the party is alive but makes no progress; mpirun does not notice, the others do."""
+    status, log, seconds = start_and_hurt(tmp_path, 2, signal.SIGSTOP)
+    assert status != 0 and seconds < 60
+    assert re.search(r"party [01] \(\w[\w ]*\) stops: party 2 \(helper\) was lost: no heartbeat", log), log[-3000:]
+
+
+def test_a_killed_party_is_named_without_mpirun_teardown(tmp_path):
+    """With --enable-recovery mpirun leaves the survivors running: their own watchdogs end them."""
+    status, log, seconds = start_and_hurt(tmp_path, 0, signal.SIGKILL, "--enable-recovery")
+    assert status != 0 and seconds < 60
+    for survivor in (1, 2):
+        assert re.search(rf"party {survivor} \(\w+\) stops: party 0 \(model owner\) was lost", log), log[-3000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policy", "bogus"], "unknown policy bogus"),
+    (["--seq-len", "1"], "--seq-len must be at least 2"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args, message):
+    done = subprocess.run(mpirun(2, *args), env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]  # rank 0 speaks for every party
+    assert "Traceback" not in done.stderr
+
+
+def test_one_process_is_told_to_use_mpirun():
+    done = subprocess.run([sys.executable, str(RUN_PI)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "needs 2 or 3 parties (mpirun -n 2 or -n 3), got 1" in done.stderr

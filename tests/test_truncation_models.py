@@ -1,0 +1,211 @@
+"""The emulator's truncation error models: what CrypTen's and truncbridge's MPC truncations open.
+
+Each model is run through ``RingExecutor`` on a one-truncation plan, so the tests see exactly what
+a plan's ``trunc`` node gives. Statistical checks use fixed seeds and tolerances of many standard
+deviations: they cannot flake, and they still fail for a wrong model.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypten_party import INPUTS, plan_for
+from truncbridge.errors import UserError
+from truncbridge.execute import TRUNCATION_MODELS, RingExecutor, truncation_model_for
+from truncbridge.ir import Node, Program
+from truncbridge.placement import Plan
+from truncbridge.protocols import Protocol, load_protocol, protocol_names
+from truncbridge.ring import Ring, uniform_ring64
+
+K = 16  # the shift of every single-truncation test
+RANDOMIZED = ("crypten-local", "crypten-wraps", "exact-msb")
+LIMIT = 1 << 62  # exact-msb is exact for |x| < 2^62
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Elementwise ops on 1e5 elements gain nothing from 2 threads, and on a busy machine the
+    threads' barriers made this file 10-100x slower; the suite's setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def trunc_plan(shift: int = K, rounding: str = "nearest", field_bits: int = 64) -> Plan:
+    """input x -> trunc(x, shift) -> output, on ring integers (scale 0)."""
+    prog = Program()
+    prog.nodes.append(Node(0, "input", (), (1,), {"name": "x"}, scale=0))
+    prog.nodes.append(Node(1, "trunc", (0,), (1,), {"shift": shift, "rounding": rounding}, scale=0))
+    prog.nodes.append(Node(2, "output", (1,), (1,), scale=0))
+    prog.inputs["x"], prog.outputs = 0, [2]
+    return Plan(prog, field_bits, 0, "test", {n.id: field_bits for n in prog.nodes})
+
+
+def truncate(x: torch.Tensor, model: str, seed: int = 0, shift: int = K, rounding: str = "nearest") -> torch.Tensor:
+    return RingExecutor(trunc_plan(shift, rounding), truncation=model, seed=seed).run({"x": x})[0][0]
+
+
+def randint(lo: int, hi: int, n: int, seed: int) -> torch.Tensor:
+    return torch.randint(lo, hi, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64)
+
+
+def nearest(x: torch.Tensor, shift: int = K) -> torch.Tensor:
+    return Ring(64).trunc_nearest(x, shift)
+
+
+# -- "nearest" is today's executor --------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 63), st.sampled_from(["nearest", "floor"]), st.integers(0, 2**31 - 1))
+def test_nearest_model_is_the_deterministic_truncation(shift, rounding, seed):
+    x = randint(-(2**63), 2**63 - 1, 200, seed)
+    ring = Ring(64)
+    want = ring.trunc_nearest(x, shift) if rounding == "nearest" else ring.trunc_floor(x, shift)
+    default = RingExecutor(trunc_plan(shift, rounding)).run({"x": x})[0][0]
+    assert torch.equal(default, want)
+    assert torch.equal(truncate(x, "nearest", seed, shift, rounding), want)
+
+
+# -- CrypTen, 2 parties (local share division) and 3 parties (wraps protocol) -----------------
+def test_crypten_local_is_floor_or_floor_plus_one_and_unbiased_for_small_values():
+    x = torch.cat([randint(-(2**40), 2**40, 50_000, 1), torch.tensor([0, 1, -1, 2**40, -(2**40)])])
+    got = truncate(x, "crypten-local", seed=2)
+    # CRYPTEN_NOTES: floor or floor + 1. (Shares of x's sign, both below |x|, give -1 (x > 0) or
+    # +2 (x < 0) with probability ~|x| / 2^65 <= 2^-25 here.)
+    assert set((got - Ring.trunc_floor(x, K)).tolist()) == {0, 1}
+    assert abs((got.double() - x.double() / 2**K).mean().item()) < 0.02  # unbiased; 1 sigma ~ 0.002
+
+
+def test_crypten_wraps_is_within_minus_2_plus_3_and_unbiased_for_small_values():
+    x = torch.cat([randint(-(2**40), 2**40, 50_000, 3), torch.tensor([0, 1, -1, 2**40, -(2**40)])])
+    got = truncate(x, "crypten-wraps", seed=4)
+    assert set((got - Ring.trunc_floor(x, K)).tolist()) == {-2, -1, 0, 1, 2, 3}  # three shares rounded toward 0
+    assert abs((got.double() - x.double() / 2**K).mean().item()) < 0.03  # unbiased; 1 sigma ~ 0.005
+
+
+@pytest.mark.parametrize("model", ["crypten-local", "crypten-wraps"])
+def test_crypten_fails_with_probability_abs_x_over_2_64(model):
+    n = 100_000
+    x = randint(2**59, 2**61, n, 5) * torch.where(randint(0, 2, n, 6) == 1, 1, -1)
+    err = truncate(x, model, seed=7) - Ring.trunc_floor(x, K)
+    failed = err.abs() > 2 ** (63 - K)
+    expected = (x.double().abs() / 2.0**64).mean().item()  # ~0.078
+    assert abs(failed.double().mean().item() / expected - 1) < 0.1  # 1 sigma is 1.1 %
+    # a failure is off by -sign(x) * 2^(64-k), up to the usual few LSB
+    off = err[failed] + torch.sign(x[failed]) * 2 ** (64 - K)
+    assert off.abs().max().item() <= 3
+    assert err[~failed].min().item() >= -2 and err[~failed].max().item() <= 3
+
+
+def test_crypten_does_not_fail_below_2_40_even_at_many_samples():
+    x = randint(-(2**40), 2**40, 100_000, 8)
+    for model in ("crypten-local", "crypten-wraps"):
+        assert (truncate(x, model, seed=9) - nearest(x)).abs().max().item() <= 3
+
+
+# -- truncbridge's exact truncation (msb-corrected) ---------------------------------------------
+EDGES = [-LIMIT, -LIMIT + 1, -LIMIT + (1 << K) - 1, LIMIT - 1, LIMIT - (1 << K), LIMIT - (1 << K) - 1, 0, -1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-LIMIT, LIMIT - 1), min_size=1, max_size=20), st.integers(1, 62),
+       st.integers(0, 2**31 - 1))
+def test_exact_msb_is_floor_or_floor_plus_one_below_2_62(values, shift, seed):
+    x = torch.tensor(values + EDGES, dtype=torch.int64).repeat(500)
+    err = truncate(x, "exact-msb", seed, shift) - Ring.trunc_floor(x, shift)
+    assert set(err.tolist()) <= {0, 1}
+
+
+def test_exact_msb_never_fails_next_to_2_62():
+    x = torch.tensor(EDGES, dtype=torch.int64).repeat(50_000)
+    err = truncate(x, "exact-msb", seed=11) - Ring.trunc_floor(x, K)
+    assert set(err.tolist()) == {0, 1}
+
+
+def test_exact_msb_is_unbiased_stochastic_rounding():
+    frac = torch.tensor([0, 1, 2**14, 2**15, 3 * 2**14, 2**16 - 1])  # low bits of x: frac * 2^-16
+    high = torch.tensor([0, -7, 2**29, -(2**45), 2**45, 2**46 - 1]) << K  # from 0 to ~2^62
+    x = (high + frac).repeat(20_000)
+    err = (truncate(x, "exact-msb", seed=12) - Ring.trunc_floor(x, K)).view(20_000, -1).double()
+    want = frac.double() / 2**16
+    assert (err.mean(0) - want).abs().max().item() < 0.02  # 1 sigma <= 0.0036
+    assert err[:, 0].sum().item() == 0  # x a multiple of 2^k: exact
+
+
+def test_exact_msb_is_wrong_outside_its_range_like_the_protocol():
+    x = torch.full((10_000,), LIMIT + 2**61)
+    err = truncate(x, "exact-msb", seed=13) - Ring.trunc_floor(x, K)
+    assert (err.abs() > 1).any()
+
+
+def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
+    """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r."""
+    from truncbridge.crypten import import_crypten
+    from truncbridge.crypten.truncation import exact_truncate
+
+    rng = import_crypten().common.rng
+
+    class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
+        def __init__(self, share, precision=0, src=0):
+            self.share = share
+
+        from_shares = classmethod(lambda cls, share, precision=0: cls(share))
+        __add__ = lambda self, other: OneParty(self.share + other.share)  # noqa: E731
+        __getitem__ = lambda self, i: OneParty(self.share[i])  # noqa: E731
+        reveal = lambda self: self.share  # noqa: E731
+
+    x = torch.cat([randint(-(2**63), 2**63 - 1, 5000, 14), randint(-LIMIT, LIMIT, 5000, 15), torch.tensor(EDGES)])
+    for shift in (1, 8, K, 40, 62):
+        r = uniform_ring64(x.shape, torch.Generator().manual_seed(shift), x.device)  # the model's first draw
+        monkeypatch.setattr(rng, "generate_random_ring_element", lambda size: r)
+        theirs = exact_truncate(OneParty(x), shift, OneParty, 0).share
+        assert torch.equal(truncate(x, "exact-msb", seed=shift, shift=shift), theirs)
+
+
+# -- seeds, fields, the protocol mapping -------------------------------------------------------
+@pytest.mark.parametrize("model", RANDOMIZED)
+def test_a_seed_fixes_the_samples(model):
+    plan = plan_for("eager")
+
+    def runs(seed):
+        ex = RingExecutor(plan, truncation=model, seed=seed)
+        return [ex.run(INPUTS)[0][0] for _ in range(2)]
+
+    first, again, other = runs(1), runs(1), runs(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    assert not torch.equal(first[0], first[1])  # fresh randomness on every run
+
+
+def test_randomized_models_need_z_2_64():
+    plan = plan_for("eager", field_bits=48)
+    for model in RANDOMIZED:
+        with pytest.raises(UserError, match="Z_2\\^64"):
+            RingExecutor(plan, truncation=model)
+    RingExecutor(plan, truncation="nearest")
+    with pytest.raises(UserError, match="unknown truncation model"):
+        RingExecutor(plan_for("eager"), truncation="random")
+
+
+def test_every_protocol_profile_has_a_model():
+    want = {"faithful-2pc": "nearest", "crypten-2pc": "crypten-local", "crypten-3pc": "crypten-wraps",
+            "crypten-exact-2pc": "exact-msb", "crypten-exact-3pc": "exact-msb",
+            "secureml-2pc": "crypten-local", "aby3-3pc": "crypten-local"}
+    assert {name: truncation_model_for(load_protocol(name)) for name in protocol_names()} == want
+    assert set(want.values()) == set(TRUNCATION_MODELS)
+    with pytest.raises(UserError, match="no truncation model"):
+        truncation_model_for(Protocol("odd", {"truncation": {"kind": "garbled"}}))
+
+
+@pytest.mark.parametrize("model", RANDOMIZED)
+def test_plan_outputs_stay_close_to_nearest(model):
+    plan = plan_for("eager")
+    ex = RingExecutor(plan)
+    want = ex.decode_outputs(ex.run(INPUTS)[0])[0]
+    for seed in range(3):
+        sampled = RingExecutor(plan, truncation=model, seed=seed)
+        got = sampled.decode_outputs(sampled.run(INPUTS)[0])[0]
+        assert (got - want).abs().max().item() <= 2.0**-8  # a few LSB, amplified ~2^6 by the program
+        assert not torch.equal(got, want)

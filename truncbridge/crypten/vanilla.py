@@ -1,0 +1,231 @@
+"""Vanilla CrypTen: the captured model run with CrypTen's own MPCTensor functions, as a baseline.
+
+This is what a CrypTen user gets without truncbridge: default configuration, 16 fraction bits,
+CrypTen's automatic truncation after every multiplication, and CrypTen's approximations (``exp``,
+``reciprocal``, ``inv_sqrt``, ``sigmoid``, ``tanh``, ``erf``, ``softmax`` with its row max).
+Compare its wall time, rounds, bytes and accuracy with ``PlanRunner`` on the same model.
+
+It walks the same captured ATen graph as ``lower.py``: nodes with only public inputs are folded in
+plaintext; nodes computed from weights alone (``aten.t`` of a weight, ...) are the model owner's
+plaintext and are shared (``src=0``) where they meet secret data; the client's token ids enter as a
+secret one-hot matrix shared by ``client``, and the embedding is ``one_hot @ table``. Data movement
+acts on the shares locally. Weights are shared inside ``run`` (no communication), as PlanRunner does.
+
+Known deviations from the float model (all CrypTen's, kept on purpose except where noted):
+- Additive -inf attention masks: CrypTen's exp is garbage below about -256, so entries <=
+  ``MASK_VALUE`` of a public tensor added to secret data are replaced by the finite ``MASK_FILL``
+  (the usual user workaround; see its comment).
+- GELU: CrypTen has none; we use x * sigmoid(1.702 x) (the sigmoid approximation of GELU).
+- ``pow`` with odd exponents >= 5 is wrong in CrypTen (it returns x^(3(p-1)/2)): we use
+  square-and-multiply with CrypTen's products instead. CrypTen's ``erf`` suffers from the same bug
+  and is used as is.
+- Outputs are decoded exactly (``open_outputs``), not by CrypTen's ``get_plain_text``, whose
+  decoder is off by exactly -1 for some negative values (about |x| in 2^16 of them).
+- ``inv_sqrt`` is accurate only for inputs in about [0.1, 64], ``reciprocal`` for [~0.003, ~50];
+  no rescaling is done unless asked (``rsqrt_scale``: the hand-made user workaround; truncbridge's
+  range-aware recipes pick such scales from the bounds).
+
+Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten()``).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from .compat import import_crypten
+from ..calibrate import MASK_VALUE
+from ..capture import Captured
+from ..errors import UserError
+from ..lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, _flatten, _name
+
+aten = torch.ops.aten
+OWNER = 0
+# Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in
+# [MASK_FILL - 2S, MASK_FILL + 2S] for scores in [-S, S]: it must stay above -256, where CrypTen's exp
+# (1 + x/256)^256 breaks down, and below -12, where exp < 2^-17 rounds to 0 at 16 fraction bits.
+# -128 satisfies both for S <= 58; the shipped models' live scores lie within [-19, 21].
+MASK_FILL = -128.0
+
+
+@dataclass
+class Owned:
+    """A plaintext value computed from weights only: known to the model owner (rank 0)."""
+    value: torch.Tensor
+
+
+class VanillaRunner:
+    def __init__(self, captured: Captured, client: int = 1, rsqrt_scale: int = 1):
+        """``rsqrt_scale`` s > 1 applies the usual user workaround for ``inv_sqrt``'s narrow range:
+        rsqrt(x) = s * inv_sqrt(s^2 x) with a public integer s chosen by hand (1: CrypTen as is)."""
+        self.crypten = import_crypten()
+        from crypten.mpc import MPCTensor
+
+        self.MPC, self.captured, self.client = MPCTensor, captured, client
+        self.rank = self.crypten.communicator.get().get_rank()
+        if self.rank == OWNER:
+            self.weights = captured.weights
+        else:  # other ranks do not hold the weights: zeros of the right shape make that explicit
+            self.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
+        self.rules = {
+            aten.embedding.default: self.embedding, aten.add.Tensor: self.add, aten.sub.Tensor: self.sub,
+            aten.mul.Tensor: self.mul, aten.div.Tensor: self.div, aten.neg.default: lambda x: -x,
+            aten.pow.Tensor_Scalar: self.pow, aten._softmax.default: lambda x, dim, *_: x.softmax(dim),
+            aten.mean.dim: lambda x, dims, keepdim=False, **_: x.mean(dims, keepdim=keepdim),
+            aten.sum.dim_IntList: lambda x, dims, keepdim=False, **_: x.sum(dims, keepdim=keepdim),
+            aten.mm.default: self.matmul, aten.bmm.default: self.matmul, aten.matmul.default: self.matmul,
+            aten.addmm.default: self.addmm, aten._to_copy.default: self.to_copy,
+            aten.rsqrt.default: lambda x: (x * (rsqrt_scale * rsqrt_scale)).inv_sqrt() * rsqrt_scale, aten.sqrt.default: lambda x: x.sqrt(),
+            aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
+            aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
+            aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(),
+            aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
+        }
+
+    def run(self, input_ids: torch.Tensor | None) -> list:
+        """Evaluate the graph; ``input_ids`` only on the client's rank. Returns the output MPCTensors."""
+        self.input_ids, env, c = input_ids, {}, self.captured
+        for node in c.graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = (TOKENS if node.name == c.tokens else Owned(self.weights[node.name])
+                                  if node.name in self.weights else c.publics[node.name])
+            elif node.op == "call_function":
+                env[node.name] = self.call(node, *_resolve((node.args, node.kwargs), env))
+            elif node.op == "output":
+                outs = [self.secret(v) for v in _flatten(_resolve(node.args[0], env))
+                        if isinstance(v, (self.MPC, Owned))]
+        return outs
+
+    def open_outputs(self, outs: list, dst: int = 1) -> list[torch.Tensor] | None:
+        """Reveal to ``dst`` only: float64 tensors there, None elsewhere. Decoded here, not by
+        ``get_plain_text``: CrypTen's decoder is off by -1 for negative values within ~|x| LSBs
+        above an integer (e.g. -63.99998 -> -64.99998), and it returns float32."""
+        opened = [o.reveal(dst=dst) for o in outs]
+        if self.rank != dst:
+            return None
+        return [v.to(torch.float64) / o._tensor.encoder.scale for v, o in zip(opened, outs)]
+
+    def call(self, node, args, kwargs):
+        target = node.target
+        if target in SKIP_OPS:
+            return None
+        inputs = _flatten(list(args) + list(kwargs.values()))
+        if any(v is TOKENS for v in inputs) and target != aten.embedding.default:
+            raise UserError(f"{_name(target)} reads the secret token ids; only aten.embedding may")
+        if not any(isinstance(v, self.MPC) or v is TOKENS for v in inputs):  # public or owner-only
+            owned = any(isinstance(v, Owned) for v in inputs)
+            out = target(*_unwrap(args), **_unwrap(kwargs))
+            return _map(lambda t: Owned(t) if owned and isinstance(t, torch.Tensor) else t, out)
+        args, kwargs = _map(self.secret, args), _map(self.secret, kwargs)  # weights meet secrets
+        if target is operator.getitem:
+            return args[0][args[1]]
+        if target in IDENTITY_OPS:
+            return args[0]
+        if target in MOVE_OPS:
+            return self.move(target, args, kwargs)
+        if target not in self.rules:
+            raise UserError(f"vanilla CrypTen: no rule for ATen op {_name(target)} on secret data "
+                            f"(node {node.name})")
+        return self.rules[target](*args, **kwargs)
+
+    def secret(self, v):
+        """Share an owner value (src=0); MPCTensors and public values pass unchanged."""
+        return self.crypten.cryptensor(v.value, src=OWNER) if isinstance(v, Owned) else v
+
+    def _wrap(self, share: torch.Tensor, like):
+        out = like.shallow_copy()
+        out._tensor = like._tensor.shallow_copy()
+        out._tensor.share = share
+        return out
+
+    # -- rules ----------------------------------------------------------------------------------
+    def embedding(self, table, indices, *rest, **kw):
+        if indices is not TOKENS or not isinstance(table, self.MPC):
+            raise UserError("aten.embedding is supported only as (secret table, client token ids)")
+        shape = (self.captured.batch, self.captured.seq_len, table.size(0))
+        if self.rank == self.client:
+            onehot = torch.nn.functional.one_hot(self.input_ids.view(shape[:2]), shape[2]).float()
+        else:  # a tensor of the right shape, ignored by the sharing: no size broadcast needed
+            onehot = torch.zeros(shape)
+        return self.crypten.cryptensor(onehot, src=self.client).matmul(table)
+
+    def add(self, a, b, alpha=1):
+        if alpha != 1:
+            b = b * alpha
+        if not isinstance(a, self.MPC):
+            a, b = b, a
+        if isinstance(b, torch.Tensor) and b.is_floating_point() and bool((b <= MASK_VALUE).any()):
+            b = b.masked_fill(b <= MASK_VALUE, MASK_FILL)  # see MASK_FILL
+        return a + b
+
+    def sub(self, a, b, alpha=1):
+        return self.add(a, -b, alpha)
+
+    def mul(self, a, b):
+        return a * b if isinstance(a, self.MPC) else b * a
+
+    def div(self, a, b):
+        if isinstance(b, self.MPC):
+            return b.reciprocal() * a
+        return a.div(b)  # public divisor: CrypTen multiplies by its reciprocal (integers: truncates)
+
+    def pow(self, x, exponent):
+        if exponent == 2:
+            return x.square()
+        if exponent in (0.5, -0.5, -1):
+            return {0.5: x.sqrt, -0.5: x.inv_sqrt, -1: x.reciprocal}[exponent]()
+        if not (float(exponent).is_integer() and exponent >= 1):
+            raise UserError(f"vanilla CrypTen: aten.pow with exponent {exponent} on secret data")
+        # square-and-multiply with CrypTen's products: its own pow is wrong for odd exponents >= 5
+        result, base, n = None, x, int(exponent)
+        while n:
+            if n & 1:
+                result = base if result is None else result * base
+            n >>= 1
+            base = base.square() if n else base
+        return result
+
+    def matmul(self, a, b):
+        if not isinstance(a, self.MPC):
+            raise UserError("vanilla CrypTen: a matmul with a public first operand is not supported")
+        return a.matmul(b)
+
+    def addmm(self, bias, a, b, beta=1, alpha=1):
+        if beta != 1 or alpha != 1:
+            raise UserError("vanilla CrypTen: aten.addmm with alpha/beta != 1 is not supported")
+        return self.add(self.matmul(a, b), bias)
+
+    def to_copy(self, x, **kwargs):
+        dtype = kwargs.get("dtype")
+        if dtype is not None and not dtype.is_floating_point:
+            raise UserError(f"vanilla CrypTen: cast of a secret value to {dtype} is not supported")
+        return x
+
+    def move(self, target, args, kwargs):
+        """Data movement on the shares (local). cat/stack accept public parts (held by rank 0)."""
+        like = next(v for v in _flatten(list(args)) if isinstance(v, self.MPC))
+        if target in (aten.cat.default, aten.stack.default):
+            encode = like._tensor.encoder.encode
+            parts = [v.share if isinstance(v, self.MPC) else
+                     encode(v) if self.rank == 0 else torch.zeros_like(encode(v)) for v in args[0]]
+            return self._wrap(target(parts, *args[1:], **kwargs).contiguous(), like)
+        if not isinstance(args[0], self.MPC) or sum(isinstance(v, self.MPC) for v in _flatten(args)) > 1:
+            raise UserError(f"vanilla CrypTen: {_name(target)} with secret data past its first argument")
+        return self._wrap(target(args[0].share, *args[1:], **kwargs).contiguous(), like)
+
+
+def _map(fn, x):
+    if isinstance(x, (list, tuple)):
+        return (list if isinstance(x, list) else tuple)(_map(fn, v) for v in x)
+    if isinstance(x, dict):
+        return {k: _map(fn, v) for k, v in x.items()}
+    return fn(x)
+
+
+def _unwrap(x):
+    return _map(lambda v: v.value if isinstance(v, Owned) else v, x)
+
+
+def _resolve(x, env):
+    return _map(lambda v: env[v.name] if isinstance(v, torch.fx.Node) else v, x)
