@@ -3,14 +3,23 @@
 Placement: truncated elements and truncations per policy on the default model (ratios to eager)
 and the planner's wall time. Emulator: exact ring emulation vs the float model, and the three
 exact matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in
-the same run so the ratios are meaningful on a noisy machine.
+the same run so the ratios are meaningful on a noisy machine. Private inference: the default
+model run by real CrypTen parties under mpirun (3PC, then 2PC), every policy and vanilla CrypTen
+in one run, with the ratios to eager beside what the cost model (``truncbridge report``) predicts.
 
     python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3] [--time-limit 60]
+                           [--pi-seq-len 32] [--no-pi] [--pi-json-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -76,12 +85,47 @@ def bench_matmul(repeat: int) -> None:
         print(f"  {name:38s} {s * 1e3:8.2f} ms   {s / base:5.2f} x int64")
 
 
+PI_RUNS = (  # (parties, truncation protocol, bounds): CrypTen's own truncation leaves lazy a 48-bit
+    (3, "exact", "static"),  # budget, where static bounds do not fit a softmax row sum
+    (2, "exact", "static"),
+    (2, "crypten", "calibrated"),
+)
+
+
+def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
+    """launch/run_pi.py under mpirun; its own table has the measured rows and the ratios to eager."""
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    run_pi = Path(__file__).resolve().parent / "run_pi.py"
+    for parties, truncation, bounds in PI_RUNS:
+        out = json_dir / f"pi-{parties}pc-{truncation}.json"
+        cmd = [str(mpirun), "-n", str(parties), "--oversubscribe", sys.executable, str(run_pi),
+               "--seq-len", str(seq_len), "--truncation", truncation, "--bounds", bounds, "--time-limit", str(time_limit),
+               "--vanilla-rsqrt-scale", "4", "--json", str(out)]
+        print(f"\nprivate inference: {' '.join(cmd[1:3])} run_pi.py {' '.join(cmd[6:])}", flush=True)
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        print(done.stdout.strip())
+        if done.returncode != 0:
+            print(f"  (run_pi exited with status {done.returncode})")
+            continue
+        for row in json.loads(out.read_text())["rows"]:
+            if "predicted" in row:
+                pred = row["predicted"]
+                print(f"  {row['policy']:8s} predicted by the cost model: {pred['rounds_sequential']:.0f} rounds "
+                      f"(critical path {pred['rounds_critical_path']:.0f}), {pred['bytes'] / 1e6:.2f} MB, "
+                      f"{pred['expected_truncation_failures']:.3g} expected truncation failures; "
+                      f"measured {row['rounds']} rounds, {row['bytes'] / 1e6:.2f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--time-limit", type=float, default=60.0, help="optimal placement: MILP time limit (s)")
+    ap.add_argument("--pi-seq-len", type=int, default=32, help="tokens per private-inference run")
+    ap.add_argument("--no-pi", action="store_true", help="skip the private-inference runs")
+    ap.add_argument("--pi-json-dir", type=Path, default=None, help="keep run_pi's JSON files here")
     args = ap.parse_args()
     loaded = load_model("default")
     t = time.perf_counter()
@@ -90,6 +134,10 @@ def main() -> None:
     bench_placement(converted, args.time_limit)
     bench_emulator(loaded, converted, args.seq_len, args.windows, args.repeat, convert_s)
     bench_matmul(args.repeat)
+    if not args.no_pi:
+        json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
+        json_dir.mkdir(parents=True, exist_ok=True)
+        bench_pi(args.pi_seq_len, args.time_limit, json_dir)
 
 
 if __name__ == "__main__":
