@@ -93,6 +93,7 @@ def print_report(plan, costs: dict, network: str) -> None:
         ("private multiplications", f"{c['mul_private']:,}"),
         ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
         ("rounds (critical path)", f"{costs['rounds']:,.0f}"),
+        ("rounds (one operation at a time, as CrypTen runs)", f"{costs['rounds_sequential']:,.0f}"),
         ("communication per party", _fmt_bytes(costs["bytes"])),
         ("estimated latency", f"{costs['latency_s']:.3f} s"),
         ("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}"),
