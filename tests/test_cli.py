@@ -9,7 +9,8 @@ import pytest
 
 from truncbridge.cli import main
 
-KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s"}
+KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s",
+        "truncation_model"}
 METRIC_KEYS = {"top1_agreement", "kl_mean", "max_abs_logit_error", "ppl_float", "ppl_emulated"}
 COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons"}
 
@@ -28,6 +29,21 @@ def test_emulate_writes_the_documented_json(tmp_path, capsys):
     assert record["metrics"]["top1_agreement"] >= 0.95
     printed = capsys.readouterr().out
     assert "top-1 agreement" in printed and "truncated elements" in printed
+
+
+def test_emulate_can_sample_what_mpc_outputs(tmp_path):
+    """--mpc-truncation: the protocol's own truncation (here the exact 1-round protocol's stochastic
+    rounding) — different numbers from round-nearest, same seed same numbers, accuracy kept."""
+    records = []
+    for extra in ([], ["--mpc-truncation"], ["--mpc-truncation"], ["--mpc-truncation", "--seed", "1"]):
+        out = tmp_path / f"r{len(records)}.json"
+        assert main(["emulate", "--seq-len", "16", "--windows", "1", "--protocol", "crypten-exact-3pc",
+                     "--json", str(out), *extra]) == 0
+        records.append(json.loads(out.read_text()))
+    nearest, sampled, again, other = (r["metrics"]["max_abs_logit_error"] for r in records)
+    assert [r["truncation_model"] for r in records] == ["nearest", "exact-msb", "exact-msb", "exact-msb"]
+    assert sampled == again and sampled != nearest and sampled != other
+    assert all(r["metrics"]["top1_agreement"] >= 0.9 and r["bound_violations"] == 0 for r in records)
 
 
 @pytest.fixture

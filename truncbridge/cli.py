@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--check", dest="check", action="store_true", default=True,
                        help="verify at run time that no value exceeds its promised bound (default)")
     check.add_argument("--no-check", dest="check", action="store_false", help="skip the bound check (bound_violations = null)")
+    emu.add_argument("--mpc-truncation", action="store_true",
+                     help="sample the protocol's own truncation (its error model: LSB errors, failures) instead of "
+                          "exact round-nearest: what MPC under --protocol (or the plan's) would output")
+    emu.add_argument("--seed", type=int, default=0, help="randomness of --mpc-truncation (default 0)")
     emu.add_argument("--json", help="write the results as JSON to this path")
 
     pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")
@@ -194,9 +198,17 @@ def cmd_emulate(args) -> dict:
         converted = convert(loaded, seq_len, args.frac_bits)
         plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits, **_plan_kwargs(args))
         timings = converted.timings
+    truncation = "nearest"
+    if args.mpc_truncation:
+        from .execute import truncation_model_for
+        from .protocols import load_protocol
+
+        truncation = truncation_model_for(load_protocol(plan.meta.get("protocol") if args.plan else args.protocol))
     with progress_bar(len(windows), "emulating") as advance:
-        result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance)
+        result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
+                         truncation=truncation, seed=args.seed)
     record = _emulation_record(loaded.name, plan, result, args.check)
+    record["truncation_model"] = truncation
     print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

@@ -138,13 +138,14 @@ class EmulationResult:
 
 
 def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
-            check: bool = True, progress=None) -> EmulationResult:
-    """Run the float model and the plan on every window; compare logits position by position."""
+            check: bool = True, progress=None, truncation: str = "nearest", seed: int = 0) -> EmulationResult:
+    """Run the float model and the plan on every window; compare logits position by position.
+    ``truncation``: the executor's truncation model (``execute.TRUNCATION_MODELS``)."""
     vocab = vocab_size(model)
     seq_len = plan.program[plan.program.inputs["tokens"]].shape[1]
     if windows.shape[1] != seq_len:
         raise UserError(f"the plan was made for windows of {seq_len} tokens, not {windows.shape[1]}")
-    executor = RingExecutor(plan, device)
+    executor = RingExecutor(plan, device, truncation, seed)
     floats, emus, irs = [], [], []
     t_float = t_emu = 0.0
     violations = 0

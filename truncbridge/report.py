@@ -44,6 +44,8 @@ def print_emulation(record: dict, plan, timings: dict, result, source: str) -> N
         ("perplexity float / emulated",
          f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  (ratio {m['ppl_emulated'] / m['ppl_float']:.4f})"),
         ("bound violations", "not checked" if v is None else str(v)),
+        ("truncation", "exact round-nearest" if record.get("truncation_model", "nearest") == "nearest"
+         else f"sampled as the MPC protocol does it ({record['truncation_model']})"),
     ], ("accuracy vs float model", "value"), title))
     console.print(two_column([
         ("private multiplications (mul + matmul nodes)", f"{c['mul_private']:,}"),

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
     p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
+    p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
+                   "wall_s is the median (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a party waits on a peer before giving up (default 60)")
     p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
     p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
@@ -62,6 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")
     if args.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
     return args
@@ -202,23 +207,24 @@ def main(argv: list[str] | None = None) -> int:
                        "DISTRIBUTED_BACKEND": "gloo"})
     party = Party(timeout_s=args.timeout, silence_s=args.silence, audit=args.audit).start()
     print(f"truncbridge: {role(rank)} pid {os.getpid()} started", file=sys.stderr, flush=True)
-    rows = []
+    runs: dict[str, list] = {policy: [] for policy in args.policies}
     try:
-        for policy in args.policies:
-            say(f"running {policy} with {parties} parties")
-            mine = run_policy(party, policy, setup["plans"].get(policy), setup["captured"], setup["inputs"],
-                              setup["ids"], args)
-            everyone = comm.gather(mine, root=0)  # the client's logits too: measurement only, after the run
-            if rank == 0:
-                rows.append(_row(policy, parties, everyone, everyone[1]["logits"], setup, args))
-                say(_format_row(rows[-1]))
+        for repetition in range(args.repeat):  # interleaved, so load drifts hit every policy alike
+            for policy in args.policies:
+                say(f"running {policy} with {parties} parties ({repetition + 1}/{args.repeat})")
+                mine = run_policy(party, policy, setup["plans"].get(policy), setup["captured"], setup["inputs"],
+                                  setup["ids"], args)
+                runs[policy].append(comm.gather(mine, root=0))  # the client's logits too: measurement only
+                if rank == 0:
+                    say(f"{policy}: {max(m['wall_s'] for m in runs[policy][-1]):.2f} s")
+        rows = [_row(policy, parties, runs[policy], setup, args) for policy in args.policies] if rank == 0 else []
         audit = comm.gather([r.__dict__ for r in party.receipts], root=0)
     except Exception as exc:  # noqa: BLE001 - a lost or stalled peer: name it, end every party
         party.fail(exc)
     party.finish()
     if rank == 0:
         result = {"parties": parties, "model": args.model, "seq_len": args.seq_len, "truncation": args.truncation,
-                  "bounds": args.bounds, "rows": rows, "ratios": ratios(rows)}
+                  "bounds": args.bounds, "repeat": args.repeat, "rows": rows, "ratios": ratios(rows)}
         if args.audit:
             result["audit"] = _audit_summary(audit)
         print(format_table(result))
@@ -284,19 +290,25 @@ def _references(model, plans: dict, ids: torch.Tensor, vocab: int, truncation: s
     return out
 
 
-def _row(policy: str, parties: int, everyone: list[dict], logits: torch.Tensor, setup: dict, args) -> dict:
+def _row(policy: str, parties: int, runs: list[list[dict]], setup: dict, args) -> dict:
+    """One policy's row from its repetitions (each: every party's measurements): the median wall
+    time (each run's slowest party), the worst error over runs; rounds and bytes do not vary."""
     refs = setup["references"]
-    logits = logits.double()
+    walls = [max(m["wall_s"] for m in everyone) for everyone in runs]
+    logits = [everyone[1]["logits"].double() for everyone in runs]
+    first = runs[0]
     row = {"policy": policy, "parties": parties,
-           "wall_s": max(m["wall_s"] for m in everyone),
-           "rounds": max(m["rounds"] for m in everyone),
-           "bytes": max(m["bytes"] for m in everyone),
-           "truncations_executed": everyone[0]["truncations_executed"],
-           "max_abs_diff_vs_emulator": (logits - refs[policy]).abs().max().item() if policy in refs else None,
+           "wall_s": statistics.median(walls), "wall_s_runs": walls,
+           "rounds": max(m["rounds"] for m in first),
+           "bytes": max(m["bytes"] for m in first),
+           "truncations_executed": first[0]["truncations_executed"],
+           "max_abs_diff_vs_emulator": (max((x - refs[policy]).abs().max().item() for x in logits)
+                                        if policy in refs else None),
            "emulated_protocol_spread": refs.get(f"{policy}/spread"),
-           "top1_agreement_vs_float": (logits.argmax(-1) == refs["float"].argmax(-1)).double().mean().item(),
-           "max_abs_diff_vs_float": (logits - refs["float"]).abs().max().item(),
-           "per_party": [{k: m[k] for k in ("wall_s", "rounds", "bytes")} for m in everyone]}
+           "top1_agreement_vs_float": min((x.argmax(-1) == refs["float"].argmax(-1)).double().mean().item()
+                                          for x in logits),
+           "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits),
+           "per_party": [{k: m[k] for k in ("wall_s", "rounds", "bytes")} for m in first]}
     plan = setup["plans"].get(policy)
     if plan is not None:
         row["predicted"] = predictions(plan, parties, args.truncation)
@@ -339,7 +351,7 @@ def _format_row(r: dict) -> str:
 
 def format_table(result: dict) -> str:
     lines = [f"{result['model']}, {result['parties']} parties, seq {result['seq_len']}, "
-             f"{result['truncation']} truncation, {result['bounds']} bounds",
+             f"{result['truncation']} truncation, {result['bounds']} bounds, median wall of {result['repeat']} run(s)",
              f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'truncs':>6} {'vs emu':>10} "
              f"{'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
