@@ -126,3 +126,43 @@ def test_one_process_is_told_to_use_mpirun():
     done = subprocess.run([sys.executable, str(RUN_PI)], env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "needs 2 or 3 parties (mpirun -n 2 or -n 3), got 1" in done.stderr
+
+
+class FakeStore:
+    """The three store calls the watchdog makes, on a dict."""
+
+    def __init__(self):
+        self.data: dict[str, object] = {}
+
+    def set(self, key, value):
+        self.data[key] = value
+
+    def get(self, key):
+        return str(self.data[key]).encode()
+
+    def add(self, key, amount):
+        self.data[key] = int(self.data.get(key, 0)) + amount
+        return self.data[key]
+
+
+def watchdog(rank: int, world: int, monkeypatch):
+    from truncbridge.crypten.party import Party
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    party = Party()
+    party._store, party._tick = FakeStore(), time.monotonic()
+    party._seen = {p: (0, party._tick) for p in range(world) if p != rank}
+    return party
+
+
+def test_the_watchdog_names_the_silent_peer_and_the_stalled_one(monkeypatch):
+    party = watchdog(0, 3, monkeypatch)
+    party._seen[2] = (5, party._tick - 10)  # party 2's counter last moved 10 s ago
+    party._seen[1] = (9, party._tick - 0.1)
+    assert party._lost_peers(5.0) == [2] and party._lost_peers(20.0) == []
+    for p, calls in ((0, 812), (1, 812), (2, 640)):  # alive but stuck: fewest communicator calls
+        party._store.set(f"truncbridge/calls/{p}", calls)
+    assert party._least_progress() == 2
+    party._store.set("truncbridge/calls/2", 812)
+    assert party._least_progress() is None  # everyone level: nobody to blame

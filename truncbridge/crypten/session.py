@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
     p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
                    "wall_s is the median (default 1)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a party waits on a peer before giving up (default 60)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a party waits on a peer before giving up (default 30)")
     p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
     p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
                    help="vanilla only: rsqrt(x) = s * inv_sqrt(s^2 x), the hand-made workaround for CrypTen's "
