@@ -53,11 +53,15 @@ def test_audit_catches_a_revealed_intermediate():
     """The audit is not vacuous: a receipt of plain fixed-point values is reported."""
     from truncbridge.crypten.party import audit_findings
 
-    leaked = {"label": "protocol", "method": "all_reduce", "numel": 1000, "small": 990}
-    masked = {"label": "protocol", "method": "all_reduce", "numel": 1000, "small": 0}
-    output = {"label": "output", "method": "reduce", "numel": 1000, "small": 1000}
-    assert audit_findings([masked, output]) == []
-    assert len(audit_findings([masked, leaked, output])) == 1
+    def receipt(label, small, bits=0, ones=0):
+        return {"label": label, "method": "all_reduce", "numel": 1000, "small": small, "bits": bits, "ones": ones}
+
+    masked, output = receipt("protocol", 0), receipt("output", 1000, 40, 20)
+    masked_bits = receipt("protocol", 1000, 1000, 507)  # B2A: one-time-padded bits
+    leaked = receipt("protocol", 990, 30, 12)
+    leaked_flags = receipt("protocol", 1000, 1000, 950)  # 0/1 values, but far from half ones
+    assert audit_findings([masked, masked_bits, output]) == []
+    assert len(audit_findings([masked, leaked, leaked_flags, output])) == 2
 
 
 def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[int, str, float]:

@@ -64,9 +64,9 @@ UNARY_FUNCTIONS = {  # elementwise functions approximated by a Chebyshev fit on 
 }
 
 
-def _flatten(x: Any) -> list[Any]:
+def flatten_args(x: Any) -> list[Any]:
     if isinstance(x, (list, tuple)):
-        return [y for item in x for y in _flatten(item)]
+        return [y for item in x for y in flatten_args(item)]
     return [x]
 
 
@@ -112,7 +112,7 @@ class Lowerer:
             elif node.op == "call_function":
                 self.env[node.name] = self.call(node)
             elif node.op == "output":
-                for value in _flatten(self.value(node.args[0])):
+                for value in flatten_args(self.value(node.args[0])):
                     if isinstance(value, Secret):
                         self.b.output(value.id)
         if not self.b.program.outputs:
@@ -140,9 +140,9 @@ class Lowerer:
         if node.target in SKIP_OPS:
             return None
         args, kwargs = self.value(node.args), self.value(node.kwargs)
-        inputs = _flatten(list(args) + list(kwargs.values()))
+        inputs = flatten_args(list(args) + list(kwargs.values()))
         if any(v is TOKENS for v in inputs) and node.target != aten.embedding.default:
-            raise UserError(f"{_name(node.target)} reads the secret token ids; only aten.embedding may")
+            raise UserError(f"{aten_name(node.target)} reads the secret token ids; only aten.embedding may")
         if not any(isinstance(v, (Secret, _Tokens)) for v in inputs):
             return node.target(*args, **kwargs)  # public: fold in plaintext
         if node.target is operator.getitem:
@@ -158,7 +158,7 @@ class Lowerer:
             return Secret(recipes.chebyshev(self.b, x, fn, lo, hi, self.tol, name))
         rule = self.rules.get(node.target)
         if rule is None:
-            raise UserError(f"no lowering for ATen op {_name(node.target)} on secret data (node {node.name})")
+            raise UserError(f"no lowering for ATen op {aten_name(node.target)} on secret data (node {node.name})")
         return rule(node, *args, **kwargs)
 
     def range_of(self, arg: torch.fx.Node) -> Range:
@@ -260,7 +260,7 @@ class Lowerer:
 
     def matmul(self, node, a, b) -> Secret:
         if not (isinstance(a, Secret) and isinstance(b, Secret)):
-            raise UserError(f"{_name(node.target)} with a public operand is not supported (node {node.name})")
+            raise UserError(f"{aten_name(node.target)} with a public operand is not supported (node {node.name})")
         return Secret(self.b.matmul(self._plain(a, "a matmul"), self._plain(b, "a matmul")))
 
     def addmm(self, node, bias, a, b, beta=1, alpha=1) -> Secret:
@@ -313,17 +313,17 @@ class Lowerer:
                 return [template(x) for x in v]
             if isinstance(v, (int, float, bool)) or v is None:
                 return v
-            raise UserError(f"{_name(node.target)}: unsupported argument {v!r} (node {node.name})")
+            raise UserError(f"{aten_name(node.target)}: unsupported argument {v!r} (node {node.name})")
 
         arg_t = template(list(args))
         if kwargs:
-            raise UserError(f"{_name(node.target)} with keyword arguments is not supported (node {node.name})")
-        out = self.b.move(_name(node.target), [s.id for s in secrets], arg_t)
+            raise UserError(f"{aten_name(node.target)} with keyword arguments is not supported (node {node.name})")
+        out = self.b.move(aten_name(node.target), [s.id for s in secrets], arg_t)
         keeps = [s.keep for s in secrets]
         if all(k is None for k in keeps):
             return Secret(out)
         if len(secrets) != 1:
-            raise UserError(f"a -inf mask reaches {_name(node.target)} with several inputs")
+            raise UserError(f"a -inf mask reaches {aten_name(node.target)} with several inputs")
         full = torch.broadcast_to(keeps[0], self.b.shape(secrets[0].id))
         keep = node.target(*_substitute(args, secrets[0], full))
         return Secret(out, keep)
@@ -377,7 +377,7 @@ def _power(b: Builder, x: int, n: int) -> int:
     return result
 
 
-def _name(target) -> str:
+def aten_name(target) -> str:
     """``torch.ops.aten.view.default`` -> "aten.view.default" (the form ``ir.aten_op`` reads back)."""
     if hasattr(target, "_schema"):
         return f"aten.{target._schema.name.split('::')[1]}.{target._overloadname}"

@@ -16,10 +16,13 @@ Parties find each other through CrypTen's usual environment (``RANK``, ``WORLD_S
   dead peer at once — by its process state when on this host, else by its silent heartbeat.
 * **Communication statistics.** ``stats()`` is CrypTen's own counter (rounds = communicator calls,
   bytes as CrypTen counts them) for this party.
+* **Dealer.** By default the Beaver triples come from ``dealer.RankZeroDealer`` (CrypTen's TFP
+  with the dealing done by rank 0 only; CrypTen's makes every party compute and discard them).
 * **Audit.** Every tensor this party *receives* is recorded as the fraction of its elements that
   are small (|v| < 2^40). Shares, Beaver openings and truncation openings are uniform in Z_2^64
   (small with probability 2^-23); a revealed intermediate fixed-point value is almost all small.
-  Only receipts inside ``revealing_output()`` may be small — checked, not assumed.
+  Only receipts inside ``revealing_output()`` may be small — checked, not assumed — apart from
+  one-time-padded bits (all 0/1, about half ones), which CrypTen's comparisons open in B2A.
 """
 from __future__ import annotations
 
@@ -45,10 +48,16 @@ SMALL_BITS = 40  # |v| < 2^40: how a leaked fixed-point value looks; uniform sha
 RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv")
 
 
+def _masked_bits(r: dict) -> bool:
+    """A one-time-padded bit opening (CrypTen's B2A of a comparison): all 0/1, about half ones."""
+    return r["bits"] == r["numel"] and (r["numel"] < 64 or abs(r["ones"] / r["numel"] - 0.5) < 0.2)
+
+
 def audit_findings(receipts: list[dict]) -> list[str]:
-    """Receipts outside the output that look like revealed values (more than 1 % small elements)."""
+    """Receipts outside the output that look like revealed values: more than 1 % small elements,
+    unless they are masked bits."""
     return [f"{r['method']} of {r['numel']} elements, {r['small']} below 2^{SMALL_BITS}"
-            for r in receipts if r["label"] != "output" and r["small"] > r["numel"] // 100]
+            for r in receipts if r["label"] != "output" and r["small"] > r["numel"] // 100 and not _masked_bits(r)]
 
 
 def role(rank: int) -> str:
@@ -60,7 +69,9 @@ class Receipt:
     label: str  # "protocol" or "output"
     method: str
     numel: int
-    small: int
+    small: int  # elements with |v| < 2^SMALL_BITS
+    bits: int  # elements that are 0 or 1
+    ones: int
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Party:
     timeout_s: float = 60.0
     silence_s: float = 5.0
     audit: bool = False
+    dealer: str = "rank0"  # "rank0": dealer.RankZeroDealer; "crypten": CrypTen's own TFP
     receipts: list[Receipt] = field(default_factory=list)
 
     def __post_init__(self):
@@ -87,6 +99,10 @@ class Party:
         c10d.default_pg_timeout = timedelta(seconds=self.timeout_s)  # CrypTen passes none
         self.crypten.cfg.communicator.verbose = True  # CrypTen counts rounds / bytes only then
         self.crypten.init()
+        if self.dealer == "rank0":
+            from .dealer import install_dealer
+
+            install_dealer()
         self._store = c10d._get_default_store()
         self._store.set(f"truncbridge/where/{self.rank}", f"{socket.gethostname()} {os.getpid()}")
         self._wrap_communicator()
@@ -159,7 +175,8 @@ class Party:
         for t in tensors:
             if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.numel():
                 small = int((t.abs() < (1 << SMALL_BITS)).sum())
-                self.receipts.append(Receipt(self._label, name, t.numel(), small))
+                ones = int((t == 1).sum())
+                self.receipts.append(Receipt(self._label, name, t.numel(), small, int((t == 0).sum()) + ones, ones))
 
     # -- watchdog ---------------------------------------------------------------------------
     def _watch(self) -> None:

@@ -27,20 +27,23 @@ def _add_public(ast_cls, x, value: torch.Tensor | int, rank: int):
     return ast_cls.from_shares(share, precision=0)
 
 
-def truncation_pairs(ast_cls, size, k: int):
-    """Shares of (r, r >> k unsigned, msb(r)) for a uniform r, made by rank 0 (trusted dealer,
-    as CrypTen's TFP triples; sharing costs no communication: pseudo-random zero shares)."""
+def truncation_pairs(ast_cls, size, k: int, rank: int):
+    """Shares of (r, r >> k unsigned, msb(r)) for a uniform r, dealt by rank 0 (trusted dealer, as
+    CrypTen's TFP triples); sharing costs no communication (pseudo-random zero shares), and the
+    other parties only give the size."""
     from crypten.common.rng import generate_random_ring_element
 
-    r = generate_random_ring_element(size)
-    stacked = torch.stack([r, logical_shift(r, k), (r < 0).long()])
-    shared = ast_cls(stacked, precision=0, src=0)
+    if rank == 0:
+        r = generate_random_ring_element(size)
+        shared = ast_cls(torch.stack([r, logical_shift(r, k), (r < 0).long()]), precision=0, src=0)
+    else:
+        shared = ast_cls(None, size=(3, *size), precision=0, src=0)
     return shared[0], shared[1], shared[2]
 
 
 def exact_truncate(x, k: int, ast_cls, rank: int):
     """floor(x / 2^k) + Bernoulli(frac) on shares, for |x| < 2^62; one opening of a masked value."""
-    r, r_hi, r_msb = truncation_pairs(ast_cls, x.share.shape, k)
+    r, r_hi, r_msb = truncation_pairs(ast_cls, x.share.shape, k, rank)
     c = (_add_public(ast_cls, x, 1 << EXACT_LIMIT_BITS, rank) + r).reveal()  # uniform: hides x
     wrapped_if_msb = (c >= 0).long() << (64 - k)  # msb(c) = 0: the sum wrapped iff msb(r) = 1
     share = r_msb.share * wrapped_if_msb - r_hi.share

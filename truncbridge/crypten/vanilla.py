@@ -38,7 +38,7 @@ from .compat import import_crypten
 from ..calibrate import MASK_VALUE
 from ..capture import Captured
 from ..errors import UserError
-from ..lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, _flatten, _name
+from ..lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, aten_name, flatten_args
 
 aten = torch.ops.aten
 OWNER = 0
@@ -93,7 +93,7 @@ class VanillaRunner:
             elif node.op == "call_function":
                 env[node.name] = self.call(node, *_resolve((node.args, node.kwargs), env))
             elif node.op == "output":
-                outs = [self.secret(v) for v in _flatten(_resolve(node.args[0], env))
+                outs = [self.secret(v) for v in flatten_args(_resolve(node.args[0], env))
                         if isinstance(v, (self.MPC, Owned))]
         return outs
 
@@ -110,9 +110,9 @@ class VanillaRunner:
         target = node.target
         if target in SKIP_OPS:
             return None
-        inputs = _flatten(list(args) + list(kwargs.values()))
+        inputs = flatten_args(list(args) + list(kwargs.values()))
         if any(v is TOKENS for v in inputs) and target != aten.embedding.default:
-            raise UserError(f"{_name(target)} reads the secret token ids; only aten.embedding may")
+            raise UserError(f"{aten_name(target)} reads the secret token ids; only aten.embedding may")
         if not any(isinstance(v, self.MPC) or v is TOKENS for v in inputs):  # public or owner-only
             owned = any(isinstance(v, Owned) for v in inputs)
             out = target(*_unwrap(args), **_unwrap(kwargs))
@@ -125,7 +125,7 @@ class VanillaRunner:
         if target in MOVE_OPS:
             return self.move(target, args, kwargs)
         if target not in self.rules:
-            raise UserError(f"vanilla CrypTen: no rule for ATen op {_name(target)} on secret data "
+            raise UserError(f"vanilla CrypTen: no rule for ATen op {aten_name(target)} on secret data "
                             f"(node {node.name})")
         return self.rules[target](*args, **kwargs)
 
@@ -204,14 +204,14 @@ class VanillaRunner:
 
     def move(self, target, args, kwargs):
         """Data movement on the shares (local). cat/stack accept public parts (held by rank 0)."""
-        like = next(v for v in _flatten(list(args)) if isinstance(v, self.MPC))
+        like = next(v for v in flatten_args(list(args)) if isinstance(v, self.MPC))
         if target in (aten.cat.default, aten.stack.default):
             encode = like._tensor.encoder.encode
             parts = [v.share if isinstance(v, self.MPC) else
                      encode(v) if self.rank == 0 else torch.zeros_like(encode(v)) for v in args[0]]
             return self._wrap(target(parts, *args[1:], **kwargs).contiguous(), like)
-        if not isinstance(args[0], self.MPC) or sum(isinstance(v, self.MPC) for v in _flatten(args)) > 1:
-            raise UserError(f"vanilla CrypTen: {_name(target)} with secret data past its first argument")
+        if not isinstance(args[0], self.MPC) or sum(isinstance(v, self.MPC) for v in flatten_args(args)) > 1:
+            raise UserError(f"vanilla CrypTen: {aten_name(target)} with secret data past its first argument")
         return self._wrap(target(args[0].share, *args[1:], **kwargs).contiguous(), like)
 
 
