@@ -51,6 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
     p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
                    "wall_s is the median (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per party (default: this host's cores / parties on it, at least 1)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a party waits on a peer before giving up (default 30)")
     p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
     p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
@@ -67,6 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")
     if args.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
     if args.repeat < 1:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.timeout <= 0 or args.silence <= 0:
@@ -125,6 +129,15 @@ def bcast_idle(comm, obj, root: int = 0, tag: int = 11):
     while not comm.Iprobe(source=root, tag=tag):
         time.sleep(0.05)
     return comm.recv(source=root, tag=tag)
+
+
+def threads_per_party(comm) -> int:
+    """This host's cores divided among the parties running on it (at least 1): parties that each
+    take every core fight over them, and their timings become noise."""
+    from mpi4py import MPI
+
+    on_this_host = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    return max(1, len(os.sched_getaffinity(0)) // on_this_host)
 
 
 def rendezvous(comm) -> str:
@@ -205,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    torch.set_num_threads(args.threads or threads_per_party(comm))
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(parties), "RENDEZVOUS": rendezvous(comm),
                        "DISTRIBUTED_BACKEND": "gloo"})
     party = Party(timeout_s=args.timeout, silence_s=args.silence, audit=args.audit, dealer=args.dealer).start()
@@ -226,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     party.finish()
     if rank == 0:
         result = {"parties": parties, "model": args.model, "seq_len": args.seq_len, "truncation": args.truncation,
-                  "bounds": args.bounds, "repeat": args.repeat, "dealer": args.dealer, "rows": rows,
+                  "bounds": args.bounds, "repeat": args.repeat, "dealer": args.dealer,
+                  "threads_per_party": torch.get_num_threads(), "rows": rows,
                   "ratios": ratios(rows)}
         if args.audit:
             result["audit"] = _audit_summary(audit)
@@ -355,7 +370,7 @@ def _format_row(r: dict) -> str:
 def format_table(result: dict) -> str:
     lines = [f"{result['model']}, {result['parties']} parties, seq {result['seq_len']}, "
              f"{result['truncation']} truncation, {result['bounds']} bounds, {result['dealer']} dealer, "
-             f"median wall of {result['repeat']} run(s)",
+             f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s)",
              f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'truncs':>6} {'vs emu':>10} "
              f"{'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
