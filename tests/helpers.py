@@ -30,3 +30,8 @@ def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bit
     ex = RingExecutor(plan)
     outs, violations = ex.run(inputs, check=True)
     return ex.decode_outputs(outs), plan, violations
+
+
+# the keys of an `emulate` JSON record (and of a `compare` row, with feasible / reason)
+EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s",
+                "truncation_model"}

@@ -8,7 +8,7 @@ import pytest
 from truncbridge.cli import main
 from truncbridge.planfile import SCHEMA_VERSION
 
-EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s"}
+from helpers import EMULATE_KEYS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -157,8 +157,9 @@ def _plan_kwargs(args) -> dict:
             "headroom_bits": args.headroom, "time_limit": args.time_limit}
 
 
-def _emulation_record(name, plan, result, check: bool) -> dict:
+def _emulation_record(name, plan, result, check: bool, truncation: str = "nearest") -> dict:
     return {
+        "truncation_model": truncation,
         "model": name,
         "field_bits": plan.field_bits,
         "frac_bits": plan.frac_bits,
@@ -207,8 +208,7 @@ def cmd_emulate(args) -> dict:
     with progress_bar(len(windows), "emulating") as advance:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
                          truncation=truncation, seed=args.seed)
-    record = _emulation_record(loaded.name, plan, result, args.check)
-    record["truncation_model"] = truncation
+    record = _emulation_record(loaded.name, plan, result, args.check, truncation)
     print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
@@ -281,7 +281,7 @@ def cmd_compare(args) -> list[dict]:
                 except UserError as exc:
                     rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
                                  "metrics": None, "counts": None, "bound_violations": None, "time_s": None,
-                                 "feasible": False, "reason": str(exc)})
+                                 "truncation_model": "nearest", "feasible": False, "reason": str(exc)})
                     rounds.append(None)
                     advance()
                     continue
