@@ -105,6 +105,9 @@ class Party:
             install_dealer()
         self._store = c10d._get_default_store()
         self._store.set(f"truncbridge/where/{self.rank}", f"{socket.gethostname()} {os.getpid()}")
+        where = {p: self._store.get(f"truncbridge/where/{p}").decode().split() for p in range(self.world_size)}
+        self._pids_here = {p: int(pid) for p, (host, pid) in where.items()  # peers on this host: their
+                           if p != self.rank and host == socket.gethostname()}  # death is seen in /proc
         self._wrap_communicator()
         self._signals, wakeup = os.pipe()
         os.set_blocking(wakeup, False)
@@ -126,6 +129,7 @@ class Party:
 
     def fail(self, exc: BaseException) -> None:
         """The main thread hit an error: name the party responsible, tell the others, exit."""
+        self._check_dead_here()
         lost = self._lost_peers(min(self.silence_s, 2.0)) or self._wait_for_lost(self.silence_s)
         if lost:
             self._die(lost[0])
@@ -183,6 +187,7 @@ class Party:
         while not self._stop.is_set():
             if select.select([self._signals], [], [], HEARTBEAT_S)[0]:
                 self._terminated()
+            self._check_dead_here()  # before plain mpirun's teardown (~0.2 s after a death) ends us
             if time.monotonic() - self._tick > 5 * HEARTBEAT_S:  # this process was suspended, not its peers
                 self._seen = {p: (count, time.monotonic()) for p, (count, _) in self._seen.items()}
             try:
@@ -209,31 +214,31 @@ class Party:
         """The launcher is ending this party, normally because a peer died: say which one, now."""
         if time.monotonic() - self._tick > 5 * HEARTBEAT_S:
             self._exit("terminated by the launcher while this party was suspended or stalled", post=False)
+        dead = [p for p in self._pids_here if self._is_dead_here(p)]
+        if dead:
+            self._exit(f"terminated by the launcher after {role(dead[0])} was lost (its process is gone)", post=False)
         try:
             if self._store.add("truncbridge/abort", 0):
                 reason = self._store.get("truncbridge/abort_reason").decode()
                 self._exit(f"terminated by the launcher after: {reason}", post=False)
         except Exception:  # noqa: BLE001 - the store's host may be the one that died
             pass
-        dead = [p for p in self._seen if self._is_dead_here(p)]
         silent = self._lost_peers(0.0)
-        culprit = dead[0] if dead else silent[0] if silent else None
-        if culprit is None:
+        if not silent:
             self._exit("terminated by the launcher", post=False)
-        since = self._seen[culprit][1]
-        evidence = "its process is gone" if dead else f"silent for {time.monotonic() - since:.1f} s"
-        self._exit(f"terminated by the launcher after {role(culprit)} was lost ({evidence})", post=False)
+        since = self._seen[silent[0]][1]
+        self._exit(f"terminated by the launcher after {role(silent[0])} was lost "
+                   f"(silent for {time.monotonic() - since:.1f} s)", post=False)
+
+    def _check_dead_here(self) -> None:
+        dead = [p for p in self._pids_here if self._is_dead_here(p)]
+        if dead:
+            self._die(dead[0], "its process is gone")
 
     def _is_dead_here(self, peer: int) -> bool:
-        """True if the peer ran on this host and its process has exited (or is a zombie)."""
+        """True if the peer runs on this host and its process has exited (or is a zombie)."""
         try:
-            host, pid = self._store.get(f"truncbridge/where/{peer}").decode().split()
-        except Exception:  # noqa: BLE001
-            return False
-        if host != socket.gethostname():
-            return False
-        try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{self._pids_here[peer]}/stat") as f:
                 return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
         except OSError:
             return True
