@@ -148,7 +148,7 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
     rng = import_crypten().common.rng
 
     class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
-        def __init__(self, share, precision=0, src=0):
+        def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments
             self.share = share
 
         from_shares = classmethod(lambda cls, share, precision=0: cls(share))

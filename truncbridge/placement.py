@@ -253,14 +253,15 @@ def _place_fixed(e: _Emitter, target: dict[int, int]) -> None:
 
 
 def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                   start: set[int]) -> tuple[set[int], dict]:
+                   start: set[int]) -> tuple[set[int] | None, dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
     (any higher end is no cheaper and leaves fewer bits), and the objective is the number of
-    truncated elements (ties: lower scales). HiGHS starts from ``start``, a feasible set of
-    truncated nodes, so the result is never worse than it.
+    truncated elements (ties: lower scales). HiGHS is given ``start``, a feasible set of
+    truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
+    the caller keeps the better of the two.
     """
     import highspy
 
@@ -292,7 +293,7 @@ def _solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, 
               "milp_s": round(time.perf_counter() - t, 3), "variables": 3 * n, "constraints": len(lo),
               "start_elements": int(sum(nodes[i].numel for i in start))}
     if len(x) != 3 * n or info.primal_solution_status == 0:  # stopped before it took up the start
-        return set(start), {**report, "kept_start": True}
+        return None, report
     numel = cost[2 * n:]
     return {v.id for v in nodes if x[2 * n + v.id]}, {
         **report, "mip_gap": float(info.mip_gap), "objective_elements": int(round(float(numel @ x[2 * n:])))}
@@ -488,7 +489,7 @@ def place(program: Program, policy: str, field_bits: int, frac_bits: int, bounds
         starts = [st for st in (sites, *map(set, hints)) if check.cost(st) is not None]
         start = _improve(check, min(starts, key=check.cost))
         sites, solver = _solve_optimal(program, frac_bits, bounds, budget, time_limit, start)
-        found = check.cost(sites)
+        found = None if sites is None else check.cost(sites)
         if found is None or found > check.cost(start):  # a time-limited solve may stop short of its start
             sites, solver["kept_start"] = start, True
         solver["wall_s"] = round(time.perf_counter() - t, 3)

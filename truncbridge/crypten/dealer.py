@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .shares import share_from
+
 
 def _result_size(op: str, size0, size1, *args, **kwargs) -> torch.Size:
     """The shape ``op`` gives for these operand shapes, computed on meta tensors (no data)."""
@@ -31,21 +33,21 @@ def make_dealer():
         NAME = "TFP"
 
         def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-            if comm.get().get_rank() == 0:
+            rank, triple = comm.get().get_rank(), (None, None, None)
+            if rank == 0:
                 a = generate_random_ring_element(size0, device=device)
                 b = generate_random_ring_element(size1, device=device)
-                c = getattr(torch, op)(a, b, *args, **kwargs)
-                return tuple(AST(t, precision=0, src=0) for t in (a, b, c))
-            size2 = _result_size(op, size0, size1, *args, **kwargs)
-            return tuple(AST(None, size=s, precision=0, src=0, device=device) for s in (size0, size1, size2))
+                triple = (a, b, getattr(torch, op)(a, b, *args, **kwargs))
+            sizes = (size0, size1, _result_size(op, size0, size1, *args, **kwargs))
+            return tuple(share_from(AST, t, s, 0, rank, device) for t, s in zip(triple, sizes))
 
         def square(self, size, device=None):
-            if comm.get().get_rank() == 0:
+            rank, stacked = comm.get().get_rank(), None
+            if rank == 0:
                 r = generate_random_ring_element(size, device=device)
-                stacked = AST(torch.stack([r, r * r]), precision=0, src=0)
-            else:
-                stacked = AST(None, size=(2, *size), precision=0, src=0, device=device)
-            return stacked[0], stacked[1]
+                stacked = torch.stack([r, r * r])
+            shared = share_from(AST, stacked, (2, *size), 0, rank, device)
+            return shared[0], shared[1]
 
     return RankZeroDealer()
 

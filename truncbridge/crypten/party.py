@@ -44,6 +44,7 @@ from .compat import import_crypten
 ROLES = {0: "model owner", 1: "client", 2: "helper"}
 HEARTBEAT_S = 0.2
 EXIT_LOST = 3
+QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
 SMALL_BITS = 40  # |v| < 2^40: how a leaked fixed-point value looks; uniform shares almost never do
 RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv")
 
@@ -130,7 +131,7 @@ class Party:
     def fail(self, exc: BaseException) -> None:
         """The main thread hit an error: name the party responsible, tell the others, exit."""
         self._check_dead_here()
-        lost = self._lost_peers(min(self.silence_s, 2.0)) or self._wait_for_lost(self.silence_s)
+        lost = self._wait_for_lost(self.silence_s)
         if lost:
             self._die(lost[0])
         laggard = self._least_progress()
@@ -188,7 +189,7 @@ class Party:
             if select.select([self._signals], [], [], HEARTBEAT_S)[0]:
                 self._terminated()
             self._check_dead_here()  # before plain mpirun's teardown (~0.2 s after a death) ends us
-            if time.monotonic() - self._tick > 5 * HEARTBEAT_S:  # this process was suspended, not its peers
+            if self._suspended():  # this process was suspended, not its peers
                 self._seen = {p: (count, time.monotonic()) for p, (count, _) in self._seen.items()}
             try:
                 self._store.add(f"truncbridge/beat/{self.rank}", 1)
@@ -212,9 +213,9 @@ class Party:
 
     def _terminated(self) -> None:
         """The launcher is ending this party, normally because a peer died: say which one, now."""
-        if time.monotonic() - self._tick > 5 * HEARTBEAT_S:
+        if self._suspended():
             self._exit("terminated by the launcher while this party was suspended or stalled", post=False)
-        dead = [p for p in self._pids_here if self._is_dead_here(p)]
+        dead = self._dead_here()
         if dead:
             self._exit(f"terminated by the launcher after {role(dead[0])} was lost (its process is gone)", post=False)
         try:
@@ -230,8 +231,15 @@ class Party:
         self._exit(f"terminated by the launcher after {role(silent[0])} was lost "
                    f"(silent for {time.monotonic() - since:.1f} s)", post=False)
 
+    def _suspended(self) -> bool:
+        """The watchdog has not looked for a while: this process was stopped, not its peers."""
+        return time.monotonic() - self._tick > 5 * HEARTBEAT_S
+
+    def _dead_here(self) -> list[int]:
+        return [p for p in self._pids_here if self._is_dead_here(p)]
+
     def _check_dead_here(self) -> None:
-        dead = [p for p in self._pids_here if self._is_dead_here(p)]
+        dead = self._dead_here()
         if dead:
             self._die(dead[0], "its process is gone")
 
@@ -249,9 +257,11 @@ class Party:
         return [p for _, p in sorted(silent)]  # the one silent longest first
 
     def _wait_for_lost(self, seconds: float) -> list[int]:
+        """Peers silent for QUICK_SILENCE_S (the main thread already saw a failure), waiting up to
+        ``seconds`` for one to show."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            lost = self._lost_peers(min(self.silence_s, 2.0))
+            lost = self._lost_peers(min(self.silence_s, QUICK_SILENCE_S))
             if lost:
                 return lost
             time.sleep(HEARTBEAT_S)

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..ir import aten_op, resolve_args
 from ..placement import Plan
 from ..ring import Ring
+from .shares import add_public, share_from
 from .truncation import EXACT_LIMIT_BITS, PROTOCOLS, crypten_truncate, exact_truncate
 
 OWNER = 0
@@ -49,21 +50,8 @@ class PlanRunner:
         self.consts = plan.program.consts
         self.truncations_executed = 0
 
-    def _share(self, value: torch.Tensor | None, shape, src: int):
-        """Secret-share an int64 tensor held by ``src`` (others pass None)."""
-        if self.rank == src:
-            return self.AST(value, precision=0, src=src)
-        return self.AST(None, size=torch.Size(shape), precision=0, src=src)
-
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
-
-    def _add_public(self, x, c: torch.Tensor):
-        shape = torch.broadcast_shapes(x.share.shape, c.shape)
-        share = x.share.expand(shape).clone()
-        if self.rank == 0:  # a public constant is added by one party only
-            share = share + c
-        return self._local(share)
 
     def run(self, inputs: dict[str, torch.Tensor] | None = None) -> list:
         """Execute the plan; ``inputs`` (real values) are needed only on the client's rank.
@@ -75,10 +63,10 @@ class PlanRunner:
             op, a = node.op, node.attrs
             if op == "input":
                 value = ring.encode(inputs[a["name"]], node.scale) if self.rank == self.client else None
-                v = self._share(value, node.shape, self.client)
+                v = share_from(self.AST, value, node.shape, self.client, self.rank)
             elif op == "weight":
                 value = ring.encode(plan.program.weights[a["name"]], node.scale) if self.rank == OWNER else None
-                v = self._share(value, node.shape, OWNER)
+                v = share_from(self.AST, value, node.shape, OWNER, self.rank)
             elif op == "add":
                 v = x[0] + x[1]
             elif op == "neg":
@@ -90,7 +78,7 @@ class PlanRunner:
             elif op == "mul_public":
                 v = self._local(x[0].share * ring.encode_public(self.consts[a["const"]], a["const_scale"]))
             elif op == "add_public":
-                v = self._add_public(x[0], ring.encode_public(self.consts[a["const"]], node.scale))
+                v = add_public(self.AST, x[0], ring.encode_public(self.consts[a["const"]], node.scale), self.rank)
             elif op == "sum":
                 v = self._local(x[0].share.sum(dim=a["dims"], keepdim=a["keepdim"]))
             elif op == "move":

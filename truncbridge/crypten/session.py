@@ -142,18 +142,15 @@ def threads_per_party(comm) -> int:
 
 def rendezvous(comm) -> str:
     """Rank 0 picks a free TCP port on its host; everyone learns tcp://host:port."""
+    hosts = comm.gather(socket.gethostname(), root=0)
+    address = None
     if comm.Get_rank() == 0:
         host = os.environ.get("TRUNCBRIDGE_MASTER_ADDR") or socket.gethostname()
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        hosts = comm.gather(socket.gethostname(), root=0)
         if len(set(hosts)) == 1 and "TRUNCBRIDGE_MASTER_ADDR" not in os.environ:
             host = "127.0.0.1"  # one machine: stay on loopback
-        address = f"tcp://{host}:{port}"
-    else:
-        comm.gather(socket.gethostname(), root=0)
-        address = None
+        with socket.socket() as s:
+            s.bind(("", 0))
+            address = f"tcp://{host}:{s.getsockname()[1]}"
     return comm.bcast(address, root=0)
 
 
@@ -261,7 +258,7 @@ def _setup(comm, args, parties: int, say) -> dict:
     rank = comm.Get_rank()
     loaded = load_model(args.model)
     ids = client_window(loaded, args.seq_len)
-    vocab = vocab_size(loaded.model)
+    inputs = {"tokens": one_hot(ids[None], vocab_size(loaded.model))}
     payload = references = None
     if rank == 0:
         try:
@@ -269,7 +266,7 @@ def _setup(comm, args, parties: int, say) -> dict:
             converted = convert(loaded, args.seq_len, args.frac_bits)
             plans = make_plans(args, converted, parties, say)
             say("emulating the plans (exact, and with the protocol's truncation model)")
-            references = _references(loaded.model, plans, ids, vocab, args.truncation, parties)
+            references = _references(loaded.model, plans, ids, inputs, args.truncation, parties)
             payload = ("ok", {k: plan_to_json(p) for k, p in plans.items()})
         except UserError as exc:
             payload = ("error", str(exc))
@@ -280,22 +277,19 @@ def _setup(comm, args, parties: int, say) -> dict:
         captured = converted.captured
     else:
         plans = {k: plan_from_json(d, f"{k} plan") for k, d in data.items()}  # no weights: not ours
+        # for vanilla: VanillaRunner itself replaces the weights by zeros on every rank but 0
         captured = capture(loaded.model, args.seq_len) if "vanilla" in args.policies else None
-        if captured is not None:
-            captured.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
-    inputs = {"tokens": one_hot(ids[None], vocab)} if rank == 1 else None
-    return {"plans": plans, "captured": captured, "ids": ids[None] if rank == 1 else None, "inputs": inputs,
-            "references": references}
+    client = rank == 1
+    return {"plans": plans, "captured": captured, "ids": ids[None] if client else None,
+            "inputs": inputs if client else None, "references": references}
 
 
-def _references(model, plans: dict, ids: torch.Tensor, vocab: int, truncation: str, parties: int) -> dict:
+def _references(model, plans: dict, ids: torch.Tensor, inputs: dict, truncation: str, parties: int) -> dict:
     """Float logits; per plan the emulator's exact (round-nearest) logits, and the spread of the
     protocol's own truncation model over SPREAD_SEEDS runs: the error MPC should stay within."""
     from ..execute import RingExecutor, truncation_model_for
-    from ..pipeline import one_hot
     from ..protocols import load_protocol
 
-    inputs = {"tokens": one_hot(ids[None], vocab)}
     model_name = truncation_model_for(load_protocol(protocol_profile(truncation, parties)))
     with torch.no_grad():
         out = {"float": model(ids[None]).logits[0].double()}

@@ -18,13 +18,9 @@ import torch
 
 from ..ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
 from ..ring import logical_shift
+from .shares import add_public, share_from
 
 PROTOCOLS = ("crypten", "exact")
-
-
-def _add_public(ast_cls, x, value: torch.Tensor | int, rank: int):
-    share = x.share + value if rank == 0 else x.share.clone()  # public values: one party adds
-    return ast_cls.from_shares(share, precision=0)
 
 
 def truncation_pairs(ast_cls, size, k: int, rank: int):
@@ -33,18 +29,18 @@ def truncation_pairs(ast_cls, size, k: int, rank: int):
     other parties only give the size."""
     from crypten.common.rng import generate_random_ring_element
 
+    stacked = None
     if rank == 0:
         r = generate_random_ring_element(size)
-        shared = ast_cls(torch.stack([r, logical_shift(r, k), (r < 0).long()]), precision=0, src=0)
-    else:
-        shared = ast_cls(None, size=(3, *size), precision=0, src=0)
+        stacked = torch.stack([r, logical_shift(r, k), (r < 0).long()])
+    shared = share_from(ast_cls, stacked, (3, *size), 0, rank)
     return shared[0], shared[1], shared[2]
 
 
 def exact_truncate(x, k: int, ast_cls, rank: int):
     """floor(x / 2^k) + Bernoulli(frac) on shares, for |x| < 2^62; one opening of a masked value."""
     r, r_hi, r_msb = truncation_pairs(ast_cls, x.share.shape, k, rank)
-    c = (_add_public(ast_cls, x, 1 << EXACT_LIMIT_BITS, rank) + r).reveal()  # uniform: hides x
+    c = (add_public(ast_cls, x, 1 << EXACT_LIMIT_BITS, rank) + r).reveal()  # uniform: hides x
     wrapped_if_msb = (c >= 0).long() << (64 - k)  # msb(c) = 0: the sum wrapped iff msb(r) = 1
     share = r_msb.share * wrapped_if_msb - r_hi.share
     if rank == 0:
