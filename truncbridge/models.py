@@ -8,6 +8,7 @@ about language); any other argument must be a local directory in Hugging Face fo
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,45 @@ def load_model(name: str | None) -> LoadedModel:
         raise UserError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {path}")
+    with _checkpoint_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedModel("default" if name == "default" else str(path), model.eval(), tokenizer, _heldout(path))
+
+
+@contextmanager
+def _checkpoint_errors(path: Path):
+    """Quiet transformers' warnings; a checkpoint it cannot read is the user's error, in one line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            yield
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load checkpoint {path}: {first}") from None
+
+
+def _heldout(path: Path) -> str | None:
     heldout = path / "heldout.txt"
-    text = heldout.read_text(encoding="utf-8") if heldout.is_file() else None
-    return LoadedModel("default" if name == "default" else str(path), model.eval(), tokenizer, text)
+    return heldout.read_text(encoding="utf-8") if heldout.is_file() else None
+
+
+def load_architecture(name: str | None) -> LoadedModel:
+    """The model's architecture and tokenizer without its weights: what a party other than the
+    owner may hold. A checkpoint's ``config.json`` gives a model with seeded random weights; the
+    weight files are never read (``random-*`` models are public anyway)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = name or "default"
+    if name in RANDOM_CONFIGS:
+        return load_model(name)
+    transformers.utils.logging.disable_progress_bar()
+    path = DEFAULT_MODEL_DIR if name == "default" else Path(name)
+    if not (path / "config.json").is_file():
+        raise UserError(f"model directory not found or not a Hugging Face checkpoint: {path}")
+    with _checkpoint_errors(path):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedModel("default" if name == "default" else str(path), model.float().eval(), tokenizer, _heldout(path))

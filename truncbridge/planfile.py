@@ -5,6 +5,16 @@ length), field, fraction bits, protocol, headroom, policy, how bounds were obtai
 with its scale and bound (and the bound's source), every truncation with its shift, and the public
 constants the plan uses. Weights are not in the file: they are the model owner's secret; running
 a plan loads them from the model and checks the hash.
+
+The owner gives the other parties (client, helpers) a *redacted* plan (``plan_to_json(plan,
+redacted=True)`` or ``redact_plan_json``): it keeps what they need to compute and drops what is
+a fact about the owner's weights or calibration: float bounds (a weight node's bound is max|W|),
+bound sources, declared bounds and row norms, recipe parameters, the weights hash and the solver
+block. A redacted plan still reveals: the op structure and shapes (the architecture), every
+node's scale and the truncation sites and shifts, each node's integer bit width (derived from
+weight norms, and with calibrated bounds from the owner's calibration text; its stand-in bound is
+the power of two of those bits), and the public constants the plan reads (rotary tables, masks,
+and recipe coefficients, whose fitting ranges come from calibration).
 """
 from __future__ import annotations
 
@@ -20,10 +30,18 @@ from . import __version__
 from .analysis import Bound
 from .errors import UserError
 from .ir import Node, Program
-from .placement import Plan
+from .placement import Plan, needed_bits
 
 SCHEMA = "truncbridge-plan"
 SCHEMA_VERSION = 1
+
+# node attrs a redacted plan keeps: each is structure the parties compute with
+PUBLIC_ATTRS = frozenset({"name", "integer", "dims", "keepdim", "exp", "const", "const_scale", "shift", "rounding",
+                          "fn", "args", "kwargs", "row_stochastic"})
+# node attrs a redacted plan drops: floats derived from the weights or the owner's calibration
+SECRET_ATTRS = frozenset({"declared_row_l2", "declared_bound", "declared_source", "recipe_params"})
+# what a redacted plan says about the model: never the weights hash
+PUBLIC_MODEL_KEYS = ("name", "class", "seq_len", "batch", "vocab")
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -47,7 +65,8 @@ def _decode_tensor(d: dict) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
-def plan_to_json(plan: Plan) -> dict:
+def plan_to_json(plan: Plan, redacted: bool = False) -> dict:
+    """The plan's JSON document; ``redacted``: the version for parties other than the model owner."""
     prog = plan.program
     used_consts = sorted({n.attrs["const"] for n in prog.nodes if "const" in n.attrs} |
                          {ref[1:] for n in prog.nodes if n.op == "move" for ref in _refs(n.attrs["args"])})
@@ -57,7 +76,7 @@ def plan_to_json(plan: Plan) -> dict:
         nodes.append({"id": n.id, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape), "scale": n.scale,
                       "bound": b.value, "bound_source": b.source, "bound_bits": plan.bound_bits(n),
                       "attrs": n.attrs, "origin": n.origin, "recipe": n.recipe})
-    return {
+    doc = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created_by": f"truncbridge {__version__}",
@@ -80,6 +99,27 @@ def plan_to_json(plan: Plan) -> dict:
         "consts": {k: _encode_tensor(prog.consts[k]) for k in used_consts},
         "nodes": nodes,
     }
+    return redact_plan_json(doc) if redacted or plan.meta.get("redacted") else doc  # once redacted, always
+
+
+def redact_plan_json(doc: dict) -> dict:
+    """A copy of a plan document without the owner's secrets (see the module docstring).
+    Each float bound becomes 2^(m-1), m = bound_bits - scale - 1 (the rounding floor already
+    applied), so ``Plan.bound_bits`` on the loaded plan gives the same bits and nothing finer."""
+    out = {k: v for k, v in doc.items() if k not in ("solver", "model", "nodes")}
+    out["model"] = {k: doc["model"][k] for k in PUBLIC_MODEL_KEYS if k in doc.get("model", {})}
+    out["redacted"] = True
+    out["nodes"] = [_redact_node(d) for d in doc["nodes"]]
+    return json.loads(json.dumps(out))  # a deep copy: the caller's document is left as it was
+
+
+def _redact_node(d: dict) -> dict:
+    unknown = set(d["attrs"]) - PUBLIC_ATTRS - SECRET_ATTRS
+    if unknown:  # fail closed: a new attr must be classed public or secret before it is sent
+        raise UserError(f"node {d['id']}: attrs {sorted(unknown)} are not classified for redaction")
+    bits = int(d["bound_bits"]) - int(d["scale"]) - 1
+    return {**d, "bound": 2.0 ** (bits - 1), "bound_source": "redacted",
+            "attrs": {k: v for k, v in d["attrs"].items() if k in PUBLIC_ATTRS}}
 
 
 def _refs(template) -> list[str]:
@@ -90,8 +130,8 @@ def _refs(template) -> list[str]:
     return []
 
 
-def save_plan(plan: Plan, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(plan_to_json(plan)) + "\n")
+def save_plan(plan: Plan, path: str | Path, redacted: bool = False) -> None:
+    Path(path).write_text(json.dumps(plan_to_json(plan, redacted)) + "\n")
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -114,6 +154,7 @@ def plan_from_json(doc: dict, where: str = "plan") -> Plan:
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"plan {p} has schema version {doc.get('schema_version')}, this truncbridge reads {SCHEMA_VERSION}")
     try:
+        redacted = bool(doc.get("redacted", False))  # then bound_bits is the authority, bound its stand-in
         prog = Program()
         prog.consts = {k: _decode_tensor(v) for k, v in doc["consts"].items()}
         bounds = {}
@@ -124,12 +165,14 @@ def plan_from_json(doc: dict, where: str = "plan") -> Plan:
                 raise ValueError(f"node {node.id} is out of order")
             prog.nodes.append(node)
             bounds[node.id] = Bound(float(d["bound"]), d["bound_source"])
+            if redacted and needed_bits(bounds[node.id], node.scale, int(doc["frac_bits"])) != d["bound_bits"]:
+                raise ValueError(f"node {node.id}: its bound does not give its bound_bits {d['bound_bits']}")
         prog.inputs = {k: int(v) for k, v in doc["inputs"].items()}
         prog.outputs = [int(o) for o in doc["outputs"]]
         plan = Plan(prog, int(doc["field_bits"]), int(doc["frac_bits"]), doc["policy"], bounds,
                     int(doc["budget_bits"]), doc.get("solver", {}),
                     {"model": doc["model"], "protocol": doc["protocol"], "bounds": doc["bounds"],
-                     "weights": doc["weights"]})
+                     "weights": doc["weights"], "redacted": redacted})
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UserError(f"corrupt plan file {p}: {type(exc).__name__}: {exc}") from None
     return plan
@@ -137,6 +180,9 @@ def plan_from_json(doc: dict, where: str = "plan") -> Plan:
 
 def attach_weights(plan: Plan, model: torch.nn.Module, model_name: str) -> None:
     """Give the plan its weights from ``model``, which must be the model the plan was made for."""
+    if plan.meta.get("redacted"):
+        raise UserError("this plan is redacted (for parties other than the model owner): it has no weights hash "
+                        "to check a model against; the owner runs the full plan")
     want = plan.meta.get("model", {}).get("hash")
     have = model_hash(model)
     if want != have:

@@ -1,59 +1,168 @@
-"""CrypTen's trusted-first-party dealer, with the dealing done once.
+"""The dealer: correlated randomness from a party that receives nothing but sizes.
 
-CrypTen's ``TrustedFirstParty`` provider makes *every* party draw a Beaver triple and multiply it
-(an int64 matmul for every private matmul), then shares it with ``src=0`` — pseudo-random zero
-shares plus rank 0's values — so every party but rank 0 throws its work away. ``RankZeroDealer``
-lets rank 0 alone draw and multiply; the others only give the size. The shares, their
-distribution and the communication (none) are unchanged; the others' CPU time is saved, which
-matters when the parties share cores. Binary triples and the wraps / B2A helpers stay CrypTen's.
-Offline cost is not counted either way (as in CrypTen's own TFP numbers).
+Whoever knows a mask learns what it masks: a party that receives openings ``x - a`` must never
+know ``a``. So Beaver triples, squares, exact-truncation masks and the material of CrypTen's
+comparisons (binary triples, B2A bits, wraps) come from a **dealer** that is not a computing party:
+
+* ``separate`` (default): its own process, the last rank (CrypTen's TTP slot:
+  ``crypten.cfg.mpc.provider = "TTP"`` makes the communicator create it). It shares a seeded
+  generator with each party (CrypTen's TTP set-up) and receives only request *sizes* from party 0,
+  which gets back its corrections (``material.py``). No opening, no share of data reaches it.
+* ``owner-insecure``: party 0 — the model owner — holds every generator and deals. It then knows
+  every mask and so every opened value, the client's tokens included. A benchmark setting only
+  (CrypTen's default TFP provider works this way).
+
+The plan is static, so the material is dealt **before** the online phase: a first pass records
+the request sequence (the dealer answers on demand while it runs); then ``DealtProvider.deal``
+fetches everything for the next pass at once, and the timed pass draws from that queue. A request
+that does not match the queue is an error; one beyond it is answered on demand and counted.
 """
 from __future__ import annotations
 
+import pickle
+import secrets
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 
-from .shares import share_from
+from .material import expand, corrections, nbytes, request_key
+
+DEALERS = ("separate", "owner-insecure")
 
 
-def _result_size(op: str, size0, size1, *args, **kwargs) -> torch.Size:
-    """The shape ``op`` gives for these operand shapes, computed on meta tensors (no data)."""
-    a = torch.empty(size0, dtype=torch.long, device="meta")
-    b = torch.empty(size1, dtype=torch.long, device="meta")
-    return getattr(torch, op)(a, b, *args, **kwargs).shape
+def _seeded(seed: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
 
 
-def make_dealer():
-    """A ``RankZeroDealer`` instance (CrypTen must be importable: see ``compat``)."""
-    import crypten.communicator as comm
-    from crypten.common.rng import generate_random_ring_element
-    from crypten.mpc.primitives import ArithmeticSharedTensor as AST
-    from crypten.mpc.provider import TrustedFirstParty
-
-    class RankZeroDealer(TrustedFirstParty):
-        NAME = "TFP"
-
-        def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-            rank, triple = comm.get().get_rank(), (None, None, None)
-            if rank == 0:
-                a = generate_random_ring_element(size0, device=device)
-                b = generate_random_ring_element(size1, device=device)
-                triple = (a, b, getattr(torch, op)(a, b, *args, **kwargs))
-            sizes = (size0, size1, _result_size(op, size0, size1, *args, **kwargs))
-            return tuple(share_from(AST, t, s, 0, rank, device) for t, s in zip(triple, sizes))
-
-        def square(self, size, device=None):
-            rank, stacked = comm.get().get_rank(), None
-            if rank == 0:
-                r = generate_random_ring_element(size, device=device)
-                stacked = torch.stack([r, r * r])
-            shared = share_from(AST, stacked, (2, *size), 0, rank, device)
-            return shared[0], shared[1]
-
-    return RankZeroDealer()
+def fresh_seed() -> int:
+    return secrets.randbits(64) - 2 ** 63
 
 
-def install_dealer() -> None:
-    """Make ``RankZeroDealer`` the provider CrypTen's default configuration (TFP) uses."""
-    import crypten.mpc
+class DealerCore:
+    """Holds every party's generator; answers requests with party 0's corrections. With
+    ``audit``, it keeps every mask it dealt (by dealing index) for the receipt audit."""
 
-    vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]["TFP"] = make_dealer()
+    def __init__(self, seeds: dict[int, int], audit: bool = False):
+        self.gens = {p: _seeded(s) for p, s in seeds.items()}
+        self.parties = len(seeds)
+        self.dealt = 0
+        self.masks: dict[int, tuple] | None = {} if audit else None
+
+    def deal(self, requests: list[tuple]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for req in requests:
+            fixes, masks = corrections(req, expand(req, self.gens), self.parties)
+            if self.masks is not None:
+                self.masks[self.dealt] = (req, masks)
+            self.dealt += 1
+            out.append(fixes)
+        return out
+
+
+@dataclass
+class Dealt:
+    """One request's material as this party holds it (its shares), with its dealing index."""
+    index: int
+    request: tuple
+    shares: dict[str, torch.Tensor]
+
+
+class DealtProvider:
+    """CrypTen's provider interface, served from dealt material (see the module docstring)."""
+
+    NAME = "dealt"
+
+    def __init__(self, rank: int, gen: torch.Generator, fetch, remote: bool = True):
+        self.rank, self.gen, self.fetch = rank, gen, fetch  # fetch(requests) -> corrections (rank 0)
+        self.remote = remote  # the corrections travel (a separate dealer), or are made here
+        self.ready: deque[Dealt] = deque()
+        self.issued = 0  # dealing index of the next request
+        self.online_requests = 0  # answered on demand (not dealt in advance)
+        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.recording: list | None = None
+        self.on_take = None  # the receipt audit's hook: called with each Dealt handed out
+
+    # -- dealing ----------------------------------------------------------------------------------
+    def deal(self, requests: list[tuple]) -> None:
+        """Fetch and expand the material for ``requests`` now (every party calls this alike)."""
+        t = time.perf_counter()
+        fixes = self.fetch(requests) if self.rank == 0 else [None] * len(requests)
+        for req, fix in zip(requests, fixes):
+            drawn = expand(req, {self.rank: self.gen})
+            shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
+            shares.update(fix or {})
+            self.ready.append(Dealt(self.issued, req, shares))
+            self.issued += 1
+        if self.rank == 0 and self.remote:
+            self.offline["bytes"] += nbytes(t for fix in fixes for t in fix.values()) + len(pickle.dumps(requests))
+        self.offline["seconds"] += time.perf_counter() - t
+        self.offline["requests"] += len(requests)
+
+    @contextmanager
+    def recording_requests(self):
+        """Record the request sequence of the code run inside (a list, filled as it runs)."""
+        self.recording = trace = []
+        try:
+            yield trace
+        finally:
+            self.recording = None
+
+    def reset_offline(self) -> None:
+        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.online_requests = 0
+
+    def _take(self, req: tuple) -> dict[str, torch.Tensor]:
+        if self.recording is not None:
+            self.recording.append(req)
+        if not self.ready:
+            self.online_requests += 1
+            self.deal([req])
+        item = self.ready.popleft()
+        if item.request != req:
+            raise RuntimeError(f"dealt material out of step: dealt {item.request[:2]}, the protocol asked for {req[:2]}")
+        if self.on_take is not None:
+            self.on_take(item)
+        return item.shares
+
+    # -- CrypTen's provider functions -----------------------------------------------------------
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        s = self._take(request_key("additive", size0, size1, op, args, kwargs))
+        return _arith(s["a"]), _arith(s["b"]), _arith(s["c"])
+
+    def square(self, size, device=None):
+        s = self._take(request_key("square", size))
+        return _arith(s["r"]), _arith(s["r2"])
+
+    def generate_binary_triple(self, size0, size1, device=None):
+        s = self._take(request_key("binary", size0, size1))
+        return _binary(s["a"]), _binary(s["b"]), _binary(s["c"])
+
+    def wrap_rng(self, size, device=None):
+        s = self._take(request_key("wraps", size))
+        return _arith(s["r"]), _arith(s["theta_r"])
+
+    def B2A_rng(self, size, device=None):
+        s = self._take(request_key("B2A", size))
+        return _arith(s["rA"]), _binary(s["rB"])
+
+    def truncation_pairs(self, size, k: int):
+        """Shares of (r, r >> k unsigned, msb(r)) for the exact truncation."""
+        s = self._take(request_key("trunc", size, k))
+        return _arith(s["r"]), _arith(s["r_hi"]), _arith(s["r_msb"])
+
+
+def _arith(share: torch.Tensor):
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    return ArithmeticSharedTensor.from_shares(share, precision=0)
+
+
+def _binary(share: torch.Tensor):
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    return BinarySharedTensor.from_shares(share)

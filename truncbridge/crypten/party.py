@@ -16,13 +16,12 @@ Parties find each other through CrypTen's usual environment (``RANK``, ``WORLD_S
   dead peer at once — by its process state when on this host, else by its silent heartbeat.
 * **Communication statistics.** ``stats()`` is CrypTen's own counter (rounds = communicator calls,
   bytes as CrypTen counts them) for this party.
-* **Dealer.** By default the Beaver triples come from ``dealer.RankZeroDealer`` (CrypTen's TFP
-  with the dealing done by rank 0 only; CrypTen's makes every party compute and discard them).
-* **Audit.** Every tensor this party *receives* is recorded as the fraction of its elements that
-  are small (|v| < 2^40). Shares, Beaver openings and truncation openings are uniform in Z_2^64
-  (small with probability 2^-23); a revealed intermediate fixed-point value is almost all small.
-  Only receipts inside ``revealing_output()`` may be small — checked, not assumed — apart from
-  one-time-padded bits (all 0/1, about half ones), which CrypTen's comparisons open in B2A.
+* **Dealer.** Masks come from a dealer that is no computing party (``dealer.py``): the last
+  rank, started with the others (``run_dealer``), or — ``dealer="owner-insecure"``, a benchmark
+  setting that lets the owner read the client's data — party 0.
+* **Audit.** With ``audit=True`` every tensor this party receives is logged against the protocol
+  step that opened it (``audit.py``); ``audit.findings`` checks each is a share, an opening of a
+  secret plus a fresh dealt mask the receiver does not know, or the client's output.
 """
 from __future__ import annotations
 
@@ -34,45 +33,27 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 
+from .audit import OpeningLog, instrument
 from .compat import import_crypten
+from .dealing import configure, install_provider, serve
 
 ROLES = {0: "model owner", 1: "client", 2: "helper"}
 HEARTBEAT_S = 0.2
 EXIT_LOST = 3
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
-SMALL_BITS = 40  # |v| < 2^40: how a leaked fixed-point value looks; uniform shares almost never do
-RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv")
+RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv",
+             "broadcast_obj", "recv_obj")
 
 
-def _masked_bits(r: dict) -> bool:
-    """A one-time-padded bit opening (CrypTen's B2A of a comparison): all 0/1, about half ones."""
-    return r["bits"] == r["numel"] and (r["numel"] < 64 or abs(r["ones"] / r["numel"] - 0.5) < 0.2)
-
-
-def audit_findings(receipts: list[dict]) -> list[str]:
-    """Receipts outside the output that look like revealed values: more than 1 % small elements,
-    unless they are masked bits."""
-    return [f"{r['method']} of {r['numel']} elements, {r['small']} below 2^{SMALL_BITS}"
-            for r in receipts if r["label"] != "output" and r["small"] > r["numel"] // 100 and not _masked_bits(r)]
-
-
-def role(rank: int) -> str:
-    return f"party {rank} ({ROLES.get(rank, 'helper')})"
-
-
-@dataclass
-class Receipt:
-    label: str  # "protocol" or "output"
-    method: str
-    numel: int
-    small: int  # elements with |v| < 2^SMALL_BITS
-    bits: int  # elements that are 0 or 1
-    ones: int
+def role(rank: int, parties: int | None = None) -> str:
+    """``party R (what it is)``; the rank after the ``parties`` computing parties is the dealer."""
+    parties = int(os.environ.get("WORLD_SIZE", 0)) if parties is None else parties
+    return f"party {rank} ({'dealer' if rank == parties else ROLES.get(rank, 'helper')})"
 
 
 @dataclass
@@ -80,8 +61,7 @@ class Party:
     timeout_s: float = 60.0
     silence_s: float = 5.0
     audit: bool = False
-    dealer: str = "rank0"  # "rank0": dealer.RankZeroDealer; "crypten": CrypTen's own TFP
-    receipts: list[Receipt] = field(default_factory=list)
+    dealer: str = "separate"  # or "owner-insecure" (dealer.py)
 
     def __post_init__(self):
         self.crypten = import_crypten()
@@ -99,11 +79,13 @@ class Party:
 
         c10d.default_pg_timeout = timedelta(seconds=self.timeout_s)  # CrypTen passes none
         self.crypten.cfg.communicator.verbose = True  # CrypTen counts rounds / bytes only then
+        configure(self.crypten, self.dealer)
         self.crypten.init()
-        if self.dealer == "rank0":
-            from .dealer import install_dealer
-
-            install_dealer()
+        self.provider = install_provider(self.crypten, self.dealer, audit=self.audit)
+        self.log = OpeningLog(self.rank)
+        if self.audit:
+            instrument(self.log)
+            self.provider.on_take = self.log.took
         self._store = c10d._get_default_store()
         self._store.set(f"truncbridge/where/{self.rank}", f"{socket.gethostname()} {os.getpid()}")
         where = {p: self._store.get(f"truncbridge/where/{p}").decode().split() for p in range(self.world_size)}
@@ -150,12 +132,21 @@ class Party:
 
     @contextmanager
     def revealing_output(self):
-        """Receipts inside are the revealed result (allowed to be small values)."""
+        """Receipts inside are the revealed result (which only the client may receive)."""
         self._label = "output"
         try:
             yield
         finally:
             self._label = "protocol"
+
+    @contextmanager
+    def audited(self):
+        """Log receipts against openings while inside (the online phase)."""
+        self.log.active = self.audit
+        try:
+            yield
+        finally:
+            self.log.active = False
 
     # -- communicator wrapper ----------------------------------------------------------------
     def _wrap_communicator(self) -> None:
@@ -176,12 +167,9 @@ class Party:
         return call
 
     def _record(self, name: str, result) -> None:
-        tensors = result if isinstance(result, (list, tuple)) else [result]
-        for t in tensors:
-            if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.numel():
-                small = int((t.abs() < (1 << SMALL_BITS)).sum())
-                ones = int((t == 1).sum())
-                self.receipts.append(Receipt(self._label, name, t.numel(), small, int((t == 0).sum()) + ones, ones))
+        tensors = [t for t in (result if isinstance(result, (list, tuple)) else [result]) if isinstance(t, torch.Tensor)]
+        if tensors or result is not None:
+            self.log.receive(name, tensors, output=self._label == "output")
 
     # -- watchdog ---------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -295,3 +283,50 @@ class Party:
             except Exception:  # noqa: BLE001 - best effort: the others have their own watchdogs
                 pass
         os._exit(EXIT_LOST)
+
+
+DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
+
+
+def run_dealer(audit: bool = False):
+    """The separate dealer's process (the rank after the computing parties): start CrypTen in
+    its TTP slot, deal until party 0 shuts down, return its ``DealerCore`` (masks kept when
+    ``audit``). It holds no data and receives only sizes. A thread watches the rendezvous store:
+    if a party posts an abort, or party 0's store disappears while dealing is not over, it says
+    so and ends the process with ``EXIT_LOST`` instead of waiting."""
+    import torch.distributed.distributed_c10d as c10d
+
+    crypten = import_crypten()
+    c10d.default_pg_timeout = DEALER_WAIT
+    configure(crypten, "separate")
+    crypten.init()
+    me, done = role(int(os.environ.get("RANK", 0))), threading.Event()
+    store = c10d._get_default_store()
+    threading.Thread(target=_watch_store, args=(store, me, done), name="truncbridge-dealer-watch", daemon=True).start()
+    try:
+        core = serve(crypten, audit=audit)
+    except RuntimeError as exc:  # the link to a party broke
+        if not done.is_set():
+            _stop_process(me, f"{role(0)} was lost: {_first_line(exc)}")
+    done.set()
+    crypten.uninit()
+    return core
+
+
+def _watch_store(store, me: str, done: threading.Event) -> None:
+    while not done.wait(HEARTBEAT_S):
+        try:
+            if store.add("truncbridge/abort", 0):
+                _stop_process(me, "another party reported: " + store.get("truncbridge/abort_reason").decode())
+        except Exception:  # noqa: BLE001 - the store lives in party 0's process
+            if not done.wait(5 * HEARTBEAT_S):  # not the end of a normal run
+                _stop_process(me, f"{role(0)} was lost: its rendezvous store is unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _stop_process(me: str, reason: str) -> None:
+    print(f"truncbridge: {me} stops: {reason}", file=sys.stderr, flush=True)
+    os._exit(EXIT_LOST)

@@ -9,6 +9,8 @@ Both are unbiased on their own, so the plan's round-to-nearest offset is not add
 emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
 Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
 model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
+Masks come from CrypTen's default provider, which ``truncbridge.crypten.init`` makes a dealer
+apart from the computing parties (``dealer.py``).
 
 Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten()``).
 """
@@ -21,8 +23,11 @@ from ..errors import UserError
 from ..ir import aten_op, resolve_args
 from ..placement import Plan
 from ..ring import Ring
+from . import truncation as protocols
 from .shares import add_public, share_from
-from .truncation import EXACT_LIMIT_BITS, PROTOCOLS, crypten_truncate, exact_truncate
+from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
+
+MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 OWNER = 0
 CLIENT = 1
@@ -34,6 +39,10 @@ class PlanRunner:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
         if truncation not in PROTOCOLS:
             raise UserError(f"unknown truncation protocol {truncation!r}: choose {' or '.join(PROTOCOLS)}")
+        bad = sorted({n.attrs["shift"] for n in plan.program.nodes if n.op == "trunc"
+                      and not 1 <= n.attrs["shift"] <= MAX_SHIFT})
+        if bad:
+            raise UserError(f"this plan truncates by {bad[0]} bits; CrypTen's 64-bit ring allows shifts 1..{MAX_SHIFT}")
         if truncation == "exact":
             widest = max((plan.bound_bits(plan.program[n.inputs[0]]) for n in plan.program.nodes if n.op == "trunc"), default=0)
             if widest > EXACT_LIMIT_BITS + 1:
@@ -58,6 +67,7 @@ class PlanRunner:
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
         plan, ring = self.plan, self.ring
         env: dict[int, object] = {}
+        self.truncations_executed = 0
         for node in plan.program.nodes:
             x = [env[i] for i in node.inputs]
             op, a = node.op, node.attrs
@@ -99,8 +109,8 @@ class PlanRunner:
 
     def _truncate(self, x, k: int):
         if self.truncation == "exact":
-            return exact_truncate(x, k, self.AST, self.rank)
-        return crypten_truncate(x, k)
+            return protocols.exact_truncate(x, k, self.AST, self.rank)  # looked up here: the audit wraps it
+        return protocols.crypten_truncate(x, k)
 
     def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
         """Reveal the outputs (to ``dst`` only, if given) as real values; None on other ranks."""

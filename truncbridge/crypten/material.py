@@ -1,0 +1,156 @@
+"""Correlated randomness: what each request is, and how a seeded dealer splits it into shares.
+
+A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
+``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
+five provider functions) and ``("trunc", size, k)`` (the exact truncation's ``r, r >> k, msb(r)``).
+This is all the dealer ever receives.
+
+Sharing follows CrypTen's TTP design: the dealer and each computing party share a seeded
+generator. A *random* component (a mask: a, b, r) is the sum (or XOR) of every party's draw from
+its generator, so no party knows it. A *derived* component (c = a·b, r², wraps, r >> k, ...) is
+drawn by parties 1.. from their generators; party 0's share is the dealer's *correction*
+``value − Σ others`` — the only thing that travels. Party and dealer expand a request with the
+same code (``expand``), so their generators stay in step as long as the request sequence agrees.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..ring import logical_shift
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    size: tuple
+    xor: bool = False  # XOR-shared (binary) rather than additively shared mod 2^64
+    bits: int = 64  # random XOR components may be narrower (B2A's one bit)
+
+
+def request_key(fn: str, *parts) -> tuple:
+    """A hashable, picklable request: torch.Size and lists become tuples."""
+    def plain(x):
+        if isinstance(x, (list, tuple, torch.Size)):
+            return tuple(plain(v) for v in x)
+        if isinstance(x, dict):
+            return tuple(sorted((k, plain(v)) for k, v in x.items()))
+        return x
+    return (fn, *plain(parts))
+
+
+def _result_size(op: str, size0, size1, args, kwargs) -> tuple:
+    a = torch.empty(size0, dtype=torch.long, device="meta")
+    b = torch.empty(size1, dtype=torch.long, device="meta")
+    return tuple(getattr(torch, op)(a, b, *args, **dict(kwargs)).shape)
+
+
+def layout(req: tuple) -> tuple[list[Component], list[Component]]:
+    """(random components, derived components) of a request."""
+    fn = req[0]
+    if fn == "additive":
+        _, s0, s1, op, args, kwargs = req
+        return [Component("a", s0), Component("b", s1)], [Component("c", _result_size(op, s0, s1, args, kwargs))]
+    if fn == "square":
+        return [Component("r", req[1])], [Component("r2", req[1])]
+    if fn == "binary":
+        _, s0, s1 = req
+        return ([Component("a", s0, xor=True), Component("b", s1, xor=True)],
+                [Component("c", tuple(torch.broadcast_shapes(s0, s1)), xor=True)])
+    if fn == "wraps":
+        return [Component("r", req[1])], [Component("theta_r", req[1])]
+    if fn == "B2A":
+        return [Component("rB", req[1], xor=True, bits=1)], [Component("rA", req[1])]
+    if fn == "trunc":
+        return [Component("r", req[1])], [Component("r_hi", req[1]), Component("r_msb", req[1])]
+    raise ValueError(f"unknown correlated-randomness request {fn!r}")
+
+
+def derive(req: tuple, shares: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The derived components' plaintext values from every party's shares of the random ones."""
+    fn = req[0]
+    plain = {name: combine(parts, req, name) for name, parts in shares.items()}
+    if fn == "additive":
+        _, _, _, op, args, kwargs = req
+        return {"c": getattr(torch, op)(plain["a"], plain["b"], *args, **dict(kwargs))}
+    if fn == "square":
+        return {"r2": plain["r"] * plain["r"]}
+    if fn == "binary":
+        return {"c": plain["a"] & plain["b"]}
+    if fn == "wraps":
+        return {"theta_r": count_wraps(shares["r"])}
+    if fn == "B2A":
+        return {"rA": plain["rB"]}
+    if fn == "trunc":
+        r, k = plain["r"], req[2]
+        return {"r_hi": logical_shift(r, k), "r_msb": (r < 0).long()}
+    raise ValueError(f"unknown correlated-randomness request {fn!r}")
+
+
+def combine(parts: list[torch.Tensor], req: tuple, name: str) -> torch.Tensor:
+    """The value a list of shares stands for (sum mod 2^64, or XOR)."""
+    xor = next(c.xor for c in layout(req)[0] + layout(req)[1] if c.name == name)
+    out = parts[0].clone()
+    for p in parts[1:]:
+        out = out ^ p if xor else out + p
+    return out
+
+
+def count_wraps(shares: list[torch.Tensor]) -> torch.Tensor:
+    """How often the sum of the shares wraps around 2^64: CrypTen's own count, which its wraps
+    protocol expects of the dealer."""
+    from crypten.common.util import count_wraps as crypten_count_wraps
+
+    return crypten_count_wraps(shares)
+
+
+def draw(gen: torch.Generator, comp: Component) -> torch.Tensor:
+    """One party's pseudo-random draw for a component (its share, or part of a mask)."""
+    if comp.bits == 64:
+        return torch.randint(-(2 ** 63), 2 ** 63 - 1, comp.size, generator=gen, dtype=torch.long)
+    return torch.randint(0, 2 ** comp.bits, comp.size, generator=gen, dtype=torch.long)
+
+
+def expand(req: tuple, gens: dict[int, torch.Generator]) -> dict[str, dict[int, torch.Tensor]]:
+    """Draw, for every party whose generator is given, its seeded shares of a request: random
+    components for every party, derived ones for parties 1.. (party 0 gets a correction)."""
+    randoms, deriveds = layout(req)
+    out: dict[str, dict[int, torch.Tensor]] = {c.name: {} for c in randoms + deriveds}
+    for p, gen in sorted(gens.items()):
+        for c in randoms:
+            out[c.name][p] = draw(gen, c)
+        if p != 0:
+            for c in deriveds:
+                out[c.name][p] = draw(gen, Component(c.name, c.size, c.xor))
+    return out
+
+
+def corrections(req: tuple, drawn: dict[str, dict[int, torch.Tensor]], parties: int
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dealer's side (it holds every generator): party 0's corrections of the derived
+    components, and the plaintext of the random ones (the masks, for the audit)."""
+    randoms, deriveds = layout(req)
+    plain_random = {c.name: [drawn[c.name][p] for p in range(parties)] for c in randoms}
+    derived = derive(req, plain_random)
+    fixes = {}
+    for c in deriveds:
+        others = [drawn[c.name][p] for p in range(1, parties)]
+        if c.xor:
+            fixes[c.name] = combine([derived[c.name], *others], req, c.name)
+        else:
+            fixes[c.name] = derived[c.name] - sum(others) if others else derived[c.name]
+    masks = {c.name: combine(plain_random[c.name], req, c.name) for c in randoms}
+    if req[0] == "wraps":  # the wraps protocol opens each party's x_i + r_i to party 0
+        masks.update({f"r@{p}": drawn["r"][p] for p in range(parties)})
+    return fixes, masks
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def request_elements(req: tuple) -> int:
+    randoms, deriveds = layout(req)
+    return sum(math.prod(c.size) for c in randoms + deriveds)

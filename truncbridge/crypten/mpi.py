@@ -1,0 +1,113 @@
+"""MPI as the launcher's side channel: waiting without spinning, and failing together.
+
+MPI carries no secret of the protocol: rendezvous addresses, (redacted) plans, statistics, failure
+notices. Two rules keep a run from hanging before the parties' own watchdogs exist:
+
+* every wait is idle (``Iprobe`` + sleep): Open MPI's blocking receive spins, which would take
+  the cores rank 0 plans on away from it;
+* every wait also listens for a *failure notice*: a rank whose set-up fails prints its own error
+  and sends a notice to every other rank before it exits non-zero, and a rank that receives one
+  says who failed and exits non-zero too — within one poll, not at some timeout.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from ..errors import UserError
+
+DATA_TAG = 11
+FAIL_TAG = 13
+POLL_S = 0.05
+EXIT_SETUP = 1  # a set-up failure that is not the user's (UserError exits 2)
+
+
+class PeerFailed(Exception):
+    """Another rank sent a failure notice."""
+
+    def __init__(self, rank: int, message: str):
+        super().__init__(message)
+        self.rank = rank
+
+
+def _check_notices(comm) -> None:
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    if comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAIL_TAG, status=status):
+        raise PeerFailed(status.Get_source(), comm.recv(source=status.Get_source(), tag=FAIL_TAG))
+
+
+def wait_for(comm, source: int, tag: int = DATA_TAG):
+    """Receive from ``source`` without spinning, raising ``PeerFailed`` on any failure notice."""
+    while not comm.Iprobe(source=source, tag=tag):
+        _check_notices(comm)
+        time.sleep(POLL_S)
+    return comm.recv(source=source, tag=tag)
+
+
+def bcast(comm, obj, root: int = 0, ranks=None):
+    """``obj`` from ``root`` to ``ranks`` (default: all), idle-waiting."""
+    ranks = range(comm.Get_size()) if ranks is None else ranks
+    if comm.Get_rank() == root:
+        for request in [comm.isend(obj, dest=r, tag=DATA_TAG) for r in ranks if r != root]:
+            request.wait()
+        return obj
+    return wait_for(comm, root) if comm.Get_rank() in ranks else None
+
+
+def gather(comm, obj, root: int = 0) -> list | None:
+    """Every rank's ``obj`` at ``root`` (a list by rank; None elsewhere), idle-waiting."""
+    if comm.Get_rank() != root:
+        comm.isend(obj, dest=root, tag=DATA_TAG).wait()
+        return None
+    return [obj if r == root else wait_for(comm, r) for r in range(comm.Get_size())]
+
+
+def notify_failure(comm, message: str) -> None:
+    """Tell every other rank this one failed (best effort: eager sends of a short message)."""
+    for request in [comm.isend(message, dest=r, tag=FAIL_TAG) for r in range(comm.Get_size()) if r != comm.Get_rank()]:
+        try:
+            request.wait()
+        except Exception:  # noqa: BLE001 - a rank that is already gone
+            pass
+
+
+def fail_setup(comm, who: str, exc: BaseException) -> int:
+    """This rank's set-up failed: print its own error (one line), tell the others, give the exit
+    status (2 for the user's error, 1 otherwise)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    line = f"error: {first}" if isinstance(exc, UserError) else f"error: {who} failed during set-up: {type(exc).__name__}: {first}"
+    print(line, file=sys.stderr, flush=True)
+    notify_failure(comm, f"{who} failed during set-up: {first}")
+    return 2 if isinstance(exc, UserError) else EXIT_SETUP
+
+
+def peer_failed(who: str, exc: PeerFailed) -> int:
+    print(f"truncbridge: {who} stops: {exc}", file=sys.stderr, flush=True)
+    return EXIT_SETUP
+
+
+def threads_per_party(comm) -> int:
+    """This host's cores divided among the processes running on it (at least 1): parties that
+    each take every core fight over them, and their timings become noise."""
+    from mpi4py import MPI
+
+    on_this_host = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    return max(1, len(os.sched_getaffinity(0)) // on_this_host)
+
+
+def rendezvous(comm) -> str:
+    """Rank 0 picks a free TCP port on its host; everyone learns tcp://host:port."""
+    hosts = gather(comm, socket.gethostname())
+    address = None
+    if comm.Get_rank() == 0:
+        host = os.environ.get("TRUNCBRIDGE_MASTER_ADDR") or socket.gethostname()
+        if len(set(hosts)) == 1 and "TRUNCBRIDGE_MASTER_ADDR" not in os.environ:
+            host = "127.0.0.1"  # one machine: stay on loopback
+        with socket.socket() as s:
+            s.bind(("", 0))
+            address = f"tcp://{host}:{s.getsockname()[1]}"
+    return bcast(comm, address)

@@ -1,0 +1,69 @@
+"""The model owner's side of run_pi: plans, and the references every run is measured against.
+
+Measurement only: the references (float logits, the emulator's exact and protocol-sampled
+logits) need the weights *and* the client's window, which no party holds in a real deployment.
+The harness on rank 0 computes them from the same held-out text the client reads; nothing of
+this reaches the protocol.
+"""
+from __future__ import annotations
+
+import torch
+
+SPREAD_SEEDS = 16  # emulator runs with the protocol's truncation model: the spread MPC should stay within
+
+
+def protocol_profile(truncation: str, parties: int) -> str:
+    return f"crypten-exact-{parties}pc" if truncation == "exact" else f"crypten-{parties}pc"
+
+
+def client_window(loaded, seq_len: int) -> torch.Tensor:
+    """The client's token ids: the first held-out window, or seeded random ids for random models."""
+    from ..pipeline import tokenize_windows, vocab_size
+
+    if loaded.heldout_text is None:
+        return torch.randint(0, vocab_size(loaded.model), (seq_len,), generator=torch.Generator().manual_seed(0))
+    return tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, limit=1, what="held-out text")[0]
+
+
+def make_plans(args, converted, parties: int, progress) -> dict:
+    """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
+    lazy / optimal fill the budget, so they get the profile's headroom."""
+    from ..pipeline import build_plan
+
+    profile = protocol_profile(args.truncation, parties)
+    plans, hints = {}, ()
+    for policy in [p for p in ("eager", "lazy", "optimal") if p in args.policies]:
+        progress(f"planning {policy} for {profile} ({args.bounds} bounds)")
+        headroom = 0 if policy == "eager" and args.truncation == "crypten" else None
+        plans[policy] = build_plan(converted, policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
+                                   headroom_bits=headroom, time_limit=args.time_limit, hints=hints)
+        if policy == "lazy":
+            hints = (plans[policy].sites,)
+    return plans
+
+
+def predictions(plan, parties: int, truncation: str) -> dict:
+    from ..cost import plan_costs
+    from ..protocols import load_network, load_protocol
+
+    c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"))
+    return {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
+            "bytes": c["bytes"], "expected_truncation_failures": c["expected_truncation_failures"]}
+
+
+def references(model, plans: dict, ids: torch.Tensor, inputs: dict, truncation: str, parties: int) -> dict:
+    """Float logits; per plan the emulator's exact (round-nearest) logits, and the spread of the
+    protocol's own truncation model over SPREAD_SEEDS runs: the error MPC should stay within."""
+    from ..execute import RingExecutor, truncation_model_for
+    from ..protocols import load_protocol
+
+    model_name = truncation_model_for(load_protocol(protocol_profile(truncation, parties)))
+    with torch.no_grad():
+        out = {"float": model(ids[None]).logits[0].double()}
+    for policy, plan in plans.items():
+        ex = RingExecutor(plan)
+        out[policy] = exact = ex.decode_outputs(ex.run(inputs)[0])[0][0]
+        noisy = RingExecutor(plan, truncation=model_name, seed=1)
+        out[f"{policy}/spread"] = max((noisy.decode_outputs(noisy.run(inputs)[0])[0][0] - exact).abs().max().item()
+                                      for _ in range(SPREAD_SEEDS))
+    return out

@@ -1,0 +1,88 @@
+"""run_pi's results: one row per policy from every party's measurements, ratios, the table."""
+from __future__ import annotations
+
+import statistics
+
+INSECURE = "owner-insecure"
+MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
+
+
+def policy_row(policy: str, parties: int, runs: list[list[dict]], references: dict) -> dict:
+    """One policy's row from its repetitions (each: every computing party's measurements): median
+    online and offline wall time (each run's slowest party), the worst error over runs; rounds,
+    bytes and dealt bytes do not vary between runs."""
+    walls = [max(m["wall_s"] for m in everyone) for everyone in runs]
+    offline = [max(m["offline_s"] for m in everyone) for everyone in runs]
+    logits = [everyone[1]["logits"].double() for everyone in runs]
+    first, refs = runs[0], references
+    return {"policy": policy, "parties": parties,
+            "wall_s": statistics.median(walls), "wall_s_runs": walls,
+            "rounds": max(m["rounds"] for m in first),
+            "bytes": max(m["bytes"] for m in first),
+            "offline_s": statistics.median(offline),
+            "offline_bytes": sum(m["offline_bytes"] for m in first),  # what the dealer sent
+            "dealt_requests": first[0]["dealt_requests"],
+            "online_dealer_requests": max(m["online_dealer_requests"] for everyone in runs for m in everyone),
+            "truncations_executed": first[0]["truncations_executed"],
+            "max_abs_diff_vs_emulator": (max((x - refs[policy]).abs().max().item() for x in logits)
+                                         if policy in refs else None),
+            "emulated_protocol_spread": refs.get(f"{policy}/spread"),
+            "top1_agreement_vs_float": min((x.argmax(-1) == refs["float"].argmax(-1)).double().mean().item()
+                                           for x in logits),
+            "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits),
+            "per_party": [{k: m[k] for k in MEASURED} for m in first]}
+
+
+def add_predictions(row: dict, plan, predicted: dict) -> dict:
+    row["predicted"] = predicted
+    row["planned_truncations"] = plan.counts()["truncations"]
+    return row
+
+
+def ratios(rows: list[dict]) -> dict:
+    """lazy/eager, optimal/eager and vanilla/eager of the measured (and predicted) costs."""
+    by = {r["policy"]: r for r in rows}
+    if "eager" not in by:
+        return {}
+    base, out = by["eager"], {}
+    for policy in ("lazy", "optimal", "vanilla"):
+        if policy in by:
+            r = by[policy]
+            out[f"{policy}/eager"] = {k: r[k] / base[k] for k in MEASURED if base[k]}
+            if "predicted" in r:
+                out[f"{policy}/eager"]["predicted_rounds"] = (r["predicted"]["rounds_sequential"] /
+                                                              base["predicted"]["rounds_sequential"])
+                out[f"{policy}/eager"]["predicted_bytes"] = r["predicted"]["bytes"] / base["predicted"]["bytes"]
+    return out
+
+
+def _format_row(r: dict) -> str:
+    def num(v):
+        return "-" if v is None else f"{v:.3g}"
+
+    return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
+            f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} "
+            f"{r['truncations_executed']:>6} {num(r['max_abs_diff_vs_emulator']):>10} "
+            f"{num(r['emulated_protocol_spread']):>10} {r['top1_agreement_vs_float']:>6.3f}")
+
+
+def format_table(result: dict) -> str:
+    dealer = ("dealer: INSECURE, the model owner deals and can read the client's data" if result["dealer"] == INSECURE
+              else "a separate dealer")
+    lines = [f"{result['model']}, {result['parties']} computing parties and {dealer}, seq {result['seq_len']}, "
+             f"{result['truncation']} truncation, {result['bounds']} bounds, "
+             f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
+             f"online = after all dealing",
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'offline_s':>9} {'offline_MB':>10} "
+             f"{'truncs':>6} {'vs emu':>10} {'emu spread':>10} {'top1':>6}"]
+    lines += [_format_row(r) for r in result["rows"]]
+    for name, ratio in result["ratios"].items():
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
+        lines.append(f"{name}: {parts}")
+    if "audit" in result:
+        a = result["audit"]
+        verdict = "; ".join(a["findings"][:3]) or "every receipt is a share, a fresh-masked opening or the client's output"
+        more = f" (+{a['finding_count'] - 3} more)" if a["finding_count"] > 3 else ""
+        lines.append(f"audit: {a['openings']} openings, {a['masks_used']} masks, "
+                     f"output received by {a['output_receivers']}: {verdict}{more}")
+    return "\n".join(lines)
