@@ -1,26 +1,29 @@
-"""One CrypTen party for the backend tests, run as its own process (no fork of the test runner).
+"""One CrypTen process for the backend tests (no fork of the test runner): a computing party, or
+the dealer when RANK == WORLD_SIZE.
 
-    RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py POLICY TRUNCATION OUT.json
+    RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py MODE POLICY TRUNCATION OUT.json
+
+MODE ``runner``: ``PlanRunner`` on the small program below; ``module``: the same plan as a
+``PlanModule`` in a CrypTen program, fed a ``crypten.cryptensor`` and followed by a CrypTen op.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed.distributed_c10d as c10d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import float_maxabs  # noqa: E402
 
 from truncbridge.analysis import calibrated_bounds  # noqa: E402
-from truncbridge.crypten import import_crypten  # noqa: E402
 from truncbridge.ir import Builder  # noqa: E402
 from truncbridge.placement import place  # noqa: E402
 
 INPUTS = {"x": torch.linspace(-1, 1, 32, dtype=torch.float64).view(4, 8)}
+AFTER = 3.0  # the module test multiplies the module's output by this, in CrypTen
 
 
 def program():
@@ -41,18 +44,35 @@ def plan_for(policy: str, field_bits: int = 64):
 
 
 def main() -> None:
-    policy, truncation, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    crypten = import_crypten()
-    c10d.default_pg_timeout = timedelta(seconds=60)  # a lost peer ends this party, not hangs it
-    crypten.init()
-    from truncbridge.crypten import PlanRunner
+    mode, policy, truncation, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    import truncbridge.crypten as tbc
 
-    runner = PlanRunner(plan_for(policy), truncation=truncation)
-    outs = runner.run(INPUTS if runner.rank == 1 else None)
-    opened = runner.open_outputs(outs, dst=1)  # only the client learns the output
-    out.write_text(json.dumps({"rank": runner.rank, "truncations": runner.truncations_executed,
-                               "output": None if opened is None else opened[0].tolist()}))
+    crypten = tbc.import_crypten()
+    tbc.init(timeout_s=60)  # the dealer's process deals here and exits
+    rank = crypten.communicator.get().get_rank()
+    if mode == "module":
+        model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
+        x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
+        y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
+        opened = y._tensor.reveal(dst=1)  # only the client learns it
+        result = None if rank != 1 else (opened.double() / y._tensor.encoder.scale).tolist()
+        executed = model.runner.truncations_executed
+    else:
+        runner = tbc.PlanRunner(plan_for(policy), truncation=truncation)
+        opened = runner.open_outputs(runner.run(INPUTS if rank == 1 else None), dst=1)
+        result = None if opened is None else opened[0].tolist()
+        executed = runner.truncations_executed
+    out.write_text(json.dumps({"rank": rank, "truncations": executed, "output": result}))
     crypten.uninit()
+    exit_now(0)
+
+
+def exit_now(status: int) -> None:
+    """Leave without C++ static destructors: gloo's sometimes abort ("terminate called without an
+    active exception") after a clean uninit, when all the work is done and written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The same plan on real CrypTen parties — separate processes — matches the exact emulator."""
+"""The same plan on real CrypTen parties — separate processes, with the dealer apart — matches the
+exact emulator, as a PlanRunner and as a PlanModule inside a CrypTen program."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crypten_party import INPUTS, plan_for
+from crypten_party import AFTER, INPUTS, plan_for
 from truncbridge.errors import UserError
 from truncbridge.execute import RingExecutor
 
@@ -20,14 +21,15 @@ PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 TOLERANCE = 2.0 ** -8
 
 
-def run_parties(parties: int, policy: str, truncation: str, tmp: Path) -> dict[int, dict]:
-    """Start every party as its own Python process; none may take longer than 120 s."""
+def run_parties(parties: int, policy: str, truncation: str, tmp: Path, mode: str = "runner") -> dict[int, dict]:
+    """Start every party and the dealer (rank ``parties``) as their own Python processes; none may
+    take longer than 120 s."""
     tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WORLD_SIZE": str(parties), "RENDEZVOUS": f"file://{tmp / 'rendezvous'}",
            "DISTRIBUTED_BACKEND": "gloo"}
-    procs = [subprocess.Popen([sys.executable, str(PARTY), policy, truncation, str(tmp / f"out{r}.json")],
+    procs = [subprocess.Popen([sys.executable, str(PARTY), mode, policy, truncation, str(tmp / f"out{r}.json")],
                               env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in range(parties)]
+             for r in range(parties + 1)]
     try:
         for p in procs:
             p.wait(timeout=120)
@@ -36,7 +38,8 @@ def run_parties(parties: int, policy: str, truncation: str, tmp: Path) -> dict[i
             if p.poll() is None:
                 p.kill()
     for r, p in enumerate(procs):
-        assert p.returncode == 0, f"party {r} failed: {p.stdout.read().decode()[-2000:]}"
+        assert p.returncode == 0, f"process {r} failed: {p.stdout.read().decode()[-2000:]}"
+    assert not (tmp / f"out{parties}.json").exists()  # the dealer only deals
     return {r: json.loads((tmp / f"out{r}.json").read_text()) for r in range(parties)}
 
 
@@ -52,6 +55,18 @@ def test_crypten_parties_match_the_emulator(parties, truncation, tmp_path):
         assert results[1]["truncations"] == plan.counts()["truncations"]
         assert (got - want).abs().max().item() <= TOLERANCE, policy
     assert plan_for("lazy").counts()["truncations"] < plan_for("eager").counts()["truncations"]
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_a_plan_module_in_a_crypten_program(parties, tmp_path):
+    """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with."""
+    results = run_parties(parties, "lazy", "exact", tmp_path, mode="module")
+    assert all(results[r]["output"] is None for r in results if r != 1)
+    ex = RingExecutor(plan_for("lazy"))
+    want = ex.decode_outputs(ex.run(INPUTS)[0])[0] * AFTER
+    got = torch.tensor(results[1]["output"], dtype=torch.float64)
+    assert (got - want).abs().max().item() <= AFTER * TOLERANCE
+    assert results[1]["truncations"] >= plan_for("lazy").counts()["truncations"]
 
 
 def test_crypten_needs_a_64_bit_ring():

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.export.graph_signature import InputKind
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 @dataclass
@@ -57,8 +57,7 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1) -> Captured:
         try:
             exported = torch.export.export(model, (example,), kwargs={"use_cache": False}).run_decompositions()
         except Exception as exc:  # export failures are long; keep their first line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"torch.export failed for {type(model).__name__}: {first}") from None
+            raise UserError(f"torch.export failed for {type(model).__name__}: {first_line(exc)}") from None
 
     state = exported.state_dict
     weights, publics, names, tokens = {}, {}, {}, None

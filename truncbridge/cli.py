@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEFAULT_SEQ_LEN = 128
 DEFAULT_WINDOWS = 16
@@ -136,7 +136,7 @@ def _check_device(device: str) -> None:
         try:
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as exc:
-            raise UserError(f"--device {device} is not usable here: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"--device {device} is not usable here: {first_line(exc)}") from None
 
 
 def _eval_windows(args, loaded, seq_len: int):

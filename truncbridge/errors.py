@@ -7,3 +7,9 @@ and keeps its traceback.
 
 class UserError(Exception):
     """Bad input: unknown model, missing file, impossible field size, unsupported operator, ..."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line (its type name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

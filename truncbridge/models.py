@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 
@@ -74,8 +74,7 @@ def _checkpoint_errors(path: Path):
         try:
             yield
         except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load checkpoint {path}: {first}") from None
+            raise UserError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
 
 
 def _heldout(path: Path) -> str | None:

@@ -1,17 +1,31 @@
 """truncbridge on CrypTen: run a truncation-annotated plan on real secret shares.
 
-    from truncbridge.crypten import import_crypten, PlanRunner
-    crypten = import_crypten()          # CrypTen 0.4.1 on recent torch (see compat.py)
-    crypten.init()
-    runner = PlanRunner(plan)           # a plan from truncbridge.pipeline.build_plan / load_plan
-    logits = runner.open_outputs(runner.run(inputs), dst=1)
+Threat model (the one every part of this package is built and tested for): semi-honest,
+non-colluding parties. The model owner (rank 0) holds the weights, which no other party learns;
+the client (rank 1) holds the token ids, which no other party learns; an optional helper (rank 2)
+computes with them; only the client learns the logits. Correlated randomness (Beaver triples,
+truncation masks, comparison material) comes from a dealer that is no computing party and
+receives nothing but sizes (``dealer.py``); every online receipt is a share, an opening masked by
+a fresh dealt mask the receiver does not know, or the client's output (checked by ``audit.py``).
+The client and helper receive a redacted plan: structure, shapes, scales, shifts and integer bit
+widths (``planfile.redact_plan_json`` says what those still reveal). Links between parties are
+gloo TCP and the rendezvous store, neither authenticated nor encrypted: across hosts, run them
+inside an authenticated, encrypted network (a VPN or TLS tunnel).
 
-Modules: ``compat`` (import alias), ``truncation`` (truncation protocols on shares), ``runner``
-(the plan as CrypTen computation), ``vanilla`` (the same model with CrypTen's own functions),
-``party`` (starting a party under mpirun or from environment variables, timeouts, lost peers).
+    import truncbridge.crypten as tbc
+    crypten = tbc.import_crypten()      # CrypTen 0.4.1 on recent torch (see compat.py)
+    tbc.init()                          # crypten.init() with the dealer (the extra rank deals)
+    model = tbc.PlanModule(plan).encrypt(src=0)
+    y = model(crypten.cryptensor(x, src=1))     # an MPCTensor in CrypTen's own encoding
+
+Modules: ``compat`` (import alias), ``material`` / ``dealer`` / ``dealing`` (the dealer),
+``truncation`` (truncation protocols on shares), ``runner`` (the plan as CrypTen computation),
+``module`` (the plan as a ``crypten.nn.Module``), ``vanilla`` (the same model with CrypTen's own
+functions), ``audit`` (mask accounting), ``party`` / ``mpi`` / ``session`` (run_pi under mpirun).
 """
 from .compat import import_crypten
+from .module import PlanModule, init
 from .runner import PlanRunner
 from .vanilla import VanillaRunner
 
-__all__ = ["import_crypten", "PlanRunner", "VanillaRunner"]
+__all__ = ["import_crypten", "init", "PlanModule", "PlanRunner", "VanillaRunner"]

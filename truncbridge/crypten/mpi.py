@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 DATA_TAG = 11
 FAIL_TAG = 13
@@ -78,7 +78,7 @@ def notify_failure(comm, message: str) -> None:
 def fail_setup(comm, who: str, exc: BaseException) -> int:
     """This rank's set-up failed: print its own error (one line), tell the others, give the exit
     status (2 for the user's error, 1 otherwise)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     line = f"error: {first}" if isinstance(exc, UserError) else f"error: {who} failed during set-up: {type(exc).__name__}: {first}"
     print(line, file=sys.stderr, flush=True)
     notify_failure(comm, f"{who} failed during set-up: {first}")

@@ -38,22 +38,17 @@ from datetime import timedelta
 
 import torch
 
+from ..errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
+from .roles import role
 from .dealing import configure, install_provider, serve
 
-ROLES = {0: "model owner", 1: "client", 2: "helper"}
 HEARTBEAT_S = 0.2
 EXIT_LOST = 3
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
 RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv",
              "broadcast_obj", "recv_obj")
-
-
-def role(rank: int, parties: int | None = None) -> str:
-    """``party R (what it is)``; the rank after the ``parties`` computing parties is the dealer."""
-    parties = int(os.environ.get("WORLD_SIZE", 0)) if parties is None else parties
-    return f"party {rank} ({'dealer' if rank == parties else ROLES.get(rank, 'helper')})"
 
 
 @dataclass
@@ -111,7 +106,10 @@ class Party:
         self.crypten.uninit()
 
     def fail(self, exc: BaseException) -> None:
-        """The main thread hit an error: name the party responsible, tell the others, exit."""
+        """The main thread hit an error: name the party responsible, tell the others, exit. An
+        error of this party's own (not a failed receive) is reported as its own, at once."""
+        if not _is_link_error(exc):
+            self._exit(f"{role(self.rank)} failed: {type(exc).__name__}: {first_line(exc)}")
         self._check_dead_here()
         lost = self._wait_for_lost(self.silence_s)
         if lost:
@@ -119,8 +117,7 @@ class Party:
         laggard = self._least_progress()
         if laggard is not None:
             self._exit(f"{role(laggard)} stalled: no progress while this party waited {self.timeout_s:g} s")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        self._exit(f"{role(self.rank)} failed: {type(exc).__name__}: {first}")
+        self._exit(f"{role(self.rank)} failed: {type(exc).__name__}: {first_line(exc)}")
 
     # -- statistics -------------------------------------------------------------------------
     def reset_stats(self) -> None:
@@ -307,7 +304,7 @@ def run_dealer(audit: bool = False):
         core = serve(crypten, audit=audit)
     except RuntimeError as exc:  # the link to a party broke
         if not done.is_set():
-            _stop_process(me, f"{role(0)} was lost: {_first_line(exc)}")
+            _stop_process(me, f"{role(0)} was lost: {first_line(exc)}")
     done.set()
     crypten.uninit()
     return core
@@ -323,8 +320,14 @@ def _watch_store(store, me: str, done: threading.Event) -> None:
                 _stop_process(me, f"{role(0)} was lost: its rendezvous store is unreachable")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _is_link_error(exc: BaseException) -> bool:
+    """A failed or timed-out receive (gloo raises RuntimeErrors naming itself) rather than a bug
+    or bad input in this party."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
+        word in text for word in ("gloo", "Connection", "Timed out", "timed out", "closed", "Broken pipe")))
 
 
 def _stop_process(me: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .compat import import_crypten
+from .roles import CLIENT, OWNER
 from ..errors import UserError
 from ..ir import aten_op, resolve_args
 from ..placement import Plan
@@ -29,12 +30,10 @@ from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
 
 MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
-OWNER = 0
-CLIENT = 1
 
 
 class PlanRunner:
-    def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten"):
+    def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER):
         if plan.field_bits != 64:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
         if truncation not in PROTOCOLS:
@@ -53,7 +52,7 @@ class PlanRunner:
         from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
 
         self.AST, self.beaver = ArithmeticSharedTensor, beaver
-        self.plan, self.client = plan, client
+        self.plan, self.client, self.owner = plan, client, owner
         self.ring = Ring(64)
         self.rank = self.crypten.communicator.get().get_rank()
         self.consts = plan.program.consts
@@ -62,8 +61,9 @@ class PlanRunner:
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
 
-    def run(self, inputs: dict[str, torch.Tensor] | None = None) -> list:
-        """Execute the plan; ``inputs`` (real values) are needed only on the client's rank.
+    def run(self, inputs: dict[str, torch.Tensor] | None = None, shared: dict | None = None) -> list:
+        """Execute the plan; ``inputs`` (real values) are needed only on the client's rank, or
+        ``shared`` gives already-shared inputs (``ArithmeticSharedTensor`` at the input's scale).
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
         plan, ring = self.plan, self.ring
         env: dict[int, object] = {}
@@ -71,12 +71,14 @@ class PlanRunner:
         for node in plan.program.nodes:
             x = [env[i] for i in node.inputs]
             op, a = node.op, node.attrs
-            if op == "input":
+            if op == "input" and shared is not None:
+                v = shared[a["name"]]
+            elif op == "input":
                 value = ring.encode(inputs[a["name"]], node.scale) if self.rank == self.client else None
                 v = share_from(self.AST, value, node.shape, self.client, self.rank)
             elif op == "weight":
-                value = ring.encode(plan.program.weights[a["name"]], node.scale) if self.rank == OWNER else None
-                v = share_from(self.AST, value, node.shape, OWNER, self.rank)
+                value = ring.encode(plan.program.weights[a["name"]], node.scale) if self.rank == self.owner else None
+                v = share_from(self.AST, value, node.shape, self.owner, self.rank)
             elif op == "add":
                 v = x[0] + x[1]
             elif op == "neg":

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 import torch
 
 from .compat import import_crypten
+from .roles import OWNER
 from ..calibrate import MASK_VALUE
 from ..capture import Captured
 from ..errors import UserError
 from ..lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, aten_name, flatten_args
 
 aten = torch.ops.aten
-OWNER = 0
 # Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in
 # [MASK_FILL - 2S, MASK_FILL + 2S] for scores in [-S, S]: it must stay above -256, where CrypTen's exp
 # (1 + x/256)^256 breaks down, and below -12, where exp < 2^-17 rounds to 0 at 16 fraction bits.

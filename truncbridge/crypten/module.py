@@ -1,0 +1,100 @@
+"""A plan as a CrypTen module, for CrypTen programs of your own.
+
+    import truncbridge.crypten as tbc
+    crypten = tbc.import_crypten()
+    tbc.init()                                   # every process; the dealer never returns from it
+    model = tbc.PlanModule(plan).encrypt(src=0)  # rank 0 holds the plan's weights
+    x = crypten.cryptensor(one_hot_tokens, src=1)        # the client's input, CrypTen's encoding
+    y = model(x)                                 # an MPCTensor in CrypTen's encoding
+    logits = (y * 1.0).get_plain_text(dst=1)     # ... or any further CrypTen operation
+
+Start ``world size + 1`` processes with ``RANK`` / ``WORLD_SIZE`` (the computing parties) /
+``RENDEZVOUS`` set: the extra rank (``RANK == WORLD_SIZE``) is the dealer, as in ``run_pi.py``.
+The module runs the plan with ``PlanRunner`` (deferred, exact truncations where the plan puts
+them) and converts at its edges: the input from CrypTen's 16 fraction bits to the plan's input
+scale, the output from the plan's output scale back to CrypTen's — each by a public shift or one
+exact truncation, never by CrypTen's own division.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+from .compat import import_crypten
+from .dealing import configure, install_provider
+from .roles import CLIENT, OWNER
+
+crypten = import_crypten()
+
+
+def init(dealer: str = "separate", timeout_s: float = 60.0):
+    """``crypten.init()`` with truncbridge's dealer (``dealer.py``). On a computing party it returns
+    the ``DealtProvider`` (its ``deal`` and ``recording_requests`` let a program deal in advance);
+    the dealer's process deals until the parties call ``crypten.uninit()`` and then exits."""
+    import torch.distributed.distributed_c10d as c10d
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if dealer == "separate" and rank == world:
+        from .party import run_dealer
+
+        run_dealer()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # no C++ static destructors: gloo's can abort after a clean shutdown
+    c10d.default_pg_timeout = timedelta(seconds=timeout_s)  # CrypTen passes none: torch's is 30 minutes
+    configure(crypten, dealer)
+    crypten.init()
+    return install_provider(crypten, dealer)
+
+
+class PlanModule(crypten.nn.Module):
+    """A truncbridge plan as a ``crypten.nn.Module`` with one input and one output."""
+
+    def __init__(self, plan, truncation: str = "exact", client: int = CLIENT):
+        super().__init__()
+        from ..errors import UserError
+        from .runner import PlanRunner
+
+        if len(plan.program.inputs) != 1 or len(plan.program.outputs) != 1:
+            raise UserError("PlanModule takes a plan with one input and one output")
+        self.plan, self.truncation, self.client = plan, truncation, client
+        self.runner = PlanRunner(plan, client=client, truncation=truncation, owner=OWNER)
+        (self.input_name, input_id), = plan.program.inputs.items()
+        self.input_scale = plan.program[input_id].scale
+        self.output_scale = plan.program[plan.program.outputs[0]].scale
+
+    def encrypt(self, mode: bool = True, src: int = OWNER):
+        """The weights stay with ``src`` until a forward pass shares them (no communication:
+        pseudo-random zero shares); there are no CrypTen parameters to encrypt."""
+        self.runner.owner = src
+        self.encrypted = mode
+        return self
+
+    def forward(self, x):
+        from crypten.mpc import MPCTensor
+
+        ours = _rescale(x._tensor, _precision(x._tensor), self.input_scale)
+        out = self.runner.run(shared={self.input_name: ours})[0]
+        target = crypten.cfg.encoder.precision_bits
+        return MPCTensor.from_shares(_rescale(out, self.output_scale, target).share, precision=target)
+
+
+def _precision(ast) -> int:
+    return int(ast.encoder.scale).bit_length() - 1
+
+
+def _rescale(ast, have: int, want: int):
+    """Shares at scale 2^have -> 2^want (precision 0 bookkeeping): a local shift up, or one exact
+    truncation down."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor as AST
+
+    from . import truncation
+
+    share = AST.from_shares(ast.share, precision=0)
+    if want > have:
+        return AST.from_shares(share.share << (want - have), precision=0)
+    if want < have:
+        rank = crypten.communicator.get().get_rank()
+        return truncation.exact_truncate(share, have - want, AST, rank)
+    return share

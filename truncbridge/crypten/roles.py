@@ -1,0 +1,15 @@
+"""Who is who: rank 0 owns the model, rank 1 is the client, rank 2 helps in 3PC, and the rank
+after the computing parties is the dealer (``dealer.py``)."""
+from __future__ import annotations
+
+import os
+
+OWNER = 0
+CLIENT = 1
+ROLES = {OWNER: "model owner", CLIENT: "client", 2: "helper"}
+
+
+def role(rank: int, parties: int | None = None) -> str:
+    """``party R (what it is)``; ``parties`` (default: ``WORLD_SIZE``) computing parties come first."""
+    parties = int(os.environ.get("WORLD_SIZE", 0)) if parties is None else parties
+    return f"party {rank} ({'dealer' if rank == parties else ROLES.get(rank, 'helper')})"
