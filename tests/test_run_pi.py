@@ -1,4 +1,5 @@
-"""launch/run_pi.py under mpirun: real CrypTen parties, one process each, on a tiny random Llama."""
+"""launch/run_pi.py under mpirun: real CrypTen parties and a separate dealer, one process each, on a
+tiny random Llama; the privacy audit, its negative controls and the owner's attack."""
 from __future__ import annotations
 
 import json
@@ -15,26 +16,38 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MPIRUN = Path(sys.executable).parent / "mpirun"
 RUN_PI = ROOT / "launch" / "run_pi.py"
+VARIANTS = ROOT / "tests" / "pi_variants.py"
 TINY = ["--model", "random-llama", "--seq-len", "16"]
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 pytestmark = pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
 
 
-def mpirun(parties: int, *args: str) -> list[str]:
-    return [str(MPIRUN), "-n", str(parties), "--oversubscribe", sys.executable, str(RUN_PI), *args]
+def mpirun(processes: int, *args: str, script: Path = RUN_PI) -> list[str]:
+    return [str(MPIRUN), "-n", str(processes), "--oversubscribe", sys.executable, str(script), *args]
+
+
+def run_json(tmp_path, processes: int, *args: str, script: Path = RUN_PI) -> tuple[dict, str]:
+    out = tmp_path / "pi.json"
+    done = subprocess.run(mpirun(processes, *args, "--json", str(out), script=script), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("parties", [2, 3])
-def test_parties_match_the_emulator_and_reveal_only_the_output(parties, tmp_path):
-    out = tmp_path / "pi.json"
-    done = subprocess.run(mpirun(parties, *TINY, "--policy", "eager,lazy", "--audit", "--json", str(out)),
-                          env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, tmp_path):
+    """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too."""
+    result, _ = run_json(tmp_path, parties + 1, *TINY, "--policy", "eager,lazy,optimal,vanilla",
+                         "--time-limit", "5", "--audit")
     rows = {r["policy"]: r for r in result["rows"]}
+    assert result["parties"] == parties and result["dealer"] == "separate"
     for policy, row in rows.items():
         assert row["parties"] == parties
+        assert row["online_dealer_requests"] == 0, policy  # everything was dealt before the online phase
+        assert row["dealt_requests"] > 0 and row["offline_bytes"] > 0, policy
+        if policy == "vanilla":
+            continue
         assert row["truncations_executed"] == row["planned_truncations"]
         # the emulator with the protocol's own truncation model bounds what MPC may differ by
         assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9, policy
@@ -43,25 +56,70 @@ def test_parties_match_the_emulator_and_reveal_only_the_output(parties, tmp_path
         assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1, policy
     assert rows["lazy"]["truncations_executed"] < rows["eager"]["truncations_executed"]
     assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
-    audit = result["audit"]["parties"]
-    assert all(a["findings"] == [] for a in audit), audit
-    assert [a["output_receipts"] > 0 for a in audit] == [r == 1 for r in range(parties)]  # only the client
-    assert all(a["elements"] > 0 for a in audit)
+    audit = result["audit"]
+    assert audit["findings"] == [] and audit["finding_count"] == 0, audit["findings"]
+    assert audit["output_receivers"] == [1]  # only the client
+    assert audit["openings"] > 100 and audit["masks_used"] == audit["openings"]
 
 
-def test_audit_catches_a_revealed_intermediate():
-    """The audit is not vacuous: a receipt of plain fixed-point values is reported."""
-    from truncbridge.crypten.party import audit_findings
+@pytest.mark.parametrize("variant,finding", [
+    ("unmasked", "is not the secret plus a fresh dealt mask"),
+    ("reused", "was already used by opening"),
+])
+def test_the_audit_fails_on_a_broken_opening(variant, finding, tmp_path):
+    """Negative controls: the same run with the truncation's mask left out of its opening, or
+    material handed out twice, must not pass the audit."""
+    result, _ = run_json(tmp_path, 3, variant, *TINY, "--policy", "eager", "--audit", script=VARIANTS)
+    audit = result["audit"]
+    assert audit["finding_count"] > 0 and any(finding in f for f in audit["findings"]), audit["findings"][:5]
 
-    def receipt(label, small, bits=0, ones=0):
-        return {"label": label, "method": "all_reduce", "numel": 1000, "small": small, "bits": bits, "ones": ones}
 
-    masked, output = receipt("protocol", 0), receipt("output", 1000, 40, 20)
-    masked_bits = receipt("protocol", 1000, 1000, 507)  # B2A: one-time-padded bits
-    leaked = receipt("protocol", 990, 30, 12)
-    leaked_flags = receipt("protocol", 1000, 1000, 950)  # 0/1 values, but far from half ones
-    assert audit_findings([masked, masked_bits, output]) == []
-    assert len(audit_findings([masked, leaked, leaked_flags, output])) == 2
+def test_the_audit_fails_when_the_owner_deals(tmp_path):
+    result, output = run_json(tmp_path, 2, *TINY, "--policy", "eager", "--audit", "--dealer", "owner-insecure")
+    audit = result["audit"]
+    assert any("party 0 receives an opening whose mask it knows" in f for f in audit["findings"]), audit["findings"][:5]
+    assert "INSECURE" in output  # the table says so
+
+
+@pytest.mark.parametrize("dealer,processes", [("owner-insecure", 2), ("separate", 3)])
+def test_the_owner_reads_the_client_tokens_only_when_it_deals(dealer, processes, tmp_path):
+    """The attack: from the first opening of one_hot @ embedding, the owner adds the mask if it
+    knows it. As dealer it recovers every token id; with a separate dealer, chance level."""
+    _, output = run_json(tmp_path, processes, "attack", *TINY, "--policy", "eager", "--audit", "--dealer", dealer,
+                         script=VARIANTS)
+    recovered, total = map(int, re.search(r"owner recovered (\d+) of (\d+) token ids", output).groups())
+    assert total == 16
+    if dealer == "owner-insecure":
+        assert recovered == total
+    else:
+        assert recovered <= 2  # 16 guesses among 1024 ids
+
+
+def test_a_set_up_failure_on_one_rank_ends_every_rank(tmp_path):
+    """Rank 1 (the client) cannot find its checkpoint: it says so, and every rank exits non-zero
+    soon after, without waiting for a timeout (mpirun's MPMD form gives each rank its own args)."""
+    good = [sys.executable, str(RUN_PI), *TINY, "--policy", "eager", "--timeout", "20"]
+    bad = [sys.executable, str(RUN_PI), "--model", str(tmp_path / "missing-checkpoint"), "--seq-len", "16",
+           "--policy", "eager", "--timeout", "20"]
+    cmd = [str(MPIRUN), "--oversubscribe", "-n", "1", *good, ":", "-n", "1", *bad, ":", "-n", "1", *good]
+    start = time.monotonic()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert time.monotonic() - start < 20 + 10 + 30  # the timeout + 10 s, + start-up and rank 0's planning
+    assert "error: model directory not found or not a Hugging Face checkpoint" in done.stderr
+    assert "stops: party 1 (client) failed during set-up" in done.stderr  # the others say who failed
+    assert "Traceback" not in done.stderr
+
+
+def test_a_plan_with_an_impossible_shift_is_refused_up_front():
+    from crypten_party import plan_for
+    from truncbridge.crypten.runner import PlanRunner
+    from truncbridge.errors import UserError
+
+    plan = plan_for("eager")
+    next(n for n in plan.program.nodes if n.op == "trunc").attrs["shift"] = 63
+    with pytest.raises(UserError, match="truncates by 63 bits"):
+        PlanRunner(plan)
 
 
 def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[int, str, float]:
@@ -69,7 +127,7 @@ def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[in
     (mpirun's exit status, everything printed, seconds from the signal to the end)."""
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        cmd = mpirun(3, *TINY, "--policy", "eager,lazy,eager,lazy,eager,lazy", "--silence", "3")
+        cmd = mpirun(4, *TINY, "--policy", "eager,lazy,eager,lazy,eager,lazy", "--silence", "3")
         proc = subprocess.Popen([cmd[0], *mpi_flags, *cmd[1:]], env=ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -130,7 +188,7 @@ def test_a_killed_party_is_named_without_mpirun_teardown(tmp_path):
     (["--seq-len", "1"], "--seq-len must be at least 2"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
-    done = subprocess.run(mpirun(2, *args), env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(mpirun(3, *args), env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]  # rank 0 speaks for every party
@@ -140,7 +198,8 @@ def test_bad_arguments_are_one_line_and_exit_2(args, message):
 def test_one_process_is_told_to_use_mpirun():
     done = subprocess.run([sys.executable, str(RUN_PI)], env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "needs 2 or 3 parties (mpirun -n 2 or -n 3), got 1" in done.stderr
+    assert "needs 2 or 3 computing parties and a dealer: mpirun -n 3 or -n 4" in done.stderr
+    assert "got 1 process" in done.stderr
 
 
 class FakeStore:

@@ -1,0 +1,115 @@
+"""run_pi.py with one thing changed, for the privacy tests (start it under mpirun like run_pi.py).
+
+    mpirun -n 3 python tests/pi_variants.py VARIANT [run_pi arguments]
+
+VARIANT:
+  unmasked   the exact truncation opens x + 2^62 without its dealt mask r (a broken protocol)
+  reused     a Beaver triple is handed out again for the next request of the same shape
+  attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
+             ids from its own view: the first opening of one_hot @ embedding, plus the masks it
+             knows — all of them when it deals (--dealer owner-insecure), none otherwise.
+             Prints "owner recovered K of N token ids".
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+import torch  # noqa: E402
+
+from truncbridge.crypten import audit, dealer, session, truncation  # noqa: E402
+from truncbridge.crypten.shares import add_public  # noqa: E402
+
+
+def unmasked_exact_truncate(x, k, ast_cls, rank):
+    """exact_truncate with the mask left out of the opening: c reveals x + 2^62 itself."""
+    r, r_hi, r_msb = truncation.truncation_pairs(x.share.shape, k)  # dealt, but not added
+    c = add_public(ast_cls, x, 1 << truncation.EXACT_LIMIT_BITS, rank).reveal()
+    share = r_msb.share * ((c >= 0).long() << (64 - k)) - r_hi.share
+    if rank == 0:
+        share = share + truncation.logical_shift(c, k) - (1 << (truncation.EXACT_LIMIT_BITS - k))
+    return ast_cls.from_shares(share, precision=0)
+
+
+def reuse_material() -> None:
+    """DealtProvider._take, except that a request repeating the previous one gets the previous
+    material again (the fresh item is dropped, so the queue stays in step)."""
+    original = dealer.DealtProvider._take
+
+    def _take(self, req):
+        on_take, held = self.on_take, []
+        self.on_take = held.append
+        try:
+            shares = original(self, req)
+        finally:
+            self.on_take = on_take
+        item = held[0]
+        previous = getattr(self, "_previous", None)
+        if previous is not None and previous.request == req:
+            item, shares = previous, previous.shares
+        self._previous = item
+        if on_take is not None:
+            on_take(item)
+        return shares
+
+    dealer.DealtProvider._take = _take
+
+
+def attack(pooled: list[dict], vocab: int) -> None:
+    """Party 0 reads the client's tokens from the first opening of one_hot @ embedding."""
+    view = pooled[0]["log"]
+    first = next(step for step in view["openings"] if step.kind == "beaver" and step.secrets[0].shape[-1] == vocab)
+    epsilon = first.received[0][1][0]  # one_hot - a, as party 0 received it
+    known = pooled[0]["masks"]  # the masks party 0 dealt itself (owner-insecure), else None
+    guess = epsilon + known[first.masks[0]][1]["a"] if known is not None else epsilon
+    ids = guess.reshape(-1, vocab).argmax(-1)
+    truth = session.client_window(session_model(), len(ids))
+    print(f"owner recovered {int((ids == truth).sum())} of {len(ids)} token ids", file=sys.stderr, flush=True)
+
+
+def session_model():
+    from truncbridge.models import load_architecture
+
+    return load_architecture(ARGS.model)
+
+
+def main() -> int:
+    global ARGS
+    variant, argv = sys.argv[1], sys.argv[2:]
+    if variant == "unmasked":
+        truncation.exact_truncate = unmasked_exact_truncate
+    elif variant == "reused":
+        reuse_material()
+    elif variant == "attack":
+        digest = audit.digest
+        audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash
+        ARGS = session.parse_args(argv)
+        summary = session.audit_summary
+
+        def summary_and_attack(pooled, parties, dealer_mode):
+            attack(pooled, session_model().model.get_input_embeddings().weight.shape[0])
+            audit.digest = digest
+            for log in (p["log"] for p in pooled[:parties]):
+                for step in log["openings"]:
+                    step.received = [(method, [digest(t) for t in got]) for method, got in step.received]
+            return summary(pooled, parties, dealer_mode)
+
+        session.audit_summary = summary_and_attack
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    status = session.main(argv)
+    from mpi4py import MPI
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.Finalize()
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    main()
