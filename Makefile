@@ -9,7 +9,7 @@ STAMP := $(VENV)/.truncbridge-installed
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench clean train-default-model
+.PHONY: install demo test test-fast bench clean train-default-model
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install  # the quick loop: no whole-model or multi-process tests
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python launch/bench.py

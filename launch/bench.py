@@ -4,11 +4,12 @@ Placement: truncated elements and truncations per policy on the default model (r
 and the planner's wall time. Emulator: exact ring emulation vs the float model, and the three
 exact matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in
 the same run so the ratios are meaningful on a noisy machine. Private inference: the default
-model run by real CrypTen parties under mpirun (3PC, then 2PC), every policy and vanilla CrypTen
-in one run, with the ratios to eager beside what the cost model (``truncbridge report``) predicts.
+model run by real CrypTen parties and a separate dealer under mpirun (3PC, then 2PC), every policy
+and vanilla CrypTen in one run, online (after all dealing) and offline (the dealing) apart, with
+the ratios to eager beside what the cost model (``truncbridge report``) predicts.
 
     python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3] [--time-limit 60]
-                           [--pi-seq-len 32] [--no-pi] [--pi-json-dir DIR]
+                           [--pi-seq-len 32] [--no-pi | --pi-only] [--pi-json-dir DIR]
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
     run_pi = Path(__file__).resolve().parent / "run_pi.py"
     for parties, truncation, bounds in PI_RUNS:
         out = json_dir / f"pi-{parties}pc-{truncation}.json"
-        cmd = [str(mpirun), "-n", str(parties), "--oversubscribe", sys.executable, str(run_pi),
+        cmd = [str(mpirun), "-n", str(parties + 1), "--oversubscribe", sys.executable, str(run_pi),  # + the dealer
                "--seq-len", str(seq_len), "--truncation", truncation, "--bounds", bounds, "--time-limit", str(time_limit),
                "--vanilla-rsqrt-scale", "4", "--repeat", str(PI_REPEAT), "--json", str(out)]
         print(f"\nprivate inference: {' '.join(cmd[1:3])} run_pi.py {' '.join(cmd[6:])}", flush=True)
@@ -126,8 +127,13 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=60.0, help="optimal placement: MILP time limit (s)")
     ap.add_argument("--pi-seq-len", type=int, default=32, help="tokens per private-inference run")
     ap.add_argument("--no-pi", action="store_true", help="skip the private-inference runs")
+    ap.add_argument("--pi-only", action="store_true", help="only the private-inference runs")
     ap.add_argument("--pi-json-dir", type=Path, default=None, help="keep run_pi's JSON files here")
     args = ap.parse_args()
+    if args.pi_only:
+        json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
+        json_dir.mkdir(parents=True, exist_ok=True)
+        return bench_pi(args.pi_seq_len, args.time_limit, json_dir)
     loaded = load_model("default")
     t = time.perf_counter()
     converted = convert(loaded, args.seq_len, 16)

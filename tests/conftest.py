@@ -9,6 +9,10 @@ transformers.utils.logging.disable_progress_bar()
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: whole-model or multi-process test (make test-fast skips it)")
+
+
 @pytest.fixture(scope="session")
 def default_converted():
     from truncbridge.models import load_model

@@ -16,6 +16,7 @@ from truncbridge.errors import UserError
 from truncbridge.execute import RingExecutor
 
 PARTY = Path(__file__).resolve().parent / "crypten_party.py"
+pytestmark = pytest.mark.slow  # real party processes
 # Each truncation is off by a few LSB in CrypTen (2PC: local share division; 3PC: wraps protocol,
 # -2..+3 seen); this program amplifies such errors by at most ~2^6 on its way to the output.
 TOLERANCE = 2.0 ** -8

@@ -111,6 +111,7 @@ def default_plans(default_converted):
     return {p: build_plan(default_converted, p, 64, 16, time_limit=10) for p in ("eager", "lazy", "optimal")}
 
 
+@pytest.mark.slow
 def test_default_model_policies_shrink_truncations_not_accuracy(default_plans, default_converted):
     te = {p: plan.counts()["truncated_elements"] for p, plan in default_plans.items()}
     assert te["optimal"] <= te["lazy"] < te["eager"]
@@ -143,6 +144,7 @@ def test_protocol_headroom_shrinks_the_budget(default_converted):
         build_plan(default_converted, "lazy", 48, 16, protocol="crypten-2pc")
 
 
+@pytest.mark.slow
 def test_optimal_truncations_never_grow_with_the_field(default_converted):
     """A placement that fits a field fits every larger one: optimal, given it, never gets worse."""
     prev, hints = math.inf, ()

@@ -141,11 +141,10 @@ def test_exact_msb_is_wrong_outside_its_range_like_the_protocol():
 
 
 def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
-    """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r."""
-    from truncbridge.crypten import import_crypten
-    from truncbridge.crypten.truncation import exact_truncate
-
-    rng = import_crypten().common.rng
+    """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r
+    (what the dealer deals: r, r >> k unsigned, msb(r))."""
+    from truncbridge.crypten import truncation
+    from truncbridge.ring import logical_shift
 
     class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
         def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments
@@ -153,14 +152,14 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
 
         from_shares = classmethod(lambda cls, share, precision=0: cls(share))
         __add__ = lambda self, other: OneParty(self.share + other.share)  # noqa: E731
-        __getitem__ = lambda self, i: OneParty(self.share[i])  # noqa: E731
         reveal = lambda self: self.share  # noqa: E731
 
     x = torch.cat([randint(-(2**63), 2**63 - 1, 5000, 14), randint(-LIMIT, LIMIT, 5000, 15), torch.tensor(EDGES)])
     for shift in (1, 8, K, 40, 62):
         r = uniform_ring64(x.shape, torch.Generator().manual_seed(shift), x.device)  # the model's first draw
-        monkeypatch.setattr(rng, "generate_random_ring_element", lambda size: r)
-        theirs = exact_truncate(OneParty(x), shift, OneParty, 0).share
+        monkeypatch.setattr(truncation, "truncation_pairs", lambda size, k: (
+            OneParty(r), OneParty(logical_shift(r, k)), OneParty((r < 0).long())))
+        theirs = truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share
         assert torch.equal(truncate(x, "exact-msb", seed=shift, shift=shift), theirs)
 
 

@@ -47,6 +47,7 @@ from .dealing import configure, install_provider, serve
 HEARTBEAT_S = 0.2
 EXIT_LOST = 3
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
+SIGTERM_SILENCE_S = 3 * HEARTBEAT_S  # silence that names a peer when the launcher ends this one
 RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv",
              "broadcast_obj", "recv_obj")
 
@@ -209,7 +210,7 @@ class Party:
                 self._exit(f"terminated by the launcher after: {reason}", post=False)
         except Exception:  # noqa: BLE001 - the store's host may be the one that died
             pass
-        silent = self._lost_peers(0.0)
+        silent = self._lost_peers(SIGTERM_SILENCE_S)  # a peer that beat just now is not to blame
         if not silent:
             self._exit("terminated by the launcher", post=False)
         since = self._seen[silent[0]][1]

@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "is a share, a fresh-masked opening or the client's output (reveals everything to rank 0)")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
     args = p.parse_args(argv)
-    args.policies = [x.strip() for x in args.policy.split(",") if x.strip()]
+    args.policies = list(dict.fromkeys(x.strip() for x in args.policy.split(",") if x.strip()))
     bad = [x for x in args.policies if x not in POLICIES]
     if bad or not args.policies:
         raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")

@@ -1,0 +1,110 @@
+"""The mask-accounting audit on hand-made logs: it accepts correct openings and names every kind of
+broken one (the real-process versions of these controls are in test_run_pi.py)."""
+from __future__ import annotations
+
+import torch
+
+from truncbridge.crypten.audit import OFFSET_BITS, Opening, digest, findings
+
+GEN = torch.Generator().manual_seed(7)
+
+
+def ring(*shape):
+    return torch.randint(-(2 ** 63), 2 ** 63 - 1, shape, generator=GEN, dtype=torch.long)
+
+
+def split(value: torch.Tensor, parties: int, xor: bool = False) -> list[torch.Tensor]:
+    shares = [ring(*value.shape) for _ in range(parties - 1)]
+    last = value.clone()
+    for s in shares:
+        last = last ^ s if xor else last - s
+    return [*shares, last]
+
+
+def logs_for(steps: list[tuple], parties: int = 2) -> list[dict]:
+    """steps: (kind, secrets (plaintext list), mask index, what every party receives)."""
+    logs = [{"rank": r, "openings": [], "stray": [], "outputs": 0} for r in range(parties)]
+    for kind, secrets, index, received in steps:
+        shared = [split(s, parties, xor=kind in ("and", "b2a")) for s in secrets]
+        for r, log in enumerate(logs):
+            log["openings"].append(Opening(kind, [sh[r] for sh in shared], [index],
+                                           [("all_reduce", [digest(t) for t in received])]))
+    logs[1]["outputs"] = 1
+    return logs
+
+
+def beaver(index=0, masks=None):
+    x, y = ring(3, 4), ring(4, 2)
+    a, b = ring(3, 4), ring(4, 2)
+    masks = {} if masks is None else masks
+    masks[index] = (("additive",), {"a": a, "b": b})
+    return x, y, a, b, masks
+
+
+def test_correct_openings_pass():
+    x, y, a, b, masks = beaver()
+    r = ring(5)
+    masks[1] = (("trunc",), {"r": r})
+    bits, rb = torch.randint(0, 2, (6,), generator=GEN), torch.randint(0, 2, (6,), generator=GEN)
+    masks[2] = (("B2A",), {"rB": rb})
+    logs = logs_for([("beaver", [x, y], 0, [x - a, y - b]),
+                     ("trunc", [r * 0 + 17], 1, [r * 0 + 17 + (1 << OFFSET_BITS) + r]),
+                     ("b2a", [bits], 2, [bits ^ rb])])
+    assert findings(logs, masks, set(), 2) == []
+
+
+def test_an_opening_without_its_mask_is_found():
+    x, y, a, b, masks = beaver()
+    assert any("not the secret plus a fresh dealt mask" in f
+               for f in findings(logs_for([("beaver", [x, y], 0, [x, y - b])]), masks, set(), 2))
+
+
+def test_a_reused_mask_is_found():
+    x, y, a, b, masks = beaver()
+    x2, y2 = ring(3, 4), ring(4, 2)
+    logs = logs_for([("beaver", [x, y], 0, [x - a, y - b]), ("beaver", [x2, y2], 0, [x2 - a, y2 - b])])
+    assert any("mask 0 was already used by opening 0" in f for f in findings(logs, masks, set(), 2))
+
+
+def test_a_receiver_that_knows_the_mask_is_found():
+    x, y, a, b, masks = beaver()
+    found = findings(logs_for([("beaver", [x, y], 0, [x - a, y - b])]), masks, {0}, 2)
+    assert found == ["opening 0 (beaver): party 0 receives an opening whose mask it knows (it dealt it)"]
+
+
+def test_receipts_outside_openings_and_outputs_elsewhere_are_found():
+    x, y, a, b, masks = beaver()
+    logs = logs_for([("beaver", [x, y], 0, [x - a, y - b])])
+    logs[0]["stray"].append(("broadcast", 12))
+    logs[0]["outputs"] = 1
+    found = findings(logs, masks, set(), 2)
+    assert "party 0: broadcast of 12 elements outside any masked opening" in found
+    assert "party 0: received the output, which only the client may" in found
+
+
+def test_an_opening_with_no_dealt_mask_is_found():
+    x, y, a, b, masks = beaver()
+    logs = logs_for([("beaver", [x, y], 0, [x - a, y - b])])
+    for log in logs:
+        log["openings"][0].masks = []
+    assert findings(logs, masks, set(), 2) == ["opening 0 (beaver): opened with no dealt mask"]
+
+
+def test_wraps_gathers_must_be_masked_share_by_share():
+    x = ring(4)
+    shares = split(x, 3)
+    r_shares = [ring(4) for _ in range(3)]
+    masks = {0: (("wraps",), {"r": sum(r_shares), **{f"r@{p}": r_shares[p] for p in range(3)}})}
+
+    def logs(gathered):
+        out = [{"rank": p, "openings": [Opening("wraps", [shares[p]], [0], [])], "stray": [], "outputs": 0}
+               for p in range(3)]
+        out[0]["openings"][0].received = [("gather", [digest(t) for t in gathered])]
+        out[1]["outputs"] = 1
+        return out
+
+    good = [shares[p] + r_shares[p] for p in range(3)]
+    assert findings(logs(good), masks, set(), 3) == []
+    leaked = [shares[0] + r_shares[0], shares[1], shares[2] + r_shares[2]]  # party 1's share unmasked
+    assert findings(logs(leaked), masks, set(), 3) == [
+        "opening 0 (wraps): what party 0 received is not the secret plus a fresh dealt mask"]
