@@ -154,6 +154,8 @@ def _setup(comm, args, parties: int, say) -> dict:
         return out
     docs = mpi.bcast(comm, None, ranks=range(parties))
     out["plans"] = {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()}
+    if not all(p.meta["redacted"] for p in out["plans"].values()):  # never hold the owner's bounds
+        raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
     if rank == 1 or vanilla:
         loaded = load_architecture(args.model)
         out["captured"] = capture(loaded.model, args.seq_len) if vanilla else None
