@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-import torch  # noqa: E402
-
 from truncbridge.crypten import audit, dealer, session, truncation  # noqa: E402
 from truncbridge.crypten.shares import add_public  # noqa: E402
 

@@ -4,16 +4,24 @@
 communicator then makes one more process, rank = world size, outside the computing group, and
 CrypTen's TTP client receives a generator seed from it). ``install_provider`` after
 ``crypten.init()`` on each computing party makes a ``DealtProvider`` CrypTen's default provider.
-``serve`` is the dealer process's whole life: hand out seeds, then answer party 0's batches of
-requests until CrypTen's shutdown says "terminate".
+``serve`` is the dealer's dealing: hand out seeds, then answer party 0's batches of requests until
+CrypTen's shutdown says "terminate"; ``run_dealer`` is the dealer process's whole life around it.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+import threading
+from datetime import timedelta
 
 import torch
 
+from ..errors import first_line
 from .dealer import DEALERS, DealerCore, DealtProvider, _seeded, fresh_seed
+from .roles import EXIT_LOST, role
+
+WATCH_S = 0.2  # how often the dealer looks for an abort in the rendezvous store
 
 
 def configure(crypten, dealer: str) -> None:
@@ -96,3 +104,48 @@ def _recv(src: int, group):
     data = torch.empty(size=(int(size),), dtype=torch.int8)
     dist.irecv(data, src=src, group=group).wait()
     return restricted_loads(data.numpy().tobytes())
+
+
+DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
+
+
+def run_dealer(audit: bool = False):
+    """The separate dealer's process (the rank after the computing parties): start CrypTen in
+    its TTP slot, deal until party 0 shuts down, return its ``DealerCore`` (masks kept when
+    ``audit``). It holds no data and receives only sizes. A thread watches the rendezvous store:
+    if a party posts an abort, or party 0's store disappears while dealing is not over, it says
+    so and ends the process with ``EXIT_LOST`` instead of waiting."""
+    import torch.distributed.distributed_c10d as c10d
+
+    from .compat import import_crypten
+
+    crypten = import_crypten()
+    c10d.default_pg_timeout = DEALER_WAIT
+    configure(crypten, "separate")
+    crypten.init()
+    me, done = role(int(os.environ.get("RANK", 0))), threading.Event()
+    store = c10d._get_default_store()
+    threading.Thread(target=_watch_store, args=(store, me, done), name="truncbridge-dealer-watch", daemon=True).start()
+    try:
+        core = serve(crypten, audit=audit)
+    except RuntimeError as exc:  # the link to a party broke
+        if not done.is_set():
+            _stop_process(me, f"{role(0)} was lost: {first_line(exc)}")
+    done.set()
+    crypten.uninit()
+    return core
+
+
+def _watch_store(store, me: str, done: threading.Event) -> None:
+    while not done.wait(WATCH_S):
+        try:
+            if store.add("truncbridge/abort", 0):
+                _stop_process(me, "another party reported: " + store.get("truncbridge/abort_reason").decode())
+        except Exception:  # noqa: BLE001 - the store lives in party 0's process
+            if not done.wait(5 * WATCH_S):  # not the end of a normal run
+                _stop_process(me, f"{role(0)} was lost: its rendezvous store is unreachable")
+
+
+def _stop_process(me: str, reason: str) -> None:
+    print(f"truncbridge: {me} stops: {reason}", file=sys.stderr, flush=True)
+    os._exit(EXIT_LOST)

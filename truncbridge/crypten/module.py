@@ -36,7 +36,7 @@ def init(dealer: str = "separate", timeout_s: float = 60.0):
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if dealer == "separate" and rank == world:
-        from .party import run_dealer
+        from .dealing import run_dealer
 
         run_dealer()
         sys.stdout.flush()

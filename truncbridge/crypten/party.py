@@ -41,11 +41,10 @@ import torch
 from ..errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
-from .roles import role
-from .dealing import configure, install_provider, serve
+from .roles import EXIT_LOST, role
+from .dealing import configure, install_provider
 
 HEARTBEAT_S = 0.2
-EXIT_LOST = 3
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
 SIGTERM_SILENCE_S = 3 * HEARTBEAT_S  # silence that names a peer when the launcher ends this one
 RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv",
@@ -283,44 +282,6 @@ class Party:
         os._exit(EXIT_LOST)
 
 
-DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
-
-
-def run_dealer(audit: bool = False):
-    """The separate dealer's process (the rank after the computing parties): start CrypTen in
-    its TTP slot, deal until party 0 shuts down, return its ``DealerCore`` (masks kept when
-    ``audit``). It holds no data and receives only sizes. A thread watches the rendezvous store:
-    if a party posts an abort, or party 0's store disappears while dealing is not over, it says
-    so and ends the process with ``EXIT_LOST`` instead of waiting."""
-    import torch.distributed.distributed_c10d as c10d
-
-    crypten = import_crypten()
-    c10d.default_pg_timeout = DEALER_WAIT
-    configure(crypten, "separate")
-    crypten.init()
-    me, done = role(int(os.environ.get("RANK", 0))), threading.Event()
-    store = c10d._get_default_store()
-    threading.Thread(target=_watch_store, args=(store, me, done), name="truncbridge-dealer-watch", daemon=True).start()
-    try:
-        core = serve(crypten, audit=audit)
-    except RuntimeError as exc:  # the link to a party broke
-        if not done.is_set():
-            _stop_process(me, f"{role(0)} was lost: {first_line(exc)}")
-    done.set()
-    crypten.uninit()
-    return core
-
-
-def _watch_store(store, me: str, done: threading.Event) -> None:
-    while not done.wait(HEARTBEAT_S):
-        try:
-            if store.add("truncbridge/abort", 0):
-                _stop_process(me, "another party reported: " + store.get("truncbridge/abort_reason").decode())
-        except Exception:  # noqa: BLE001 - the store lives in party 0's process
-            if not done.wait(5 * HEARTBEAT_S):  # not the end of a normal run
-                _stop_process(me, f"{role(0)} was lost: its rendezvous store is unreachable")
-
-
 def _is_link_error(exc: BaseException) -> bool:
     """A failed or timed-out receive (gloo raises RuntimeErrors naming itself) rather than a bug
     or bad input in this party."""
@@ -329,8 +290,3 @@ def _is_link_error(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
         word in text for word in ("gloo", "Connection", "Timed out", "timed out", "closed", "Broken pipe")))
-
-
-def _stop_process(me: str, reason: str) -> None:
-    print(f"truncbridge: {me} stops: {reason}", file=sys.stderr, flush=True)
-    os._exit(EXIT_LOST)

@@ -7,6 +7,7 @@ import os
 OWNER = 0
 CLIENT = 1
 ROLES = {OWNER: "model owner", CLIENT: "client", 2: "helper"}
+EXIT_LOST = 3  # the status a party (or the dealer) ends with when a peer is lost or reports a failure
 
 
 def role(rank: int, parties: int | None = None) -> str:

@@ -30,7 +30,8 @@ from . import mpi
 from .audit import findings
 from .dealer import DEALERS
 from .owner import client_window, make_plans, predictions, references
-from .party import Party, run_dealer
+from .dealing import run_dealer
+from .party import Party
 from .roles import role
 from .results import INSECURE, add_predictions, format_table, policy_row, ratios
 
