@@ -29,14 +29,14 @@ from ..errors import UserError
 from . import mpi
 from .audit import findings
 from .dealer import DEALERS
-from .owner import client_window, make_plans, predictions, references
 from .dealing import run_dealer
+from .owner import client_window, make_plans, predictions, references
 from .party import Party
-from .roles import role
 from .results import INSECURE, add_predictions, format_table, policy_row, ratios
+from .roles import role
+from .truncation import PROTOCOLS
 
 POLICIES = ("eager", "lazy", "optimal", "vanilla")
-TRUNCATIONS = ("exact", "crypten")
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
 
 
@@ -53,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="default", help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory")
     p.add_argument("--seq-len", type=int, default=32, help="tokens in the client's window (default 32)")
     p.add_argument("--policy", default="eager,lazy,optimal,vanilla", help="comma-separated subset of " + ",".join(POLICIES))
-    p.add_argument("--truncation", default="exact", choices=TRUNCATIONS,
+    p.add_argument("--truncation", default="exact", choices=PROTOCOLS,
                    help="exact: truncbridge's 1-round exact protocol (default); crypten: CrypTen's own div")
     p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
     p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
