@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-OFFSET_BITS = 62  # the exact truncation opens x + 2^62 + r (truncation.EXACT_LIMIT_BITS)
+from .material import combine
+from .truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 
 
 def digest(t: torch.Tensor) -> str:
@@ -169,11 +170,4 @@ def _check_values(where, kind, steps, masks, mask_holders, parties) -> list[str]
 
 def _pool(kind: str, per_party: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """The hidden secrets from every party's shares (XOR for binary steps)."""
-    xor = kind in ("and", "b2a")
-    pooled = []
-    for i in range(len(per_party[0])):
-        total = per_party[0][i].clone()
-        for shares in per_party[1:]:
-            total = total ^ shares[i] if xor else total + shares[i]
-        pooled.append(total)
-    return pooled
+    return [combine([shares[i] for shares in per_party], xor=kind in ("and", "b2a")) for i in range(len(per_party[0]))]

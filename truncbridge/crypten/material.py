@@ -68,10 +68,10 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
 
-def derive(req: tuple, shares: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The derived components' plaintext values from every party's shares of the random ones."""
+def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The derived components' values from the random ones' values (``plain``) and every party's
+    shares of them (``shares``: the wraps count needs those)."""
     fn = req[0]
-    plain = {name: combine(parts, req, name) for name, parts in shares.items()}
     if fn == "additive":
         _, _, _, op, args, kwargs = req
         return {"c": getattr(torch, op)(plain["a"], plain["b"], *args, **dict(kwargs))}
@@ -89,9 +89,8 @@ def derive(req: tuple, shares: dict[str, list[torch.Tensor]]) -> dict[str, torch
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
 
-def combine(parts: list[torch.Tensor], req: tuple, name: str) -> torch.Tensor:
+def combine(parts: list[torch.Tensor], xor: bool) -> torch.Tensor:
     """The value a list of shares stands for (sum mod 2^64, or XOR)."""
-    xor = next(c.xor for c in layout(req)[0] + layout(req)[1] if c.name == name)
     out = parts[0].clone()
     for p in parts[1:]:
         out = out ^ p if xor else out + p
@@ -132,16 +131,14 @@ def corrections(req: tuple, drawn: dict[str, dict[int, torch.Tensor]], parties: 
     """The dealer's side (it holds every generator): party 0's corrections of the derived
     components, and the plaintext of the random ones (the masks, for the audit)."""
     randoms, deriveds = layout(req)
-    plain_random = {c.name: [drawn[c.name][p] for p in range(parties)] for c in randoms}
-    derived = derive(req, plain_random)
+    shares = {c.name: [drawn[c.name][p] for p in range(parties)] for c in randoms}
+    masks = {c.name: combine(shares[c.name], c.xor) for c in randoms}
+    derived = derive(req, masks, shares)
     fixes = {}
-    for c in deriveds:
-        others = [drawn[c.name][p] for p in range(1, parties)]
-        if c.xor:
-            fixes[c.name] = combine([derived[c.name], *others], req, c.name)
-        else:
-            fixes[c.name] = derived[c.name] - sum(others) if others else derived[c.name]
-    masks = {c.name: combine(plain_random[c.name], req, c.name) for c in randoms}
+    for c in deriveds:  # party 0's share: the value less (or XOR) every other party's draw
+        fixes[c.name] = derived[c.name].clone()
+        for p in range(1, parties):
+            fixes[c.name] = fixes[c.name] ^ drawn[c.name][p] if c.xor else fixes[c.name] - drawn[c.name][p]
     if req[0] == "wraps":  # the wraps protocol opens each party's x_i + r_i to party 0
         masks.update({f"r@{p}": drawn["r"][p] for p in range(parties)})
     return fixes, masks
