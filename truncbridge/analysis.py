@@ -166,15 +166,15 @@ def _norm_rule(st: _Static, node: Node) -> tuple[float | None, float | None]:
         return _scaled(st.row.get(ins[0]), f), _scaled(st.col.get(ins[0]), f)
     if op == "mul_public":
         f = p.consts[node.attrs["const"]].abs().max().item() if p.consts[node.attrs["const"]].numel() else 0.0
-        return _scaled(st.row.get(ins[0]), f), _scaled(st.col.get(ins[0]), f)
+        return _scaled(_row(st, ins[0], node), f), _scaled(_col(st, ins[0], node), f)
     if op == "mul":
         for x, w in ((ins[0], ins[1]), (ins[1], ins[0])):
-            if w in st.exact and x in st.row:  # x scaled elementwise by known weights
+            if w in st.exact and _row(st, x, node) is not None:  # x scaled elementwise by known weights
                 return st.row[x] * st.exact[w].abs().max().item(), None
         return None, None
     if op == "add":
-        r = [st.row.get(i) for i in ins]
-        c = [st.col.get(i) for i in ins]
+        r = [_row(st, i, node) for i in ins]
+        c = [_col(st, i, node) for i in ins]
         return (sum(r) if None not in r else None), (sum(c) if None not in c else None)
     if op == "matmul":
         a, b = ins
@@ -184,6 +184,17 @@ def _norm_rule(st: _Static, node: Node) -> tuple[float | None, float | None]:
     if op == "move":
         return _move_norms(st, node)
     return None, None
+
+
+def _row(st: _Static, i: int, node: Node) -> float | None:
+    """Input ``i``'s row norm, if its rows are the output's rows: an input broadcast along the
+    last dim repeats its entries along each output row, whose norm its own does not bound."""
+    return st.row.get(i) if st.p[i].shape[-1:] == node.shape[-1:] else None
+
+
+def _col(st: _Static, i: int, node: Node) -> float | None:
+    """Input ``i``'s column norm, if its columns (dim -2) are the output's (no broadcast there)."""
+    return st.col.get(i) if len(st.p[i].shape) >= 2 and st.p[i].shape[-2:] == node.shape[-2:] else None
 
 
 def _scaled(v: float | None, f: float) -> float | None:
