@@ -50,25 +50,25 @@ def test_correct_openings_pass():
     logs = logs_for([("beaver", [x, y], 0, [x - a, y - b]),
                      ("trunc", [r * 0 + 17], 1, [r * 0 + 17 + (1 << OFFSET_BITS) + r]),
                      ("b2a", [bits], 2, [bits ^ rb])])
-    assert findings(logs, masks, set(), 2) == []
+    assert findings(logs, masks, set()) == []
 
 
 def test_an_opening_without_its_mask_is_found():
     x, y, a, b, masks = beaver()
     assert any("not the secret plus a fresh dealt mask" in f
-               for f in findings(logs_for([("beaver", [x, y], 0, [x, y - b])]), masks, set(), 2))
+               for f in findings(logs_for([("beaver", [x, y], 0, [x, y - b])]), masks, set()))
 
 
 def test_a_reused_mask_is_found():
     x, y, a, b, masks = beaver()
     x2, y2 = ring(3, 4), ring(4, 2)
     logs = logs_for([("beaver", [x, y], 0, [x - a, y - b]), ("beaver", [x2, y2], 0, [x2 - a, y2 - b])])
-    assert any("mask 0 was already used by opening 0" in f for f in findings(logs, masks, set(), 2))
+    assert any("mask 0 was already used by opening 0" in f for f in findings(logs, masks, set()))
 
 
 def test_a_receiver_that_knows_the_mask_is_found():
     x, y, a, b, masks = beaver()
-    found = findings(logs_for([("beaver", [x, y], 0, [x - a, y - b])]), masks, {0}, 2)
+    found = findings(logs_for([("beaver", [x, y], 0, [x - a, y - b])]), masks, {0})
     assert found == ["opening 0 (beaver): party 0 receives an opening whose mask it knows (it dealt it)"]
 
 
@@ -77,7 +77,7 @@ def test_receipts_outside_openings_and_outputs_elsewhere_are_found():
     logs = logs_for([("beaver", [x, y], 0, [x - a, y - b])])
     logs[0]["stray"].append(("broadcast", 12))
     logs[0]["outputs"] = 1
-    found = findings(logs, masks, set(), 2)
+    found = findings(logs, masks, set())
     assert "party 0: broadcast of 12 elements outside any masked opening" in found
     assert "party 0: received the output, which only the client may" in found
 
@@ -87,7 +87,7 @@ def test_an_opening_with_no_dealt_mask_is_found():
     logs = logs_for([("beaver", [x, y], 0, [x - a, y - b])])
     for log in logs:
         log["openings"][0].masks = []
-    assert findings(logs, masks, set(), 2) == ["opening 0 (beaver): opened with no dealt mask"]
+    assert findings(logs, masks, set()) == ["opening 0 (beaver): opened with no dealt mask"]
 
 
 def test_wraps_gathers_must_be_masked_share_by_share():
@@ -104,7 +104,7 @@ def test_wraps_gathers_must_be_masked_share_by_share():
         return out
 
     good = [shares[p] + r_shares[p] for p in range(3)]
-    assert findings(logs(good), masks, set(), 3) == []
+    assert findings(logs(good), masks, set()) == []
     leaked = [shares[0] + r_shares[0], shares[1], shares[2] + r_shares[2]]  # party 1's share unmasked
-    assert findings(logs(leaked), masks, set(), 3) == [
+    assert findings(logs(leaked), masks, set()) == [
         "opening 0 (wraps): what party 0 received is not the secret plus a fresh dealt mask"]

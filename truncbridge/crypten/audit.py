@@ -119,7 +119,7 @@ def _expected(kind: str, secrets: list[torch.Tensor], masks: list[dict]) -> list
     raise ValueError(kind)
 
 
-def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set, parties: int) -> list[str]:
+def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set) -> list[str]:
     """Everything a party received that is not a share, a fresh-masked opening or the client's
     output. ``mask_holders``: the computing parties that know every mask in the clear."""
     out: list[str] = []
@@ -141,7 +141,7 @@ def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set
             if m in used:
                 out.append(f"{where}: mask {m} was already used by opening {used[m]}")
             used.setdefault(m, j)
-        out += _check_values(where, kind, steps, [dealer_masks[m][1] for m in masks], mask_holders, parties)
+        out += _check_values(where, kind, steps, [dealer_masks[m][1] for m in masks], mask_holders)
     for log in logs:
         out += [f"party {log['rank']}: {method} of {n} elements outside any masked opening"
                 for method, n in log["stray"]]
@@ -150,7 +150,7 @@ def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set
     return out
 
 
-def _check_values(where, kind, steps, masks, mask_holders, parties) -> list[str]:
+def _check_values(where, kind, steps, masks, mask_holders) -> list[str]:
     secrets = _pool(kind, [s.secrets for s in steps])
     out = []
     for rank, step in enumerate(steps):

@@ -19,7 +19,6 @@ that does not match the queue is an error; one beyond it is answered on demand a
 """
 from __future__ import annotations
 
-import pickle
 import secrets
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .material import expand, corrections, nbytes, request_key
+from .material import corrections, expand, request_key
 
 DEALERS = ("separate", "owner-insecure")
 
@@ -77,9 +76,9 @@ class DealtProvider:
 
     NAME = "dealt"
 
-    def __init__(self, rank: int, gen: torch.Generator, fetch, remote: bool = True):
-        self.rank, self.gen, self.fetch = rank, gen, fetch  # fetch(requests) -> corrections (rank 0)
-        self.remote = remote  # the corrections travel (a separate dealer), or are made here
+    def __init__(self, rank: int, gen: torch.Generator, fetch):
+        self.rank, self.gen = rank, gen
+        self.fetch = fetch  # rank 0: requests -> (its corrections, bytes that travelled for them)
         self.ready: deque[Dealt] = deque()
         self.issued = 0  # dealing index of the next request
         self.online_requests = 0  # answered on demand (not dealt in advance)
@@ -91,15 +90,14 @@ class DealtProvider:
     def deal(self, requests: list[tuple]) -> None:
         """Fetch and expand the material for ``requests`` now (every party calls this alike)."""
         t = time.perf_counter()
-        fixes = self.fetch(requests) if self.rank == 0 else [None] * len(requests)
+        fixes, travelled = self.fetch(requests) if self.rank == 0 else ([None] * len(requests), 0)
         for req, fix in zip(requests, fixes):
             drawn = expand(req, {self.rank: self.gen})
             shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
             shares.update(fix or {})
             self.ready.append(Dealt(self.issued, req, shares))
             self.issued += 1
-        if self.rank == 0 and self.remote:
-            self.offline["bytes"] += nbytes(t for fix in fixes for t in fix.values()) + len(pickle.dumps(requests))
+        self.offline["bytes"] += travelled
         self.offline["seconds"] += time.perf_counter() - t
         self.offline["requests"] += len(requests)
 

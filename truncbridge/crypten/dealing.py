@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import threading
 from datetime import timedelta
 
@@ -19,7 +18,7 @@ import torch
 
 from ..errors import first_line
 from .dealer import DEALERS, DealerCore, DealtProvider, _seeded, fresh_seed
-from .roles import EXIT_LOST, role
+from .roles import EXIT_LOST, announce_stop, role
 
 WATCH_S = 0.2  # how often the dealer looks for an abort in the rendezvous store
 
@@ -43,19 +42,20 @@ def install_provider(crypten, dealer: str, audit: bool = False) -> DealtProvider
         gen = TTPClient.get().get_generator()  # seeded by the dealer during crypten.init()
 
         def fetch(requests):
-            _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
-            return _recv(comm.get_ttp_rank(), comm.ttp_group)
+            sent = _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
+            fixes, received = _recv(comm.get_ttp_rank(), comm.ttp_group)
+            return fixes, sent + received
     elif rank == 0:  # owner-insecure: the owner holds every generator
         seeds = {p: fresh_seed() for p in range(comm.get_world_size())}
         for p in range(1, comm.get_world_size()):
             dist.send(torch.tensor(seeds[p]), dst=p, group=comm.main_group)
         core = DealerCore(seeds, audit=audit)
-        gen, fetch = _seeded(seeds[0]), core.deal
+        gen, fetch = _seeded(seeds[0]), lambda requests: (core.deal(requests), 0)  # nothing travels
     else:
         seed = torch.empty((), dtype=torch.long)
         dist.recv(seed, src=0, group=comm.main_group)
         gen, fetch = _seeded(int(seed)), None
-    provider = DealtProvider(rank, gen, fetch, remote=dealer == "separate")
+    provider = DealtProvider(rank, gen, fetch)
     provider.core = core
     vars(crypten.mpc)["__SUPPORTED_PROVIDERS"][crypten.cfg.mpc.provider] = provider
     return provider
@@ -76,15 +76,15 @@ def serve(crypten, audit: bool = False) -> DealerCore:
     dist.barrier(group=comm.ttp_group)
     core = DealerCore(seeds, audit=audit)
     while True:
-        message = _recv(0, comm.ttp_group)
+        message, _ = _recv(0, comm.ttp_group)
         if message == "terminate":
             return core
         _send(core.deal(message["requests"]), 0, comm.ttp_group)
 
 
-def _send(obj, dst: int, group) -> None:
+def _send(obj, dst: int, group) -> int:
     """CrypTen's ``send_obj`` wire format (size, then pickled bytes), without its statistics:
-    dealing is offline and is counted apart (``DealtProvider.offline``)."""
+    dealing is offline and is counted apart (``DealtProvider.offline``). Returns the bytes sent."""
     import torch.distributed as dist
 
     buf = pickle.dumps(obj)
@@ -92,10 +92,12 @@ def _send(obj, dst: int, group) -> None:
     data = torch.frombuffer(bytearray(buf), dtype=torch.int8)
     for request in [dist.isend(size, dst=dst, group=group), dist.isend(data, dst=dst, group=group)]:
         request.wait()
+    return size.element_size() + len(buf)
 
 
-def _recv(src: int, group):
-    """The matching receive (CrypTen's restricted unpickler: tensors and plain data only)."""
+def _recv(src: int, group) -> tuple[object, int]:
+    """The matching receive (CrypTen's restricted unpickler: tensors and plain data only), and
+    the bytes received."""
     import torch.distributed as dist
     from crypten.common.serial import restricted_loads
 
@@ -103,7 +105,7 @@ def _recv(src: int, group):
     dist.irecv(size, src=src, group=group).wait()
     data = torch.empty(size=(int(size),), dtype=torch.int8)
     dist.irecv(data, src=src, group=group).wait()
-    return restricted_loads(data.numpy().tobytes())
+    return restricted_loads(data.numpy().tobytes()), size.element_size() + int(size)
 
 
 DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
@@ -147,5 +149,5 @@ def _watch_store(store, me: str, done: threading.Event) -> None:
 
 
 def _stop_process(me: str, reason: str) -> None:
-    print(f"truncbridge: {me} stops: {reason}", file=sys.stderr, flush=True)
+    announce_stop(me, reason)
     os._exit(EXIT_LOST)

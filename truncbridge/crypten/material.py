@@ -14,7 +14,6 @@ same code (``expand``), so their generators stay in step as long as the request 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -142,12 +141,3 @@ def corrections(req: tuple, drawn: dict[str, dict[int, torch.Tensor]], parties: 
     if req[0] == "wraps":  # the wraps protocol opens each party's x_i + r_i to party 0
         masks.update({f"r@{p}": drawn["r"][p] for p in range(parties)})
     return fixes, masks
-
-
-def nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def request_elements(req: tuple) -> int:
-    randoms, deriveds = layout(req)
-    return sum(math.prod(c.size) for c in randoms + deriveds)

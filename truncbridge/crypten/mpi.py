@@ -17,6 +17,7 @@ import sys
 import time
 
 from ..errors import UserError, first_line
+from .roles import announce_stop
 
 DATA_TAG = 11
 FAIL_TAG = 13
@@ -86,7 +87,7 @@ def fail_setup(comm, who: str, exc: BaseException) -> int:
 
 
 def peer_failed(who: str, exc: PeerFailed) -> int:
-    print(f"truncbridge: {who} stops: {exc}", file=sys.stderr, flush=True)
+    announce_stop(who, str(exc))
     return EXIT_SETUP
 
 

@@ -29,7 +29,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ import torch
 from ..errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
-from .roles import EXIT_LOST, role
+from .roles import EXIT_LOST, announce_stop, role
 from .dealing import configure, install_provider
 
 HEARTBEAT_S = 0.2
@@ -270,7 +269,7 @@ class Party:
         receive would otherwise hold it until its timeout."""
         if not self._exiting.acquire(blocking=False):  # the other thread is already ending us
             time.sleep(3600)
-        print(f"truncbridge: {role(self.rank)} stops: {reason}", file=sys.stderr, flush=True)
+        announce_stop(role(self.rank), reason)
         if post:
             try:
                 self._store.set("truncbridge/abort_reason", reason)

@@ -3,6 +3,7 @@ after the computing parties is the dealer (``dealer.py``)."""
 from __future__ import annotations
 
 import os
+import sys
 
 OWNER = 0
 CLIENT = 1
@@ -14,3 +15,8 @@ def role(rank: int, parties: int | None = None) -> str:
     """``party R (what it is)``; ``parties`` (default: ``WORLD_SIZE``) computing parties come first."""
     parties = int(os.environ.get("WORLD_SIZE", 0)) if parties is None else parties
     return f"party {rank} ({'dealer' if rank == parties else ROLES.get(rank, 'helper')})"
+
+
+def announce_stop(who: str, reason: str) -> None:
+    """The one line a party (or the dealer) prints when it stops early."""
+    print(f"truncbridge: {who} stops: {reason}", file=sys.stderr, flush=True)

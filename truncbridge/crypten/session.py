@@ -256,11 +256,11 @@ def _compute(comm, computing, args, parties: int, setup: dict, say) -> int:
     party.finish()
     pooled = mpi.gather(comm, {"log": log, "masks": masks})
     if rank == 0:
-        _report(args, parties, runs, setup, pooled, party)
+        _report(args, parties, runs, setup, pooled)
     return 0
 
 
-def _report(args, parties: int, runs: dict, setup: dict, pooled: list, party) -> None:
+def _report(args, parties: int, runs: dict, setup: dict, pooled: list) -> None:
     rows = []
     for policy in args.policies:
         row = policy_row(policy, parties, runs[policy], setup["references"])
@@ -280,7 +280,7 @@ def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
     """The mask-accounting audit over every pass (``audit.findings``)."""
     logs = [p["log"] for p in pooled[:parties]]
     masks = pooled[parties]["masks"] if dealer == "separate" else pooled[0]["masks"]
-    found = findings(logs, masks, {0} if dealer == INSECURE else set(), parties)
+    found = findings(logs, masks, {0} if dealer == INSECURE else set())
     used = {m for step in logs[0]["openings"] for m in step.masks}
     return {"findings": found[:MAX_FINDINGS], "finding_count": len(found), "openings": len(logs[0]["openings"]),
             "masks_used": len(used), "masks_dealt": len(masks),
