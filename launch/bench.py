@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from truncbridge.models import load_model
-from truncbridge.pipeline import build_plan, convert, emulate, tokenize_windows
-from truncbridge.ring import matmul_mod64
+from truncbridge.frontend.models import load_model
+from truncbridge.pipeline import build_plan, convert, emulate, plan_config, tokenize_windows
+from truncbridge.core.ring import matmul_mod64
 
 
 def best_of(fn, repeat: int) -> float:
@@ -44,7 +44,7 @@ def bench_placement(converted, time_limit: float) -> None:
     base = None
     for policy in ("eager", "lazy", "optimal"):
         t = time.perf_counter()
-        plan = build_plan(converted, policy, 64, 16, time_limit=time_limit)
+        plan = build_plan(converted, plan_config(policy, 64, 16, time_limit_s=time_limit))
         wall = time.perf_counter() - t
         c = plan.counts()
         base = base or c
@@ -57,7 +57,7 @@ def bench_placement(converted, time_limit: float) -> None:
 
 
 def bench_emulator(loaded, converted, seq_len: int, windows: int, repeat: int, convert_s: float) -> None:
-    plan = build_plan(converted, "eager", 64, 16)
+    plan = build_plan(converted, plan_config("eager", 64, 16))
     w = tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, windows)
     runs = [emulate(loaded.model, plan, w, check=False) for _ in range(repeat)]
     fl = min(r.time_float for r in runs)

@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from truncbridge.data import split_pydoc_text
+from truncbridge.frontend.data import split_pydoc_text
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "truncbridge" / "assets" / "default_model"
 

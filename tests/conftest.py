@@ -15,7 +15,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def default_converted():
-    from truncbridge.models import load_model
+    from truncbridge.frontend.models import load_model
     from truncbridge.pipeline import convert
 
     return convert(load_model("default"), 32, 16)
@@ -23,7 +23,7 @@ def default_converted():
 
 @pytest.fixture(scope="session")
 def random_converted():
-    from truncbridge.models import load_model
+    from truncbridge.frontend.models import load_model
     from truncbridge.pipeline import convert
 
     return convert(load_model("random-llama"), 16, 16)

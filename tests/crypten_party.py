@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import float_maxabs  # noqa: E402
 
-from truncbridge.analysis import calibrated_bounds  # noqa: E402
-from truncbridge.ir import Builder  # noqa: E402
-from truncbridge.placement import place  # noqa: E402
+from truncbridge.analysis import calibrated_bounds, place  # noqa: E402
+from truncbridge.core.ir import Builder  # noqa: E402
+from truncbridge.core.types import PlanConfig  # noqa: E402
 
 INPUTS = {"x": torch.linspace(-1, 1, 32, dtype=torch.float64).view(4, 8)}
 AFTER = 3.0  # the module test multiplies the module's output by this, in CrypTen
@@ -40,7 +40,7 @@ def program():
 
 def plan_for(policy: str, field_bits: int = 64):
     prog = program()
-    return place(prog, policy, field_bits, 16, calibrated_bounds(prog, float_maxabs(prog, INPUTS), 1))
+    return place(prog, calibrated_bounds(prog, float_maxabs(prog, INPUTS), 1), PlanConfig(field_bits, 16, policy))
 
 
 def main() -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from truncbridge.analysis import calibrated_bounds, static_bounds
-from truncbridge.execute import RingExecutor, run_float
-from truncbridge.ir import Program
-from truncbridge.placement import place
+from truncbridge.analysis import calibrated_bounds, place, static_bounds
+from truncbridge.backends import RingExecutor, run_float
+from truncbridge.core.ir import Program
+from truncbridge.core.types import PlanConfig
 
 
 def float_maxabs(program: Program, inputs: dict[str, torch.Tensor]) -> dict[int, float]:
@@ -26,7 +26,7 @@ def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bit
         node_bounds = static_bounds(program)
     else:
         node_bounds = calibrated_bounds(program, float_maxabs(program, inputs), 1)
-    plan = place(program, policy, field_bits, frac_bits, node_bounds)
+    plan = place(program, node_bounds, PlanConfig(field_bits, frac_bits, policy))
     ex = RingExecutor(plan)
     outs, violations = ex.run(inputs, check=True)
     return ex.decode_outputs(outs), plan, violations

@@ -71,7 +71,7 @@ def attack(pooled: list[dict], vocab: int) -> None:
 
 
 def session_model():
-    from truncbridge.models import load_architecture
+    from truncbridge.frontend.models import load_architecture
 
     return load_architecture(ARGS.model)
 

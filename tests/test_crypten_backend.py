@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from crypten_party import AFTER, INPUTS, plan_for
-from truncbridge.errors import UserError
-from truncbridge.execute import RingExecutor
+from truncbridge.core.errors import UserError
+from truncbridge.backends import RingExecutor
 
 PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 pytestmark = pytest.mark.slow  # real party processes

@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from truncbridge.capture import capture
-from truncbridge.errors import UserError
-from truncbridge.execute import RingExecutor, run_float
-from truncbridge.lower import lower
-from truncbridge.calibrate import calibrate
-from truncbridge.pipeline import build_plan, emulate, one_hot, tokenize_windows
-from truncbridge.ir import PRIVATE_MULS
+from truncbridge.frontend.capture import capture
+from truncbridge.core.errors import UserError
+from truncbridge.backends import RingExecutor, run_float
+from truncbridge.frontend.lower import lower
+from truncbridge.frontend.calibrate import calibrate
+from truncbridge.pipeline import build_plan, emulate, one_hot, plan_config, tokenize_windows
 
 
 def test_ir_float_follows_the_float_model(random_converted):
@@ -32,10 +31,10 @@ def test_public_structure_is_folded(random_converted):
 
 
 def test_eager_truncates_every_product_back_to_frac_bits(random_converted):
-    plan = build_plan(random_converted, "eager", 64, 16)
+    plan = build_plan(random_converted, plan_config("eager", 64, 16))
     nodes = plan.program.nodes
     users = plan.program.users()
-    products = [n for n in nodes if n.op in PRIVATE_MULS + ("mul_public",) and n.scale > 16]
+    products = [n for n in nodes if n.op in ("mul", "matmul", "mul_public") and n.scale > 16]
     for n in products:
         (user,) = users[n.id]
         assert nodes[user].op == "trunc" and nodes[user].scale == 16
@@ -46,7 +45,7 @@ def test_eager_truncates_every_product_back_to_frac_bits(random_converted):
 
 def test_default_model_emulates_exactly_within_bounds(default_converted):
     c = default_converted
-    plan = build_plan(c, "eager", 64, 16)
+    plan = build_plan(c, plan_config("eager", 64, 16))
     windows = tokenize_windows(c.loaded.tokenizer, c.loaded.heldout_text, 32, 3)
     result = emulate(c.loaded.model, plan, windows)
     assert result.bound_violations == 0
@@ -62,7 +61,7 @@ def test_default_model_emulates_exactly_within_bounds(default_converted):
 
 def test_frac_bits_must_fit_the_field(default_converted):
     with pytest.raises(UserError, match="frac bits"):
-        build_plan(default_converted, "eager", 16, 16)
+        build_plan(default_converted, plan_config("eager", 16, 16))
 
 
 class _CumsumLM(torch.nn.Module):

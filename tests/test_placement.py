@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import float_maxabs
-from truncbridge.analysis import calibrated_bounds, static_bounds
-from truncbridge.errors import UserError
-from truncbridge.execute import RingExecutor, run_float
-from truncbridge.ir import Builder
-from truncbridge.placement import place
-from truncbridge.pipeline import build_plan, emulate, tokenize_windows
+from truncbridge.analysis import calibrated_bounds, place, static_bounds
+from truncbridge.core.errors import UserError
+from truncbridge.backends import RingExecutor, run_float
+from truncbridge.core.ir import Builder
+from truncbridge.core.types import PlanConfig
+from truncbridge.pipeline import build_plan, emulate, plan_config, tokenize_windows
 
 F = 12  # fraction bits of the random programs
 
@@ -61,7 +61,7 @@ def programs(draw):
 def _plans(program, inputs, field_bits):
     """All three policies under bounds calibrated on the inputs themselves (+1 bit)."""
     node_bounds = calibrated_bounds(program, float_maxabs(program, inputs), 1)
-    return {p: place(program, p, field_bits, F, node_bounds, time_limit=20) for p in ("eager", "lazy", "optimal")}
+    return {p: place(program, node_bounds, PlanConfig(field_bits, F, p, time_limit_s=20)) for p in ("eager", "lazy", "optimal")}
 
 
 @settings(max_examples=40, deadline=None)
@@ -108,7 +108,7 @@ def test_optimal_is_exact_on_a_chain_where_lazy_is_greedy():
 
 @pytest.fixture(scope="module")
 def default_plans(default_converted):
-    return {p: build_plan(default_converted, p, 64, 16, time_limit=10) for p in ("eager", "lazy", "optimal")}
+    return {p: build_plan(default_converted, plan_config(p, 64, 16, time_limit_s=10)) for p in ("eager", "lazy", "optimal")}
 
 
 @pytest.mark.slow
@@ -133,15 +133,15 @@ def test_static_bounds_hold_on_real_text(default_converted):
 
 def test_field_too_small_names_the_value(default_converted):
     with pytest.raises(UserError, match=r"field too small: .* needs \d+ bits .* but the budget is 24 bits"):
-        build_plan(default_converted, "lazy", 24, 16)
+        build_plan(default_converted, plan_config("lazy", 24, 16))
 
 
 def test_protocol_headroom_shrinks_the_budget(default_converted):
-    plan = build_plan(default_converted, "lazy", 64, 16, protocol="crypten-2pc", bounds="calibrated")
+    plan = build_plan(default_converted, plan_config("lazy", 64, 16, protocol="crypten-2pc", bounds="calibrated"))
     assert plan.budget_bits == 64 - 16
     assert all(plan.bound_bits(n) <= 48 for n in plan.program.nodes)
     with pytest.raises(UserError, match="works in Z_2\\^64 only"):
-        build_plan(default_converted, "lazy", 48, 16, protocol="crypten-2pc")
+        build_plan(default_converted, plan_config("lazy", 48, 16, protocol="crypten-2pc"))
 
 
 @pytest.mark.slow
@@ -150,7 +150,7 @@ def test_optimal_truncations_never_grow_with_the_field(default_converted):
     prev, hints = math.inf, ()
     for fb in (48, 56, 64):
         try:
-            plan = build_plan(default_converted, "optimal", fb, 16, bounds="calibrated", time_limit=5, hints=hints)
+            plan = build_plan(default_converted, plan_config("optimal", fb, 16, bounds="calibrated", time_limit_s=5), hints)
         except UserError:
             continue
         te = plan.counts()["truncated_elements"]

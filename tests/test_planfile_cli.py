@@ -1,12 +1,15 @@
 """Plan files, `truncbridge plan | report | compare`, and their errors."""
 from __future__ import annotations
 
+import gzip
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from truncbridge.cli import main
-from truncbridge.planfile import SCHEMA_VERSION
+from truncbridge.core.planfile import SCHEMA_VERSION
 
 from helpers import EMULATE_KEYS  # noqa: E402
 
@@ -22,8 +25,9 @@ def test_plan_file_is_self_describing(plan_file):
     doc = json.loads(plan_file.read_text())
     assert doc["schema"] == "truncbridge-plan" and doc["schema_version"] == SCHEMA_VERSION
     assert doc["model"]["name"] == "default" and len(doc["model"]["hash"]) == 64 and doc["model"]["seq_len"] == 16
-    assert (doc["field_bits"], doc["frac_bits"], doc["policy"], doc["protocol"]) == (64, 16, "lazy", "faithful-2pc")
-    assert doc["bounds"]["mode"] == "static"
+    config = doc["config"]
+    assert (config["field_bits"], config["frac_bits"], config["policy"], config["protocol"]) == (64, 16, "lazy", "faithful-2pc")
+    assert config["bounds"] == "static" and config["margin_bits"] is None
     node = doc["nodes"][-1]
     assert {"scale", "bound", "bound_source", "bound_bits"} <= set(node)
     assert len(doc["truncations"]) == doc["counts"]["truncations"] > 0
@@ -103,3 +107,30 @@ def test_plan_errors(tmp_path, capsys):
     assert "Z_2^64 only" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.json")]) == 2
     assert "plan file not found" in capsys.readouterr().err
+
+
+V1_PLAN = Path(__file__).parent / "data" / "plan_v1_random_llama_seq8_lazy.json.gz"  # written by truncbridge at 17e710a
+
+
+def test_a_schema_v1_file_loads_and_matches_todays_plan():
+    """`truncbridge plan --model random-llama --seq-len 8 --policy lazy` as v1 wrote it: it loads, its
+    facts leave the attrs, and it is the plan made today, bit for bit when run."""
+    from truncbridge.backends import RingExecutor
+    from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_json
+    from truncbridge.frontend.models import load_model
+    from truncbridge.pipeline import build_plan, convert, one_hot, plan_config
+
+    old = plan_from_json(json.loads(gzip.decompress(V1_PLAN.read_bytes())), "v1 plan")
+    assert old.config == plan_config("lazy", 64, 16) and not old.redacted
+    assert not any(set(n.attrs) & {"declared_bound", "declared_row_l2", "recipe_params", "row_stochastic"}
+                   for n in old.program.nodes)
+    assert any(n.facts.row_stochastic for n in old.program.nodes) and any(n.facts.recipe_params for n in old.program.nodes)
+    loaded = load_model("random-llama")
+    attach_weights(old, loaded.model, "random-llama")
+    new = build_plan(convert(loaded, 8, 16), plan_config("lazy", 64, 16))
+    old_doc, new_doc = plan_to_json(old), plan_to_json(new)
+    assert old_doc["nodes"] == new_doc["nodes"] and old_doc["counts"] == new_doc["counts"]
+    inputs = {"tokens": one_hot(torch.arange(8)[None] * 5 % new.model["vocab"], new.model["vocab"])}
+    (want,), _ = RingExecutor(new).run(inputs)
+    (got,), _ = RingExecutor(old).run(inputs)
+    assert torch.equal(got, want)

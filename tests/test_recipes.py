@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from truncbridge import recipes
-from truncbridge.errors import UserError
-from truncbridge.execute import run_float
-from truncbridge.ir import Builder
+from truncbridge.frontend import recipes
+from truncbridge.core.errors import UserError
+from truncbridge.backends import run_float
+from truncbridge.core.ir import Builder
 
 from helpers import emulate_program
 
@@ -99,7 +99,7 @@ def test_softmax_matches_torch_with_causal_mask(spread):
     rows = 24
     x, keep = _causal_scores(rows, 0, spread)
     want = torch.softmax(x.masked_fill(~keep, float("-inf")), -1)
-    from truncbridge.calibrate import centered_scores
+    from truncbridge.frontend.calibrate import centered_scores
 
     z = centered_scores(x.masked_fill(~keep, -1e9), -1)[keep]
     b = Builder()

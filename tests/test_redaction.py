@@ -9,19 +9,20 @@ import re
 import pytest
 import torch
 
-from truncbridge.errors import UserError
-from truncbridge.execute import RingExecutor
-from truncbridge.pipeline import build_plan, one_hot
-from truncbridge.planfile import attach_weights, plan_from_json, plan_to_json, redact_plan_json
+from truncbridge.core.errors import UserError
+from truncbridge.backends import RingExecutor
+from truncbridge.pipeline import build_plan, one_hot, plan_config
+from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_json, redact_plan_json
 
-SECRET_KEYS = {"declared_row_l2", "declared_bound", "declared_source", "recipe_params", "hash"}
+SECRET_KEYS = {"row_l2", "recipe_params", "hash"}
+PUBLIC_FACTS = {"row_stochastic"}
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @pytest.fixture(scope="module", params=["static", "calibrated"])
 def plans(request, random_converted):
     """(original plan, its JSON, the redacted JSON after a trip through text, the loaded redacted plan)."""
-    plan = build_plan(random_converted, "lazy", 64, 16, bounds=request.param)
+    plan = build_plan(random_converted, plan_config("lazy", 64, 16, bounds=request.param))
     doc = json.loads(json.dumps(plan_to_json(plan)))
     red = json.loads(json.dumps(plan_to_json(plan, redacted=True)))
     return plan, doc, red, plan_from_json(red)
@@ -47,6 +48,7 @@ def _leaks(doc: dict, secret_floats: set[float]) -> dict[str, int]:
     pairs = list(_walk(doc))
     return {
         "secret_keys": sum(isinstance(v, dict) and bool(SECRET_KEYS & set(v)) for _, v in pairs),
+        "secret_facts": sum(k == "facts" and bool(set(v) - PUBLIC_FACTS) for k, v in pairs if isinstance(v, dict)),
         "secret_floats": sum(isinstance(v, float) and v in secret_floats for _, v in pairs),
         "hex64": sum(isinstance(v, str) and HEX64.fullmatch(v) is not None for _, v in pairs),
         "bound_sources": sum(k == "bound_source" and v != "redacted" for k, v in pairs),
@@ -54,9 +56,10 @@ def _leaks(doc: dict, secret_floats: set[float]) -> dict[str, int]:
 
 
 def _secret_floats(doc: dict) -> set[float]:
-    """Original float bounds that are no power of two, and the declared row norms."""
+    """Original float bounds that are no power of two, and the declared bounds and row norms."""
     out = {n["bound"] for n in doc["nodes"] if not _is_pow2(n["bound"])}
-    return out | {v for k, v in _walk(doc) if k == "declared_row_l2" and isinstance(v, float)}
+    declared = {n["facts"][k] for n in doc["nodes"] for k in ("bound", "row_l2") if k in n["facts"]}
+    return out | {v for v in declared if not _is_pow2(v)}
 
 
 def test_redacted_json_holds_no_owner_secrets(plans):
@@ -64,7 +67,8 @@ def test_redacted_json_holds_no_owner_secrets(plans):
     assert red["redacted"] is True and "solver" not in red
     assert set(red["model"]) <= {"name", "class", "seq_len", "batch", "vocab"} and red["model"]["seq_len"] == 16
     assert all(_is_pow2(n["bound"]) for n in red["nodes"])
-    assert _leaks(red, _secret_floats(doc)) == {"secret_keys": 0, "secret_floats": 0, "hex64": 0, "bound_sources": 0}
+    assert _leaks(red, _secret_floats(doc)) == {"secret_keys": 0, "secret_facts": 0, "secret_floats": 0, "hex64": 0,
+                                                 "bound_sources": 0}
 
 
 def test_unredacted_json_shows_the_secrets(plans):
@@ -79,7 +83,7 @@ def test_redacted_plan_keeps_bits_and_truncations(plans):
     assert [loaded.bound_bits(n) for n in loaded.program.nodes] == [plan.bound_bits(n) for n in plan.program.nodes]
     assert [(n.id, n.attrs["shift"]) for n in loaded.program.nodes if n.op == "trunc"] == \
         [(n.id, n.attrs["shift"]) for n in plan.program.nodes if n.op == "trunc"]
-    for key in ("truncations", "inputs", "outputs", "consts", "counts", "field_bits", "frac_bits", "budget_bits"):
+    for key in ("truncations", "inputs", "outputs", "consts", "counts", "config", "budget_bits"):
         assert red[key] == doc[key], key
     assert [(n["op"], n["inputs"], n["shape"], n["scale"]) for n in red["nodes"]] == \
         [(n["op"], n["inputs"], n["shape"], n["scale"]) for n in doc["nodes"]]
@@ -90,7 +94,7 @@ def test_redacted_plan_keeps_bits_and_truncations(plans):
 def test_redacted_plan_runs_bit_identically(plans):
     plan, _, _, loaded = plans
     loaded.program.weights = plan.program.weights  # the owner's shares, here given in the clear
-    vocab = plan.meta["model"]["vocab"]
+    vocab = plan.model["vocab"]
     inputs = {"tokens": one_hot(torch.arange(16)[None] * 7 % vocab, vocab)}
     want, want_violations = RingExecutor(plan).run(inputs, check=True)
     got, got_violations = RingExecutor(loaded).run(inputs, check=True)

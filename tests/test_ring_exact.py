@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from truncbridge.execute import RingExecutor
-from truncbridge.ir import Node, Program
-from truncbridge.placement import Plan
-from truncbridge.ring import Ring, matmul_mod64
+from truncbridge.backends import RingExecutor
+from truncbridge.core.ir import Node, Program
+from truncbridge.core.types import Plan, PlanConfig
+from truncbridge.core.ring import Ring, matmul_mod64
 
 N = 3  # every tensor in the random programs is N x N
 
@@ -98,7 +98,7 @@ def build(bits, inputs, steps):
             attrs.update(dims=[1], keepdim=True)
         prog.nodes.append(Node(nid, op, ins, shape, attrs, scale=0))
     prog.outputs = list(range(len(inputs), len(prog.nodes)))
-    return Plan(prog, bits, 0, "test", {n.id: bits for n in prog.nodes})
+    return Plan(prog, PlanConfig(bits, 0, "test"), {n.id: bits for n in prog.nodes})
 
 
 @settings(max_examples=150, deadline=None)

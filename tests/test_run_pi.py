@@ -117,7 +117,7 @@ def test_a_set_up_failure_on_one_rank_ends_every_rank(tmp_path):
 def test_a_plan_with_an_impossible_shift_is_refused_up_front():
     from crypten_party import plan_for
     from truncbridge.crypten.runner import PlanRunner
-    from truncbridge.errors import UserError
+    from truncbridge.core.errors import UserError
 
     plan = plan_for("eager")
     next(n for n in plan.program.nodes if n.op == "trunc").attrs["shift"] = 63

@@ -7,7 +7,7 @@ import torch
 
 from helpers import float_maxabs
 from truncbridge.analysis import static_bounds
-from truncbridge.ir import Builder
+from truncbridge.core.ir import Builder
 
 ONEHOT = torch.nn.functional.one_hot(torch.tensor([0, 3, 5, 7]), 8).double()
 

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypten_party import INPUTS, plan_for
-from truncbridge.errors import UserError
-from truncbridge.execute import TRUNCATION_MODELS, RingExecutor, truncation_model_for
-from truncbridge.ir import Node, Program
-from truncbridge.placement import Plan
-from truncbridge.protocols import Protocol, load_protocol, protocol_names
-from truncbridge.ring import Ring, uniform_ring64
+from truncbridge.core.errors import UserError
+from truncbridge.backends import TRUNCATION_MODELS, RingExecutor, truncation_model_for
+from truncbridge.core.ir import Node, Program
+from truncbridge.core.types import Plan, PlanConfig
+from truncbridge.core.protocols import Protocol, load_protocol, protocol_names
+from truncbridge.core.ring import Ring
+from truncbridge.backends.truncation_models import uniform_ring64
 
 K = 16  # the shift of every single-truncation test
 RANDOMIZED = ("crypten-local", "crypten-wraps", "exact-msb")
@@ -41,7 +42,7 @@ def trunc_plan(shift: int = K, rounding: str = "nearest", field_bits: int = 64) 
     prog.nodes.append(Node(1, "trunc", (0,), (1,), {"shift": shift, "rounding": rounding}, scale=0))
     prog.nodes.append(Node(2, "output", (1,), (1,), scale=0))
     prog.inputs["x"], prog.outputs = 0, [2]
-    return Plan(prog, field_bits, 0, "test", {n.id: field_bits for n in prog.nodes})
+    return Plan(prog, PlanConfig(field_bits, 0, "test"), {n.id: field_bits for n in prog.nodes})
 
 
 def truncate(x: torch.Tensor, model: str, seed: int = 0, shift: int = K, rounding: str = "nearest") -> torch.Tensor:
@@ -144,7 +145,7 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
     """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r
     (what the dealer deals: r, r >> k unsigned, msb(r))."""
     from truncbridge.crypten import truncation
-    from truncbridge.ring import logical_shift
+    from truncbridge.core.ring import logical_shift
 
     class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
         def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 
 DEFAULT_SEQ_LEN = 128
 DEFAULT_WINDOWS = 16
@@ -41,7 +41,7 @@ def _word_list(text: str) -> list[str]:
 
 
 def _add_model_args(p, seq=True):
-    from .models import MODEL_NAMES
+    from .frontend.models import MODEL_NAMES
 
     p.add_argument("--model", default=None, help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
     if seq:
@@ -49,9 +49,9 @@ def _add_model_args(p, seq=True):
 
 
 def _add_numeric_args(p, lists=False):
-    from .analysis import BOUNDS_MODES
-    from .placement import OPTIMAL_TIME_LIMIT_S, POLICIES
-    from .protocols import DEFAULT_PROTOCOL, protocol_names
+    from .core.types import BOUNDS_MODES
+    from .core.types import OPTIMAL_TIME_LIMIT_S, POLICIES
+    from .core.protocols import DEFAULT_PROTOCOL, protocol_names
 
     if not lists:
         p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
@@ -73,7 +73,7 @@ def _add_eval_args(p, windows=DEFAULT_WINDOWS):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .protocols import protocol_names
+    from .core.protocols import protocol_names
 
     parser = _Parser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -140,7 +140,7 @@ def _check_device(device: str) -> None:
 
 
 def _eval_windows(args, loaded, seq_len: int):
-    from .data import read_text_file
+    from .frontend.data import read_text_file
     from .pipeline import tokenize_windows
 
     if args.text:
@@ -152,9 +152,12 @@ def _eval_windows(args, loaded, seq_len: int):
     return tokenize_windows(loaded.tokenizer, text, seq_len, args.windows, what=source), source
 
 
-def _plan_kwargs(args) -> dict:
-    return {"bounds": args.bounds, "margin_bits": args.margin_bits, "protocol": args.protocol,
-            "headroom_bits": args.headroom, "time_limit": args.time_limit}
+def _config(args, policy: str | None = None, field_bits: int | None = None):
+    from .pipeline import plan_config
+
+    return plan_config(policy or args.policy, field_bits or args.field_bits, args.frac_bits, protocol=args.protocol,
+                       headroom_bits=args.headroom, bounds=args.bounds, margin_bits=args.margin_bits,
+                       time_limit_s=args.time_limit)
 
 
 def _emulation_record(name, plan, result, check: bool, truncation: str = "nearest") -> dict:
@@ -172,24 +175,24 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
 
 
 def cmd_emulate(args) -> dict:
-    from .models import load_model
+    from .frontend.models import load_model
     from .pipeline import build_plan, convert, emulate
-    from .planfile import attach_weights, load_plan
+    from .core.planfile import attach_weights, load_plan
     from .report import print_emulation, progress_bar
 
     _check_output_path(args.json, "--json")
     _check_device(args.device)
     if args.text:  # fail fast on a bad text file, before the slow work
-        from .data import read_text_file
+        from .frontend.data import read_text_file
 
         read_text_file(args.text)
     timings = {}
     if args.plan:
         plan = load_plan(args.plan)
-        name = args.model or plan.meta["model"].get("name", "default")
+        name = args.model or plan.model.get("name", "default")
         loaded = load_model(name)
         attach_weights(plan, loaded.model, name)
-        seq_len = plan.meta["model"]["seq_len"]
+        seq_len = plan.model["seq_len"]
     else:
         _check_field(args.field_bits, args.frac_bits)
         loaded = load_model(args.model)
@@ -197,14 +200,14 @@ def cmd_emulate(args) -> dict:
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
         converted = convert(loaded, seq_len, args.frac_bits)
-        plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits, **_plan_kwargs(args))
+        plan = build_plan(converted, _config(args))
         timings = converted.timings
     truncation = "nearest"
     if args.mpc_truncation:
-        from .execute import truncation_model_for
-        from .protocols import load_protocol
+        from .backends import truncation_model_for
+        from .core.protocols import load_protocol
 
-        truncation = truncation_model_for(load_protocol(plan.meta.get("protocol") if args.plan else args.protocol))
+        truncation = truncation_model_for(load_protocol(plan.protocol if args.plan else args.protocol))
     with progress_bar(len(windows), "emulating") as advance:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
                          truncation=truncation, seed=args.seed)
@@ -216,29 +219,29 @@ def cmd_emulate(args) -> dict:
 
 
 def cmd_plan(args) -> None:
-    from .models import load_model
+    from .frontend.models import load_model
     from .pipeline import build_plan, convert
-    from .planfile import save_plan
+    from .core.planfile import save_plan
     from .report import print_plan_summary
 
     _check_field(args.field_bits, args.frac_bits)
     _check_output_path(args.output, "-o")
     loaded = load_model(args.model)
     converted = convert(loaded, args.seq_len, args.frac_bits)
-    plan = build_plan(converted, args.policy, args.field_bits, args.frac_bits, **_plan_kwargs(args))
+    plan = build_plan(converted, _config(args))
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)
 
 
 def cmd_report(args) -> None:
-    from .cost import plan_costs
-    from .planfile import load_plan
-    from .protocols import load_network, load_protocol
+    from .analysis.cost import plan_costs
+    from .core.planfile import load_plan
+    from .core.protocols import load_network, load_protocol
     from .report import print_report
 
     _check_output_path(args.json, "--json")
     plan = load_plan(args.plan)
-    protocol = load_protocol(args.protocol or plan.meta.get("protocol"))
+    protocol = load_protocol(args.protocol or plan.protocol)
     costs = plan_costs(plan, protocol, load_network(args.network))
     print_report(plan, costs, args.network)
     if args.json:
@@ -247,11 +250,11 @@ def cmd_report(args) -> None:
 
 
 def cmd_compare(args) -> list[dict]:
-    from .cost import plan_costs
-    from .models import load_model
+    from .analysis.cost import plan_costs
+    from .frontend.models import load_model
     from .pipeline import build_plan, convert, emulate
-    from .placement import POLICIES
-    from .protocols import load_network, load_protocol
+    from .core.types import POLICIES
+    from .core.protocols import load_network, load_protocol
     from .report import plot_compare, print_compare, progress_bar
 
     _check_output_path(args.json, "--json")
@@ -276,7 +279,7 @@ def cmd_compare(args) -> list[dict]:
                 try:
                     # a placement that fits a smaller field fits this one: optimal starts from it
                     hints = tuple(sites.get("optimal", [])) + tuple(sites.get("lazy", [])[-1:])
-                    plan = build_plan(converted, pol, fb, args.frac_bits, hints=hints, **_plan_kwargs(args))
+                    plan = build_plan(converted, _config(args, pol, fb), hints)
                     sites.setdefault(pol, []).append(plan.sites)
                 except UserError as exc:
                     rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
@@ -298,7 +301,7 @@ def cmd_compare(args) -> list[dict]:
 
 
 def cmd_models(args) -> None:
-    from .models import MODEL_NAMES
+    from .frontend.models import MODEL_NAMES
 
     for name in MODEL_NAMES:
         print(name)

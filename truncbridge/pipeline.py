@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analysis import calibrated_bounds, static_bounds
-from .calibrate import calibrate
-from .capture import Captured, capture
-from .data import split_pydoc_text
-from .errors import UserError
-from .execute import RingExecutor, run_float
-from .ir import Program
-from .lower import lower
+from .analysis import calibrated_bounds, place, static_bounds
+from .frontend.calibrate import calibrate
+from .frontend.capture import Captured, capture
+from .frontend.data import split_pydoc_text
+from .core.errors import UserError
+from .backends import RingExecutor, run_float
+from .core.ir import Program
+from .frontend.lower import lower
 from .metrics import compare_logits
-from .models import LoadedModel
-from .placement import OPTIMAL_TIME_LIMIT_S, Plan, place
-from .planfile import model_hash
-from .protocols import load_protocol
+from .frontend.models import LoadedModel
+from .core.types import OPTIMAL_TIME_LIMIT_S, Plan, PlanConfig
+from .core.planfile import model_hash
+from .core.protocols import load_protocol
 
 CALIBRATION_WINDOWS = 8
 
@@ -102,27 +102,28 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
     return Converted(loaded, captured, program, maxabs, timings)
 
 
-def build_plan(converted: Converted, policy: str, field_bits: int, frac_bits: int, bounds: str = "static",
-               margin_bits: int = 1, protocol: str | None = None, headroom_bits: int | None = None,
-               time_limit: float = OPTIMAL_TIME_LIMIT_S, hints: tuple = ()) -> Plan:
-    """Analyse and place. The protocol's statistical headroom (or ``headroom_bits``) shrinks the budget."""
+def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, protocol: str | None = None,
+                headroom_bits: int | None = None, bounds: str = "static", margin_bits: int = 1,
+                time_limit_s: float = OPTIMAL_TIME_LIMIT_S) -> PlanConfig:
+    """A checked ``PlanConfig``; the protocol profile (default: faithful-2pc) gives the headroom
+    unless ``headroom_bits`` says otherwise."""
     proto = load_protocol(protocol)
     proto.check_ring(field_bits)
     headroom = proto.headroom_bits if headroom_bits is None else headroom_bits
-    if headroom < 0:
-        raise UserError(f"--headroom must be >= 0 bits, got {headroom}")
-    if bounds == "static":
+    return PlanConfig(field_bits, frac_bits, policy, proto.name, headroom, bounds,
+                      margin_bits if bounds == "calibrated" else None, time_limit_s).validate()
+
+
+def build_plan(converted: Converted, config: PlanConfig, hints: tuple = ()) -> Plan:
+    """Analyse and place under ``config`` (``plan_config``); ``hints``: see ``analysis.place``."""
+    if config.bounds == "static":
         node_bounds = static_bounds(converted.program)
-    elif bounds == "calibrated":
-        node_bounds = calibrated_bounds(converted.program, converted.maxabs, margin_bits)
     else:
-        raise UserError(f"unknown bounds mode {bounds!r}: choose static or calibrated")
+        node_bounds = calibrated_bounds(converted.program, converted.maxabs, config.margin_bits)
     t = time.perf_counter()
-    plan = place(converted.program, policy, field_bits, frac_bits, node_bounds, headroom, time_limit, hints)
+    plan = place(converted.program, node_bounds, config, hints)
     plan.solver.setdefault("wall_s", round(time.perf_counter() - t, 3))
-    plan.meta = {"model": converted.identity(), "protocol": proto.name,
-                 "bounds": {"mode": bounds, "margin_bits": margin_bits if bounds == "calibrated" else None},
-                 "weights": sorted(converted.program.weights)}
+    plan.model, plan.weights = converted.identity(), sorted(converted.program.weights)
     return plan
 
 
@@ -140,7 +141,7 @@ class EmulationResult:
 def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
             check: bool = True, progress=None, truncation: str = "nearest", seed: int = 0) -> EmulationResult:
     """Run the float model and the plan on every window; compare logits position by position.
-    ``truncation``: the executor's truncation model (``execute.TRUNCATION_MODELS``)."""
+    ``truncation``: the executor's truncation model (``backends.TRUNCATION_MODELS``)."""
     vocab = vocab_size(model)
     seq_len = plan.program[plan.program.inputs["tokens"]].shape[1]
     if windows.shape[1] != seq_len:

@@ -73,12 +73,12 @@ def _fmt_bytes(n: float) -> str:
 
 def print_plan_summary(plan, path: str) -> None:
     c = plan.counts()
-    meta = plan.meta
+    model = plan.model
     rows = [
-        ("model", f"{meta['model']['name']} (seq {meta['model']['seq_len']}, weights {meta['model']['hash'][:12]})"),
+        ("model", f"{model['name']} (seq {model['seq_len']}, weights {model['hash'][:12]})"),
         ("field / fraction bits", f"Z_2^{plan.field_bits} / {plan.frac_bits}"),
-        ("protocol / headroom", f"{meta['protocol']} / {plan.field_bits - plan.budget_bits} bits"),
-        ("policy / bounds", f"{plan.policy} / {meta['bounds']['mode']}"),
+        ("protocol / headroom", f"{plan.protocol} / {plan.config.headroom_bits} bits"),
+        ("policy / bounds", f"{plan.policy} / {plan.config.bounds}"),
         ("nodes", f"{len(plan.program.nodes):,}"),
         ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
     ]
@@ -99,7 +99,7 @@ def print_report(plan, costs: dict, network: str) -> None:
         ("communication per party", _fmt_bytes(costs["bytes"])),
         ("estimated latency", f"{costs['latency_s']:.3f} s"),
         ("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}"),
-    ], title=f"truncbridge report — {plan.meta['model']['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
+    ], title=f"truncbridge report — {plan.model['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
              f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}"))
 
     layers = Table(title="per layer", title_justify="left")

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import torch
 
-from ..errors import first_line
+from ..core.errors import first_line
 from .dealer import DEALERS, DealerCore, DealtProvider, _seeded, fresh_seed
 from .roles import EXIT_LOST, announce_stop, role
 

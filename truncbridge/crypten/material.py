@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ring import logical_shift
+from ..core.ring import logical_shift
 
 
 @dataclass(frozen=True)

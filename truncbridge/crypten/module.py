@@ -53,7 +53,7 @@ class PlanModule(crypten.nn.Module):
 
     def __init__(self, plan, truncation: str = "exact", client: int = CLIENT):
         super().__init__()
-        from ..errors import UserError
+        from ..core.errors import UserError
         from .runner import PlanRunner
 
         if len(plan.program.inputs) != 1 or len(plan.program.outputs) != 1:

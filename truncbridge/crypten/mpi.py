@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from ..errors import UserError, first_line
+from ..core.errors import UserError, first_line
 from .roles import announce_stop
 
 DATA_TAG = 11

@@ -28,23 +28,24 @@ def client_window(loaded, seq_len: int) -> torch.Tensor:
 def make_plans(args, converted, parties: int, progress) -> dict:
     """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
     lazy / optimal fill the budget, so they get the profile's headroom."""
-    from ..pipeline import build_plan
+    from ..pipeline import build_plan, plan_config
 
     profile = protocol_profile(args.truncation, parties)
     plans, hints = {}, ()
     for policy in [p for p in ("eager", "lazy", "optimal") if p in args.policies]:
         progress(f"planning {policy} for {profile} ({args.bounds} bounds)")
         headroom = 0 if policy == "eager" and args.truncation == "crypten" else None
-        plans[policy] = build_plan(converted, policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
-                                   headroom_bits=headroom, time_limit=args.time_limit, hints=hints)
+        config = plan_config(policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
+                             headroom_bits=headroom, time_limit_s=args.time_limit)
+        plans[policy] = build_plan(converted, config, hints)
         if policy == "lazy":
             hints = (plans[policy].sites,)
     return plans
 
 
 def predictions(plan, parties: int, truncation: str) -> dict:
-    from ..cost import plan_costs
-    from ..protocols import load_network, load_protocol
+    from ..analysis.cost import plan_costs
+    from ..core.protocols import load_network, load_protocol
 
     c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"))
     return {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
@@ -54,8 +55,8 @@ def predictions(plan, parties: int, truncation: str) -> dict:
 def references(model, plans: dict, ids: torch.Tensor, inputs: dict, truncation: str, parties: int) -> dict:
     """Float logits; per plan the emulator's exact (round-nearest) logits, and the spread of the
     protocol's own truncation model over SPREAD_SEEDS runs: the error MPC should stay within."""
-    from ..execute import RingExecutor, truncation_model_for
-    from ..protocols import load_protocol
+    from ..backends import RingExecutor, truncation_model_for
+    from ..core.protocols import load_protocol
 
     model_name = truncation_model_for(load_protocol(protocol_profile(truncation, parties)))
     with torch.no_grad():

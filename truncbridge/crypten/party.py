@@ -37,7 +37,7 @@ from datetime import timedelta
 
 import torch
 
-from ..errors import first_line
+from ..core.errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
 from .roles import EXIT_LOST, announce_stop, role

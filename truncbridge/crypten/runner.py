@@ -7,8 +7,10 @@ A ``trunc`` node runs one of the protocols of ``truncation.py``: ``"crypten"`` (
 division: local with 2 parties, wraps with 3) or ``"exact"`` (one opening, exact for |x| < 2^62).
 Both are unbiased on their own, so the plan's round-to-nearest offset is not added: the
 emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
-Data movement and public operations act on shares locally. Weights are shared by rank 0 (the
-model owner), the one-hot tokens by ``client`` (rank 1 by default); only outputs are opened.
+It is a backend of ``core.interpret``: local ops (additions, sums, data movement) apply the op
+table's own map to each party's share, public operations act on shares locally. Weights are
+shared by rank 0 (the model owner), the one-hot tokens by ``client`` (rank 1 by default); only
+outputs are opened.
 Masks come from CrypTen's default provider, which ``truncbridge.crypten.init`` makes a dealer
 apart from the computing parties (``dealer.py``).
 
@@ -20,10 +22,10 @@ import torch
 
 from .compat import import_crypten
 from .roles import CLIENT, OWNER
-from ..errors import UserError
-from ..ir import aten_op, resolve_args
-from ..placement import Plan
-from ..ring import Ring
+from ..core.errors import UserError
+from ..core.interpret import interpret
+from ..core.types import Plan
+from ..core.ring import Ring
 from . import truncation as protocols
 from .shares import add_public, share_from
 from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
@@ -57,6 +59,7 @@ class PlanRunner:
         self.rank = self.crypten.communicator.get().get_rank()
         self.consts = plan.program.consts
         self.truncations_executed = 0
+        self.inputs, self.shared = None, None
 
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
@@ -65,49 +68,44 @@ class PlanRunner:
         """Execute the plan; ``inputs`` (real values) are needed only on the client's rank, or
         ``shared`` gives already-shared inputs (``ArithmeticSharedTensor`` at the input's scale).
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
-        plan, ring = self.plan, self.ring
-        env: dict[int, object] = {}
+        self.inputs, self.shared = inputs, shared
         self.truncations_executed = 0
-        for node in plan.program.nodes:
-            x = [env[i] for i in node.inputs]
-            op, a = node.op, node.attrs
-            if op == "input" and shared is not None:
-                v = shared[a["name"]]
-            elif op == "input":
-                value = ring.encode(inputs[a["name"]], node.scale) if self.rank == self.client else None
-                v = share_from(self.AST, value, node.shape, self.client, self.rank)
-            elif op == "weight":
-                value = ring.encode(plan.program.weights[a["name"]], node.scale) if self.rank == self.owner else None
-                v = share_from(self.AST, value, node.shape, self.owner, self.rank)
-            elif op == "add":
-                v = x[0] + x[1]
-            elif op == "neg":
-                v = -x[0]
-            elif op == "mul":
-                v = self.beaver.square(x[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(x[0], x[1])
-            elif op == "matmul":
-                v = self.beaver.matmul(x[0], x[1])
-            elif op == "mul_public":
-                v = self._local(x[0].share * ring.encode_public(self.consts[a["const"]], a["const_scale"]))
-            elif op == "add_public":
-                v = add_public(self.AST, x[0], ring.encode_public(self.consts[a["const"]], node.scale), self.rank)
-            elif op == "sum":
-                v = self._local(x[0].share.sum(dim=a["dims"], keepdim=a["keepdim"]))
-            elif op == "move":
-                shares = [t.share.contiguous() for t in x]
-                v = self._local(aten_op(a["fn"])(*resolve_args(a["args"], shares, self.consts),
-                                                 **resolve_args(a.get("kwargs", {}), shares, self.consts)))
-            elif op == "shl":
-                v = self._local(torch.bitwise_left_shift(x[0].share, a["shift"]))
-            elif op == "trunc":
-                v = self._truncate(x[0], a["shift"])
-                self.truncations_executed += 1
-            elif op in ("pow2", "output"):
-                v = x[0]
-            else:
-                raise ValueError(f"unknown op {op}")
-            env[node.id] = v
-        return [env[o] for o in plan.program.outputs]
+        return interpret(self.plan.program, self)
+
+    # -- the backend: one method per op kind (core.interpret) ------------------------------------
+    def source(self, node, op, xs):
+        name = node.attrs["name"]
+        if node.op == "input" and self.shared is not None:
+            return self.shared[name]
+        holder, values = (self.client, self.inputs) if node.op == "input" else (self.owner, self.plan.program.weights)
+        value = self.ring.encode(values[name], node.scale) if self.rank == holder else None
+        return share_from(self.AST, value, node.shape, holder, self.rank)
+
+    def local(self, node, op, xs):  # the same linear map on every party's share
+        return self._local(op.real([x.share for x in xs], node, self.plan.program))
+
+    def product(self, node, op, xs):
+        if node.op == "matmul":
+            return self.beaver.matmul(*xs)
+        return self.beaver.square(xs[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(*xs)
+
+    def public(self, node, op, xs):
+        c = self.consts[node.attrs["const"]]
+        if node.op == "mul_public":
+            return self._local(xs[0].share * self.ring.encode_public(c, node.attrs["const_scale"]))
+        return add_public(self.AST, xs[0], self.ring.encode_public(c, node.scale), self.rank)
+
+    def relabel(self, node, op, xs):
+        return xs[0]
+
+    output = relabel
+
+    def shift(self, node, op, xs):
+        return self._local(torch.bitwise_left_shift(xs[0].share, node.attrs["shift"]))
+
+    def truncate(self, node, op, xs):
+        self.truncations_executed += 1
+        return self._truncate(xs[0], node.attrs["shift"])
 
     def _truncate(self, x, k: int):
         if self.truncation == "exact":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import mpi
 from .audit import findings
 from .dealer import DEALERS
@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from ..models import MODEL_NAMES
+    from ..frontend.models import MODEL_NAMES
 
     p = _Parser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
                 "(mpirun -n 3: owner, client, dealer; -n 4: owner, client, helper, dealer).")
@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 def _setup(comm, args, parties: int, say) -> dict:
     """Rank 0 loads the model, plans and computes references, and sends the redacted plans; the
     others build what they need from the architecture alone."""
-    from ..capture import capture
-    from ..models import load_architecture, load_model
+    from ..frontend.capture import capture
+    from ..frontend.models import load_architecture, load_model
     from ..pipeline import convert, one_hot, vocab_size
-    from ..planfile import plan_from_json, plan_to_json
+    from ..core.planfile import plan_from_json, plan_to_json
 
     rank, vanilla = comm.Get_rank(), "vanilla" in args.policies
     out = {"plans": {}, "captured": None, "inputs": None, "ids": None, "references": None}
@@ -155,7 +155,7 @@ def _setup(comm, args, parties: int, say) -> dict:
         return out
     docs = mpi.bcast(comm, None, ranks=range(parties))
     out["plans"] = {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()}
-    if not all(p.meta["redacted"] for p in out["plans"].values()):  # never hold the owner's bounds
+    if not all(p.redacted for p in out["plans"].values()):  # never hold the owner's bounds
         raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
     if rank == 1 or vanilla:
         loaded = load_architecture(args.model)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
-from ..ring import logical_shift
+from ..core.ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
+from ..core.ring import logical_shift
 from .shares import add_public
 
 PROTOCOLS = ("crypten", "exact")

@@ -36,10 +36,10 @@ import torch
 
 from .compat import import_crypten
 from .roles import OWNER
-from ..calibrate import MASK_VALUE
-from ..capture import Captured
-from ..errors import UserError
-from ..lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, aten_name, flatten_args
+from ..frontend.calibrate import MASK_VALUE
+from ..frontend.capture import Captured
+from ..core.errors import UserError
+from ..frontend.lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, aten_name, flatten_args
 
 aten = torch.ops.aten
 # Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in

@@ -4,23 +4,9 @@ Nodes are in topological order and hold real-valued semantics; the placement pas
 each node a fixed-point ``scale`` (fractional bits) and inserts ``trunc`` / ``shl`` nodes, turning
 the same ``Program`` into a plan that the emulator and the CrypTen backend execute.
 
-Operations (inputs are node ids; public tensors live in ``Program.consts``):
-
-    input        secret input of the client (attrs: name, integer)   — the one-hot token matrix
-    weight       secret tensor of the model owner (attrs: name)
-    add, neg     private addition / negation (local in MPC)
-    mul          private elementwise product (Beaver: one round)
-    matmul       private matrix product (torch.matmul semantics)
-    mul_public   product with a public tensor or scalar (attrs: const)
-    add_public   sum with a public tensor or scalar (attrs: const)
-    sum          sum over dims (attrs: dims, keepdim)
-    pow2         multiply by the public 2^exp (attrs: exp) — free in fixed point
-    move         data movement (attrs: fn = ATen op name, args with "$i" input / "@name" const refs)
-    output       the revealed result
-  placement adds:
-    trunc        drop ``shift`` fractional bits (attrs: shift, rounding = "nearest" | "floor";
-                 nearest adds the public 2^(shift-1) first, a local operation in MPC)
-    shl          multiply the integer by 2^shift to raise the scale (attrs: shift)
+Each op is declared once, in ``ops.py``: what it computes, how it scales, bounds and costs.
+A node's ``attrs`` hold its op's parameters; its ``facts`` hold what the frontend knows about
+its value beyond the op (a recipe's declared bound, a row norm, row-stochastic rows).
 """
 from __future__ import annotations
 
@@ -30,9 +16,19 @@ from typing import Any
 
 import torch
 
-PRIVATE_MULS = ("mul", "matmul")
-OPS = ("input", "weight", "add", "neg", "mul", "matmul", "mul_public", "add_public", "sum", "pow2",
-       "move", "output", "trunc", "shl")
+
+@dataclass
+class Facts:
+    """What the frontend knows about a node's value beyond its op; the analysis reads it."""
+
+    bound: float | None = None  # |value| <= bound, declared by a recipe
+    bound_source: str = "recipe"  # "recipe": holds by construction; "range": a calibrated assumption
+    row_l2: float | None = None  # l2 norm of every row (last dim) is at most this
+    row_stochastic: bool = False  # rows are non-negative and sum to at most 1 (softmax outputs)
+    recipe_params: dict | None = None  # the parameters the recipe that emitted it picked
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v != getattr(Facts, k)}
 
 
 @dataclass
@@ -45,6 +41,7 @@ class Node:
     origin: str = ""  # "module.path:aten_node" the node was lowered from
     recipe: str = ""  # name of the approximation recipe that emitted it, if any
     scale: int | None = None  # fractional bits, set by placement
+    facts: Facts = field(default_factory=Facts)
 
     @property
     def numel(self) -> int:
@@ -127,10 +124,9 @@ class Builder:
         """Record |value| <= bound for a node. ``source`` "recipe": holds by construction (given
         the recipe's input range); "range": the input range a recipe was built for — an
         assumption from calibration, which ``--check`` verifies at run time."""
-        attrs = self.program[node_id].attrs
-        if float(bound) < attrs.get("declared_bound", math.inf):
-            attrs["declared_bound"] = float(bound)
-            attrs["declared_source"] = source
+        facts = self.program[node_id].facts
+        if float(bound) < (math.inf if facts.bound is None else facts.bound):
+            facts.bound, facts.bound_source = float(bound), source
 
     # -- sources ----------------------------------------------------------------------------
     def input(self, name: str, shape: tuple[int, ...], integer: bool = False) -> int:

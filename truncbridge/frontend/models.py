@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, first_line
+from ..core.errors import UserError, first_line
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
 @dataclass

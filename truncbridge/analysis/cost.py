@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .placement import Plan
-from .protocols import Protocol
+from ..core.ops import spec
+from ..core.protocols import Protocol
+from ..core.types import Plan
 
 
 def layer_of(origin: str) -> str:
@@ -37,19 +38,17 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     for n in nodes:
+        op, layer = spec(n), by_layer[layer_of(n.origin)]
         rounds, bits = 0.0, 0.0
-        layer = by_layer[layer_of(n.origin)]
-        if n.op in ("mul", "matmul"):
+        if op.count is not None:
+            layer[op.count] += 1
+        if op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
-            layer["mul_private"] += 1
-            layer["private_products"] += n.numel * (plan.program[n.inputs[0]].shape[-1] if n.op == "matmul" else 1)
-        elif n.op == "mul_public":
-            layer["mul_public"] += 1
-        elif n.op == "trunc":
+            layer["private_products"] += op.scalar_products(n, plan.program)
+        elif op.cost == "truncation":
             rounds, bits = tr_r, n.numel * tr_b
             p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), l)
             failures += n.numel * p_fail
-            layer["truncations"] += 1
             layer["truncated_elements"] += n.numel
             rec = by_recipe[n.recipe or "(linear)"]
             rec["truncations"] += 1

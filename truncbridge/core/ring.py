@@ -138,85 +138,8 @@ def _limb(x: torch.Tensor, i: int) -> torch.Tensor:
     return torch.bitwise_and(torch.bitwise_right_shift(x, LIMB_BITS * i), (1 << LIMB_BITS) - 1).double()
 
 
-# -- randomized truncation protocols (Z_2^64 only) ------------------------------------------
-# What an MPC truncation outputs, simulated on the shares the parties would hold. Each function
-# takes the ring value x (int64, Z_2^64), the shift k >= 1 and a torch.Generator, and returns the
-# opened result: the sum of the parties' output shares mod 2^64 (int64 wraps, as everywhere here).
-# Steps that are linear in the shares (public corrections, dealer-shared helper values) are
-# summed directly: their sharing cannot change the opened sum.
-
-RING64_HALF = 1 << 63
-
-
-def uniform_ring64(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """CrypTen's generate_random_ring_element: randint(-2^63, 2^63 - 1), so 2^63 - 1 is never drawn."""
-    r = torch.randint(-RING64_HALF, RING64_HALF - 1, tuple(shape), generator=generator, dtype=torch.int64,
-                      device=generator.device)
-    return r.to(device)
-
-
-def _random_shares(x: torch.Tensor, parties: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Additive shares of x: parties - 1 uniform, the last one x minus their sum (mod 2^64)."""
-    shares = [uniform_ring64(x.shape, generator, x.device) for _ in range(parties - 1)]
-    return shares + [x - sum(shares)]
-
-
-def count_wraps(shares: list[torch.Tensor]) -> torch.Tensor:
-    """CrypTen's common.util.count_wraps: +1 per signed overflow (two positive partial sums giving a
-    negative one), -1 per underflow, adding the shares left to right. Like CrypTen, it tests the new
-    partial sum for > 0, so -2^63 + -2^63 = 0 counts no underflow."""
-    wraps = torch.zeros_like(shares[0])
-    total = shares[0]
-    for share in shares[1:]:  # a loop over parties, not elements
-        new = total + share
-        overflow = (total > 0) & (share > 0) & (new < 0)
-        underflow = (total < 0) & (share < 0) & (new > 0)
-        wraps = wraps + overflow.long() - underflow.long()
-        total = new
-    return wraps
-
-
-def _div_toward_zero(share: torch.Tensor, shift: int) -> torch.Tensor:
-    return torch.div(share, 1 << shift, rounding_mode="trunc")
-
-
-def trunc_crypten_local(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """CrypTen 0.4.1 ``div_`` with 2 parties: each party divides its share toward zero. That is
-    unbiased (x / 2^k on average: the two shares round in opposite directions), so the backend adds
-    no 2^(k-1) offset before it (an offset would bias every truncation by +1/2 LSB).
-    With probability about |x| / 2^64 the shares wrapped and the result is off by -sign(x) 2^(64-k);
-    with about |x| / 2^65 (both shares of x's sign, no wrap) it is -1 LSB (x > 0) or +2 (x < 0)."""
-    return sum(_div_toward_zero(s, shift) for s in _random_shares(x, 2, generator))
-
-
-def trunc_crypten_wraps(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """CrypTen 0.4.1 ``div_`` with 3 parties: beaver.truncate with beaver.wraps and the TFP wrap_rng.
-    theta_x = theta_z + sum_i beta_i - theta_r is the number of wraps of x's shares, short of the
-    eta term (the wrap of x + r itself) that CrypTen leaves out: off by 2^(64-k) with probability
-    about |x| / 2^64; otherwise x / 2^k + (-3, 3) LSB, unbiased (three shares divided toward zero)."""
-    xs = _random_shares(x, 3, generator)
-    rs = [uniform_ring64(x.shape, generator, x.device) for _ in range(3)]  # rank 0 draws them and scatters
-    theta_r = count_wraps(rs)  # computed by rank 0, then shared
-    beta_xr = sum(count_wraps([xi, ri]) for xi, ri in zip(xs, rs))  # each party, locally
-    theta_z = count_wraps([xi + ri for xi, ri in zip(xs, rs)])  # z's shares gathered at rank 0
-    theta_x = theta_z + beta_xr - theta_r  # "TODO: Incorporate eta_xr" in CrypTen
-    return sum(_div_toward_zero(s, shift) for s in xs) - theta_x * 4 * ((1 << 62) // (1 << shift))
-
-
 EXACT_MSB_LIMIT_BITS = 62  # |x| < 2^62 keeps x + 2^62 below 2^63, where the wrap test is exact
 
 
 def logical_shift(t: torch.Tensor, k: int) -> torch.Tensor:
     return torch.bitwise_right_shift(t, k) & ((1 << (64 - k)) - 1)
-
-
-def trunc_exact_msb(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """truncbridge.crypten.truncation.exact_truncate: open c = x + 2^62 + r for a dealer's uniform r
-    (shared with r >> k and msb(r)), the wrap of c is msb(r) AND NOT msb(c). Equal to
-    floor(x / 2^k) + [x mod 2^k + r mod 2^k >= 2^k] (stochastic rounding) for |x| < 2^62 — no
-    2^(k-1) offset — and, like the protocol, wrong outside that range."""
-    r = uniform_ring64(x.shape, generator, x.device)
-    c = x + (1 << EXACT_MSB_LIMIT_BITS) + r
-    wrapped_if_msb = torch.bitwise_left_shift((c >= 0).long(), 64 - shift)
-    return ((r < 0).long() * wrapped_if_msb - logical_shift(r, shift) + logical_shift(c, shift)
-            - (1 << (EXACT_MSB_LIMIT_BITS - shift)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "protocols"
 DEFAULT_PROTOCOL = "faithful-2pc"
 FAILURE_MODELS = {  # probability that one truncation of a value below 2^bits (sign included) fails
     "none": lambda bits, l: 0.0,

@@ -25,8 +25,8 @@ from scipy.special import erf as np_erf
 from . import recipes
 from .calibrate import MASK_VALUE, Range
 from .capture import Captured
-from .errors import UserError
-from .ir import Builder, Program
+from ..core.errors import UserError
+from ..core.ir import Builder, Program
 
 aten = torch.ops.aten
 
@@ -219,7 +219,7 @@ class Lowerer:
                 if self.rms_of.get(r, (None,))[0] == x:  # x / sqrt(mean(x^2)): rows have l2 norm sqrt(n)
                     norm = math.sqrt(self.rms_of[r][1]) * recipes.NORM_SLACK
                     self.b.declare(out, norm)
-                    self.b.program[out].attrs["declared_row_l2"] = norm
+                    self.b.program[out].facts.row_l2 = norm
             return Secret(out)
         s, p = (a, b) if isinstance(a, Secret) else (b, a)
         p = torch.as_tensor(p, dtype=torch.float64)

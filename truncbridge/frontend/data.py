@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
 
 HELDOUT_EVERY = 10  # one block of paragraphs in ten is held out
 BLOCK_PARAGRAPHS = 12

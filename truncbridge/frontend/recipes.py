@@ -3,7 +3,7 @@
 Each recipe is range-aware: it is given the interval its input lies in (calibrated, widened by a
 safety margin) and an absolute tolerance, and picks its parameters — normalisation shifts,
 iteration counts, polynomial degree — by simulating itself in float64 over that interval. The
-parameters it picked are written on the nodes it emits (``attrs["recipe_params"]`` on the first
+parameters it picked are written on the nodes it emits (``facts.recipe_params`` on the first
 one) so a plan says exactly what was computed. No recipe uses a comparison.
 
     exp         limit method (1 + u + u^2/2 + u^3/6)^(2^n), u = x/2^n, n sized by the interval
@@ -20,9 +20,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .errors import UserError
-from .execute import float_op
-from .ir import Builder
+from ..core.errors import UserError
+from ..core.ops import real_value
+from ..core.ir import Builder
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
 MAX_NEWTON_ITERS = 40
@@ -40,7 +40,7 @@ def recipe(b: Builder, name: str, **params):
     finally:
         b.recipe = previous
         if len(b.program.nodes) > first:
-            b.program.nodes[first].attrs["recipe_params"] = {k: _jsonable(v) for k, v in params.items()}
+            b.program.nodes[first].facts.recipe_params = {k: _jsonable(v) for k, v in params.items()}
 
 
 GRID_POINTS = 4001
@@ -54,7 +54,7 @@ def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray) -> No
     the recipe was built for."""
     env = {source: torch.as_tensor(grid, dtype=torch.float64)}
     for node in b.program.nodes[first:]:
-        env[node.id] = float_op(node, [env[i] for i in node.inputs], b.program)
+        env[node.id] = real_value(node, [env[i] for i in node.inputs], b.program)
         b.declare(node.id, env[node.id].abs().max().item() * GRID_SLACK)
 
 
@@ -254,5 +254,5 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
             b.declare(y, NORM_SLACK * n)
         out = b.mul_public(y, inv_count)
         b.declare(out, NORM_SLACK)
-        b.program[out].attrs["row_stochastic"] = True  # rows are non-negative and sum to 1
+        b.program[out].facts.row_stochastic = True  # rows are non-negative and sum to 1
     return out

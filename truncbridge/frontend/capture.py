@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.export.graph_signature import InputKind
 
-from .errors import UserError, first_line
+from ..core.errors import UserError, first_line
 
 
 @dataclass

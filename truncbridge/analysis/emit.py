@@ -1,0 +1,99 @@
+"""Emitting a placed program: the source nodes in order, with scales, and ``trunc`` / ``shl``
+nodes inserted where a policy asks (``greedy.py``, or an optimal solution)."""
+from __future__ import annotations
+
+from ..core.errors import UserError
+from ..core.ir import Facts, Node, Program
+from ..core.ops import spec
+from ..core.types import Bound, needed_bits
+from .scales import is_small_integer, scale_rule
+
+
+class Emitter:
+    """Rebuilds the node list in order with scales, remapping ids as trunc / shl nodes are inserted."""
+
+    def __init__(self, src: Program, frac_bits: int, bounds: dict[int, Bound], budget: int):
+        self.src, self.f, self.src_bounds, self.budget = src, frac_bits, bounds, budget
+        self.out = Program(consts=src.consts, weights=src.weights)
+        self.bounds: dict[int, Bound] = {}
+        self.current: dict[int, int] = {}  # source id -> placed id users read now
+        self.source_of: dict[int, int] = {}  # placed id -> source id, for emitted (not inserted) nodes
+        self.truncated: dict[int, int] = {}  # placed id -> its truncation to frac_bits (lazy reuse)
+
+    def scale(self, nid: int) -> int:
+        return self.out[nid].scale
+
+    def bits(self, nid: int, scale: int | None = None) -> int:
+        return needed_bits(self.bounds[nid], self.scale(nid) if scale is None else scale, self.f)
+
+    def _append(self, op, inputs, shape, attrs, origin, recipe, scale, bound, facts=None) -> int:
+        nid = len(self.out.nodes)
+        self.out.nodes.append(Node(nid, op, tuple(inputs), tuple(shape), attrs, origin, recipe, scale,
+                                   facts if facts is not None else Facts()))
+        self.bounds[nid] = bound
+        return nid
+
+    def derived(self, base: int, op: str, scale: int, **attrs) -> int:
+        """A trunc / shl of placed node ``base``."""
+        src = self.out[base]
+        return self._append(op, (base,), src.shape, attrs, src.origin, src.recipe, scale, self.bounds[base])
+
+    def to_scale(self, nid: int, scale: int) -> int:
+        have = self.scale(nid)
+        if have > scale:
+            return self.derived(nid, "trunc", scale, shift=have - scale, rounding="nearest")
+        if have < scale:
+            return self.derived(nid, "shl", scale, shift=scale - have)
+        return nid
+
+    def truncate_to_f(self, nid: int) -> int:
+        """A frac_bits version of placed node ``nid`` (made once). The truncation is hoisted above
+        negations, public additions, relabels and non-shrinking moves, which are then re-emitted
+        on the truncated value: it touches no more elements, and sits where optimal may put one."""
+        if nid in self.truncated:
+            return self.truncated[nid]
+        node = self.src[self.source_of[nid]] if nid in self.source_of else None
+        if node is not None and len(node.inputs) == 1 and spec(node).hoistable and not spec(node).site(node, self.src):
+            base = self.truncate_to_f(self.out[nid].inputs[0])
+            scale, extra = self.natural_scale(node, [base])
+            out = self.emit(node, [base], scale, extra)
+        else:
+            out = self.to_scale(nid, min(self.f, self.scale(nid)))
+        self.truncated[nid] = out
+        return out
+
+    def natural_scale(self, node: Node, ins: list[int]) -> tuple[int, dict]:
+        """Scale of a node's result computed from placed inputs (before any truncation of it)."""
+        return scale_rule(self.src, node, [self.scale(i) for i in ins], self.f)
+
+    def fits(self, node: Node, ins: list[int], scale: int) -> bool:
+        """The result, and for additions each operand shifted up to the result scale, fit the budget."""
+        if needed_bits(self.src_bounds[node.id], scale, self.f) > self.budget:
+            return False
+        return not spec(node).aligned(node) or all(self.bits(i, scale) <= self.budget for i in ins)
+
+    def emit(self, node: Node, ins: list[int], scale: int, extra: dict) -> int:
+        if spec(node).aligned(node):
+            ins = [self.to_scale(i, scale) for i in ins]
+        if node.op == "add_public" and scale < self.f:  # a fractional constant needs fraction bits
+            c = self.src.consts[node.attrs["const"]]
+            if not is_small_integer(c * 2.0**scale):
+                ins, scale = [self.to_scale(ins[0], self.f)], self.f
+        attrs = {**node.attrs, **extra}
+        nid = self._append(node.op, ins, node.shape, attrs, node.origin, node.recipe, scale, self.src_bounds[node.id],
+                           node.facts)
+        self.current[node.id] = nid
+        self.source_of[nid] = node.id
+        return nid
+
+    def finish(self) -> Program:
+        self.out.inputs = {k: self.current[v] for k, v in self.src.inputs.items()}
+        self.out.outputs = [self.current[o] for o in self.src.outputs]
+        return self.out
+
+
+def too_small(node: Node, bits: int, budget: int, bound: Bound, scale: int) -> UserError:
+    where = node.origin + (f" [{node.recipe}]" if node.recipe else "")
+    return UserError(f"field too small: {node.op} at {where} needs {bits} bits "
+                     f"(|value| <= {bound.value:.4g} ({bound.source}) at scale {scale}) "
+                     f"but the budget is {budget} bits")

@@ -1,0 +1,77 @@
+"""Placement: give every IR node a fixed-point scale and insert the truncations.
+
+Every value's integer must stay within the budget: field bits minus the protocol's statistical
+headroom (``scales.py`` says what a value costs in bits). A truncation lowers the scale, never
+below ``frac_bits``; where the field allows, lazy and optimal truncate a value only down to the
+scale eager gives it (higher where a division relabelled it up), so they keep at least eager's
+precision there at no extra cost.
+
+    eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
+    lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
+             budget, truncate its highest-scale input back to frac_bits, and repeat (``greedy.py``)
+    optimal  an integer program over every node's scale and truncation: minimum truncated
+             elements under the same budget and precision constraints (``milp.py``), started from
+             lazy's placement improved by a local search (``search.py``), so never worse than lazy
+
+The result is a ``Plan``: the node list with ``scale`` set on every node, ``trunc`` / ``shl``
+nodes inserted, and each node's bound.
+"""
+from __future__ import annotations
+
+import time
+
+from ..core.ir import Program
+from ..core.types import Bound, Plan, PlanConfig
+from .emit import Emitter, too_small
+from .greedy import place_fixed, place_greedy
+from .milp import solve_optimal
+from .scales import eager_scales
+from .search import Checker, improve, raise_precision
+
+
+def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints: tuple = ()) -> Plan:
+    """``hints``: truncation sites (source node ids, ``Plan.sites``) of other plans of the same
+    program, e.g. for smaller fields; optimal starts from the cheapest feasible of them and lazy's."""
+    config.validate()
+    f, budget = config.frac_bits, config.budget_bits
+    if config.policy == "eager":
+        e = Emitter(program, f, bounds, budget)
+        place_greedy(e, lazy=False)
+        return _finish(e, config, {})
+    # lazy fails only where a value does not fit even with its inputs at frac_bits: then no
+    # placement fits, and lazy's error names the value
+    greedy = Emitter(program, f, bounds, budget)
+    place_greedy(greedy, lazy=True)
+    sites = set(_finish(greedy, config, {}).sites)
+    check = Checker(program, f, bounds, budget)
+    solver: dict = {}
+    if config.policy == "optimal":
+        sites, solver = _optimal_sites(program, bounds, config, check, sites, hints)
+    floors = raise_precision(check, sites, eager_scales(program, f))
+    e = Emitter(program, f, bounds, budget)
+    place_fixed(e, {v: floors[v] for v in sites})
+    solver["precision_raised"] = sum(floors[v] > f for v in sites)
+    return _finish(e, config, solver)
+
+
+def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int], hints) -> tuple[set[int], dict]:
+    t = time.perf_counter()
+    starts = [st for st in (lazy_sites, *map(set, hints)) if check.cost(st) is not None]
+    start = improve(check, min(starts, key=check.cost))
+    sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, config.time_limit_s, start)
+    found = None if sites is None else check.cost(sites)
+    if found is None or found > check.cost(start):  # a time-limited solve may stop short of its start
+        sites, solver["kept_start"] = start, True
+    solver["wall_s"] = round(time.perf_counter() - t, 3)
+    return sites, solver
+
+
+def _finish(e: Emitter, config: PlanConfig, solver: dict) -> Plan:
+    plan = Plan(e.finish(), config, e.bounds, solver)
+    plan.sites = sorted({e.source_of[t.inputs[0]] for t in plan.program.nodes
+                         if t.op == "trunc" and t.inputs[0] in e.source_of})
+    for node in plan.program.nodes:
+        need = plan.bound_bits(node)
+        if need > plan.budget_bits:
+            raise too_small(node, need, plan.budget_bits, plan.bounds[node.id], node.scale)
+    return plan

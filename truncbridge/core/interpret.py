@@ -1,0 +1,36 @@
+"""One walk over a program, many backends (in the manner of torch.fx's ``Interpreter``).
+
+``interpret(program, backend)`` visits the nodes in order and asks the backend for each value by
+the op's kind (``ops.KINDS``): a backend is an object with one method per kind, each called as
+``method(node, spec, xs)`` with the node's input values. The backends: ``backends.reference``
+(float64 reals), ``backends.emulator`` (exact ring integers, with the truncation models) and
+``crypten.runner`` (CrypTen shares). A new backend is one class with these eight methods.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from .ir import Node, Program
+from .ops import OpSpec, spec
+
+
+class Backend(Protocol):
+    def source(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # input, weight
+    def local(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # linear, no communication
+    def product(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # private products
+    def public(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # with a public constant
+    def relabel(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # free power-of-two rescale
+    def shift(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # raise the scale (shl)
+    def truncate(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # lower the scale (trunc)
+    def output(self, node: Node, op: OpSpec, xs: list) -> Any: ...
+
+
+def interpret(program: Program, backend: Backend, visit: Callable[[Node, Any], None] | None = None) -> list:
+    """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value."""
+    env: dict[int, Any] = {}
+    for node in program.nodes:
+        op = spec(node)
+        env[node.id] = getattr(backend, op.kind)(node, op, [env[i] for i in node.inputs])
+        if visit is not None:
+            visit(node, env[node.id])
+    return [env[o] for o in program.outputs]

@@ -1,0 +1,138 @@
+"""The IR's operations, each declared once.
+
+An ``OpSpec`` says all that the stages need to know about an op:
+
+* ``kind`` — how a backend executes it (``interpret.py``): ``source`` (input, weight), ``local``
+  (a linear map that acts alike on reals, ring integers and additive shares: no communication),
+  ``product`` (a private product: a Beaver multiplication), ``public`` (with a public constant),
+  ``relabel`` (a power-of-two rescale that fixed point does for free), ``shift`` / ``truncate``
+  (inserted by placement), ``output``;
+* ``real`` — its real-valued semantics, which the float backend runs, the ring backend applies to
+  integers for local ops, and the analysis evaluates on weights;
+* ``scaling`` — how its fixed-point scale follows its inputs' (``analysis.scales``);
+  ``aligns``: operands are brought to one scale first;
+* ``bound`` / ``norms`` — its interval rule and, where known, its l2 row/column rule
+  (``op_bounds.py``, read by ``analysis.bounds``);
+* ``site`` — whether a truncation right after it can pay off; ``hoistable``: a truncation of its
+  result may move onto its input instead;
+* ``cost`` (the protocol operation it costs, ``analysis.cost``) and ``count`` (its bucket in
+  ``Plan.counts``).
+
+A new op is one entry here (and a ``Builder`` helper to emit it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import op_bounds as rules
+from .ir import Node, Program, aten_op, resolve_args
+
+KINDS = ("source", "local", "product", "public", "relabel", "shift", "truncate", "output")
+
+
+def _never(node: Node, program: Program) -> bool:
+    return False
+
+
+def _always(node: Node, program: Program) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    kind: str
+    arity: int | None  # None: one or more
+    scaling: str  # source | same | max | sum | public | relabel | placed
+    real: Callable[[list, Node, Program], torch.Tensor] | None = None
+    bound: Callable | None = None  # (analysis context, node) -> float
+    norms: Callable | None = None  # (analysis context, node) -> (row l2 or None, column l2 or None)
+    aligns: bool = False  # operands are brought to one scale (when there are several)
+    site: Callable[[Node, Program], bool] = _never
+    hoistable: bool = False
+    cost: str | None = None  # the protocol operation it costs (protocols/*.json): mul | truncation
+    count: str | None = None  # its bucket in Plan.counts()
+    doc: str = ""
+
+    def aligned(self, node: Node) -> bool:
+        return self.aligns and len(node.inputs) > 1
+
+    def scalar_products(self, node: Node, program: Program) -> int:
+        """Scalar private products: an elementwise output each, an inner product of k for matmuls."""
+        if node.op == "matmul":
+            return node.numel * program[node.inputs[0]].shape[-1]
+        return node.numel if self.kind == "product" else 0
+
+
+def _const(node: Node, program: Program) -> torch.Tensor:
+    return program.consts[node.attrs["const"]]
+
+
+def _move(xs: list, node: Node, program: Program) -> torch.Tensor:
+    a, consts = node.attrs, program.consts
+    xs = [x.contiguous() for x in xs]  # clones are folded away, views need contiguous inputs
+    return aten_op(a["fn"])(*resolve_args(a["args"], xs, consts), **resolve_args(a.get("kwargs", {}), xs, consts))
+
+
+def _identity(xs: list, node: Node, program: Program) -> Any:
+    return xs[0]
+
+
+def _shrinking_move(node: Node, program: Program) -> bool:
+    """A move that joins tensors or drops elements: truncating before it would touch more."""
+    return len(node.inputs) > 1 or node.numel < max(program[i].numel for i in node.inputs)
+
+
+_SPECS = [
+    OpSpec("input", "source", 0, "source", bound=rules.input_bound,
+           doc="secret input of the client (attrs: name, integer): the one-hot token matrix"),
+    OpSpec("weight", "source", 0, "source", real=lambda xs, n, p: p.weights[n.attrs["name"]],
+           doc="secret tensor of the model owner (attrs: name)"),
+    OpSpec("add", "local", 2, "max", real=lambda xs, n, p: xs[0] + xs[1], bound=rules.add_bound,
+           norms=rules.add_norms, aligns=True, site=_always, doc="private addition"),
+    OpSpec("neg", "local", 1, "same", real=lambda xs, n, p: -xs[0], bound=rules.same_bound,
+           norms=rules.same_norms, hoistable=True, doc="private negation"),
+    OpSpec("sum", "local", 1, "same", real=lambda xs, n, p: xs[0].sum(dim=n.attrs["dims"], keepdim=n.attrs["keepdim"]),
+           bound=rules.sum_bound, site=_always, doc="sum over dims (attrs: dims, keepdim)"),
+    OpSpec("move", "local", None, "max", real=_move, bound=rules.move_bound, norms=rules.move_norms, aligns=True,
+           site=_shrinking_move, hoistable=True,
+           doc='data movement (attrs: fn = ATen op name, args with "$i" input / "@name" const refs)'),
+    OpSpec("mul", "product", 2, "sum", real=lambda xs, n, p: xs[0] * xs[1], bound=rules.mul_bound,
+           norms=rules.mul_norms, site=_always, cost="mul", count="mul_private",
+           doc="private elementwise product (Beaver: one round)"),
+    OpSpec("matmul", "product", 2, "sum", real=lambda xs, n, p: torch.matmul(xs[0], xs[1]),
+           bound=rules.matmul_bound, norms=rules.matmul_norms, site=_always, cost="mul", count="mul_private",
+           doc="private matrix product (torch.matmul semantics)"),
+    OpSpec("mul_public", "public", 1, "public", real=lambda xs, n, p: xs[0] * _const(n, p),
+           bound=rules.mul_public_bound, norms=rules.mul_public_norms, site=_always, count="mul_public",
+           doc="product with a public tensor or scalar (attrs: const; placement adds const_scale)"),
+    OpSpec("add_public", "public", 1, "same", real=lambda xs, n, p: xs[0] + _const(n, p),
+           bound=rules.add_public_bound, hoistable=True, doc="sum with a public tensor or scalar (attrs: const)"),
+    OpSpec("pow2", "relabel", 1, "relabel", real=lambda xs, n, p: xs[0] * 2.0 ** n.attrs["exp"],
+           bound=rules.pow2_bound, norms=rules.pow2_norms, hoistable=True,
+           site=lambda n, p: n.attrs["exp"] < 0,  # a division relabels the scale up: truncating after it pays
+           doc="multiply by the public 2^exp (attrs: exp): free in fixed point"),
+    OpSpec("output", "output", 1, "same", real=_identity, bound=rules.same_bound, norms=rules.same_norms,
+           doc="the revealed result"),
+    OpSpec("trunc", "truncate", 1, "placed", real=_identity, bound=rules.same_bound, cost="truncation",
+           count="truncations", doc="drop attrs.shift fractional bits (placement; rounding nearest | floor)"),
+    OpSpec("shl", "shift", 1, "placed", real=_identity, bound=rules.same_bound,
+           doc="multiply the integer by 2^shift to raise the scale (placement)"),
+]
+OPS: dict[str, OpSpec] = {s.name: s for s in _SPECS}
+assert all(s.kind in KINDS for s in _SPECS)
+
+
+def spec(node: Node) -> OpSpec:
+    try:
+        return OPS[node.op]
+    except KeyError:
+        raise ValueError(f"unknown op {node.op!r} (node {node.id})") from None
+
+
+def real_value(node: Node, xs: list, program: Program) -> torch.Tensor:
+    """A non-source node's real-valued result from its inputs' values (float64)."""
+    return spec(node).real(xs, node, program)
