@@ -9,7 +9,7 @@ STAMP := $(VENV)/.truncbridge-installed
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-fast bench clean train-default-model
+.PHONY: install demo lint test test-fast bench clean train-default-model
 
 install: $(STAMP)
 
@@ -25,10 +25,14 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/truncbridge emulate
 
-test: install
+lint: install  # the linter and the import-layer contract (pyproject.toml: [tool.ruff], [tool.importlinter])
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest
 
-test-fast: install  # the quick loop: no whole-model or multi-process tests
+test-fast: lint  # the quick loop: no whole-model or multi-process tests
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from truncbridge.core.ring import matmul_mod64
 from truncbridge.frontend.models import load_model
 from truncbridge.pipeline import build_plan, convert, emulate, plan_config, tokenize_windows
-from truncbridge.core.ring import matmul_mod64
 
 
 def best_of(fn, repeat: int) -> float:
@@ -51,7 +51,8 @@ def bench_placement(converted, time_limit: float) -> None:
         extra = ""
         if plan.solver.get("solver"):
             extra = f"  [{plan.solver['status']}, gap {plan.solver['mip_gap']:.1%}]"
-        print(f"  {policy:8s} truncated elements {c['truncated_elements']:>11,} ({c['truncated_elements'] / base['truncated_elements']:.3f} x eager)"
+        ratio = c["truncated_elements"] / base["truncated_elements"]
+        print(f"  {policy:8s} truncated elements {c['truncated_elements']:>11,} ({ratio:.3f} x eager)"
               f"  truncations {c['truncations']:>5,} ({c['truncations'] / base['truncations']:.3f} x)"
               f"  planner {wall:6.2f} s{extra}")
 

@@ -127,7 +127,8 @@ def main() -> None:
     train_bpt = bits_per_token(model, train_ids, args.context)
     heldout_bpt = bits_per_token(model, heldout_ids, args.context)
     wall = time.time() - start
-    print(f"bits/token: train {train_bpt:.3f}, held-out {heldout_bpt:.3f} (uniform {math.log2(args.vocab):.3f}); wall {wall:.0f} s")
+    print(f"bits/token: train {train_bpt:.3f}, held-out {heldout_bpt:.3f} (uniform {math.log2(args.vocab):.3f}); "
+          f"wall {wall:.0f} s")
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)

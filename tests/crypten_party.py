@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import float_maxabs  # noqa: E402
-
 from truncbridge.analysis import calibrated_bounds, place  # noqa: E402
 from truncbridge.core.ir import Builder  # noqa: E402
 from truncbridge.core.types import PlanConfig  # noqa: E402
+
+from helpers import float_maxabs  # noqa: E402
 
 INPUTS = {"x": torch.linspace(-1, 1, 32, dtype=torch.float64).view(4, 8)}
 AFTER = 3.0  # the module test multiplies the module's output by this, in CrypTen

@@ -10,6 +10,7 @@ import pytest
 from truncbridge.cli import main
 
 from helpers import EMULATE_KEYS as KEYS  # noqa: E402
+
 METRIC_KEYS = {"top1_agreement", "kl_mean", "max_abs_logit_error", "ppl_float", "ppl_emulated"}
 COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons"}
 

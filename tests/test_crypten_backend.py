@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from crypten_party import AFTER, INPUTS, plan_for
-from truncbridge.core.errors import UserError
 from truncbridge.backends import RingExecutor
+from truncbridge.core.errors import UserError
+
+from crypten_party import AFTER, INPUTS, plan_for
 
 PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 pytestmark = pytest.mark.slow  # real party processes

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from truncbridge.frontend.capture import capture
-from truncbridge.core.errors import UserError
 from truncbridge.backends import RingExecutor, run_float
-from truncbridge.frontend.lower import lower
+from truncbridge.core.errors import UserError
 from truncbridge.frontend.calibrate import calibrate
+from truncbridge.frontend.capture import capture
+from truncbridge.frontend.lower import lower
 from truncbridge.pipeline import build_plan, emulate, one_hot, plan_config, tokenize_windows
 
 

@@ -8,13 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import float_maxabs
 from truncbridge.analysis import calibrated_bounds, place, static_bounds
-from truncbridge.core.errors import UserError
 from truncbridge.backends import RingExecutor, run_float
+from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
 from truncbridge.core.types import PlanConfig
 from truncbridge.pipeline import build_plan, emulate, plan_config, tokenize_windows
+
+from helpers import float_maxabs
 
 F = 12  # fraction bits of the random programs
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from truncbridge.frontend import recipes
-from truncbridge.core.errors import UserError
 from truncbridge.backends import run_float
+from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
+from truncbridge.frontend import recipes
 
 from helpers import emulate_program
 

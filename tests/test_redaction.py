@@ -9,10 +9,10 @@ import re
 import pytest
 import torch
 
-from truncbridge.core.errors import UserError
 from truncbridge.backends import RingExecutor
-from truncbridge.pipeline import build_plan, one_hot, plan_config
+from truncbridge.core.errors import UserError
 from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_json, redact_plan_json
+from truncbridge.pipeline import build_plan, one_hot, plan_config
 
 SECRET_KEYS = {"row_l2", "recipe_params", "hash"}
 PUBLIC_FACTS = {"row_stochastic"}

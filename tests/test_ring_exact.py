@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from truncbridge.backends import RingExecutor
 from truncbridge.core.ir import Node, Program
-from truncbridge.core.types import Plan, PlanConfig
 from truncbridge.core.ring import Ring, matmul_mod64
+from truncbridge.core.types import Plan, PlanConfig
 
 N = 3  # every tensor in the random programs is N x N
 

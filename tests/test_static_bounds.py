@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import float_maxabs
 from truncbridge.analysis import static_bounds
 from truncbridge.core.ir import Builder
+
+from helpers import float_maxabs
 
 ONEHOT = torch.nn.functional.one_hot(torch.tensor([0, 3, 5, 7]), 8).double()
 

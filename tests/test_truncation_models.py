@@ -11,14 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypten_party import INPUTS, plan_for
-from truncbridge.core.errors import UserError
 from truncbridge.backends import TRUNCATION_MODELS, RingExecutor, truncation_model_for
+from truncbridge.backends.truncation_models import uniform_ring64
+from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Node, Program
-from truncbridge.core.types import Plan, PlanConfig
 from truncbridge.core.protocols import Protocol, load_protocol, protocol_names
 from truncbridge.core.ring import Ring
-from truncbridge.backends.truncation_models import uniform_ring64
+from truncbridge.core.types import Plan, PlanConfig
+
+from crypten_party import INPUTS, plan_for
 
 K = 16  # the shift of every single-truncation test
 RANDOMIZED = ("crypten-local", "crypten-wraps", "exact-msb")
@@ -144,8 +145,8 @@ def test_exact_msb_is_wrong_outside_its_range_like_the_protocol():
 def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
     """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r
     (what the dealer deals: r, r >> k unsigned, msb(r))."""
-    from truncbridge.crypten import truncation
     from truncbridge.core.ring import logical_shift
+    from truncbridge.crypten import truncation
 
     class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
         def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments
@@ -158,7 +159,7 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
     x = torch.cat([randint(-(2**63), 2**63 - 1, 5000, 14), randint(-LIMIT, LIMIT, 5000, 15), torch.tensor(EDGES)])
     for shift in (1, 8, K, 40, 62):
         r = uniform_ring64(x.shape, torch.Generator().manual_seed(shift), x.device)  # the model's first draw
-        monkeypatch.setattr(truncation, "truncation_pairs", lambda size, k: (
+        monkeypatch.setattr(truncation, "truncation_pairs", lambda size, k, r=r: (
             OneParty(r), OneParty(logical_shift(r, k)), OneParty((r < 0).long())))
         theirs = truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share
         assert torch.equal(truncate(x, "exact-msb", seed=shift, shift=shift), theirs)

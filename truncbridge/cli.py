@@ -1,120 +1,12 @@
 """Command line: ``truncbridge emulate | plan | report | compare | models``."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from .cli_args import build_parser
 from .core.errors import UserError, first_line
-
-DEFAULT_SEQ_LEN = 128
-DEFAULT_WINDOWS = 16
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _word_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _add_model_args(p, seq=True):
-    from .frontend.models import MODEL_NAMES
-
-    p.add_argument("--model", default=None, help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
-    if seq:
-        p.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN, help=f"tokens per window (default {DEFAULT_SEQ_LEN})")
-
-
-def _add_numeric_args(p, lists=False):
-    from .core.types import BOUNDS_MODES
-    from .core.types import OPTIMAL_TIME_LIMIT_S, POLICIES
-    from .core.protocols import DEFAULT_PROTOCOL, protocol_names
-
-    if not lists:
-        p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
-        p.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
-    p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
-                   help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
-    p.add_argument("--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
-    p.add_argument("--bounds", default="static", choices=BOUNDS_MODES, help="static analysis (default) or calibrated maxima")
-    p.add_argument("--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
-    p.add_argument("--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
-                   help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
-
-
-def _add_eval_args(p, windows=DEFAULT_WINDOWS):
-    p.add_argument("--text", help="evaluation text file (default: the model's held-out text)")
-    p.add_argument("--windows", type=_positive_int, default=windows, help=f"at most this many windows (default {windows})")
-    p.add_argument("--device", default="cpu", help="torch device for the emulator (cpu, cuda, cuda:1, ...)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .core.protocols import protocol_names
-
-    parser = _Parser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    emu = sub.add_parser("emulate", help="run a fixed-point plan exactly in plaintext and compare with float")
-    _add_model_args(emu)
-    _add_numeric_args(emu)
-    _add_eval_args(emu)
-    emu.add_argument("--plan", help="run this plan file (its field, policy and shapes replace the flags above)")
-    check = emu.add_mutually_exclusive_group()
-    check.add_argument("--check", dest="check", action="store_true", default=True,
-                       help="verify at run time that no value exceeds its promised bound (default)")
-    check.add_argument("--no-check", dest="check", action="store_false", help="skip the bound check (bound_violations = null)")
-    emu.add_argument("--mpc-truncation", action="store_true",
-                     help="sample the protocol's own truncation (its error model: LSB errors, failures) instead of "
-                          "exact round-nearest: what MPC under --protocol (or the plan's) would output")
-    emu.add_argument("--seed", type=int, default=0, help="randomness of --mpc-truncation (default 0)")
-    emu.add_argument("--json", help="write the results as JSON to this path")
-
-    pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")
-    _add_model_args(pl)
-    _add_numeric_args(pl)
-    pl.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
-
-    rep = sub.add_parser("report", help="costs of a plan under a protocol profile and network")
-    rep.add_argument("plan", help="plan file")
-    rep.add_argument("--protocol", default=None, choices=protocol_names(), help="profile (default: the plan's)")
-    rep.add_argument("--network", default="lan", choices=("lan", "wan"), help="network setting (default lan)")
-    rep.add_argument("--json", help="write the report as JSON to this path")
-
-    cmp = sub.add_parser("compare", help="policies x field sizes: truncations, rounds, accuracy")
-    _add_model_args(cmp)
-    _add_numeric_args(cmp, lists=True)
-    _add_eval_args(cmp, windows=4)
-    cmp.add_argument("--field-bits", type=_int_list, default=[40, 48, 56, 64], help="comma-separated (default 40,48,56,64)")
-    cmp.add_argument("--policies", type=_word_list, default=["eager", "lazy", "optimal"], help="comma-separated")
-    cmp.add_argument("--json", help="write the rows as a JSON list to this path")
-    cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")
-
-    sub.add_parser("models", help="list the built-in model names")
-    return parser
 
 
 def _check_output_path(path: str | None, flag: str) -> None:
@@ -175,9 +67,9 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
 
 
 def cmd_emulate(args) -> dict:
+    from .core.planfile import attach_weights, load_plan
     from .frontend.models import load_model
     from .pipeline import build_plan, convert, emulate
-    from .core.planfile import attach_weights, load_plan
     from .report import print_emulation, progress_bar
 
     _check_output_path(args.json, "--json")
@@ -219,9 +111,9 @@ def cmd_emulate(args) -> dict:
 
 
 def cmd_plan(args) -> None:
+    from .core.planfile import save_plan
     from .frontend.models import load_model
     from .pipeline import build_plan, convert
-    from .core.planfile import save_plan
     from .report import print_plan_summary
 
     _check_field(args.field_bits, args.frac_bits)
@@ -251,10 +143,10 @@ def cmd_report(args) -> None:
 
 def cmd_compare(args) -> list[dict]:
     from .analysis.cost import plan_costs
+    from .core.protocols import load_network, load_protocol
+    from .core.types import POLICIES
     from .frontend.models import load_model
     from .pipeline import build_plan, convert, emulate
-    from .core.types import POLICIES
-    from .core.protocols import load_network, load_protocol
     from .report import plot_compare, print_compare, progress_bar
 
     _check_output_path(args.json, "--json")

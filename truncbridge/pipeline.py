@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 import torch
 
 from .analysis import calibrated_bounds, place, static_bounds
+from .backends import RingExecutor, run_float
+from .core.errors import UserError
+from .core.ir import Program
+from .core.planfile import model_hash
+from .core.protocols import load_protocol
+from .core.types import OPTIMAL_TIME_LIMIT_S, Plan, PlanConfig
 from .frontend.calibrate import calibrate
 from .frontend.capture import Captured, capture
 from .frontend.data import split_pydoc_text
-from .core.errors import UserError
-from .backends import RingExecutor, run_float
-from .core.ir import Program
 from .frontend.lower import lower
-from .metrics import compare_logits
 from .frontend.models import LoadedModel
-from .core.types import OPTIMAL_TIME_LIMIT_S, Plan, PlanConfig
-from .core.planfile import model_hash
-from .core.protocols import load_protocol
+from .metrics import compare_logits
 
 CALIBRATION_WINDOWS = 8
 

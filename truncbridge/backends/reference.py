@@ -5,7 +5,7 @@ placement's ``trunc`` / ``shl`` are identities here. Calibration reads node magn
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

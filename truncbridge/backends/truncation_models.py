@@ -30,7 +30,7 @@ PROTOCOL_TRUNCATION_MODELS = {  # protocol profile truncation.kind -> model
 }
 
 
-def truncation_model_for(protocol: "Protocol") -> str:
+def truncation_model_for(protocol: Protocol) -> str:
     """The RingExecutor truncation model that samples what ``protocol``'s truncation outputs.
     SecureML and ABY3 (Trunc1) divide two additive shares locally, like CrypTen with 2 parties; their
     per-share rounding differs in detail (floor of unsigned shares vs CrypTen's division toward

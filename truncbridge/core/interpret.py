@@ -8,7 +8,8 @@ the op's kind (``ops.KINDS``): a backend is an object with one method per kind, 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .ir import Node, Program
 from .ops import OpSpec, spec

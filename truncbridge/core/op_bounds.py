@@ -76,8 +76,8 @@ def matmul_bound(st, node) -> float:
     candidates = [st.p[a].shape[-1] * st.B(a) * st.B(b)]
     if a in st.row and b in st.col:  # Cauchy-Schwarz on each (row, column) pair
         candidates.append(st.row[a] * st.col[b])
-    if b in st.exact:  # x @ W: |y_j| <= max|x| * sum_k |W_kj|
-        candidates.append(st.B(a) * st.exact[b].abs().sum(-2).max().item())
+    if b in st.exact:  # x @ W: |y_j| <= max|x| * sum_k |W_kj| (a vector W: one column)
+        candidates.append(st.B(a) * st.exact[b].abs().sum(-2 if st.exact[b].dim() >= 2 else 0).max().item())
     if a in st.exact:  # W @ x: |y_i| <= max|x| * sum_k |W_ik|
         candidates.append(st.B(b) * st.exact[a].abs().sum(-1).max().item())
     return min(candidates)
@@ -139,7 +139,8 @@ def move_norms(st, node) -> Norms:
         rows = [st.row.get(i) for i in node.inputs]
         if None in rows:
             return None, None
-        dim = node.attrs["args"][1] if len(node.attrs["args"]) > 1 else 0
+        args, kwargs = node.attrs["args"], node.attrs.get("kwargs") or {}
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         last = dim % len(node.shape) == len(node.shape) - 1
         return (math.sqrt(sum(r * r for r in rows)) if last else max(rows)), None  # rows joined / stacked
     if len(node.inputs) != 1:

@@ -22,8 +22,9 @@ A new op is one entry here (and a ``Builder`` helper to emit it).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

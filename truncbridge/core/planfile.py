@@ -4,8 +4,9 @@ It holds the schema version, the model's identity (name, class, hash of its weig
 length), the ``PlanConfig`` (field, fraction bits, policy, protocol, headroom, how bounds were
 obtained), every node with its op parameters (``attrs``), its ``facts``, its scale and bound (and
 the bound's source), every truncation with its shift, and the public constants the plan uses.
-Schema v1 files (facts among the attrs, the config spread over the top level) still load. Weights are not in the file: they are the model owner's secret; running
-a plan loads them from the model and checks the hash.
+Schema v1 files (facts among the attrs, the config spread over the top level) still load.
+Weights are not in the file: they are the model owner's secret; running a plan loads them from the
+model and checks the hash.
 
 The owner gives the other parties (client, helpers) a *redacted* plan (``plan_to_json(plan,
 redacted=True)`` or ``redact_plan_json``): it keeps what they need to compute and drops what is

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import UserError
@@ -61,7 +61,7 @@ def protocol_names() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.json") if p.stem != "networks")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_protocol(name: str | None) -> Protocol:
     name = name or DEFAULT_PROTOCOL
     path = PROTOCOL_DIR / f"{name}.json"
@@ -73,7 +73,7 @@ def load_protocol(name: str | None) -> Protocol:
     return Protocol(name, data)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_network(name: str) -> dict:
     networks = json.loads((PROTOCOL_DIR / "networks.json").read_text())
     if name not in networks:

@@ -47,7 +47,7 @@ class PlanConfig:
     margin_bits: int | None = None  # calibrated bounds: safety margin (None with static bounds)
     time_limit_s: float = OPTIMAL_TIME_LIMIT_S  # optimal: the MILP's time limit
 
-    def validate(self) -> "PlanConfig":
+    def validate(self) -> PlanConfig:
         """The config, if a plan can be made under it (one clear error otherwise)."""
         if self.policy not in POLICIES:
             raise UserError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")

@@ -80,7 +80,8 @@ def fail_setup(comm, who: str, exc: BaseException) -> int:
     """This rank's set-up failed: print its own error (one line), tell the others, give the exit
     status (2 for the user's error, 1 otherwise)."""
     first = first_line(exc)
-    line = f"error: {first}" if isinstance(exc, UserError) else f"error: {who} failed during set-up: {type(exc).__name__}: {first}"
+    own = f"{who} failed during set-up: {type(exc).__name__}: {first}"
+    line = f"error: {first}" if isinstance(exc, UserError) else f"error: {own}"
     print(line, file=sys.stderr, flush=True)
     notify_failure(comm, f"{who} failed during set-up: {first}")
     return 2 if isinstance(exc, UserError) else EXIT_SETUP

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import torch
 
-from .compat import import_crypten
-from .roles import CLIENT, OWNER
 from ..core.errors import UserError
 from ..core.interpret import interpret
-from ..core.types import Plan
 from ..core.ring import Ring
+from ..core.types import Plan
 from . import truncation as protocols
+from .compat import import_crypten
+from .roles import CLIENT, OWNER
 from .shares import add_public, share_from
 from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import ArgumentParser, UserError
+from ..core.types import POLICIES as PLAN_POLICIES
 from . import mpi
 from .audit import findings
 from .dealer import DEALERS
@@ -36,19 +37,14 @@ from .results import INSECURE, add_predictions, format_table, policy_row, ratios
 from .roles import role
 from .truncation import PROTOCOLS
 
-POLICIES = ("eager", "lazy", "optimal", "vanilla")
+POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(message)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from ..frontend.models import MODEL_NAMES
 
-    p = _Parser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
+    p = ArgumentParser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
                 "(mpirun -n 3: owner, client, dealer; -n 4: owner, client, helper, dealer).")
     p.add_argument("--model", default="default", help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory")
     p.add_argument("--seq-len", type=int, default=32, help="tokens in the client's window (default 32)")
@@ -134,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 def _setup(comm, args, parties: int, say) -> dict:
     """Rank 0 loads the model, plans and computes references, and sends the redacted plans; the
     others build what they need from the architecture alone."""
+    from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
     from ..frontend.models import load_architecture, load_model
     from ..pipeline import convert, one_hot, vocab_size
-    from ..core.planfile import plan_from_json, plan_to_json
 
     rank, vanilla = comm.Get_rank(), "vanilla" in args.policies
     out = {"plans": {}, "captured": None, "inputs": None, "ids": None, "references": None}

@@ -5,8 +5,9 @@
              2^(64-k) — with probability about |x| / 2^64: plans for it need headroom (16 bits).
              Shares are divided toward zero, which is unbiased: no 2^(k-1) offset is added.
 ``exact``    one opening of x + 2^62 + r with dealer-made r, r >> k and msb(r) (from the dealer
-             that is no computing party: ``dealer.py``). Because x + 2^62 < 2^63, the opened c wrapped iff msb(r) = 1 and msb(c) = 0,
-             a *linear* function of the shared bit msb(r): the wrap is corrected exactly. The low-bit
+             that is no computing party: ``dealer.py``). Because x + 2^62 < 2^63, the opened c
+             wrapped iff msb(r) = 1 and msb(c) = 0, a *linear* function of the shared bit msb(r):
+             the wrap is corrected exactly. The low-bit
              borrow is left in, so the result is floor(x / 2^k) + Bernoulli(frac(x / 2^k)) —
              stochastic rounding, unbiased, |error| < 1 LSB, for every |x| < 2^62 with no large
              failures. 1 round, any number of parties. (The msb trick: Escudero et al., CRYPTO 2020;

@@ -5,8 +5,8 @@ CrypTen's automatic truncation after every multiplication, and CrypTen's approxi
 ``reciprocal``, ``inv_sqrt``, ``sigmoid``, ``tanh``, ``erf``, ``softmax`` with its row max).
 Compare its wall time, rounds, bytes and accuracy with ``PlanRunner`` on the same model.
 
-It walks the same captured ATen graph as ``lower.py``: nodes with only public inputs are folded in
-plaintext; nodes computed from weights alone (``aten.t`` of a weight, ...) are the model owner's
+It walks the captured ATen graph with the walk lowering uses (``frontend.walk``): nodes with only
+public inputs are folded in plaintext; nodes computed from weights alone (``aten.t`` of a weight, ...) are the model owner's
 plaintext and are shared (``src=0``) where they meet secret data; the client's token ids enter as a
 secret one-hot matrix shared by ``client``, and the embedding is ``one_hot @ table``. Data movement
 acts on the shares locally. Weights are shared inside ``run`` (no communication), as PlanRunner does.
@@ -29,17 +29,17 @@ Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
 
-from .compat import import_crypten
-from .roles import OWNER
+from ..core.errors import UserError
 from ..frontend.calibrate import MASK_VALUE
 from ..frontend.capture import Captured
-from ..core.errors import UserError
-from ..frontend.lower import IDENTITY_OPS, MOVE_OPS, SKIP_OPS, TOKENS, aten_name, flatten_args
+from ..frontend.recipes import power
+from ..frontend.walk import TOKENS, GraphWalk, aten_name, flatten_args
+from .compat import import_crypten
+from .roles import OWNER
 
 aten = torch.ops.aten
 # Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in
@@ -55,47 +55,75 @@ class Owned:
     value: torch.Tensor
 
 
-class VanillaRunner:
+def _value_rule(fn):
+    """A rule that needs only the op's arguments."""
+    return lambda walk, node, *args, **kwargs: fn(*args, **kwargs)
+
+
+def _method_rule(name: str):
+    return lambda walk, node, *args, **kwargs: getattr(walk, name)(*args, **kwargs)
+
+
+class VanillaRunner(GraphWalk):
+    no_rule = "vanilla CrypTen: no rule for"
+
     def __init__(self, captured: Captured, client: int = 1, rsqrt_scale: int = 1):
         """``rsqrt_scale`` s > 1 applies the usual user workaround for ``inv_sqrt``'s narrow range:
         rsqrt(x) = s * inv_sqrt(s^2 x) with a public integer s chosen by hand (1: CrypTen as is)."""
+        super().__init__(captured)
         self.crypten = import_crypten()
         from crypten.mpc import MPCTensor
 
-        self.MPC, self.captured, self.client = MPCTensor, captured, client
+        self.MPC, self.client = MPCTensor, client
+        self.secret_types = (MPCTensor,)
         self.rank = self.crypten.communicator.get().get_rank()
         if self.rank == OWNER:
             self.weights = captured.weights
         else:  # other ranks do not hold the weights: zeros of the right shape make that explicit
             self.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
+        s2 = rsqrt_scale * rsqrt_scale
         self.rules = {
-            aten.embedding.default: self.embedding, aten.add.Tensor: self.add, aten.sub.Tensor: self.sub,
-            aten.mul.Tensor: self.mul, aten.div.Tensor: self.div, aten.neg.default: lambda x: -x,
-            aten.pow.Tensor_Scalar: self.pow, aten._softmax.default: lambda x, dim, *_: x.softmax(dim),
-            aten.mean.dim: lambda x, dims, keepdim=False, **_: x.mean(dims, keepdim=keepdim),
-            aten.sum.dim_IntList: lambda x, dims, keepdim=False, **_: x.sum(dims, keepdim=keepdim),
-            aten.mm.default: self.matmul, aten.bmm.default: self.matmul, aten.matmul.default: self.matmul,
-            aten.addmm.default: self.addmm, aten._to_copy.default: self.to_copy,
-            aten.rsqrt.default: lambda x: (x * (rsqrt_scale * rsqrt_scale)).inv_sqrt() * rsqrt_scale, aten.sqrt.default: lambda x: x.sqrt(),
-            aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
-            aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
-            aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(),
-            aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
+            **{t: _method_rule(m) for t, m in (
+                (aten.embedding.default, "embedding"), (aten.add.Tensor, "add"), (aten.sub.Tensor, "sub"),
+                (aten.mul.Tensor, "mul"), (aten.div.Tensor, "div"), (aten.pow.Tensor_Scalar, "pow"),
+                (aten.mm.default, "matmul"), (aten.bmm.default, "matmul"), (aten.matmul.default, "matmul"),
+                (aten.addmm.default, "addmm"), (aten._to_copy.default, "to_copy"))},
+            **{t: _value_rule(f) for t, f in {
+                aten.neg.default: lambda x: -x, aten._softmax.default: lambda x, dim, *_: x.softmax(dim),
+                aten.mean.dim: lambda x, dims, keepdim=False, **_: x.mean(dims, keepdim=keepdim),
+                aten.sum.dim_IntList: lambda x, dims, keepdim=False, **_: x.sum(dims, keepdim=keepdim),
+                aten.rsqrt.default: lambda x: (x * s2).inv_sqrt() * rsqrt_scale, aten.sqrt.default: lambda x: x.sqrt(),
+                aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
+                aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
+                aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(),
+                aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
+            }.items()},
         }
 
     def run(self, input_ids: torch.Tensor | None) -> list:
         """Evaluate the graph; ``input_ids`` only on the client's rank. Returns the output MPCTensors."""
-        self.input_ids, env, c = input_ids, {}, self.captured
-        for node in c.graph.nodes:
-            if node.op == "placeholder":
-                env[node.name] = (TOKENS if node.name == c.tokens else Owned(self.weights[node.name])
-                                  if node.name in self.weights else c.publics[node.name])
-            elif node.op == "call_function":
-                env[node.name] = self.call(node, *_resolve((node.args, node.kwargs), env))
-            elif node.op == "output":
-                outs = [self.secret(v) for v in flatten_args(_resolve(node.args[0], env))
-                        if isinstance(v, (self.MPC, Owned))]
-        return outs
+        self.input_ids = input_ids
+        return self.walk()
+
+    # -- the walk's hooks -----------------------------------------------------------------------
+    def placeholder(self, node):
+        name = node.name
+        return Owned(self.weights[name]) if name in self.weights else self.captured.publics[name]
+
+    def is_output(self, v) -> bool:
+        return isinstance(v, (self.MPC, Owned))
+
+    def output(self, v):
+        return self.secret(v)
+
+    def fold(self, target, args, kwargs):
+        """Public or owner-only inputs: plaintext; the result is the owner's if any input was."""
+        owned = any(isinstance(v, Owned) for v in flatten_args(list(args) + list(kwargs.values())))
+        out = target(*_unwrap(args), **_unwrap(kwargs))
+        return _map(lambda t: Owned(t) if owned and isinstance(t, torch.Tensor) else t, out)
+
+    def share(self, args, kwargs):
+        return _map(self.secret, args), _map(self.secret, kwargs)  # weights meet secrets
 
     def open_outputs(self, outs: list, dst: int = 1) -> list[torch.Tensor] | None:
         """Reveal to ``dst`` only: float64 tensors there, None elsewhere. Decoded here, not by
@@ -105,29 +133,6 @@ class VanillaRunner:
         if self.rank != dst:
             return None
         return [v.to(torch.float64) / o._tensor.encoder.scale for v, o in zip(opened, outs)]
-
-    def call(self, node, args, kwargs):
-        target = node.target
-        if target in SKIP_OPS:
-            return None
-        inputs = flatten_args(list(args) + list(kwargs.values()))
-        if any(v is TOKENS for v in inputs) and target != aten.embedding.default:
-            raise UserError(f"{aten_name(target)} reads the secret token ids; only aten.embedding may")
-        if not any(isinstance(v, self.MPC) or v is TOKENS for v in inputs):  # public or owner-only
-            owned = any(isinstance(v, Owned) for v in inputs)
-            out = target(*_unwrap(args), **_unwrap(kwargs))
-            return _map(lambda t: Owned(t) if owned and isinstance(t, torch.Tensor) else t, out)
-        args, kwargs = _map(self.secret, args), _map(self.secret, kwargs)  # weights meet secrets
-        if target is operator.getitem:
-            return args[0][args[1]]
-        if target in IDENTITY_OPS:
-            return args[0]
-        if target in MOVE_OPS:
-            return self.move(target, args, kwargs)
-        if target not in self.rules:
-            raise UserError(f"vanilla CrypTen: no rule for ATen op {aten_name(target)} on secret data "
-                            f"(node {node.name})")
-        return self.rules[target](*args, **kwargs)
 
     def secret(self, v):
         """Share an owner value (src=0); MPCTensors and public values pass unchanged."""
@@ -178,13 +183,7 @@ class VanillaRunner:
         if not (float(exponent).is_integer() and exponent >= 1):
             raise UserError(f"vanilla CrypTen: aten.pow with exponent {exponent} on secret data")
         # square-and-multiply with CrypTen's products: its own pow is wrong for odd exponents >= 5
-        result, base, n = None, x, int(exponent)
-        while n:
-            if n & 1:
-                result = base if result is None else result * base
-            n >>= 1
-            base = base.square() if n else base
-        return result
+        return power(x, int(exponent), lambda u, v: u * v, lambda v: v.square())
 
     def matmul(self, a, b):
         if not isinstance(a, self.MPC):
@@ -202,8 +201,9 @@ class VanillaRunner:
             raise UserError(f"vanilla CrypTen: cast of a secret value to {dtype} is not supported")
         return x
 
-    def move(self, target, args, kwargs):
+    def move(self, node, args, kwargs):
         """Data movement on the shares (local). cat/stack accept public parts (held by rank 0)."""
+        target = node.target
         like = next(v for v in flatten_args(list(args)) if isinstance(v, self.MPC))
         if target in (aten.cat.default, aten.stack.default):
             encode = like._tensor.encoder.encode
@@ -225,7 +225,3 @@ def _map(fn, x):
 
 def _unwrap(x):
     return _map(lambda v: v.value if isinstance(v, Owned) else v, x)
-
-
-def _resolve(x, env):
-    return _map(lambda v: env[v.name] if isinstance(v, torch.fx.Node) else v, x)

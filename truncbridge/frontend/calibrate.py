@@ -21,7 +21,7 @@ class Range:
     lo: float
     hi: float
 
-    def merge(self, other: "Range") -> "Range":
+    def merge(self, other: Range) -> Range:
         return Range(min(self.lo, other.lo), max(self.hi, other.hi))
 
 

@@ -15,14 +15,15 @@ one) so a plan says exactly what was computed. No recipe uses a comparison.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from ..core.errors import UserError
-from ..core.ops import real_value
 from ..core.ir import Builder
+from ..core.ops import real_value
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
 MAX_NEWTON_ITERS = 40
@@ -65,6 +66,19 @@ def _jsonable(v):
 def _positive_range(name: str, lo: float, hi: float) -> None:
     if not (lo > 0 and hi >= lo and math.isfinite(hi)):
         raise UserError(f"{name} needs a positive input range, calibration gave [{lo:.4g}, {hi:.4g}]")
+
+
+def power(x, n: int, mul: Callable, square: Callable | None = None):
+    """x^n (n >= 1) by square-and-multiply with the given product (IR nodes or CrypTen tensors)."""
+    square = square or (lambda v: mul(v, v))
+    result, base = None, x
+    while n:
+        if n & 1:
+            result = base if result is None else mul(result, base)
+        n >>= 1
+        if n:
+            base = square(base)
+    return result
 
 
 # -- exp -----------------------------------------------------------------------------------------
@@ -254,5 +268,6 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
             b.declare(y, NORM_SLACK * n)
         out = b.mul_public(y, inv_count)
         b.declare(out, NORM_SLACK)
-        b.program[out].facts.row_stochastic = True  # rows are non-negative and sum to 1
+        # rows (last dim) are non-negative and sum to 1 when that is the dim normalised
+        b.program[out].facts.row_stochastic = dim % len(b.shape(out)) == len(b.shape(out)) - 1
     return out
