@@ -19,7 +19,7 @@ def broadcast_then_gram(combine: str):
     b = Builder()
     x = b.input("tokens", (4, 8), integer=True)
     s = b.matmul(x, b.weight("w1", torch.ones(8, 1, dtype=torch.float64)))
-    b.program[s].attrs["declared_row_l2"] = 1.0  # as a recipe declares for RMSNorm's output
+    b.program[s].facts.row_l2 = 1.0  # as a recipe declares for RMSNorm's output
     if combine == "mul":
         m = b.mul(s, b.weight("w2", torch.ones(8, dtype=torch.float64)))
     elif combine == "mul_public":

@@ -74,8 +74,8 @@ class _Static:
             return Bound(v.abs().max().item() if v.numel() else 0.0, "weight")
         if op.bound is None:
             raise UserError(f"analysis: no bound rule for op {node.op!r}")
-        value = op.bound(self, node)
-        return Bound(value, "input" if node.op == "input" or (node.op == "matmul" and ins[0] in self.onehot) else "rule")
+        found = op.bound(self, node)
+        return Bound(*found) if isinstance(found, tuple) else Bound(found, "rule")
 
     def track_norms(self, node: Node) -> None:
         """l2 bounds of rows (last dim) and columns (dim -2), where a rule gives them."""

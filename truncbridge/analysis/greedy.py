@@ -26,7 +26,7 @@ def place_greedy(e: Emitter, lazy: bool) -> None:
             ins = [new if i == old else i for i in ins]  # both operands of a square
             scale, extra = e.natural_scale(node, ins)
         nid = e.emit(node, ins, scale, extra)
-        if not lazy and spec(node).scaling in ("sum", "public") and scale > e.f:
+        if not lazy and spec(node).product and scale > e.f:
             e.current[node.id] = e.to_scale(nid, e.f)
 
 

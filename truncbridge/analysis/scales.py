@@ -76,7 +76,7 @@ def placement_vector(src: Program, f: int, truncated: set[int], floors: list[int
 
 def products(src: Program) -> set[int]:
     """Nodes whose scales add (private and public products): eager truncates after each."""
-    return {v.id for v in src.nodes if spec(v).scaling in ("sum", "public")}
+    return {v.id for v in src.nodes if spec(v).product}
 
 
 def eager_scales(src: Program, f: int) -> list[int]:

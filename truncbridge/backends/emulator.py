@@ -11,6 +11,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.interpret import interpret
+from ..core.ops import spec
 from ..core.ring import Ring
 from ..core.types import Plan
 from .truncation_models import TRUNCATION_MODELS, sample_truncation
@@ -26,7 +27,7 @@ class RingBackend:
         self.weights = {n.attrs["name"]: self._encode(program.weights[n.attrs["name"]], n.scale)
                         for n in program.nodes if n.op == "weight"}
         self.encoded = {n.id: self.ring.encode_public(program.consts[n.attrs["const"]], _const_scale(n)).to(device)
-                        for n in program.nodes if n.op in ("mul_public", "add_public")}
+                        for n in program.nodes if spec(n).kind == "public"}
         self.consts = {k: v.to(device) for k, v in program.consts.items()}  # index tensors of moves
         self.inputs: dict[str, torch.Tensor] = {}
 
@@ -48,7 +49,7 @@ class RingBackend:
 
     def public(self, node, op, xs):
         c = self.encoded[node.id]
-        return self.ring.mul(xs[0], c) if node.op == "mul_public" else self.ring.add(xs[0], c)
+        return self.ring.mul(xs[0], c) if op.product else self.ring.add(xs[0], c)
 
     def relabel(self, node, op, xs):  # a power-of-two rescale only relabels the scale
         return xs[0]
@@ -76,7 +77,7 @@ class _Consts:
 
 def _const_scale(node) -> int:
     """A public multiplier is encoded at its own scale (placement's ``const_scale``); an addend at the node's."""
-    return node.attrs["const_scale"] if node.op == "mul_public" else node.scale
+    return node.attrs["const_scale"] if spec(node).product else node.scale
 
 
 class RingExecutor:

@@ -3,7 +3,7 @@
 Interval rules take the analysis context ``st`` (``analysis.bounds``: ``st.B(i)`` the bound of
 input i, ``st.exact`` owner-known values, ``st.onehot`` / ``st.stochastic`` node sets, ``st.row`` /
 ``st.col`` l2 norms of rows (last dim) and columns (dim -2), ``st.p`` the program) and return a
-float. Norm rules return (row, column) l2 bounds of the output, None where unknown.
+float (an interval rule's bound), or (float, source) where the bound comes from the input's form. Norm rules return (row, column) l2 bounds of the output, None where unknown.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ STOCHASTIC_PRESERVING = {"aten.view.default", "aten._unsafe_view.default", "aten
 
 
 # -- interval rules ------------------------------------------------------------------------------
-def input_bound(st, node) -> float:
+def input_bound(st, node) -> tuple[float, str]:
     if not node.attrs.get("integer"):
         raise UserError(f"input {node.attrs['name']} has no static bound; use calibrated bounds")
     st.onehot.add(node.id)
-    return 1.0
+    return 1.0, "input"
 
 
 def same_bound(st, node) -> float:
@@ -67,10 +67,10 @@ def mul_bound(st, node) -> float:
     return st.B(node.inputs[0]) * st.B(node.inputs[1])
 
 
-def matmul_bound(st, node) -> float:
+def matmul_bound(st, node) -> float | tuple[float, str]:
     a, b = node.inputs
     if a in st.onehot:  # a one-hot row selects one row of b
-        return st.B(b)
+        return st.B(b), "input"
     if a in st.stochastic:  # a convex (sub-)combination of b's rows
         return st.B(b)
     candidates = [st.p[a].shape[-1] * st.B(a) * st.B(b)]

@@ -58,6 +58,11 @@ class OpSpec:
     count: str | None = None  # its bucket in Plan.counts()
     doc: str = ""
 
+    @property
+    def product(self) -> bool:
+        """Its scale is the sum of its operands' (a private or public product): eager truncates after it."""
+        return self.scaling in ("sum", "public")
+
     def aligned(self, node: Node) -> bool:
         return self.aligns and len(node.inputs) > 1
 

@@ -91,7 +91,7 @@ class PlanRunner:
 
     def public(self, node, op, xs):
         c = self.consts[node.attrs["const"]]
-        if node.op == "mul_public":
+        if op.product:
             return self._local(xs[0].share * self.ring.encode_public(c, node.attrs["const_scale"]))
         return add_public(self.AST, xs[0], self.ring.encode_public(c, node.scale), self.rank)
 
