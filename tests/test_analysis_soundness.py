@@ -14,9 +14,7 @@ import torch
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
-# every module path and internal this file relies on is named here (the package layout may move):
-# analysis.static_bounds and analysis._Static (which rules were used), ops.OPS (the negative
-# control patches a rule in the op table)
+# analysis._Static says which rules were used; the negative control patches a rule in ops.OPS
 from truncbridge.analysis import bounds as analysis
 from truncbridge.backends import run_float
 from truncbridge.core import ops

@@ -64,3 +64,13 @@ def test_an_unknown_op_is_named():
     b.emit("frobnicate", (), (2,))
     with pytest.raises(ValueError, match="unknown op 'frobnicate'"):
         static_bounds(b.program)
+
+
+def test_an_attr_that_is_no_parameter_of_its_op_is_refused():
+    """A fact written into attrs (as v1 did) would be silently ignored by the analysis: refused."""
+    b = Builder()
+    x = b.input("tokens", (2, 3), integer=True)
+    b.output(x)
+    b.program[x].attrs["declared_row_l2"] = 1.0
+    with pytest.raises(ValueError, match=r"attrs \['declared_row_l2'\] are not parameters of input"):
+        static_bounds(b.program)

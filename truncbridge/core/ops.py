@@ -15,8 +15,8 @@ An ``OpSpec`` says all that the stages need to know about an op:
   (``op_bounds.py``, read by ``analysis.bounds``);
 * ``site`` — whether a truncation right after it can pay off; ``hoistable``: a truncation of its
   result may move onto its input instead;
-* ``cost`` (the protocol operation it costs, ``analysis.cost``) and ``count`` (its bucket in
-  ``Plan.counts``).
+* ``params`` (the attrs it takes), ``cost`` (the protocol operation it costs,
+  ``analysis.cost``) and ``count`` (its bucket in ``Plan.counts``).
 
 A new op is one entry here (and a ``Builder`` helper to emit it).
 """
@@ -54,6 +54,7 @@ class OpSpec:
     aligns: bool = False  # operands are brought to one scale (when there are several)
     site: Callable[[Node, Program], bool] = _never
     hoistable: bool = False
+    params: tuple[str, ...] = ()  # the attrs it takes (public: the parties compute with them)
     cost: str | None = None  # the protocol operation it costs (protocols/*.json): mul | truncation
     count: str | None = None  # its bucket in Plan.counts()
     doc: str = ""
@@ -93,18 +94,19 @@ def _shrinking_move(node: Node, program: Program) -> bool:
 
 
 _SPECS = [
-    OpSpec("input", "source", 0, "source", bound=rules.input_bound,
+    OpSpec("input", "source", 0, "source", params=("name", "integer"), bound=rules.input_bound,
            doc="secret input of the client (attrs: name, integer): the one-hot token matrix"),
-    OpSpec("weight", "source", 0, "source", real=lambda xs, n, p: p.weights[n.attrs["name"]],
+    OpSpec("weight", "source", 0, "source", params=("name",), real=lambda xs, n, p: p.weights[n.attrs["name"]],
            doc="secret tensor of the model owner (attrs: name)"),
     OpSpec("add", "local", 2, "max", real=lambda xs, n, p: xs[0] + xs[1], bound=rules.add_bound,
            norms=rules.add_norms, aligns=True, site=_always, doc="private addition"),
     OpSpec("neg", "local", 1, "same", real=lambda xs, n, p: -xs[0], bound=rules.same_bound,
            norms=rules.same_norms, hoistable=True, doc="private negation"),
-    OpSpec("sum", "local", 1, "same", real=lambda xs, n, p: xs[0].sum(dim=n.attrs["dims"], keepdim=n.attrs["keepdim"]),
+    OpSpec("sum", "local", 1, "same", params=("dims", "keepdim"),
+           real=lambda xs, n, p: xs[0].sum(dim=n.attrs["dims"], keepdim=n.attrs["keepdim"]),
            bound=rules.sum_bound, site=_always, doc="sum over dims (attrs: dims, keepdim)"),
-    OpSpec("move", "local", None, "max", real=_move, bound=rules.move_bound, norms=rules.move_norms, aligns=True,
-           site=_shrinking_move, hoistable=True,
+    OpSpec("move", "local", None, "max", params=("fn", "args", "kwargs"), real=_move, bound=rules.move_bound,
+           norms=rules.move_norms, aligns=True, site=_shrinking_move, hoistable=True,
            doc='data movement (attrs: fn = ATen op name, args with "$i" input / "@name" const refs)'),
     OpSpec("mul", "product", 2, "sum", real=lambda xs, n, p: xs[0] * xs[1], bound=rules.mul_bound,
            norms=rules.mul_norms, site=_always, cost="mul", count="mul_private",
@@ -112,20 +114,22 @@ _SPECS = [
     OpSpec("matmul", "product", 2, "sum", real=lambda xs, n, p: torch.matmul(xs[0], xs[1]),
            bound=rules.matmul_bound, norms=rules.matmul_norms, site=_always, cost="mul", count="mul_private",
            doc="private matrix product (torch.matmul semantics)"),
-    OpSpec("mul_public", "public", 1, "public", real=lambda xs, n, p: xs[0] * _const(n, p),
-           bound=rules.mul_public_bound, norms=rules.mul_public_norms, site=_always, count="mul_public",
+    OpSpec("mul_public", "public", 1, "public", params=("const", "const_scale"),
+           real=lambda xs, n, p: xs[0] * _const(n, p), bound=rules.mul_public_bound, norms=rules.mul_public_norms,
+           site=_always, count="mul_public",
            doc="product with a public tensor or scalar (attrs: const; placement adds const_scale)"),
-    OpSpec("add_public", "public", 1, "same", real=lambda xs, n, p: xs[0] + _const(n, p),
+    OpSpec("add_public", "public", 1, "same", params=("const",), real=lambda xs, n, p: xs[0] + _const(n, p),
            bound=rules.add_public_bound, hoistable=True, doc="sum with a public tensor or scalar (attrs: const)"),
-    OpSpec("pow2", "relabel", 1, "relabel", real=lambda xs, n, p: xs[0] * 2.0 ** n.attrs["exp"],
+    OpSpec("pow2", "relabel", 1, "relabel", params=("exp",), real=lambda xs, n, p: xs[0] * 2.0 ** n.attrs["exp"],
            bound=rules.pow2_bound, norms=rules.pow2_norms, hoistable=True,
            site=lambda n, p: n.attrs["exp"] < 0,  # a division relabels the scale up: truncating after it pays
            doc="multiply by the public 2^exp (attrs: exp): free in fixed point"),
     OpSpec("output", "output", 1, "same", real=_identity, bound=rules.same_bound, norms=rules.same_norms,
            doc="the revealed result"),
-    OpSpec("trunc", "truncate", 1, "placed", real=_identity, bound=rules.same_bound, cost="truncation",
-           count="truncations", doc="drop attrs.shift fractional bits (placement; rounding nearest | floor)"),
-    OpSpec("shl", "shift", 1, "placed", real=_identity, bound=rules.same_bound,
+    OpSpec("trunc", "truncate", 1, "placed", params=("shift", "rounding"), real=_identity, bound=rules.same_bound,
+           cost="truncation", count="truncations",
+           doc="drop attrs.shift fractional bits (placement; rounding nearest | floor)"),
+    OpSpec("shl", "shift", 1, "placed", params=("shift",), real=_identity, bound=rules.same_bound,
            doc="multiply the integer by 2^shift to raise the scale (placement)"),
 ]
 OPS: dict[str, OpSpec] = {s.name: s for s in _SPECS}
@@ -137,6 +141,13 @@ def spec(node: Node) -> OpSpec:
         return OPS[node.op]
     except KeyError:
         raise ValueError(f"unknown op {node.op!r} (node {node.id})") from None
+
+
+def check_attrs(node: Node) -> None:
+    """A node's attrs are its op's parameters, nothing else (facts live in ``node.facts``)."""
+    unknown = set(node.attrs) - set(spec(node).params)
+    if unknown:
+        raise ValueError(f"node {node.id} ({node.op}): attrs {sorted(unknown)} are not parameters of {node.op}")
 
 
 def real_value(node: Node, xs: list, program: Program) -> torch.Tensor:

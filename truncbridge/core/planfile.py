@@ -32,15 +32,15 @@ import torch
 from .. import __version__
 from .errors import UserError
 from .ir import Facts, Node, Program
+from .ops import OPS, check_attrs
 from .types import Bound, Plan, PlanConfig, needed_bits
 
 SCHEMA = "truncbridge-plan"
 SCHEMA_VERSION = 2  # v2: a "config" block (PlanConfig) and typed node "facts"; v1 files still load
 
-# node attrs a redacted plan keeps: each is an op parameter the parties compute with (fail closed:
-# an attr not listed here stops redaction until it is classified)
-PUBLIC_ATTRS = frozenset({"name", "integer", "dims", "keepdim", "exp", "const", "const_scale", "shift", "rounding",
-                          "fn", "args", "kwargs"})
+# node attrs a redacted plan keeps: the op parameters the parties compute with (``OpSpec.params``;
+# fail closed: any other attr stops redaction)
+PUBLIC_ATTRS = frozenset(p for op in OPS.values() for p in op.params)
 # node facts a redacted plan keeps: structure, not numbers from the weights or the calibration
 PUBLIC_FACTS = frozenset({"row_stochastic"})
 # what a redacted plan says about the model: never the weights hash
@@ -189,6 +189,7 @@ def _program_from_json(doc: dict, frac_bits: int, redacted: bool) -> tuple[Progr
                     d["scale"], Facts(**d.get("facts", {})))
         if node.id != len(prog.nodes) or any(i >= node.id for i in node.inputs):
             raise ValueError(f"node {node.id} is out of order")
+        check_attrs(node)
         prog.nodes.append(node)
         bounds[node.id] = Bound(float(d["bound"]), d["bound_source"])
         if redacted and needed_bits(bounds[node.id], node.scale, frac_bits) != d["bound_bits"]:
