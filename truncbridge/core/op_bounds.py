@@ -3,7 +3,8 @@
 Interval rules take the analysis context ``st`` (``analysis.bounds``: ``st.B(i)`` the bound of
 input i, ``st.exact`` owner-known values, ``st.onehot`` / ``st.stochastic`` node sets, ``st.row`` /
 ``st.col`` l2 norms of rows (last dim) and columns (dim -2), ``st.p`` the program) and return a
-float (an interval rule's bound), or (float, source) where the bound comes from the input's form. Norm rules return (row, column) l2 bounds of the output, None where unknown.
+float (an interval rule's bound), or (float, source) where the bound comes from the input's
+form. Norm rules return (row, column) l2 bounds of the output, None where unknown.
 """
 from __future__ import annotations
 
