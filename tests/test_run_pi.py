@@ -115,9 +115,10 @@ def test_a_set_up_failure_on_one_rank_ends_every_rank(tmp_path):
 
 
 def test_a_plan_with_an_impossible_shift_is_refused_up_front():
-    from crypten_party import plan_for
-    from truncbridge.crypten.runner import PlanRunner
     from truncbridge.core.errors import UserError
+    from truncbridge.crypten.runner import PlanRunner
+
+    from crypten_party import plan_for
 
     plan = plan_for("eager")
     next(n for n in plan.program.nodes if n.op == "trunc").attrs["shift"] = 63
@@ -125,12 +126,17 @@ def test_a_plan_with_an_impossible_shift_is_refused_up_front():
         PlanRunner(plan)
 
 
-def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[int, str, float]:
-    """Start 3 parties, send ``sig`` to rank ``victim`` once the first policy runs; return
-    (mpirun's exit status, everything printed, seconds from the signal to the end)."""
+SLOW_S = 1.0  # how long a survivor is held (SIGSTOP) around the signal: it notices last
+
+
+def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str, slow: int | None = None,
+                   processes: int = 4) -> tuple[int, str, float]:
+    """Start the parties and the dealer, send ``sig`` to rank ``victim`` once the first policy runs
+    (with rank ``slow`` stopped from just before it until ``SLOW_S`` after); return (mpirun's exit
+    status, everything printed, seconds from the signal to the end)."""
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        cmd = mpirun(4, *TINY, "--policy", "eager,lazy", "--repeat", "3", "--silence", "3")
+        cmd = mpirun(processes, *TINY, "--policy", "eager,lazy", "--repeat", "3", "--silence", "3")
         proc = subprocess.Popen([cmd[0], *mpi_flags, *cmd[1:]], env=ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -138,9 +144,19 @@ def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[in
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         pid = int(re.search(rf"party {victim} \([a-z ]+\) pid (\d+)", log.read_text()).group(1))
+        if slow is not None:
+            while f"party {slow} (" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            held = int(re.search(rf"party {slow} \([a-z ]+\) pid (\d+)", log.read_text()).group(1))
         time.sleep(0.5)
+        if slow is not None:
+            os.kill(held, signal.SIGSTOP)
         os.kill(pid, sig)
         hurt = time.monotonic()
+        if slow is not None:
+            time.sleep(SLOW_S)
+            os.kill(held, signal.SIGCONT)
         status = proc.wait(timeout=90)
         return status, log.read_text(), time.monotonic() - hurt
     finally:
@@ -149,6 +165,11 @@ def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str) -> tuple[in
         if sig == signal.SIGSTOP and "pid" in locals():
             try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if "held" in locals():
+            try:
+                os.kill(held, signal.SIGCONT)
             except ProcessLookupError:
                 pass
 
@@ -178,11 +199,17 @@ def test_a_stalled_party_is_named_by_the_others_heartbeat_watch(tmp_path):
     assert re.search(r"party [01] \(\w[\w ]*\) stops: party 2 \(helper\) was lost: no heartbeat", log), log[-3000:]
 
 
-def test_a_killed_party_is_named_without_mpirun_teardown(tmp_path):
-    """With --enable-recovery mpirun leaves the survivors running: their own watchdogs end them."""
-    status, log, seconds = start_and_hurt(tmp_path, 0, signal.SIGKILL, "--enable-recovery")
+@pytest.mark.parametrize("processes,slow", [(4, None), (4, 2), (3, 1)])
+def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_path):
+    """With --enable-recovery mpirun leaves the survivors running: their own watchdogs end them.
+    Not for long, though: Open MPI 5's launcher counts each non-zero exit twice, so once the
+    dealer and the client have exited it takes the job for finished and SIGKILLs the helper. A
+    helper slower to notice (``slow``: held stopped for a second around the kill, as a loaded
+    machine may) still names the owner, because every party lingers after its own line. With two
+    parties the dealer's exit alone would end the job: the dealer lingers too."""
+    status, log, seconds = start_and_hurt(tmp_path, 0, signal.SIGKILL, "--enable-recovery", slow=slow, processes=processes)
     assert status != 0 and seconds < 60
-    for survivor in (1, 2):
+    for survivor in range(1, processes - 1):
         assert re.search(rf"party {survivor} \(\w+\) stops: party 0 \(model owner\) was lost", log), log[-3000:]
 
 
@@ -251,7 +278,8 @@ def test_sigterm_from_the_launcher_blames_no_healthy_peer(monkeypatch):
     party = watchdog(1, 3, monkeypatch)
     said = []
 
-    def exit_(reason, post=True):
+    def exit_(reason, post=True, linger=True):
+        assert not post and not linger  # the launcher ends the others too
         said.append(reason)
         raise SystemExit
 
@@ -264,3 +292,40 @@ def test_sigterm_from_the_launcher_blames_no_healthy_peer(monkeypatch):
     with pytest.raises(SystemExit):
         party._terminated()
     assert said[-1].startswith("terminated by the launcher after party 2 (helper) was lost")
+
+
+def test_a_stopping_party_lingers_until_the_launchers_sigterm(monkeypatch):
+    """After its line a party stays ``linger_s`` (an exit could get a slower survivor killed before
+    it speaks), but no longer once the launcher's SIGTERM arrives."""
+    party = watchdog(1, 3, monkeypatch)
+    party.silence_s = 1.0
+    party._signals, wakeup = os.pipe()
+    start = time.monotonic()
+    party._linger()
+    assert 1.0 <= time.monotonic() - start < 2.0
+    os.write(wakeup, b"\x0f")  # what the C-level handler writes on SIGTERM
+    start = time.monotonic()
+    party._linger()
+    assert time.monotonic() - start < 0.5
+    party._linger()  # the byte stays: the watchdog only looks, and ends the process itself
+    assert time.monotonic() - start < 0.5
+    os.close(party._signals)
+    os.close(wakeup)
+
+
+def test_a_party_that_cannot_print_its_line_still_ends(monkeypatch):
+    """mpirun gone, stderr a broken pipe: the stop line raises, and the process must end all the
+    same — the other thread may be asleep in ``_exit``, waiting for this one to end it."""
+    from truncbridge.crypten import party as module
+    from truncbridge.crypten.roles import EXIT_LOST
+
+    party, ended = watchdog(1, 3, monkeypatch), []
+
+    def broken_pipe(*_):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(module, "announce_stop", broken_pipe)
+    monkeypatch.setattr(module.os, "_exit", ended.append)
+    with pytest.raises(BrokenPipeError):
+        party._exit("party 0 (model owner) was lost: its process is gone", post=False, linger=False)
+    assert ended == [EXIT_LOST]

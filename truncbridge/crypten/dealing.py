@@ -9,9 +9,11 @@ CrypTen's shutdown says "terminate"; ``run_dealer`` is the dealer process's whol
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import threading
+import time
 from datetime import timedelta
 
 import torch
@@ -111,12 +113,13 @@ def _recv(src: int, group) -> tuple[object, int]:
 DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
 
 
-def run_dealer(audit: bool = False):
+def run_dealer(audit: bool = False, linger_s: float = 5.0):
     """The separate dealer's process (the rank after the computing parties): start CrypTen in
     its TTP slot, deal until party 0 shuts down, return its ``DealerCore`` (masks kept when
     ``audit``). It holds no data and receives only sizes. A thread watches the rendezvous store:
     if a party posts an abort, or party 0's store disappears while dealing is not over, it says
-    so and ends the process with ``EXIT_LOST`` instead of waiting."""
+    so and ends the process with ``EXIT_LOST`` instead of waiting — ``linger_s`` (the parties'
+    ``silence_s``) after its line, as a computing party does (``Party._linger``)."""
     import torch.distributed.distributed_c10d as c10d
 
     from .compat import import_crypten
@@ -126,28 +129,40 @@ def run_dealer(audit: bool = False):
     configure(crypten, "separate")
     crypten.init()
     me, done = role(int(os.environ.get("RANK", 0))), threading.Event()
+    stop = functools.partial(_stop_process, me, linger_s=linger_s)
     store = c10d._get_default_store()
-    threading.Thread(target=_watch_store, args=(store, me, done), name="truncbridge-dealer-watch", daemon=True).start()
+    threading.Thread(target=_watch_store, args=(store, stop, done), name="truncbridge-dealer-watch", daemon=True).start()
     try:
         core = serve(crypten, audit=audit)
     except RuntimeError as exc:  # the link to a party broke
         if not done.is_set():
-            _stop_process(me, f"{role(0)} was lost: {first_line(exc)}")
+            stop(f"{role(0)} was lost: {first_line(exc)}")
     done.set()
     crypten.uninit()
     return core
 
 
-def _watch_store(store, me: str, done: threading.Event) -> None:
+def _watch_store(store, stop, done: threading.Event) -> None:
     while not done.wait(WATCH_S):
         try:
             if store.add("truncbridge/abort", 0):
-                _stop_process(me, "another party reported: " + store.get("truncbridge/abort_reason").decode())
+                stop("another party reported: " + store.get("truncbridge/abort_reason").decode())
         except Exception:  # noqa: BLE001 - the store lives in party 0's process
             if not done.wait(5 * WATCH_S):  # not the end of a normal run
-                _stop_process(me, f"{role(0)} was lost: its rendezvous store is unreachable")
+                stop(f"{role(0)} was lost: its rendezvous store is unreachable")
 
 
-def _stop_process(me: str, reason: str) -> None:
-    announce_stop(me, reason)
-    os._exit(EXIT_LOST)
+_stopping = threading.Lock()
+
+
+def _stop_process(me: str, reason: str, linger_s: float) -> None:
+    """Say why, stay ``linger_s``, end the process. Open MPI 5's launcher counts each non-zero exit
+    twice and SIGKILLs every rank left once the count reaches the ranks: after a death, the
+    dealer's exit alone would end a two-party job before the survivor has named the lost party."""
+    if not _stopping.acquire(blocking=False):  # the other thread is already ending this process
+        time.sleep(3600)
+    try:
+        announce_stop(me, reason)
+        time.sleep(linger_s)  # the launcher's SIGTERM (plain mpirun) ends it at once: no handler here
+    finally:
+        os._exit(EXIT_LOST)

@@ -14,6 +14,8 @@ Parties find each other through CrypTen's usual environment (``RANK``, ``WORLD_S
   the job itself ~0.2 s after a rank dies (SIGTERM, then SIGKILL): SIGTERM reaches the watchdog
   through a wakeup pipe even while the main thread is blocked in a receive, and it names the
   dead peer at once — by its process state when on this host, else by its silent heartbeat.
+  A party that stops on its own then stays ``silence_s`` (``_linger``): Open MPI 5's launcher
+  counts each non-zero exit twice and SIGKILLs every rank left once the count reaches the ranks.
 * **Communication statistics.** ``stats()`` is CrypTen's own counter (rounds = communicator calls,
   bytes as CrypTen counts them) for this party.
 * **Dealer.** Masks come from a dealer that is no computing party (``dealer.py``): the last
@@ -31,7 +33,7 @@ import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,8 +42,8 @@ import torch
 from ..core.errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
-from .roles import EXIT_LOST, announce_stop, role
 from .dealing import configure, install_provider
+from .roles import EXIT_LOST, announce_stop, role
 
 HEARTBEAT_S = 0.2
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
@@ -68,7 +70,7 @@ class Party:
         self._seen: dict[int, tuple[int, float]] = {}  # peer -> (last counter, local time it changed)
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "Party":
+    def start(self) -> Party:
         import torch.distributed.distributed_c10d as c10d
 
         c10d.default_pg_timeout = timedelta(seconds=self.timeout_s)  # CrypTen passes none
@@ -179,7 +181,7 @@ class Party:
                 self._store.add(f"truncbridge/beat/{self.rank}", 1)
                 self._store.set(f"truncbridge/calls/{self.rank}", str(self._calls))
                 now = time.monotonic()
-                for p, (count, since) in self._seen.items():
+                for p, (count, _since) in self._seen.items():
                     value = self._store.add(f"truncbridge/beat/{p}", 0)
                     if value != count:
                         self._seen[p] = (value, now)
@@ -196,24 +198,24 @@ class Party:
                 self._die(lost[0])
 
     def _terminated(self) -> None:
-        """The launcher is ending this party, normally because a peer died: say which one, now."""
+        """The launcher is ending this party, normally because a peer died: say which one, now (no
+        abort to post and no lingering: the launcher ends the others too)."""
+        self._exit("terminated by the launcher" + self._blame(), post=False, linger=False)
+
+    def _blame(self) -> str:
         if self._suspended():
-            self._exit("terminated by the launcher while this party was suspended or stalled", post=False)
-        dead = self._dead_here()
-        if dead:
-            self._exit(f"terminated by the launcher after {role(dead[0])} was lost (its process is gone)", post=False)
+            return " while this party was suspended or stalled"
+        if dead := self._dead_here():
+            return f" after {role(dead[0])} was lost (its process is gone)"
         try:
             if self._store.add("truncbridge/abort", 0):
-                reason = self._store.get("truncbridge/abort_reason").decode()
-                self._exit(f"terminated by the launcher after: {reason}", post=False)
+                return " after: " + self._store.get("truncbridge/abort_reason").decode()
         except Exception:  # noqa: BLE001 - the store's host may be the one that died
             pass
         silent = self._lost_peers(SIGTERM_SILENCE_S)  # a peer that beat just now is not to blame
         if not silent:
-            self._exit("terminated by the launcher", post=False)
-        since = self._seen[silent[0]][1]
-        self._exit(f"terminated by the launcher after {role(silent[0])} was lost "
-                   f"(silent for {time.monotonic() - since:.1f} s)", post=False)
+            return ""
+        return f" after {role(silent[0])} was lost (silent for {time.monotonic() - self._seen[silent[0]][1]:.1f} s)"
 
     def _suspended(self) -> bool:
         """The watchdog has not looked for a while: this process was stopped, not its peers."""
@@ -264,21 +266,27 @@ class Party:
         why = why or f"no heartbeat for {time.monotonic() - since:.1f} s"
         self._exit(f"{role(peer)} was lost: {why}")
 
-    def _exit(self, reason: str, post: bool = True) -> None:
-        """Say why, tell the other parties (``post``), and end this process at once: a blocked
-        receive would otherwise hold it until its timeout."""
+    def _exit(self, reason: str, post: bool = True, linger: bool = True) -> None:
+        """Say why, tell the other parties (``post``), give them time to say why too (``linger``),
+        and end this process: a blocked receive would otherwise hold it until its timeout."""
         if not self._exiting.acquire(blocking=False):  # the other thread is already ending us
             time.sleep(3600)
-        announce_stop(role(self.rank), reason)
-        if post:
-            try:
-                self._store.set("truncbridge/abort_reason", reason)
-                self._store.add("truncbridge/abort", 1)
-                if self.rank == 0:  # rank 0 hosts the store: let the others read the reason first
-                    time.sleep(5 * HEARTBEAT_S)
-            except Exception:  # noqa: BLE001 - best effort: the others have their own watchdogs
-                pass
-        os._exit(EXIT_LOST)
+        try:
+            announce_stop(role(self.rank), reason)
+            if post:
+                with suppress(Exception):  # best effort: the others have their own watchdogs
+                    self._store.set("truncbridge/abort_reason", reason)
+                    self._store.add("truncbridge/abort", 1)
+            if linger:
+                self._linger()
+        finally:  # even if stderr is gone: the other thread may be asleep in here
+            os._exit(EXIT_LOST)
+
+    def _linger(self) -> None:
+        """Stay ``silence_s``, the time any party has to notice (at least 1 s: the others read the
+        reason from rank 0's store), unless the launcher's SIGTERM (a byte in the pipe) comes first:
+        an exit now could make the launcher SIGKILL a slower survivor before it has spoken."""
+        select.select([self._signals], [], [], max(self.silence_s, 5 * HEARTBEAT_S))  # retried on EINTR
 
 
 def _is_link_error(exc: BaseException) -> bool:
@@ -288,4 +296,5 @@ def _is_link_error(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
-        word in text for word in ("gloo", "Connection", "Timed out", "timed out", "closed", "Broken pipe")))
+        word in text for word in ("gloo", "Connection", "Timed out", "timed out", "closed", "Broken pipe",
+                                  "MPI_ERR_PROC_FAILED", "MPI_ERR_REVOKED")))  # mpi4py, under ULFM

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or mpi.threads_per_party(comm))
     os.environ.update({"RANK": str(rank), "RENDEZVOUS": address, "DISTRIBUTED_BACKEND": "gloo"})
     if rank == parties:
-        core = run_dealer(args.audit)
+        core = run_dealer(args.audit, linger_s=args.silence)
         mpi.gather(comm, {"masks": core.masks})  # for --audit only
         return 0
     return _compute(comm, computing, args, parties, setup, say)
