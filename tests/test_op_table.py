@@ -74,3 +74,11 @@ def test_an_attr_that_is_no_parameter_of_its_op_is_refused():
     b.program[x].attrs["declared_row_l2"] = 1.0
     with pytest.raises(ValueError, match=r"attrs \['declared_row_l2'\] are not parameters of input"):
         static_bounds(b.program)
+
+
+def test_a_node_with_the_wrong_number_of_inputs_is_refused():
+    b = Builder()
+    x = b.input("tokens", (2, 3), integer=True)
+    b.output(b.emit("neg", (x, x), (2, 3)))
+    with pytest.raises(ValueError, match="2 inputs, the op takes 1"):
+        static_bounds(b.program)

@@ -27,7 +27,7 @@ import torch
 from ..core.errors import UserError
 from ..core.ir import Node, Program
 from ..core.op_bounds import keeps_stochastic
-from ..core.ops import check_attrs, real_value, spec
+from ..core.ops import check_node, real_value, spec
 from ..core.types import Bound
 
 
@@ -51,7 +51,7 @@ class _Static:
 
     def run(self) -> dict[int, Bound]:
         for node in self.p.nodes:
-            check_attrs(node)
+            check_node(node)
             b = self.rule(node)
             facts = node.facts
             if facts.bound is not None and facts.bound < b.value:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 from ..core.ir import Program
-from ..core.ops import check_attrs
+from ..core.ops import check_node
 from ..core.types import Bound, Plan, PlanConfig
 from .emit import Emitter, too_small
 from .greedy import place_fixed, place_greedy
@@ -35,7 +35,7 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
     program, e.g. for smaller fields; optimal starts from the cheapest feasible of them and lazy's."""
     config.validate()
     for node in program.nodes:
-        check_attrs(node)
+        check_node(node)
     f, budget = config.frac_bits, config.budget_bits
     if config.policy == "eager":
         e = Emitter(program, f, bounds, budget)

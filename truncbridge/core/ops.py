@@ -143,9 +143,13 @@ def spec(node: Node) -> OpSpec:
         raise ValueError(f"unknown op {node.op!r} (node {node.id})") from None
 
 
-def check_attrs(node: Node) -> None:
-    """A node's attrs are its op's parameters, nothing else (facts live in ``node.facts``)."""
-    unknown = set(node.attrs) - set(spec(node).params)
+def check_node(node: Node) -> None:
+    """A node has its op's number of inputs, and its attrs are its op's parameters, nothing else
+    (facts live in ``node.facts``)."""
+    op = spec(node)
+    if len(node.inputs) != op.arity if op.arity is not None else not node.inputs:
+        raise ValueError(f"node {node.id} ({node.op}): {len(node.inputs)} inputs, the op takes {op.arity or 'one or more'}")
+    unknown = set(node.attrs) - set(op.params)
     if unknown:
         raise ValueError(f"node {node.id} ({node.op}): attrs {sorted(unknown)} are not parameters of {node.op}")
 

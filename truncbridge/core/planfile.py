@@ -32,7 +32,7 @@ import torch
 from .. import __version__
 from .errors import UserError
 from .ir import Facts, Node, Program
-from .ops import OPS, check_attrs
+from .ops import OPS, check_node
 from .types import Bound, Plan, PlanConfig, needed_bits
 
 SCHEMA = "truncbridge-plan"
@@ -189,7 +189,7 @@ def _program_from_json(doc: dict, frac_bits: int, redacted: bool) -> tuple[Progr
                     d["scale"], Facts(**d.get("facts", {})))
         if node.id != len(prog.nodes) or any(i >= node.id for i in node.inputs):
             raise ValueError(f"node {node.id} is out of order")
-        check_attrs(node)
+        check_node(node)
         prog.nodes.append(node)
         bounds[node.id] = Bound(float(d["bound"]), d["bound_source"])
         if redacted and needed_bits(bounds[node.id], node.scale, frac_bits) != d["bound_bits"]:
