@@ -31,6 +31,7 @@ def test_emulate_writes_the_documented_json(tmp_path, capsys):
     assert "top-1 agreement" in printed and "truncated elements" in printed
 
 
+@pytest.mark.slow  # four whole-model emulations
 def test_emulate_can_sample_what_mpc_outputs(tmp_path):
     """--mpc-truncation: the protocol's own truncation (here the exact 1-round protocol's stochastic
     rounding) — different numbers from round-nearest, same seed same numbers, accuracy kept."""
