@@ -8,7 +8,7 @@ truncation masks, comparison material) comes from a dealer that is no computing 
 receives nothing but sizes (``dealer.py``); every online receipt is a share, an opening masked by
 a fresh dealt mask the receiver does not know, or the client's output (checked by ``audit.py``).
 The client and helper receive a redacted plan: structure, shapes, scales, shifts and integer bit
-widths (``planfile.redact_plan_json`` says what those still reveal). Links between parties are
+widths (``core.planfile.redact_plan_json`` says what those still reveal). Links between parties are
 gloo TCP and the rendezvous store, neither authenticated nor encrypted: across hosts, run them
 inside an authenticated, encrypted network (a VPN or TLS tunnel).
 

@@ -9,7 +9,7 @@ Per policy: one untimed pass records the request sequence (the dealer answers on
 each timed repetition first deals everything (offline: time and bytes measured) and then runs
 the online phase alone. MPI is the launcher's side channel and carries no secret of the
 protocol: the rendezvous address, the *redacted* plans for the client and helper
-(``planfile.redact_plan_json``), statistics, failure notices, and — after the timed runs, for
+(``core.planfile.redact_plan_json``), statistics, failure notices, and — after the timed runs, for
 measurement only — the client's revealed logits to rank 0, which compares them with the
 references (``owner.py``). Parties other than the owner build the architecture from its
 config and never read the weight files.

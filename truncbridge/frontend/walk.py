@@ -42,7 +42,7 @@ def flatten_args(x: Any) -> list[Any]:
 
 
 def aten_name(target) -> str:
-    """``torch.ops.aten.view.default`` -> "aten.view.default" (the form ``ir.aten_op`` reads back)."""
+    """``torch.ops.aten.view.default`` -> "aten.view.default" (the form ``core.ir.aten_op`` reads back)."""
     if hasattr(target, "_schema"):
         return f"aten.{target._schema.name.split('::')[1]}.{target._overloadname}"
     return getattr(target, "__name__", str(target))
