@@ -316,7 +316,7 @@ def test_a_stopping_party_lingers_until_the_launchers_sigterm(monkeypatch):
 def test_a_party_that_cannot_print_its_line_still_ends(monkeypatch):
     """mpirun gone, stderr a broken pipe: the stop line raises, and the process must end all the
     same — the other thread may be asleep in ``_exit``, waiting for this one to end it."""
-    from truncbridge.crypten import party as module
+    from truncbridge.crypten import roles as module
     from truncbridge.crypten.roles import EXIT_LOST
 
     party, ended = watchdog(1, 3, monkeypatch), []

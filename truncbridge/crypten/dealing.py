@@ -20,7 +20,7 @@ import torch
 
 from ..core.errors import first_line
 from .dealer import DEALERS, DealerCore, DealtProvider, _seeded, fresh_seed
-from .roles import EXIT_LOST, announce_stop, role
+from .roles import role, stop_process
 
 WATCH_S = 0.2  # how often the dealer looks for an abort in the rendezvous store
 
@@ -159,10 +159,5 @@ def _stop_process(me: str, reason: str, linger_s: float) -> None:
     """Say why, stay ``linger_s``, end the process. Open MPI 5's launcher counts each non-zero exit
     twice and SIGKILLs every rank left once the count reaches the ranks: after a death, the
     dealer's exit alone would end a two-party job before the survivor has named the lost party."""
-    if not _stopping.acquire(blocking=False):  # the other thread is already ending this process
-        time.sleep(3600)
-    try:
-        announce_stop(me, reason)
-        time.sleep(linger_s)  # the launcher's SIGTERM (plain mpirun) ends it at once: no handler here
-    finally:
-        os._exit(EXIT_LOST)
+    # the launcher's SIGTERM (plain mpirun) ends the wait at once: no handler here
+    stop_process(_stopping, me, reason, lambda: time.sleep(linger_s))

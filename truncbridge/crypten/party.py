@@ -43,7 +43,7 @@ from ..core.errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
 from .dealing import configure, install_provider
-from .roles import EXIT_LOST, announce_stop, role
+from .roles import role, stop_process
 
 HEARTBEAT_S = 0.2
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
@@ -269,18 +269,15 @@ class Party:
     def _exit(self, reason: str, post: bool = True, linger: bool = True) -> None:
         """Say why, tell the other parties (``post``), give them time to say why too (``linger``),
         and end this process: a blocked receive would otherwise hold it until its timeout."""
-        if not self._exiting.acquire(blocking=False):  # the other thread is already ending us
-            time.sleep(3600)
-        try:
-            announce_stop(role(self.rank), reason)
+        def then():
             if post:
                 with suppress(Exception):  # best effort: the others have their own watchdogs
                     self._store.set("truncbridge/abort_reason", reason)
                     self._store.add("truncbridge/abort", 1)
             if linger:
                 self._linger()
-        finally:  # even if stderr is gone: the other thread may be asleep in here
-            os._exit(EXIT_LOST)
+
+        stop_process(self._exiting, role(self.rank), reason, then)
 
     def _linger(self) -> None:
         """Stay ``silence_s``, the time any party has to notice (at least 1 s: the others read the

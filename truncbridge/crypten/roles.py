@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 OWNER = 0
 CLIENT = 1
@@ -20,3 +23,16 @@ def role(rank: int, parties: int | None = None) -> str:
 def announce_stop(who: str, reason: str) -> None:
     """The one line a party (or the dealer) prints when it stops early."""
     print(f"truncbridge: {who} stops: {reason}", file=sys.stderr, flush=True)
+
+
+def stop_process(lock: threading.Lock, who: str, reason: str, then: Callable[[], None] = lambda: None) -> None:
+    """End this process early: say why (once: a second caller waits for the first to end it), run
+    ``then`` (tell the others, linger), exit with ``EXIT_LOST`` — even if the line cannot be
+    printed, since the other thread may be asleep in here."""
+    if not lock.acquire(blocking=False):
+        time.sleep(3600)
+    try:
+        announce_stop(who, reason)
+        then()
+    finally:
+        os._exit(EXIT_LOST)
