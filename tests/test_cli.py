@@ -12,7 +12,7 @@ from truncbridge.cli import main
 from helpers import EMULATE_KEYS as KEYS  # noqa: E402
 
 METRIC_KEYS = {"top1_agreement", "kl_mean", "max_abs_logit_error", "ppl_float", "ppl_emulated"}
-COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons"}
+COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons", "compared_elements"}
 
 
 def test_emulate_writes_the_documented_json(tmp_path, capsys):

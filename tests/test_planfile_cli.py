@@ -129,6 +129,8 @@ def test_a_schema_v1_file_loads_and_matches_todays_plan():
     attach_weights(old, loaded.model, "random-llama")
     new = build_plan(convert(loaded, 8, 16), plan_config("lazy", 64, 16))
     old_doc, new_doc = plan_to_json(old), plan_to_json(new)
+    for node in new_doc["nodes"]:  # a Chebyshev fit's error bound is a fact recorded since v2, not a parameter
+        node.get("facts", {}).get("recipe_params", {}).pop("max_error", None)
     assert old_doc["nodes"] == new_doc["nodes"] and old_doc["counts"] == new_doc["counts"]
     inputs = {"tokens": one_hot(torch.arange(8)[None] * 5 % new.model["vocab"], new.model["vocab"])}
     (want,), _ = RingExecutor(new).run(inputs)

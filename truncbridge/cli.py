@@ -82,12 +82,12 @@ def cmd_emulate(args) -> dict:
     if args.plan:
         plan = load_plan(args.plan)
         name = args.model or plan.model.get("name", "default")
-        loaded = load_model(name)
+        loaded = load_model(name, args.preset or plan.model.get("preset"))
         attach_weights(plan, loaded.model, name)
         seq_len = plan.model["seq_len"]
     else:
         _check_field(args.field_bits, args.frac_bits)
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, args.preset)
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
@@ -103,7 +103,7 @@ def cmd_emulate(args) -> dict:
     with progress_bar(len(windows), "emulating") as advance:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
                          truncation=truncation, seed=args.seed)
-    record = _emulation_record(loaded.name, plan, result, args.check, truncation)
+    record = _emulation_record(loaded.label, plan, result, args.check, truncation)
     print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
@@ -118,7 +118,7 @@ def cmd_plan(args) -> None:
 
     _check_field(args.field_bits, args.frac_bits)
     _check_output_path(args.output, "-o")
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.preset)
     converted = convert(loaded, args.seq_len, args.frac_bits)
     plan = build_plan(converted, _config(args))
     save_plan(plan, args.output)
@@ -159,7 +159,7 @@ def cmd_compare(args) -> list[dict]:
     for pol in args.policies:
         if pol not in POLICIES:
             raise UserError(f"unknown policy {pol!r}: choose from {', '.join(POLICIES)}")
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.preset)
     windows, source = _eval_windows(args, loaded, args.seq_len)
     converted = convert(loaded, args.seq_len, args.frac_bits)
     protocol, network = load_protocol(args.protocol), load_network("lan")
@@ -193,10 +193,18 @@ def cmd_compare(args) -> list[dict]:
 
 
 def cmd_models(args) -> None:
-    from .frontend.models import MODEL_NAMES
+    from .frontend.models import ALIASES, PRESETS, model_types
 
-    for name in MODEL_NAMES:
-        print(name)
+    if args.types:
+        print("\n".join(model_types()))
+        return
+    print("default                  the shipped trained Llama (truncbridge/assets/default_model)")
+    print(f"random:<model_type>      seeded random weights, 2 layers, hidden 64; {len(model_types())} types "
+          "(truncbridge models --types)")
+    for alias, target in ALIASES.items():
+        print(f"{alias:24s} = {target}")
+    for preset, (model_type, _) in PRESETS.items():
+        print(f"--preset {preset:15s} random:{model_type} at full size")
 
 
 COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "models": cmd_models}

@@ -31,10 +31,12 @@ def _word_list(text: str) -> list[str]:
 
 
 def _add_model_args(p, seq=True):
-    from .frontend.models import MODEL_NAMES
+    from .frontend.models import MODEL_NAMES, PRESETS
 
     p.add_argument("--model", default=None,
                    help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="random:<model_type> at the full-size shapes of a published model")
     if seq:
         p.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
                        help=f"tokens per window (default {DEFAULT_SEQ_LEN})")
@@ -104,5 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", help="write the rows as a JSON list to this path")
     cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")
 
-    sub.add_parser("models", help="list the built-in model names")
+    models = sub.add_parser("models", help="list the built-in model names and presets")
+    models.add_argument("--types", action="store_true", help="list every model_type random:<model_type> accepts")
     return parser

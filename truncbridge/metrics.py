@@ -1,4 +1,5 @@
-"""Accuracy of emulated logits against the float model, per position over windows of text."""
+"""Accuracy of emulated outputs against the float model, per position over windows of text:
+logits of causal LMs, last hidden states of encoders."""
 from __future__ import annotations
 
 import math
@@ -21,4 +22,14 @@ def compare_logits(float_logits: torch.Tensor, emu_logits: torch.Tensor, ids: to
         "max_abs_logit_error": (f - e).abs().max().item(),
         "ppl_float": math.exp(-logp_f[:-1].gather(-1, targets[:, None]).mean().item()),
         "ppl_emulated": math.exp(-logp_e[:-1].gather(-1, targets[:, None]).mean().item()),
+    }
+
+
+def compare_hidden(float_hidden: torch.Tensor, emu_hidden: torch.Tensor) -> dict[str, float]:
+    """Hidden states (positions, width) of an encoder: cosine_mean is the mean over positions of
+    the cosine similarity of the float and emulated vectors."""
+    f, e = float_hidden.double(), emu_hidden.double()
+    return {
+        "cosine_mean": torch.nn.functional.cosine_similarity(f, e, dim=-1).mean().item(),
+        "max_abs_error": (f - e).abs().max().item(),
     }

@@ -18,8 +18,8 @@ from .frontend.calibrate import calibrate
 from .frontend.capture import Captured, capture
 from .frontend.data import split_pydoc_text
 from .frontend.lower import lower
-from .frontend.models import LoadedModel
-from .metrics import compare_logits
+from .frontend.models import LoadedModel, is_encoder
+from .metrics import compare_hidden, compare_logits
 
 CALIBRATION_WINDOWS = 8
 
@@ -43,8 +43,11 @@ class Converted:
         """What a plan file records about the model it was made for."""
         if not self.weights_hash:
             self.weights_hash = model_hash(self.loaded.model)
-        return {"name": self.loaded.name, "class": type(self.loaded.model).__name__, "hash": self.weights_hash,
-                "seq_len": self.captured.seq_len, "batch": self.captured.batch, "vocab": self.vocab}
+        identity = {"name": self.loaded.name, "class": type(self.loaded.model).__name__, "hash": self.weights_hash,
+                    "seq_len": self.captured.seq_len, "batch": self.captured.batch, "vocab": self.vocab}
+        if self.loaded.preset:
+            identity["preset"] = self.loaded.preset
+        return identity
 
 
 def vocab_size(model: torch.nn.Module) -> int:
@@ -69,6 +72,12 @@ def calibration_windows(tokenizer, seq_len: int, count: int = CALIBRATION_WINDOW
     return windows[::step][:count]
 
 
+def model_output(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """What the plan's first output is: a causal LM's logits, an encoder's last hidden state."""
+    out = model(ids)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
 def one_hot(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(ids, vocab).to(torch.float64)
 
@@ -76,7 +85,7 @@ def one_hot(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
     if seq_len <= 0:
         raise UserError(f"--seq-len must be positive, got {seq_len}")
-    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise UserError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {limit}")
     timings = {}
@@ -135,7 +144,7 @@ class EmulationResult:
     time_emulated: float
     windows: int
     positions: int
-    ir_float_max_abs_logit_error: float  # recipes alone (no rounding) vs the float model
+    ir_float_max_abs_logit_error: float  # recipes alone (no rounding) vs the float model (logits or hidden)
 
 
 def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
@@ -153,7 +162,7 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
     for w in windows:
         t = time.perf_counter()
         with torch.no_grad():
-            floats.append(model(w[None]).logits[0].double())
+            floats.append(model_output(model, w[None])[0].double())
         t_float += time.perf_counter() - t
         inputs = {"tokens": one_hot(w[None], vocab)}
         t = time.perf_counter()
@@ -165,13 +174,17 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
         if progress is not None:
             progress()
     f, ir = torch.cat(floats), torch.cat(irs)
-    metrics = _metrics_per_window(floats, emus, windows)
+    metrics = _metrics_per_window(floats, emus, windows, is_encoder(model))
     return EmulationResult(metrics, violations, t_float, t_emu, len(windows), f.shape[0], (f - ir).abs().max().item())
 
 
-def _metrics_per_window(floats, emus, windows) -> dict[str, float]:
+def _metrics_per_window(floats, emus, windows, encoder: bool) -> dict[str, float]:
     """Mean of per-window metrics (windows have equal length); max for the max error; perplexity
-    from the mean log-perplexity."""
+    from the mean log-perplexity. Encoders (hidden states, not logits): cosine_mean, max_abs_error."""
+    if encoder:
+        parts = [compare_hidden(f, e) for f, e in zip(floats, emus)]
+        return {"cosine_mean": sum(p["cosine_mean"] for p in parts) / len(parts),
+                "max_abs_error": max(p["max_abs_error"] for p in parts)}
     parts = [compare_logits(f, e, w) for f, e, w in zip(floats, emus, windows)]
     n = len(parts)
     out = {k: sum(p[k] for p in parts) / n for k in ("top1_agreement", "kl_mean")}

@@ -37,12 +37,7 @@ def print_emulation(record: dict, plan, timings: dict, result, source: str) -> N
     v = record["bound_violations"]
     console.print(two_column([
         ("evaluated on", f"{source}: {result.windows} windows x {result.positions // result.windows} tokens"),
-        ("top-1 agreement", f"{m['top1_agreement']:.4f}"),
-        ("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}"),
-        ("max |logit error|", f"{m['max_abs_logit_error']:.4g}"),
-        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
-        ("perplexity float / emulated",
-         f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  (ratio {m['ppl_emulated'] / m['ppl_float']:.4f})"),
+        *(_encoder_rows(m, result) if "cosine_mean" in m else _decoder_rows(m, result)),
         ("bound violations", "not checked" if v is None else str(v)),
         ("truncation", "exact round-nearest" if record.get("truncation_model", "nearest") == "nearest"
          else f"sampled as the MPC protocol does it ({record['truncation_model']})"),
@@ -61,6 +56,25 @@ def print_emulation(record: dict, plan, timings: dict, result, source: str) -> N
     times += [("float model, all windows", f"{record['time_s']['float']:.3f}"),
               ("exact emulation, all windows", f"{record['time_s']['emulated']:.3f}")]
     console.print(two_column(times, ("time", "seconds")))
+
+
+def _decoder_rows(m: dict, result) -> list[tuple[str, str]]:
+    return [
+        ("top-1 agreement", f"{m['top1_agreement']:.4f}"),
+        ("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}"),
+        ("max |logit error|", f"{m['max_abs_logit_error']:.4g}"),
+        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
+        ("perplexity float / emulated",
+         f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  (ratio {m['ppl_emulated'] / m['ppl_float']:.4f})"),
+    ]
+
+
+def _encoder_rows(m: dict, result) -> list[tuple[str, str]]:
+    return [
+        ("mean cosine of last hidden states", f"{m['cosine_mean']:.6f}"),
+        ("max |hidden-state error|", f"{m['max_abs_error']:.4g}"),
+        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
+    ]
 
 
 def _fmt_bytes(n: float) -> str:

@@ -31,6 +31,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
     nodes = plan.program.nodes
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)
+    cmp_r, cmp_b = protocol.rounds("comparison", l), protocol.bits("comparison", l)
     depth: dict[int, float] = {}
     rounds_sequential = 0.0  # one operation at a time, as CrypTen executes
     bits_total = 0.0
@@ -45,6 +46,9 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
         if op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
             layer["private_products"] += op.scalar_products(n, plan.program)
+        elif op.cost == "comparison":
+            rounds, bits = cmp_r, n.numel * cmp_b
+            layer["compared_elements"] += n.numel
         elif op.cost == "truncation":
             rounds, bits = tr_r, n.numel * tr_b
             p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), l)

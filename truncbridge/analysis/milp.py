@@ -86,8 +86,8 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
         i, ins = v.id, v.inputs
         var_hi[P + i] = smax[i]
         scaling = spec(v).scaling
-        if scaling == "source":
-            var_lo[P + i] = var_hi[P + i] = source_scale(v, f)
+        if scaling in ("source", "integer"):
+            var_lo[P + i] = var_hi[P + i] = source_scale(v, f) if scaling == "source" else 0
         elif spec(v).aligned(v):
             for j in ins:
                 con({P + i: 1, Q + j: -1}, 0, np.inf)  # p >= q_j

@@ -50,6 +50,8 @@ def scale_rule(src: Program, node: Node, s: list, f: int) -> tuple:
         return s[0] - node.attrs["exp"], {}
     if scaling == "sum":
         return sum(s), {}
+    if scaling == "integer":
+        return 0, {}
     if scaling == "public":
         cs = const_scale(src, node, f)
         return s[0] + cs, {"const_scale": cs}

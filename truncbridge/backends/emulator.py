@@ -59,6 +59,9 @@ class RingBackend:
     def shift(self, node, op, xs):
         return self.ring.shl(xs[0], node.attrs["shift"])
 
+    def compare(self, node, op, xs):  # on the signed value the ring element stands for
+        return (xs[0] >= 0).to(torch.int64)  # ring elements are kept as signed representatives
+
     def truncate(self, node, op, xs):
         shift = node.attrs["shift"]
         if self.truncation != "nearest":

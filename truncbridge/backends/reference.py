@@ -25,7 +25,7 @@ class RealBackend:
     def _real(self, node, op, xs):
         return op.real(xs, node, self.program)
 
-    local = product = public = relabel = shift = truncate = output = _real
+    local = product = public = relabel = shift = truncate = compare = output = _real
 
 
 def run_float(program: Program, inputs: dict[str, torch.Tensor],

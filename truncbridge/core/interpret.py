@@ -4,7 +4,7 @@
 the op's kind (``ops.KINDS``): a backend is an object with one method per kind, each called as
 ``method(node, spec, xs)`` with the node's input values. The backends: ``backends.reference``
 (float64 reals), ``backends.emulator`` (exact ring integers, with the truncation models) and
-``crypten.runner`` (CrypTen shares). A new backend is one class with these eight methods.
+``crypten.runner`` (CrypTen shares). A new backend is one class with these nine methods.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class Backend(Protocol):
     def relabel(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # free power-of-two rescale
     def shift(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # raise the scale (shl)
     def truncate(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # lower the scale (trunc)
+    def compare(self, node: Node, op: OpSpec, xs: list) -> Any: ...  # a secret comparison
     def output(self, node: Node, op: OpSpec, xs: list) -> Any: ...
 
 

@@ -185,6 +185,15 @@ class Builder:
             return a
         return self._public("add_public", a, t)
 
+    def nonneg(self, a: int) -> int:
+        """1 where a >= 0, else 0: a secret comparison."""
+        return self.emit("nonneg", (a,), self.shape(a))
+
+    def relu(self, a: int) -> int:
+        """max(a, 0) = a * [a >= 0]: one comparison and one product, no truncation (the bit is at
+        scale 0)."""
+        return self.mul(a, self.nonneg(a))
+
     def pow2(self, a: int, exp: int) -> int:
         return a if exp == 0 else self.emit("pow2", (a,), self.shape(a), exp=int(exp))
 

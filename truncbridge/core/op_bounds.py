@@ -30,6 +30,10 @@ def input_bound(st, node) -> tuple[float, str]:
     return 1.0, "input"
 
 
+def unit_bound(st, node) -> float:
+    return 1.0
+
+
 def same_bound(st, node) -> float:
     return st.B(node.inputs[0])
 

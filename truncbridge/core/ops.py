@@ -6,7 +6,8 @@ An ``OpSpec`` says all that the stages need to know about an op:
   (a linear map that acts alike on reals, ring integers and additive shares: no communication),
   ``product`` (a private product: a Beaver multiplication), ``public`` (with a public constant),
   ``relabel`` (a power-of-two rescale that fixed point does for free), ``shift`` / ``truncate``
-  (inserted by placement), ``output``;
+  (inserted by placement), ``compare`` (a secret comparison, the one nonlinear protocol step that
+  is not a product), ``output``;
 * ``real`` — its real-valued semantics, which the float backend runs, the ring backend applies to
   integers for local ops, and the analysis evaluates on weights;
 * ``scaling`` — how its fixed-point scale follows its inputs' (``analysis.scales``);
@@ -31,7 +32,7 @@ import torch
 from . import op_bounds as rules
 from .ir import Node, Program, aten_op, resolve_args
 
-KINDS = ("source", "local", "product", "public", "relabel", "shift", "truncate", "output")
+KINDS = ("source", "local", "product", "public", "relabel", "shift", "truncate", "compare", "output")
 
 
 def _never(node: Node, program: Program) -> bool:
@@ -47,7 +48,7 @@ class OpSpec:
     name: str
     kind: str
     arity: int | None  # None: one or more
-    scaling: str  # source | same | max | sum | public | relabel | placed
+    scaling: str  # source | same | max | sum | public | relabel | placed | integer (scale 0)
     real: Callable[[list, Node, Program], torch.Tensor] | None = None
     bound: Callable | None = None  # (analysis context, node) -> float
     norms: Callable | None = None  # (analysis context, node) -> (row l2 or None, column l2 or None)
@@ -124,6 +125,9 @@ _SPECS = [
            bound=rules.pow2_bound, norms=rules.pow2_norms, hoistable=True,
            site=lambda n, p: n.attrs["exp"] < 0,  # a division relabels the scale up: truncating after it pays
            doc="multiply by the public 2^exp (attrs: exp): free in fixed point"),
+    OpSpec("nonneg", "compare", 1, "integer", real=lambda xs, n, p: (xs[0] >= 0).to(xs[0].dtype),
+           bound=rules.unit_bound, cost="comparison", count="comparisons",
+           doc="1 where the input is >= 0, else 0 (a secret comparison; an integer at scale 0)"),
     OpSpec("output", "output", 1, "same", real=_identity, bound=rules.same_bound, norms=rules.same_norms,
            doc="the revealed result"),
     OpSpec("trunc", "truncate", 1, "placed", params=("shift", "rounding"), real=_identity, bound=rules.same_bound,

@@ -96,8 +96,9 @@ class Plan:
         nodes = self.program.nodes
         counted = {bucket: sum(spec(n).count == bucket for n in nodes) for bucket in ("mul_private", "mul_public")}
         truncs = [n for n in nodes if spec(n).count == "truncations"]
+        compares = [n for n in nodes if spec(n).count == "comparisons"]
         return {**counted, "truncations": len(truncs), "truncated_elements": sum(n.numel for n in truncs),
-                "comparisons": 0}
+                "comparisons": len(compares), "compared_elements": sum(n.numel for n in compares)}
 
     def private_mul_elements(self) -> int:
         """Scalar private products: elementwise outputs, and out-elements x inner size for matmuls."""

@@ -33,7 +33,6 @@ from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
 MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 
-
 class PlanRunner:
     def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER):
         if plan.field_bits != 64:
@@ -59,6 +58,7 @@ class PlanRunner:
         self.rank = self.crypten.communicator.get().get_rank()
         self.consts = plan.program.consts
         self.truncations_executed = 0
+        self.comparisons_executed = 0
         self.inputs, self.shared = None, None
 
     def _local(self, share: torch.Tensor):
@@ -69,7 +69,7 @@ class PlanRunner:
         ``shared`` gives already-shared inputs (``ArithmeticSharedTensor`` at the input's scale).
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
         self.inputs, self.shared = inputs, shared
-        self.truncations_executed = 0
+        self.truncations_executed = self.comparisons_executed = 0
         return interpret(self.plan.program, self)
 
     # -- the backend: one method per op kind (core.interpret) ------------------------------------
@@ -102,6 +102,17 @@ class PlanRunner:
 
     def shift(self, node, op, xs):
         return self._local(torch.bitwise_left_shift(xs[0].share, node.attrs["shift"]))
+
+    def compare(self, node, op, xs):
+        """[x >= 0] as 0/1 integers at precision 0, by CrypTen's own sign test (``MPCTensor._ltz``):
+        A2B, the sign bit, one-bit B2A — binary triples and B2A bits from the dealer — then 1 - [x < 0]."""
+        from crypten.mpc.primitives.converters import convert
+        from crypten.mpc.ptype import ptype
+
+        self.comparisons_executed += 1
+        sign = convert(xs[0], ptype.binary) >> 63  # every bit = the sign bit (arithmetic shift of XOR shares)
+        negative = convert(sign, ptype.arithmetic, precision=0, bits=1)
+        return add_public(self.AST, self._local(-negative.share), 1, self.rank)
 
     def truncate(self, node, op, xs):
         self.truncations_executed += 1

@@ -37,7 +37,7 @@ from ..core.errors import UserError
 from ..frontend.calibrate import MASK_VALUE
 from ..frontend.capture import Captured
 from ..frontend.recipes import power
-from ..frontend.walk import TOKENS, GraphWalk, aten_name, flatten_args
+from ..frontend.walk import GraphWalk, TokenIds, aten_name, flatten_args
 from .compat import import_crypten
 from .roles import OWNER
 
@@ -146,14 +146,15 @@ class VanillaRunner(GraphWalk):
 
     # -- rules ----------------------------------------------------------------------------------
     def embedding(self, table, indices, *rest, **kw):
-        if indices is not TOKENS or not isinstance(table, self.MPC):
-            raise UserError("aten.embedding is supported only as (secret table, client token ids)")
+        if not isinstance(indices, TokenIds) or not isinstance(table, self.MPC):
+            raise UserError("vanilla CrypTen: aten.embedding is supported only as (secret table, client token ids)")
         shape = (self.captured.batch, self.captured.seq_len, table.size(0))
         if self.rank == self.client:
             onehot = torch.nn.functional.one_hot(self.input_ids.view(shape[:2]), shape[2]).float()
         else:  # a tensor of the right shape, ignored by the sharing: no size broadcast needed
             onehot = torch.zeros(shape)
-        return self.crypten.cryptensor(onehot, src=self.client).matmul(table)
+        out = self.crypten.cryptensor(onehot, src=self.client).matmul(table)
+        return out.view(*indices.shape, table.size(1))  # the ids may have been reshaped first
 
     def add(self, a, b, alpha=1):
         if alpha != 1:

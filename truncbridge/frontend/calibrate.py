@@ -54,6 +54,8 @@ class _Recorder(torch.fx.Interpreter):
         if node.target == torch.ops.aten._softmax.default:
             # a softmax is ranged by its input scores minus their row mean: what its recipe needs
             r = _range_of(centered_scores(self.env[node.args[0]], node.args[1]))
+        elif node.target == torch.ops.aten.native_layer_norm.default:
+            r = _range_of(out[2].double() ** -2)  # var + eps, the input of its rsqrt: 1 / rstd^2
         else:
             r = _range_of(out)
         if r is not None:

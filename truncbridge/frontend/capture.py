@@ -14,6 +14,7 @@ import torch
 from torch.export.graph_signature import InputKind
 
 from ..core.errors import UserError, first_line
+from .registry import decompositions, opaque_modules
 
 
 @dataclass
@@ -55,7 +56,11 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1) -> Captured:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            exported = torch.export.export(model, (example,), kwargs={"use_cache": False}).run_decompositions()
+            with opaque_modules(model):
+                exported = torch.export.export(model, (example,), kwargs={"use_cache": False})
+            exported = exported.run_decompositions(decompositions())
+        except UserError:
+            raise
         except Exception as exc:  # export failures are long; keep their first line
             raise UserError(f"torch.export failed for {type(model).__name__}: {first_line(exc)}") from None
 

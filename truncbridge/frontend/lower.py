@@ -1,8 +1,10 @@
 """Lowering: the captured ATen graph -> IR program over secret values.
 
 The walk (``walk.py``) folds public nodes in plaintext; nodes that touch a secret value are lowered
-by the rule table of ``lower_rules.py`` (linear ops one to one, nonlinear ops as range-aware
-recipes), data movement becomes ``move`` here. An op with no rule is an error that names it.
+by the rule tables of ``lower_rules.py`` (linear ops one to one) and ``lower_functions.py``
+(nonlinear ops as range-aware recipes, comparisons, the automatic recipe and user registrations),
+data movement becomes ``move`` here. An op with no rule is an error that names it, where it is
+in the model, and how to register a recipe.
 
 Who holds what: parameters are the model owner's secret ``weight`` inputs; the client's token ids
 enter as a secret one-hot matrix (``input`` "tokens", integer 0/1), and the embedding lookup is the
@@ -17,11 +19,15 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError
-from ..core.ir import Builder, Program
+from ..core.ir import Builder, Program, aten_op
 from .calibrate import Range
 from .capture import Captured
-from .lower_rules import RULES, Secret
+from .lower_functions import FUNCTION_RULES, is_pointwise, on_pointwise, registered_rule
+from .lower_rules import LINEAR_RULES, Secret
+from .registry import USER_RECIPES
 from .walk import GraphWalk, aten_name
+
+RULES = {**LINEAR_RULES, **FUNCTION_RULES}
 
 RECIPE_TOL_SLACK_BITS = 4  # recipes aim at an absolute (or relative) error of 2^-(frac_bits - 4)
 
@@ -29,6 +35,8 @@ RECIPE_TOL_SLACK_BITS = 4  # recipes aim at an absolute (or relative) error of 2
 class Lowerer(GraphWalk):
     secret_types = (Secret,)
     rules = RULES
+    no_rule_hint = ("; if it is an elementwise function, register it: truncbridge.register_recipe(torch.ops."
+                    "<op>) fits it automatically, or pass your own recipe (README, \"Recipes\")")
 
     def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int):
         super().__init__(captured)
@@ -47,6 +55,16 @@ class Lowerer(GraphWalk):
         module = node.meta.get("nn_module_stack")
         path = list(module.values())[-1][0] if module else ""
         self.b.origin = f"{path}:{node.name}" if path else node.name
+
+    def rule_for(self, node, inputs: list):
+        """A user's registration first, then the rule table, then the automatic recipe for any
+        elementwise op of one secret tensor."""
+        target = node.target
+        if target in USER_RECIPES:
+            return registered_rule(USER_RECIPES[target])
+        if target in self.rules:
+            return self.rules[target]
+        return on_pointwise if is_pointwise(node, inputs) else None
 
     def placeholder(self, node) -> Any:
         c = self.captured
@@ -68,7 +86,8 @@ class Lowerer(GraphWalk):
             raise UserError(f"a -inf mask reaches {what}; only softmax can consume masked scores")
         return v.id
 
-    def move(self, node, args, kwargs) -> Secret:
+    def move(self, node, args, kwargs, fn: str | None = None) -> Secret:
+        """Data movement as a local ``move`` node: the ATen op (or ``fn``) applied to the secrets."""
         secrets: list[Secret] = []
 
         def template(v):
@@ -86,14 +105,15 @@ class Lowerer(GraphWalk):
         arg_t = template(list(args))
         if kwargs:
             raise UserError(f"{aten_name(node.target)} with keyword arguments is not supported (node {node.name})")
-        out = self.b.move(aten_name(node.target), [s.id for s in secrets], arg_t)
+        out = self.b.move(fn or aten_name(node.target), [s.id for s in secrets], arg_t)
         keeps = [s.keep for s in secrets]
         if all(k is None for k in keeps):
             return Secret(out)
         if len(secrets) != 1:
             raise UserError(f"a -inf mask reaches {aten_name(node.target)} with several inputs")
         full = torch.broadcast_to(keeps[0], self.b.shape(secrets[0].id))
-        keep = node.target(*_substitute(args, secrets[0], full))
+        target = aten_op(fn) if fn else node.target
+        keep = target(*_substitute(args, secrets[0], full))
         return Secret(out, keep)
 
 

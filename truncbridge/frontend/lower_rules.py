@@ -1,53 +1,43 @@
-"""Lowering rules: one function per ATen op family on secret data, each emitting IR nodes.
+"""Lowering rules for linear and structural ops: one function per ATen op family on secret data,
+each emitting IR nodes (nonlinear functions: ``lower_functions.py``).
 
 A rule is called as ``rule(lw, node, *args, **kwargs)`` with the ``Lowerer`` (its ``Builder`` is
 ``lw.b``), the ATen node and its resolved arguments (``Secret`` for secret values); it returns
-the result's ``Secret``. Linear ops map one to one; nonlinear ops become range-aware recipes
-(``recipes.py``), built for their calibrated input ranges, widened by a margin.
+the result's ``Secret`` (or a tuple / list of them, for ops with several outputs).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.special import erf as np_erf
 
 from ..core.errors import UserError
 from . import recipes
-from .calibrate import MASK_VALUE, Range
-from .walk import TOKENS, aten_name
+from .calibrate import MASK_VALUE
+from .walk import TokenIds, aten_name
 
 aten = torch.ops.aten
-
 
 @dataclass
 class Secret:
     id: int
     keep: torch.Tensor | None = None  # public 0/1 (bool) of entries that are not structurally -inf
 
-RANGE_MARGIN = 0.25  # widen calibrated intervals by this fraction of their span on each side
-POSITIVE_MARGIN = 4.0  # positive ranges (rsqrt, reciprocal inputs): lo / 4, hi * 4
-
-
-def _widen(r: Range) -> tuple[float, float]:
-    pad = RANGE_MARGIN * max(r.hi - r.lo, 1e-3)
-    return r.lo - pad, r.hi + pad
-
-
-def _positive(r: Range, name: str) -> tuple[float, float]:
-    if r.lo <= 0:
-        raise UserError(f"{name} input was not strictly positive in calibration (min {r.lo:.4g})")
-    return r.lo / POSITIVE_MARGIN, r.hi * POSITIVE_MARGIN
-
 
 def on_embedding(lw, node, weight, indices, *rest, **kw) -> Secret:
-    if indices is not TOKENS or not isinstance(weight, Secret):
-        raise UserError("aten.embedding is supported only as (secret table, client token ids)")
-    vocab = lw.b.shape(weight.id)[0]
+    """The client's tokens: the private product one_hot @ table. Public indices (positions,
+    token types): rows of the secret table picked by a public index, a local move."""
+    if not isinstance(weight, Secret):
+        raise UserError(f"aten.embedding of a public table by secret indices is not supported (node {node.name})")
+    if not isinstance(indices, TokenIds):
+        return lw.move(node, [weight, [torch.as_tensor(indices)]], {}, fn="aten.index.Tensor")
+    vocab, dim = lw.b.shape(weight.id)
     onehot = lw.b.input("tokens", (lw.captured.batch, lw.captured.seq_len, vocab), integer=True)
-    return Secret(lw.b.matmul(onehot, weight.id))
+    out = lw.b.matmul(onehot, weight.id)
+    if indices.shape != (lw.captured.batch, lw.captured.seq_len):  # the ids were reshaped first
+        out = lw.b.move("aten.view.default", [out], ["$0", [*indices.shape, dim]])
+    return Secret(out)
 
 
 def on_add(lw, node, a, b, alpha=1) -> Secret:
@@ -105,28 +95,6 @@ def on_mul(lw, node, a, b) -> Secret:
     return Secret(out, keep)
 
 
-def on_div(lw, node, a, b) -> Secret:
-    if not isinstance(b, Secret):
-        return on_mul(lw, node, a, 1.0 / torch.as_tensor(b, dtype=torch.float64))
-    inv = on_reciprocal(lw, node, b, range_node=node.args[1])
-    return on_mul(lw, node, a, inv)
-
-
-def on_pow(lw, node, x, exponent) -> Secret:
-    x_id = lw.plain(x, "aten.pow")
-    if exponent == 2:
-        return Secret(lw.b.mul(x_id, x_id))
-    if exponent == 0.5:
-        return on_sqrt(lw, node, x)
-    if exponent == -0.5:
-        return on_rsqrt(lw, node, x)
-    if exponent == -1:
-        return on_reciprocal(lw, node, x)
-    if float(exponent).is_integer() and 1 <= exponent <= 64:
-        return Secret(recipes.power(x_id, int(exponent), lw.b.mul))
-    raise UserError(f"aten.pow with exponent {exponent} on secret data is not supported")
-
-
 def on_mean(lw, node, x, dims, keepdim=False, **kw) -> Secret:
     x_id = lw.plain(x, "aten.mean")
     shape = lw.b.shape(x_id)
@@ -150,35 +118,21 @@ def on_addmm(lw, node, bias, a, b, beta=1, alpha=1) -> Secret:
     return on_add(lw, node, on_matmul(lw, node, a, b), bias)
 
 
-def on_rsqrt(lw, node, x) -> Secret:
-    lo, hi = _positive(lw.range_of(node.args[0]), "rsqrt")
-    out = recipes.rsqrt(lw.b, lw.plain(x, "rsqrt"), lo, hi, lw.tol)
-    rms = _rms_source(node.args[0])
-    if rms is not None and isinstance(lw.env.get(rms[0].name), Secret):
-        x_id, n = lw.env[rms[0].name].id, rms[1]
-        lw.rms_of[out] = (x_id, n)
-        lw.b.declare(x_id, math.sqrt(n * hi), "range")  # mean(x^2) <= hi gives |x_i| <= sqrt(n hi)
-    return Secret(out)
+def on_split(lw, node, x, sizes, dim=0) -> list[Secret]:
+    """split / split_with_sizes: one slice move per part."""
+    total = lw.b.shape(lw.plain(x, "a split"))[dim]
+    if isinstance(sizes, int):
+        sizes = [min(sizes, total - start) for start in range(0, total, sizes)]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(Secret(lw.b.move("aten.slice.Tensor", [x.id], ["$0", dim, start, start + size])))
+        start += size
+    return parts
 
 
-def on_sqrt(lw, node, x) -> Secret:
-    r = on_rsqrt(lw, node, x)
-    return Secret(lw.b.mul(x.id, r.id))
-
-
-def on_reciprocal(lw, node, x, range_node=None) -> Secret:
-    lo, hi = _positive(lw.range_of(range_node or node.args[0]), "reciprocal")
-    return Secret(recipes.reciprocal(lw.b, lw.plain(x, "reciprocal"), lo, hi, lw.tol))
-
-
-def on_exp(lw, node, x) -> Secret:
-    lo, hi = _widen(lw.range_of(node.args[0]))
-    return Secret(recipes.exp(lw.b, lw.plain(x, "exp"), lo, hi))
-
-
-def on_softmax(lw, node, x, dim, half_to_float=False) -> Secret:
-    zlo, zhi = _widen(lw.range_of(node))  # ranged by its scores minus their row mean
-    return Secret(recipes.softmax(lw.b, x.id, dim, x.keep, zlo, zhi, lw.tol))
+def on_unbind(lw, node, x, dim=0) -> list[Secret]:
+    return [Secret(lw.b.move("aten.select.int", [lw.plain(x, "unbind")], ["$0", dim, i]))
+            for i in range(lw.b.shape(x.id)[dim])]
 
 
 def on_to_copy(lw, node, x, **kwargs) -> Secret:
@@ -186,35 +140,6 @@ def on_to_copy(lw, node, x, **kwargs) -> Secret:
     if dtype is not None and not dtype.is_floating_point:
         raise UserError(f"cast of a secret value to {dtype} is not supported (node {node.name})")
     return x
-
-
-def _chebyshev_rule(name: str, fn):
-    """A rule for an elementwise function approximated by a Chebyshev fit on its input range."""
-    def rule(lw, node, x, *rest, **kw) -> Secret:
-        lo, hi = _widen(lw.range_of(node.args[0]))
-        return Secret(recipes.chebyshev(lw.b, lw.plain(x, name), fn, lo, hi, lw.tol, name))
-
-    return rule
-
-
-def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
-    """(x, n) if ``arg`` is mean(x^2) or mean(x^2) + a positive constant over x's last dim of n."""
-    if arg.target == aten.add.Tensor and not isinstance(arg.args[1], torch.fx.Node) and arg.args[1] >= 0:
-        arg = arg.args[0]
-    if arg.target != aten.mean.dim:
-        return None
-    square = arg.args[0]
-    if square.target == aten.pow.Tensor_Scalar and square.args[1] == 2:
-        x = square.args[0]
-    elif square.target == aten.mul.Tensor and square.args[0] is square.args[1]:
-        x = square.args[0]
-    else:
-        return None
-    shape = x.meta["val"].shape
-    dims = [d % len(shape) for d in arg.args[1]]
-    if dims != [len(shape) - 1]:  # normalisation over the last dim only: rows of length n
-        return None
-    return x, shape[-1]
 
 
 def _and_keep(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -225,21 +150,11 @@ def _and_keep(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | 
     return a & b
 
 
-UNARY_FUNCTIONS = {  # elementwise functions approximated by a Chebyshev fit on their input range
-    aten.sigmoid.default: ("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
-    aten.silu.default: ("silu", lambda x: x / (1 + np.exp(-x))),
-    aten.tanh.default: ("tanh", np.tanh),
-    aten.gelu.default: ("gelu", lambda x: 0.5 * x * (1 + np_erf(x / math.sqrt(2)))),
-    aten.erf.default: ("erf", np_erf),
-}
-
-
-RULES = {
+LINEAR_RULES = {
     aten.embedding.default: on_embedding,
-    aten.add.Tensor: on_add, aten.sub.Tensor: on_sub, aten.mul.Tensor: on_mul, aten.div.Tensor: on_div,
-    aten.neg.default: on_neg, aten.pow.Tensor_Scalar: on_pow, aten.mean.dim: on_mean, aten.sum.dim_IntList: on_sum,
+    aten.add.Tensor: on_add, aten.sub.Tensor: on_sub, aten.mul.Tensor: on_mul, aten.neg.default: on_neg,
+    aten.mean.dim: on_mean, aten.sum.dim_IntList: on_sum,
     aten.mm.default: on_matmul, aten.bmm.default: on_matmul, aten.matmul.default: on_matmul, aten.addmm.default: on_addmm,
-    aten.rsqrt.default: on_rsqrt, aten.sqrt.default: on_sqrt, aten.reciprocal.default: on_reciprocal,
-    aten.exp.default: on_exp, aten._softmax.default: on_softmax, aten._to_copy.default: on_to_copy,
-    **{target: _chebyshev_rule(name, fn) for target, (name, fn) in UNARY_FUNCTIONS.items()},
+    aten.split_with_sizes.default: on_split, aten.split.Tensor: on_split, aten.unbind.int: on_unbind,
+    aten._to_copy.default: on_to_copy,
 }

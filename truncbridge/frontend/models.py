@@ -1,9 +1,11 @@
 """Where models come from: the shipped default, random-weight configs, or a local HF checkpoint.
 
 Nothing is downloaded: ``default`` is a small Llama trained by ``launch/train_default_model.py``
-and shipped in ``truncbridge/assets/default_model``; ``random-*`` models are built from
-transformers configs with seeded random weights (architecture coverage; their metrics say nothing
-about language); any other argument must be a local directory in Hugging Face format.
+and shipped in ``truncbridge/assets/default_model``; ``random:<model_type>`` builds a seeded
+random-weight model of any Hugging Face ``model_type`` from its config class — small (2 layers,
+hidden 64) for architecture coverage, or at full size with a preset (``PRESETS``); its metrics say
+nothing about language. Any other argument must be a local directory in Hugging Face format, a
+causal LM or an encoder (``AutoModel``: its last hidden state is the output).
 """
 from __future__ import annotations
 
@@ -17,6 +19,31 @@ import torch
 from ..core.errors import UserError, first_line
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+RANDOM_PREFIX = "random:"
+ALIASES = {"random-llama": "random:llama"}
+
+# a small model of any family: each key is set where the family's config has it (under its own
+# name too, through the config's attribute_map: GPT-2's n_embd is hidden_size)
+SMALL_SHAPES = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "num_kv_heads": 2, "head_dim": 16,
+                "query_pre_attn_scalar": 16, "max_position_embeddings": 512, "n_inner": 160, "ffn_dim": 160,
+                "word_embed_proj_dim": 64, "sliding_window": 512}
+
+# full-size shapes of published models (their config.json), weights random
+PRESETS = {
+    "llama-7b": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                               rms_norm_eps=1e-6, tie_word_embeddings=False)),
+    "gemma-2b": ("gemma", dict(vocab_size=256000, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                               num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                               max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
+                               rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "gpt2-small": ("gpt2", dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024)),
+    "qwen2-0.5b": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                 num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+}
+MODEL_NAMES = ("default", "random:<model_type>", *ALIASES)
 
 
 @dataclass
@@ -26,55 +53,135 @@ class LoadedModel:
     tokenizer: object
     heldout_text: str | None  # evaluation text shipped with the model, if any
 
+    preset: str | None = None  # random:<model_type> at a preset's full-size shapes
 
-def _random_llama():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       tie_word_embeddings=False)
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.preset})" if self.preset else self.name
 
 
-RANDOM_CONFIGS = {"random-llama": _random_llama}
-MODEL_NAMES = ("default", *RANDOM_CONFIGS)
+def is_encoder(model: torch.nn.Module) -> bool:
+    """No language-model head: the output is the last hidden state (BERT-style encoders)."""
+    return model.get_output_embeddings() is None
 
 
-def load_model(name: str | None) -> LoadedModel:
-    """Load ``default``, a ``random-*`` name, or a local Hugging Face checkpoint directory."""
+def model_types() -> list[str]:
+    from transformers import CONFIG_MAPPING
+
+    return sorted(CONFIG_MAPPING.keys())
+
+
+def random_config(model_type: str, preset: str | None = None):
+    """The config of ``random:<model_type>``: small shapes, or a preset's full-size ones."""
+    from transformers import AutoConfig
+
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+        preset_type, shapes = PRESETS[preset]
+        if model_type not in (preset_type, ""):
+            raise UserError(f"preset {preset} is a {preset_type} model, not {model_type}")
+        return AutoConfig.for_model(preset_type, **shapes)
+    try:
+        defaults = AutoConfig.for_model(model_type)
+    except ValueError:
+        raise UserError(f"unknown model_type {model_type!r} (transformers knows {len(model_types())}; "
+                        f"`truncbridge models --types` lists them)") from None
+    shapes = {k: v for k, v in SMALL_SHAPES.items() if hasattr(defaults, k) and _settable(defaults, k)}
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        if isinstance(getattr(defaults, key, None), int) and getattr(defaults, key) >= SMALL_SHAPES["vocab_size"]:
+            shapes[key] = 0  # a special token past the small vocabulary
+    return AutoConfig.for_model(model_type, **shapes)
+
+
+def _settable(config, key: str) -> bool:
+    """Not a derived read-only property (Falcon's head_dim is hidden_size / heads)."""
+    prop = getattr(type(config), config.attribute_map.get(key, key), None)
+    return not (isinstance(prop, property) and prop.fset is None)
+
+
+def is_encoder_config(config) -> bool:
+    """An encoder (BERT-style): a checkpoint whose architectures name no LM head, or a family
+    that has a masked-LM class (BERT also has a causal-LM head class, but is an encoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def from_config(config, name: str) -> torch.nn.Module:
+    """A causal LM of the config's family, or its base model for encoders."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
+    with _checkpoint_errors(name):
+        return auto.from_config(config, attn_implementation="eager")
+
+
+def _random_model(name: str, preset: str | None) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    model_type = name[len(RANDOM_PREFIX):]
+    config = random_config(model_type, preset)
+    torch.manual_seed(0)
+    model = from_config(config, name)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)  # ids < 1024 fit every vocabulary
+    # the default model's tokenizer, so its held-out text is the evaluation text too
+    return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset)
+
+
+def load_model(name: str | None, preset: str | None = None) -> LoadedModel:
+    """Load ``default``, ``random:<model_type>`` (``preset``: full-size shapes), or a local
+    Hugging Face checkpoint directory."""
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # our own progress goes to stderr
-    name = name or "default"
-    if name in RANDOM_CONFIGS:
-        torch.manual_seed(0)
-        config = RANDOM_CONFIGS[name]()
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-        tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
-        return LoadedModel(name, model.float().eval(), tokenizer, None)
+    name = ALIASES.get(name or "default", name or "default")
+    if name.startswith(RANDOM_PREFIX):
+        return _random_model(name, preset)
+    if preset is not None:
+        raise UserError("--preset applies to random:<model_type> models only")
+    path = _checkpoint_dir(name)
+    with _checkpoint_errors(path):
+        model = _pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedModel(_label(name, path), model.eval(), tokenizer, _heldout(path))
 
+
+def _pretrained(path: Path) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    auto = AutoModel if is_encoder_config(AutoConfig.from_pretrained(path)) else AutoModelForCausalLM
+    return auto.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+
+
+def _checkpoint_dir(name: str) -> Path:
     path = DEFAULT_MODEL_DIR if name == "default" else Path(name)
     if name != "default" and not (path.exists() or "/" in name or name.startswith(".")):
-        raise UserError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)} or a local checkpoint directory")
+        raise UserError(f"unknown model {name!r}: use default, random:<model_type> or a local checkpoint directory")
     if not path.is_dir():
         raise UserError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {path}")
-    with _checkpoint_errors(path):
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedModel("default" if name == "default" else str(path), model.eval(), tokenizer, _heldout(path))
+    return path
+
+
+def _label(name: str, path: Path) -> str:
+    return "default" if name == "default" else str(path)
 
 
 @contextmanager
-def _checkpoint_errors(path: Path):
+def _checkpoint_errors(path):
     """Quiet transformers' warnings; a checkpoint it cannot read is the user's error, in one line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             yield
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
+            raise UserError(f"cannot load model {path}: {first_line(exc)}") from None
 
 
 def _heldout(path: Path) -> str | None:
@@ -82,22 +189,20 @@ def _heldout(path: Path) -> str | None:
     return heldout.read_text(encoding="utf-8") if heldout.is_file() else None
 
 
-def load_architecture(name: str | None) -> LoadedModel:
+def load_architecture(name: str | None, preset: str | None = None) -> LoadedModel:
     """The model's architecture and tokenizer without its weights: what a party other than the
     owner may hold. A checkpoint's ``config.json`` gives a model with seeded random weights; the
-    weight files are never read (``random-*`` models are public anyway)."""
+    weight files are never read (``random:`` models are public anyway)."""
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    name = name or "default"
-    if name in RANDOM_CONFIGS:
-        return load_model(name)
+    name = ALIASES.get(name or "default", name or "default")
+    if name.startswith(RANDOM_PREFIX):
+        return load_model(name, preset)
     transformers.utils.logging.disable_progress_bar()
-    path = DEFAULT_MODEL_DIR if name == "default" else Path(name)
-    if not (path / "config.json").is_file():
-        raise UserError(f"model directory not found or not a Hugging Face checkpoint: {path}")
+    path = _checkpoint_dir(name)
     with _checkpoint_errors(path):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), attn_implementation="eager")
+        model = from_config(AutoConfig.from_pretrained(path), str(path))
         tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedModel("default" if name == "default" else str(path), model.float().eval(), tokenizer, _heldout(path))
+    return LoadedModel(_label(name, path), model.float().eval(), tokenizer, _heldout(path))

@@ -9,7 +9,8 @@ one) so a plan says exactly what was computed. No recipe uses a comparison.
     exp         limit method (1 + u + u^2/2 + u^3/6)^(2^n), u = x/2^n, n sized by the interval
     reciprocal  x = u 2^k with u in (0, 1]; Newton  y <- y (2 - u y)  from a public start
     rsqrt       x = u 4^k with u in (0, 1]; Newton  y <- y (3 - u y^2) / 2  from a public start
-    chebyshev   any smooth elementwise f: Chebyshev interpolant on the interval, T_k by doubling
+    chebyshev   any smooth elementwise f: Chebyshev interpolant on the interval, T_k by doubling;
+                its maximum error over the interval is recorded (``max_error``)
     softmax     centred on the row mean; exp by the limit with interleaved normalisations (no max)
 """
 from __future__ import annotations
@@ -167,6 +168,18 @@ def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
 
 
 # -- Chebyshev -----------------------------------------------------------------------------------
+ERROR_GRID_POINTS = 20001
+
+
+def fit_error(fn, m: float, K: int, coef: np.ndarray, lo: float, hi: float) -> float:
+    """A bound on max |fit(x) - fn(x)| over [lo, hi] in real arithmetic: the maximum on a dense
+    grid plus half the largest change between neighbours (how far the error can rise between
+    grid points when it is smooth at the grid's scale), widened by 1 %."""
+    xs = np.linspace(lo, hi, ERROR_GRID_POINTS)
+    err = np.polynomial.chebyshev.chebval((xs - m) / 2.0**K, coef) - fn(xs)
+    return float((np.max(np.abs(err)) + np.max(np.abs(np.diff(err))) / 2) * 1.01)
+
+
 def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[float, int, np.ndarray]:
     """Centre m, shift K (t = (x - m) / 2^K in [-1, 1]) and coefficients of the lowest-degree fit."""
     m = (lo + hi) / 2
@@ -189,7 +202,8 @@ def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: st
     b.declare(x, max(-lo, hi), "range")
     degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
     first = len(b.program.nodes)
-    with recipe(b, name, method="chebyshev", degree=degree, centre=m, shift=K, lo=lo, hi=hi):
+    max_error = fit_error(fn, m, K, coef, lo, hi)  # on [lo, hi], before fixed-point rounding
+    with recipe(b, name, method="chebyshev", degree=degree, centre=m, shift=K, lo=lo, hi=hi, max_error=max_error):
         t = b.pow2(b.add_public(x, -m), -K)
         T = chebyshev_basis(b, t, degree)
         terms = [b.mul_public(T[k], float(coef[k])) for k in range(1, degree + 1) if coef[k] != 0.0]

@@ -10,6 +10,7 @@ names it.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,11 +29,16 @@ MOVE_OPS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, 
 SKIP_OPS = {aten._assert_tensor_metadata.default}
 
 
-class _Tokens:
-    """Marker for the client's token ids: only aten.embedding may read them."""
+@dataclass(frozen=True)
+class TokenIds:
+    """The client's token ids (a marker with their shape): only aten.embedding may read them;
+    a reshape keeps them token ids in another shape (row-major order is unchanged)."""
+
+    shape: tuple[int, ...]
 
 
-TOKENS = _Tokens()
+TOKEN_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
+                  aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints}
 
 
 def flatten_args(x: Any) -> list[Any]:
@@ -66,7 +72,8 @@ class GraphWalk:
         for node in self.captured.graph.nodes:
             self.begin(node)
             if node.op == "placeholder":
-                self.env[node.name] = TOKENS if node.name == self.captured.tokens else self.placeholder(node)
+                c = self.captured
+                self.env[node.name] = TokenIds((c.batch, c.seq_len)) if node.name == c.tokens else self.placeholder(node)
             elif node.op == "call_function":
                 self.env[node.name] = self.call(node)
             elif node.op == "output":
@@ -105,9 +112,15 @@ class GraphWalk:
             return None
         args, kwargs = self.value(node.args), self.value(node.kwargs)
         inputs = flatten_args(list(args) + list(kwargs.values()))
-        if any(v is TOKENS for v in inputs) and target != aten.embedding.default:
-            raise UserError(f"{aten_name(target)} reads the secret token ids; only aten.embedding may")
-        if not any(self.is_secret(v) or v is TOKENS for v in inputs):
+        if any(isinstance(v, TokenIds) for v in inputs):
+            if target in IDENTITY_OPS:
+                return args[0]
+            if target in TOKEN_RESHAPES:
+                return TokenIds(tuple(node.meta["val"].shape))
+            if target != aten.embedding.default:
+                raise UserError(f"{aten_name(target)} reads the secret token ids (node {node.name}{where(node)}); "
+                                "only aten.embedding and reshapes may")
+        if not any(self.is_secret(v) or isinstance(v, TokenIds) for v in inputs):
             return self.fold(target, args, kwargs)
         args, kwargs = self.share(args, kwargs)
         if target is operator.getitem:
@@ -116,9 +129,25 @@ class GraphWalk:
             return args[0]
         if target in MOVE_OPS:
             return self.move(node, args, kwargs)
-        rule = self.rules.get(target)
+        rule = self.rule_for(node, inputs)
         if rule is None:
-            raise UserError(f"{self.no_rule} ATen op {aten_name(target)} on secret data (node {node.name})")
+            raise UserError(f"{self.no_rule} ATen op {aten_name(target)} on secret data (node {node.name}{where(node)})"
+                            f"{self.no_rule_hint}")
         return rule(self, node, *args, **kwargs)
 
+    def rule_for(self, node, inputs: list):
+        """The rule for an op on secret data (``inputs``: its flattened arguments), or None."""
+        return self.rules.get(node.target)
+
     no_rule = "no lowering for"
+    no_rule_hint = ""
+
+
+def where(node) -> str:
+    """", in <module path> (<class>)" of the module a captured node comes from, if recorded."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+    return f", in {path or 'the model'} ({cls_name.rsplit('.', 1)[-1]})"

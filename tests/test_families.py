@@ -1,0 +1,73 @@
+"""Any Hugging Face family, with no per-family code: `emulate --model random:<model_type> --policy
+lazy --check` at Z_2^64 / 16 fraction bits agrees with the float model (top-1 >= 0.98 for decoders,
+mean cosine of the last hidden states >= 0.999 for encoders) and no value exceeds its static bound.
+Each family brings its own ops, and the plan must show that they were lowered, not skipped."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from truncbridge.cli import main
+
+# model_type -> a recipe (or "comparisons") its plan must contain: the family's own nonlinearity
+FAMILIES = {
+    "llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu",
+    "gemma": "gelu",  # tanh GeLU (gelu_pytorch_tanh), fitted by evaluating the op with its argument
+    "gemma2": "tanh",  # logit soft-capping: cap * tanh(x / cap)
+    "gemma3_text": "gelu", "phi3": "silu",
+    "gpt2": "tanh",  # GPT-2's gelu_new is written out with tanh
+    "gpt_neox": "gelu",  # erf GeLU; partial rotary is slices and cats
+    "opt": "comparisons",  # ReLU
+    "bloom": "tanh",  # bloom_gelu is tanh GeLU; ALiBi is public and folded
+    "falcon": "gelu",
+    "bert": "gelu",  # an encoder: LayerNorm, erf GeLU, bidirectional attention, pooler
+}
+FAST = {"llama", "gpt2", "bert", "opt"}  # make test-fast runs these
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(t, marks=() if t in FAST else pytest.mark.slow) for t in FAMILIES])
+def test_family_emulates_within_its_bounds(model_type, tmp_path):
+    out = tmp_path / "r.json"
+    args = ["emulate", "--model", f"random:{model_type}", "--policy", "lazy", "--check",
+            "--seq-len", "16", "--windows", "3", "--json", str(out)]
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["bound_violations"] == 0
+    m = record["metrics"]
+    if model_type == "bert":
+        assert m["cosine_mean"] >= 0.999
+    else:
+        assert m["top1_agreement"] >= 0.98
+    assert record["counts"]["truncations"] > 0
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "opt", "bloom", "gpt_neox"])
+def test_family_plan_contains_its_nonlinearity(model_type):
+    from truncbridge.frontend.models import load_model
+    from truncbridge.pipeline import build_plan, convert, plan_config
+
+    plan = build_plan(convert(load_model(f"random:{model_type}"), 8, 16), plan_config("lazy"))
+    wanted = FAMILIES[model_type]
+    if wanted == "comparisons":
+        assert plan.counts()["comparisons"] > 0
+    else:
+        assert wanted in {n.recipe for n in plan.program.nodes}
+
+
+def test_an_unknown_model_type_is_one_line(capsys):
+    assert main(["emulate", "--model", "random:no-such-family"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model_type 'no-such-family'" in err
+
+
+def test_a_preset_of_another_family_is_refused(capsys):
+    assert main(["plan", "--model", "random:gpt2", "--preset", "llama-7b", "--out", "/dev/null"]) == 2
+    assert "preset llama-7b is a llama model, not gpt2" in capsys.readouterr().err
+
+
+def test_random_llama_is_an_alias():
+    from truncbridge.frontend.models import load_model
+
+    a, b = load_model("random-llama").model, load_model("random:llama").model
+    assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters()))
