@@ -4,7 +4,8 @@ the dealer when RANK == WORLD_SIZE.
     RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py MODE POLICY TRUNCATION OUT.json
 
 MODE ``runner``: ``PlanRunner`` on the small program below; ``module``: the same plan as a
-``PlanModule`` in a CrypTen program, fed a ``crypten.cryptensor`` and followed by a CrypTen op.
+``PlanModule`` in a CrypTen program, fed a ``crypten.cryptensor`` and followed by a CrypTen op;
+``compare``: ``PlanRunner`` on ``compare_program`` (ReLUs and bare comparisons).
 """
 from __future__ import annotations
 
@@ -38,9 +39,34 @@ def program():
     return b.program
 
 
-def plan_for(policy: str, field_bits: int = 64):
-    prog = program()
-    return place(prog, calibrated_bounds(prog, float_maxabs(prog, INPUTS), 1), PlanConfig(field_bits, 16, policy))
+def _compare_inputs() -> dict[str, torch.Tensor]:
+    x = torch.linspace(-1, 1, 33, dtype=torch.float64)[:32].view(4, 8)  # holds an exact 0
+    x[0, :2] = torch.tensor([2.0 ** -16, -(2.0 ** -16)])  # +-1 LSB at scale 16
+    big = 2.0 ** 60  # raw ring values near the top of the ring, either sign
+    v = torch.tensor([[0, 1, -1, 2, -2, big, -big, big - 2 ** 9], [-(big - 2 ** 9), 3, -3, 0, 7, -7, 2 ** 40, -2 ** 40]],
+                     dtype=torch.float64)
+    return {"x": x, "v": v}
+
+
+COMPARE_INPUTS = _compare_inputs()
+
+
+def compare_program():
+    """relu of a matmul, times the input, then relu again; and the bare comparisons [x >= 0] of the
+    input (exact 0, +-1 LSB) and of an integer input with values up to 2^60 (outputs 1 and 2)."""
+    b = Builder()
+    x, v = b.input("x", (4, 8)), b.input("v", (2, 8), integer=True)
+    w = b.weight("w", torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    y = b.relu(b.add_public(b.matmul(x, w), -0.25))
+    b.output(b.relu(b.add_public(b.mul(y, x), -0.05)))
+    b.output(b.nonneg(x))
+    b.output(b.nonneg(v))
+    return b.program
+
+
+def plan_for(policy: str, field_bits: int = 64, compare: bool = False):
+    prog, inputs = (compare_program(), COMPARE_INPUTS) if compare else (program(), INPUTS)
+    return place(prog, calibrated_bounds(prog, float_maxabs(prog, inputs), 1), PlanConfig(field_bits, 16, policy))
 
 
 def main() -> None:
@@ -56,13 +82,15 @@ def main() -> None:
         y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
         opened = y._tensor.reveal(dst=1)  # only the client learns it
         result = None if rank != 1 else (opened.double() / y._tensor.encoder.scale).tolist()
-        executed = model.runner.truncations_executed
+        executed, compared, results = model.runner.truncations_executed, 0, [result]
     else:
-        runner = tbc.PlanRunner(plan_for(policy), truncation=truncation)
-        opened = runner.open_outputs(runner.run(INPUTS if rank == 1 else None), dst=1)
-        result = None if opened is None else opened[0].tolist()
-        executed = runner.truncations_executed
-    out.write_text(json.dumps({"rank": rank, "truncations": executed, "output": result}))
+        compare = mode == "compare"
+        runner = tbc.PlanRunner(plan_for(policy, compare=compare), truncation=truncation)
+        opened = runner.open_outputs(runner.run((COMPARE_INPUTS if compare else INPUTS) if rank == 1 else None), dst=1)
+        results = [None] if opened is None else [o.tolist() for o in opened]
+        result, executed, compared = results[0], runner.truncations_executed, runner.comparisons_executed
+    out.write_text(json.dumps({"rank": rank, "truncations": executed, "comparisons": compared,
+                               "output": result, "outputs": results}))
     crypten.uninit()
     exit_now(0)
 

@@ -143,3 +143,19 @@ def test_relu_and_clamp_are_exact_comparisons():
     counts = plan.counts()
     assert counts["comparisons"] == 2 and counts["compared_elements"] == 2 * 8 * WIDTH
     assert not any(n.recipe for n in plan.program.nodes)  # no approximation anywhere
+
+
+def test_comparisons_where_and_max_match_the_model_exactly_in_real_arithmetic():
+    """where(x > 0.3, x, 2x) with a secret condition, max over the last dim, softplus decomposed
+    into its where(x > 20, ...) form: the IR agrees with the module."""
+    def fn(x):
+        return torch.where(x > 0.3, x, 2 * x) + x.amax(-1, keepdim=True) - torch.minimum(x, x.max(-1).values[..., None] * 0.5)
+
+    converted = _convert(Lambda(fn))
+    counts = build_plan(converted, plan_config("lazy")).counts()
+    assert counts["comparisons"] == 1 + 2 * 4 + 1  # gt, two trees of 4 pairwise levels (16 wide), minimum
+    ids = torch.arange(8)[None] * 11
+    with torch.no_grad():
+        want = converted.loaded.model(ids).double()
+    (got,) = run_float(converted.program, {"tokens": one_hot(ids, VOCAB)})
+    assert (got - want).abs().max().item() < 1e-5

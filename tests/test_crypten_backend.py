@@ -14,7 +14,7 @@ import torch
 from truncbridge.backends import RingExecutor
 from truncbridge.core.errors import UserError
 
-from crypten_party import AFTER, INPUTS, plan_for
+from crypten_party import AFTER, COMPARE_INPUTS, INPUTS, plan_for
 
 PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 pytestmark = pytest.mark.slow  # real party processes
@@ -57,6 +57,24 @@ def test_crypten_parties_match_the_emulator(parties, truncation, tmp_path):
         assert results[1]["truncations"] == plan.counts()["truncations"]
         assert (got - want).abs().max().item() <= TOLERANCE, policy
     assert plan_for("lazy").counts()["truncations"] < plan_for("eager").counts()["truncations"]
+
+
+def test_crypten_comparisons_match_the_emulator(tmp_path):
+    """ReLUs and bare comparisons ([x >= 0]: CrypTen's A2B, sign bit and B2A, material from the
+    dealer) by 2 parties: the bits exactly, the ReLU output within the truncations' tolerance."""
+    for policy in ("eager", "lazy"):
+        results = run_parties(2, policy, "exact", tmp_path / policy, mode="compare")
+        assert all(results[r]["outputs"] == [None] for r in results if r != 1)
+        plan = plan_for(policy, compare=True)
+        ex = RingExecutor(plan)
+        want = ex.decode_outputs(ex.run(COMPARE_INPUTS)[0])
+        got = [torch.tensor(o, dtype=torch.float64) for o in results[1]["outputs"]]
+        assert (got[0] - want[0]).abs().max().item() <= TOLERANCE, policy
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2]), policy
+        assert torch.equal(got[2], (COMPARE_INPUTS["v"] >= 0).double())
+        counts = plan.counts()
+        assert results[1]["comparisons"] == counts["comparisons"] == 4
+        assert results[1]["truncations"] == counts["truncations"]
 
 
 @pytest.mark.parametrize("parties", [2, 3])

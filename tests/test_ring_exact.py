@@ -155,3 +155,20 @@ def test_public_constants_wrap_exactly(bits, value, scale):
     exact = round(Fraction(value) * 2**scale)
     got = Ring(bits).encode_public(torch.tensor([value], dtype=torch.float64), scale).item()
     assert got == signed(exact, bits)
+
+
+def test_a_value_bounded_by_zero_is_checked_not_crashed_on():
+    """A node whose bound is 0 at scale 0 has a negative bit count: --check counts any non-zero."""
+    from truncbridge.analysis import place
+    from truncbridge.core.ir import Builder
+    from truncbridge.core.types import Bound
+
+    b = Builder()
+    x = b.input("x", (4,), integer=True)
+    b.output(b.mul_public(x, 3.0))
+    plan = place(b.program, {0: Bound(0.0, "calibrated"), 1: Bound(0.0, "calibrated"), 2: Bound(0.0, "calibrated")},
+                 PlanConfig(64, 16, "eager"))
+    assert plan.bound_bits(plan.program[0]) < 1
+    ex = RingExecutor(plan)
+    assert ex.run({"x": torch.zeros(4)}, check=True)[1] == 0
+    assert ex.run({"x": torch.tensor([0.0, 1.0, 0.0, -1.0])}, check=True)[1] > 0

@@ -110,7 +110,9 @@ class RingExecutor:
         def count_violations(node, v):
             nonlocal violations
             bits = self.plan.bound_bits(node)
-            if bits < 64:  # a 64-bit promise in Z_2^64 cannot be broken
+            if bits < 1:  # |v| < 2^(bits - 1) < 1: a value promised to be 0 (a bound of 0, low scale)
+                violations += int((v != 0).sum())
+            elif bits < 64:  # a 64-bit promise in Z_2^64 cannot be broken
                 limit = 1 << (bits - 1)
                 violations += int(((v >= limit) | (v < -limit)).sum())
 

@@ -12,7 +12,7 @@ import torch
 
 from ..core.errors import UserError
 from . import recipes
-from .calibrate import Range
+from .calibrate import MASK_VALUE, Range
 from .lower_rules import Secret, on_add, on_mul, on_sub
 from .walk import aten_name
 
@@ -154,6 +154,64 @@ def on_clamp(lw, node, x, lo=None, hi=None) -> Secret:
     return out if hi is None else on_minimum(lw, node, out, float(hi))
 
 
+def _bit_not(lw, bit: int) -> int:
+    return lw.b.add_public(lw.b.neg(bit), 1.0)
+
+
+def comparison_rule(kind: str):
+    """a >= b, a > b, a <= b, a < b (either may be public) as a secret 0/1 at scale 0, from the
+    sign of a - b: ge = [a - b >= 0], gt = not [b - a >= 0], and so on."""
+    def rule(lw, node, a, b) -> Secret:
+        d = on_sub(lw, node, a, b) if isinstance(a, Secret) else Secret(lw.b.neg(on_sub(lw, node, b, a).id))
+        if kind == "ge":
+            return Secret(lw.b.nonneg(d.id))
+        if kind == "lt":
+            return Secret(_bit_not(lw, lw.b.nonneg(d.id)))
+        flipped = lw.b.nonneg(lw.b.neg(d.id))
+        return Secret(flipped if kind == "le" else _bit_not(lw, flipped))
+    return rule
+
+
+def on_where(lw, node, cond, a, b) -> Secret:
+    """A secret condition: b + cond (a - b), one product. A public one: a select by public 0/1
+    factors, or a structural -inf mask kept beside a (as additive masks are)."""
+    if isinstance(cond, Secret):
+        return on_add(lw, node, on_mul(lw, node, cond, on_sub(lw, node, a, b)), b)
+    keep = torch.as_tensor(cond, dtype=torch.bool)
+    if not isinstance(a, Secret):  # where(c, a, b) = where(not c, b, a)
+        keep, a, b = ~keep, b, a
+    if not isinstance(b, Secret) and float(torch.as_tensor(b).max()) <= MASK_VALUE:
+        keep = torch.broadcast_to(keep, lw.b.shape(a.id))
+        return Secret(a.id, keep if a.keep is None else a.keep & keep)
+    weight = keep.to(torch.float64)
+    picked = on_mul(lw, node, a, weight)
+    other = on_mul(lw, node, b, 1.0 - weight) if isinstance(b, Secret) else torch.as_tensor(b) * (1.0 - weight)
+    return on_add(lw, node, picked, other)
+
+
+def on_amax(lw, node, x, dims=(), keepdim=False) -> Secret:
+    """max over one dim by a tree of pairwise maxima: ceil(log2 n) comparison rounds."""
+    x_id = lw.plain(x, "a max")
+    if len(dims) != 1:
+        raise UserError(f"aten.amax over {len(dims)} dims on secret data is not supported (node {node.name})")
+    dim = dims[0] % len(lw.b.shape(x_id))
+    while lw.b.shape(x_id)[dim] > 1:
+        n = lw.b.shape(x_id)[dim]
+        half = n // 2
+        lo, hi = (lw.b.move("aten.slice.Tensor", [x_id], ["$0", dim, s, s + half]) for s in (0, half))
+        pair = on_maximum(lw, node, Secret(lo), Secret(hi)).id
+        if n % 2:
+            rest = lw.b.move("aten.slice.Tensor", [x_id], ["$0", dim, 2 * half, n])
+            pair = lw.b.move("aten.cat.default", [pair, rest], [["$0", "$1"], dim])
+        x_id = pair
+    return Secret(x_id if keepdim else lw.b.move("aten.squeeze.dims", [x_id], ["$0", [dim]]))
+
+
+def on_max_dim(lw, node, x, dim, keepdim=False) -> tuple:
+    """(values, indices): the values only — an argmax on secret data is not supported."""
+    return on_amax(lw, node, x, [dim], keepdim), None
+
+
 def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     """The automatic recipe: an elementwise op of one secret tensor (and public scalars) as a
     Chebyshev fit of the op itself, evaluated with torch over the calibrated, widened range."""
@@ -216,4 +274,7 @@ FUNCTION_RULES = {
     aten.exp.default: on_exp, aten._softmax.default: on_softmax, aten.native_layer_norm.default: on_layer_norm,
     aten.relu.default: on_relu, aten.maximum.default: on_maximum, aten.minimum.default: on_minimum,
     aten.clamp.default: on_clamp, aten.clamp_min.default: on_clamp, aten.hardtanh.default: on_clamp,
+    aten.where.self: on_where, aten.amax.default: on_amax, aten.max.dim: on_max_dim,
+    **{getattr(aten, kind).Scalar: comparison_rule(kind) for kind in ("ge", "gt", "le", "lt")},
+    **{getattr(aten, kind).Tensor: comparison_rule(kind) for kind in ("ge", "gt", "le", "lt")},
 }
