@@ -7,6 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.truncbridge-installed
 TORCH_VERSION ?= 2.13.0
+# transformers moves a layer's float32 rounding between releases (5.23 -> 5.24 moved calibrated
+# ranges in their low bits): the versions measured in README are the ones installed here
+TRANSFORMERS_VERSION ?= 5.24.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: install demo lint test test-fast bench clean train-default-model
@@ -16,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==$(TORCH_VERSION)
-	$(PIP) -e '.[test,mpc]'
+	$(PIP) -e '.[test,mpc]' transformers==$(TRANSFORMERS_VERSION)
 	# crypten 0.4.1 declares the dead `sklearn` package: install it without deps (its real needs
 	# come from the `mpc` extra above); truncbridge.crypten.compat makes it import on this torch.
 	$(PIP) --no-deps crypten==0.4.1

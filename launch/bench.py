@@ -6,10 +6,12 @@ exact matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), e
 the same run so the ratios are meaningful on a noisy machine. Private inference: the default
 model run by real CrypTen parties and a separate dealer under mpirun (3PC, then 2PC), every policy
 and vanilla CrypTen in one run, online (after all dealing) and offline (the dealing) apart, with
-the ratios to eager beside what the cost model (``truncbridge report``) predicts.
+the ratios to eager beside what the cost model (``truncbridge report``) predicts. Scale: Llama-7B-
+and Gemma-2B-shaped plans built without the model (``plan --fake-weights``), each policy's wall
+time and peak memory against 2 minutes / 4 GB, and their costs side by side.
 
     python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3] [--time-limit 60]
-                           [--pi-seq-len 32] [--no-pi | --pi-only] [--pi-json-dir DIR]
+                           [--pi-seq-len 32] [--no-pi | --pi-only | --scale-only] [--pi-json-dir DIR]
 """
 from __future__ import annotations
 
@@ -120,6 +122,38 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
                       f"measured {row['rounds']} rounds, {row['bytes'] / 1e6:.2f} MB")
 
 
+SCALE_PRESETS = (("llama", "llama-7b"), ("gemma", "gemma-2b"))
+SCALE_LIMIT_S, SCALE_LIMIT_GB = 120, 4.0  # what a full-size plan may take on 2 cores
+
+
+def bench_scale(seq_len: int, time_limit: float, out_dir: Path) -> None:
+    """Full-size plans without the model (--fake-weights): each policy in a fresh process, its wall
+    time and peak memory (ru_maxrss of that process), then `truncbridge report` side by side."""
+    exe = Path(sys.executable).parent / "truncbridge"
+    for model_type, preset in SCALE_PRESETS:
+        paths = []
+        for policy in ("eager", "lazy", "optimal"):
+            path = out_dir / f"{preset}-{policy}.json"
+            cmd = [str(exe), "plan", "--model", f"random:{model_type}", "--preset", preset, "--fake-weights",
+                   "--policy", policy, "--seq-len", str(seq_len), "--protocol", "crypten-exact-3pc",
+                   "--time-limit", str(time_limit), "-o", str(path)]
+            t = time.perf_counter()
+            with tempfile.TemporaryFile() as err:
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+                _, status, usage = os.wait4(proc.pid, 0)
+                err.seek(0)
+                failure = "" if os.waitstatus_to_exitcode(status) == 0 else " FAILED: " + err.read().decode()[-300:]
+            wall, peak_gb = time.perf_counter() - t, usage.ru_maxrss / 2**20
+            verdict = "within" if not failure and wall <= SCALE_LIMIT_S and peak_gb <= SCALE_LIMIT_GB else "OVER"
+            print(f"  {preset:9s} {policy:8s} plan built in {wall:6.1f} s, peak {peak_gb:.2f} GB "
+                  f"({verdict} {SCALE_LIMIT_S} s / {SCALE_LIMIT_GB:g} GB){failure}", flush=True)
+            ok = not failure
+            if ok:
+                paths.append(str(path))
+        if paths:
+            subprocess.run([str(exe), "report", *paths, "--protocol", "crypten-exact-3pc"], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -130,7 +164,11 @@ def main() -> None:
     ap.add_argument("--no-pi", action="store_true", help="skip the private-inference runs")
     ap.add_argument("--pi-only", action="store_true", help="only the private-inference runs")
     ap.add_argument("--pi-json-dir", type=Path, default=None, help="keep run_pi's JSON files here")
+    ap.add_argument("--scale-only", action="store_true", help="only the full-size plans (--fake-weights)")
+    ap.add_argument("--scale-seq-len", type=int, default=128, help="tokens per full-size plan")
     args = ap.parse_args()
+    if args.scale_only:
+        return bench_scale(args.scale_seq_len, args.time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if args.pi_only:
         json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
         json_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +180,8 @@ def main() -> None:
     bench_placement(converted, args.time_limit)
     bench_emulator(loaded, converted, args.seq_len, args.windows, args.repeat, convert_s)
     bench_matmul(args.repeat)
+    print("full-size plans without the model (--fake-weights, crypten-exact-3pc):")
+    bench_scale(args.scale_seq_len, args.time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if not args.no_pi:
         json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
         json_dir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,21 @@
-"""Train the default model shipped in ``truncbridge/assets/default_model``.
+"""Train the small models shipped in ``truncbridge/assets``.
 
-A small Llama-architecture causal LM (4 layers, hidden 128, 4 query / 2 key-value heads, SiLU-gated
-MLP, RMSNorm, rotary embeddings, tied embeddings) with a 1024-token byte-level BPE, trained on the
-standard library's ``pydoc_data`` documentation (see ``truncbridge/data.py`` for the split).
+``--arch llama`` (the default) trains the default model, ``truncbridge/assets/default_model``: a small
+Llama-architecture causal LM (4 layers, hidden 128, 4 query / 2 key-value heads, SiLU-gated MLP, RMSNorm,
+rotary embeddings, tied embeddings) with a 1024-token byte-level BPE, trained on the standard library's
+``pydoc_data`` documentation (see ``truncbridge/frontend/data.py`` for the split).
 
-    python launch/train_default_model.py            # about 2.5 minutes on 2 CPU cores
+``--arch gpt2`` trains ``truncbridge/assets/gpt2_model``: a GPT-2-architecture causal LM (4 layers, hidden
+128, 4 heads, 512-wide GeLU-tanh MLP, LayerNorm, learned positions, tied embeddings, no dropout) on the same
+text and split, reusing the default model's tokenizer rather than training a new one (so run the llama
+command first on a fresh checkout).
 
-Seeded and single-process; the output directory is a regular Hugging Face checkpoint
-(config.json, model.safetensors, tokenizer files) plus ``heldout.txt`` and ``training.json``.
+    python launch/train_default_model.py               # about 2.5 minutes on 2 CPU cores
+    python launch/train_default_model.py --arch gpt2   # about 3 minutes on 2 CPU cores
+
+Both use the same training loop, defaults and seed. Seeded and single-process; the output directory is a
+regular Hugging Face checkpoint (config.json, model.safetensors, tokenizer files) plus ``heldout.txt`` and
+``training.json``.
 """
 from __future__ import annotations
 
@@ -19,11 +27,22 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from truncbridge.frontend.data import split_pydoc_text
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "truncbridge" / "assets" / "default_model"
+ASSETS = Path(__file__).resolve().parent.parent / "truncbridge" / "assets"
+DEFAULT_OUT = ASSETS / "default_model"
+OUT_BY_ARCH = {"llama": DEFAULT_OUT, "gpt2": ASSETS / "gpt2_model"}
 
 
 def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -40,7 +59,7 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
-def model_config(vocab_size: int, context: int) -> LlamaConfig:
+def llama_config(vocab_size: int, context: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -56,8 +75,40 @@ def model_config(vocab_size: int, context: int) -> LlamaConfig:
     )
 
 
+def gpt2_config(vocab_size: int, context: int) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=128,
+        n_inner=512,
+        n_layer=4,
+        n_head=4,
+        n_positions=context,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+
+
+def build(arch: str, train_text: str, vocab: int, context: int) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and freshly initialised model for ``arch``; gpt2 reuses the default model's tokenizer."""
+    if arch == "llama":
+        tokenizer = train_tokenizer(train_text, vocab)
+        return tokenizer, LlamaForCausalLM(llama_config(len(tokenizer), context))
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_OUT)
+    for loader_only in ("is_local", "local_files_only"):  # keep the saved tokenizer_config.json the default model's
+        tokenizer.init_kwargs.pop(loader_only, None)
+    if len(tokenizer) != vocab:
+        raise SystemExit(f"--vocab {vocab} does not match the shared tokenizer in {DEFAULT_OUT} ({len(tokenizer)} tokens)")
+    return tokenizer, GPT2LMHeadModel(gpt2_config(len(tokenizer), context))
+
+
 @torch.no_grad()
-def bits_per_token(model: LlamaForCausalLM, ids: torch.Tensor, context: int) -> float:
+def bits_per_token(model: PreTrainedModel, ids: torch.Tensor, context: int) -> float:
     """Mean next-token cross-entropy in bits over non-overlapping windows of ``context`` tokens."""
     n = (len(ids) // context) * context
     windows = ids[:n].view(-1, context)
@@ -72,7 +123,8 @@ def bits_per_token(model: LlamaForCausalLM, ids: torch.Tensor, context: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--arch", choices=sorted(OUT_BY_ARCH), default="llama")
+    ap.add_argument("--out", type=Path, default=None, help="default: truncbridge/assets/{default,gpt2}_model by --arch")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=128)
@@ -82,22 +134,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-heldout", action="store_true", help="print held-out bits/token every 250 steps")
     args = ap.parse_args()
+    out = args.out if args.out is not None else OUT_BY_ARCH[args.arch]
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     start = time.time()
 
     train_text, heldout_text = split_pydoc_text()
-    tokenizer = train_tokenizer(train_text, args.vocab)
+    tokenizer, model = build(args.arch, train_text, args.vocab, args.context)
     train_ids = torch.tensor(tokenizer(train_text)["input_ids"], dtype=torch.long)
     heldout_ids = torch.tensor(tokenizer(heldout_text)["input_ids"], dtype=torch.long)
     print(f"tokens: train {len(train_ids)}, held-out {len(heldout_ids)}; uniform = {math.log2(args.vocab):.2f} bits/token")
 
-    config = model_config(len(tokenizer), args.context)
-    model = LlamaForCausalLM(config)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad) - (
-        model.lm_head.weight.numel() if config.tie_word_embeddings else 0
-    )
+    params = sum(p.numel() for p in model.parameters())  # parameters() lists a tied table once
     print(f"parameters: {params}")
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -130,13 +179,13 @@ def main() -> None:
     print(f"bits/token: train {train_bpt:.3f}, held-out {heldout_bpt:.3f} (uniform {math.log2(args.vocab):.3f}); "
           f"wall {wall:.0f} s")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    (args.out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
     record = {
-        "command": "python launch/train_default_model.py",
-        "args": {k: v for k, v in vars(args).items() if k not in ("out", "log_heldout")},
+        "command": "python launch/train_default_model.py" + ("" if args.arch == "llama" else f" --arch {args.arch}"),
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "log_heldout", "arch")},
         "parameters": params,
         "train_tokens": len(train_ids),
         "heldout_tokens": len(heldout_ids),
@@ -144,7 +193,7 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "torch": torch.__version__,
     }
-    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from truncbridge.core.errors import UserError
 from truncbridge.frontend.calibrate import calibrate
 from truncbridge.frontend.capture import capture
 from truncbridge.frontend.lower import lower
-from truncbridge.pipeline import build_plan, emulate, one_hot, plan_config, tokenize_windows
+from truncbridge.pipeline import build_plan, convert, emulate, one_hot, plan_config, tokenize_windows
 
 
 def test_ir_float_follows_the_float_model(random_converted):
@@ -85,3 +85,19 @@ def test_unknown_aten_op_is_named():
     ranges = calibrate(captured, [torch.randint(0, 10, (1, 4))])
     with pytest.raises(UserError, match=r"no lowering for ATen op aten\.cumsum\.default"):
         lower(captured, ranges, 16)
+
+
+@pytest.mark.slow  # three placements and emulations of the second trained model
+def test_the_trained_gpt2_emulates_like_float_under_every_policy():
+    """The second shipped trained model (GPT-2: LayerNorm, tanh GeLU, learned positions): top-1 >= 0.99
+    and perplexity within 2 % of float at Z_2^64 under eager, lazy and optimal, within its bounds."""
+    from truncbridge.frontend.models import load_model
+
+    loaded = load_model("default-gpt2")
+    converted = convert(loaded, 64, 16)
+    windows = tokenize_windows(loaded.tokenizer, loaded.heldout_text, 64, 4)
+    for policy in ("eager", "lazy", "optimal"):
+        result = emulate(loaded.model, build_plan(converted, plan_config(policy, 64, 16, time_limit_s=20)), windows)
+        assert result.bound_violations == 0, policy
+        assert result.metrics["top1_agreement"] >= 0.99, policy
+        assert abs(result.metrics["ppl_emulated"] / result.metrics["ppl_float"] - 1) <= 0.02, policy

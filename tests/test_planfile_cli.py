@@ -109,6 +109,17 @@ def test_plan_errors(tmp_path, capsys):
     assert "plan file not found" in capsys.readouterr().err
 
 
+def _same_up_to_float_ulps(a, b) -> bool:
+    """Equal, except floats calibrated from float32 activations, which move in their low bits (relative 1e-4)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and b == pytest.approx(a, rel=1e-4)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_up_to_float_ulps(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_up_to_float_ulps, a, b))
+    return a == b
+
+
 V1_PLAN = Path(__file__).parent / "data" / "plan_v1_random_llama_seq8_lazy.json.gz"  # written by truncbridge at 17e710a
 
 
@@ -131,7 +142,10 @@ def test_a_schema_v1_file_loads_and_matches_todays_plan():
     old_doc, new_doc = plan_to_json(old), plan_to_json(new)
     for node in new_doc["nodes"]:  # a Chebyshev fit's error bound is a fact recorded since v2, not a parameter
         node.get("facts", {}).get("recipe_params", {}).pop("max_error", None)
-    assert old_doc["nodes"] == new_doc["nodes"] and old_doc["counts"] == new_doc["counts"]
+    # the placement, scales and recipes are the same; calibrated floats move in their low bits
+    # when transformers changes how it computes a layer (5.23 -> 5.24 did), so those compare closely
+    assert _same_up_to_float_ulps(old_doc["nodes"], new_doc["nodes"])
+    assert old_doc["counts"] == new_doc["counts"]
     inputs = {"tokens": one_hot(torch.arange(8)[None] * 5 % new.model["vocab"], new.model["vocab"])}
     (want,), _ = RingExecutor(new).run(inputs)
     (got,), _ = RingExecutor(old).run(inputs)

@@ -118,7 +118,7 @@ def cmd_plan(args) -> None:
 
     _check_field(args.field_bits, args.frac_bits)
     _check_output_path(args.output, "-o")
-    loaded = load_model(args.model, args.preset)
+    loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
     converted = convert(loaded, args.seq_len, args.frac_bits)
     plan = build_plan(converted, _config(args))
     save_plan(plan, args.output)
@@ -132,13 +132,39 @@ def cmd_report(args) -> None:
     from .report import print_report
 
     _check_output_path(args.json, "--json")
-    plan = load_plan(args.plan)
+    if len(args.plan) > 1:
+        return _report_side_by_side(args)
+    plan = load_plan(args.plan[0])
     protocol = load_protocol(args.protocol or plan.protocol)
     costs = plan_costs(plan, protocol, load_network(args.network))
     print_report(plan, costs, args.network)
     if args.json:
-        Path(args.json).write_text(json.dumps({"plan": args.plan, "network": args.network, "counts": plan.counts(),
+        Path(args.json).write_text(json.dumps({"plan": args.plan[0], "network": args.network, "counts": plan.counts(),
                                                **costs}, indent=2) + "\n")
+
+
+def _report_side_by_side(args) -> None:
+    """Several plans (eager / lazy / optimal of one model): counts per forward pass and per token,
+    and rounds, bytes and LAN / WAN latency under every protocol profile (or --protocol)."""
+    from .analysis.cost import plan_costs
+    from .core.planfile import load_plan
+    from .core.protocols import load_network, load_protocol, protocol_names
+    from .report import print_side_by_side
+
+    plans = [(path, load_plan(path)) for path in args.plan]
+    rows = []
+    for name in [args.protocol] if args.protocol else protocol_names():
+        protocol = load_protocol(name)
+        for path, plan in plans:
+            lan, wan = (plan_costs(plan, protocol, load_network(n)) for n in ("lan", "wan"))
+            rows.append({"plan": path, "model": plan.model["name"], "preset": plan.model.get("preset"),
+                         "seq_len": plan.model["seq_len"], "policy": plan.policy, "protocol": name,
+                         "counts": plan.counts(), "rounds": lan["rounds"], "bytes": lan["bytes"],
+                         "latency_lan_s": lan["latency_s"], "latency_wan_s": wan["latency_s"],
+                         "expected_truncation_failures": lan["expected_truncation_failures"]})
+    print_side_by_side(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def cmd_compare(args) -> list[dict]:

@@ -90,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(pl)
     _add_numeric_args(pl)
     pl.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
+    pl.add_argument("--fake-weights", action="store_true",
+                    help="random:<type> at full size without holding it: weights generated one at a time, "
+                         "kept as statistics (static bounds)")
 
-    rep = sub.add_parser("report", help="costs of a plan under a protocol profile and network")
-    rep.add_argument("plan", help="plan file")
+    rep = sub.add_parser("report", help="costs of a plan under a protocol profile and network; several plans: "
+                                        "side by side under every profile")
+    rep.add_argument("plan", nargs="+", help="plan file(s)")
     rep.add_argument("--protocol", default=None, choices=protocol_names(), help="profile (default: the plan's)")
     rep.add_argument("--network", default="lan", choices=("lan", "wan"), help="network setting (default lan)")
     rep.add_argument("--json", help="write the report as JSON to this path")

@@ -42,7 +42,8 @@ class Converted:
     def identity(self) -> dict:
         """What a plan file records about the model it was made for."""
         if not self.weights_hash:
-            self.weights_hash = model_hash(self.loaded.model)
+            generated = self.loaded.generated
+            self.weights_hash = generated.identity() if generated else model_hash(self.loaded.model)
         identity = {"name": self.loaded.name, "class": type(self.loaded.model).__name__, "hash": self.weights_hash,
                     "seq_len": self.captured.seq_len, "batch": self.captured.batch, "vocab": self.vocab}
         if self.loaded.preset:
@@ -90,13 +91,20 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
         raise UserError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {limit}")
     timings = {}
     t = time.perf_counter()
-    captured = capture(loaded.model, seq_len)
+    captured = capture(loaded.model, seq_len, generate=loaded.generated)
     timings["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    calib = calibration_windows(loaded.tokenizer, seq_len)
+    calib = calibration_windows(loaded.tokenizer, seq_len, 1 if loaded.generated else CALIBRATION_WINDOWS)
     ranges = calibrate(captured, [w[None] for w in calib])
+    timings["calibrate"] = time.perf_counter() - t
+    t = time.perf_counter()
     program = lower(captured, ranges, frac_bits)
+    if loaded.generated is not None:  # statistics only: no float run, static bounds only
+        program.weight_stats = dict(loaded.generated.stats)
+        program.weights.update({k: v.double() for k, v in loaded.generated.small.items()})
+        timings["lower"] = time.perf_counter() - t
+        return Converted(loaded, captured, program, {}, timings)
     vocab = loaded.model.get_input_embeddings().weight.shape[0]
     maxabs: dict[int, float] = {}
 
@@ -127,6 +135,8 @@ def build_plan(converted: Converted, config: PlanConfig, hints: tuple = ()) -> P
     """Analyse and place under ``config`` (``plan_config``); ``hints``: see ``analysis.place``."""
     if config.bounds == "static":
         node_bounds = static_bounds(converted.program)
+    elif converted.loaded.generated is not None:
+        raise UserError("--fake-weights plans use static bounds: calibrated maxima need the whole model")
     else:
         node_bounds = calibrated_bounds(converted.program, converted.maxabs, config.margin_bits)
     t = time.perf_counter()

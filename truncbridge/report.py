@@ -103,6 +103,22 @@ def print_plan_summary(plan, path: str) -> None:
     console.print(two_column(rows, title=f"plan written to {path}"))
 
 
+def print_side_by_side(rows: list[dict]) -> None:
+    first = rows[0]
+    title = (f"truncbridge report — {first['model']}{' (' + first['preset'] + ')' if first['preset'] else ''}, "
+             f"seq {first['seq_len']}: per forward pass, and per token (÷ {first['seq_len']})")
+    t = Table(title=title, title_justify="left")
+    for col in ("protocol", "policy", "truncations", "truncated elements", "per token", "rounds", "bytes / party",
+                "LAN s", "WAN s", "exp. failures"):
+        t.add_column(col, justify="left" if col in ("protocol", "policy") else "right")
+    for r in rows:
+        c = r["counts"]
+        t.add_row(r["protocol"], r["policy"], f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
+                  f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{r['rounds']:,.0f}", _fmt_bytes(r["bytes"]),
+                  f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}", f"{r['expected_truncation_failures']:.3g}")
+    console.print(t)
+
+
 def print_report(plan, costs: dict, network: str) -> None:
     c = plan.counts()
     console.print(two_column([

@@ -29,6 +29,7 @@ from ..core.ir import Node, Program
 from ..core.op_bounds import keeps_stochastic
 from ..core.ops import check_node, real_value, spec
 from ..core.types import Bound
+from ..core.weight_stats import WeightStats, max_abs, moved, row_col_l2
 
 
 def calibrated_bounds(program: Program, maxabs: dict[int, float], margin_bits: int) -> dict[int, Bound]:
@@ -70,13 +71,28 @@ class _Static:
     def rule(self, node: Node) -> Bound:
         op, ins = spec(node), node.inputs
         if node.op == "weight" or (ins and all(i in self.exact for i in ins)):
-            v = real_value(node, [self.exact[i] for i in ins], self.p)
-            self.exact[node.id] = v
-            return Bound(v.abs().max().item() if v.numel() else 0.0, "weight")
+            v = self.owner_value(node)
+            if v is not None:
+                self.exact[node.id] = v
+                return Bound(max_abs(v), "weight")
         if op.bound is None:
             raise UserError(f"analysis: no bound rule for op {node.op!r}")
         found = op.bound(self, node)
         return Bound(*found) if isinstance(found, tuple) else Bound(found, "rule")
+
+    def owner_value(self, node: Node):
+        """A weight, or a function of weights alone: its value, or its statistics where the
+        weights are known only by statistics (``WeightStats``: a full-size plan without the model;
+        only moves that keep or transpose a matrix carry them, anything else uses the rules)."""
+        if node.op == "weight":
+            w = self.p.weights[node.attrs["name"]]
+            return self.p.weight_stats[node.attrs["name"]] if w.is_meta else w
+        xs = [self.exact[i] for i in node.inputs]
+        if not any(isinstance(x, WeightStats) for x in xs):
+            return real_value(node, xs, self.p)
+        if node.op == "move" and len(xs) == 1:
+            return moved(xs[0], node.attrs["fn"], node.attrs["args"], node.shape)
+        return None
 
     def track_norms(self, node: Node) -> None:
         """l2 bounds of rows (last dim) and columns (dim -2), where a rule gives them."""
@@ -93,7 +109,7 @@ class _Static:
         if node.id in self.exact:
             v = self.exact[node.id]
             if node.numel and v.dim() >= 2:
-                return v.norm(dim=-1).max().item(), v.norm(dim=-2).max().item()
+                return row_col_l2(v)
             return None, None
         norms = spec(node).norms
         return norms(self, node) if norms is not None else (None, None)

@@ -55,7 +55,8 @@ class Node:
 class Program:
     nodes: list[Node] = field(default_factory=list)
     consts: dict[str, torch.Tensor] = field(default_factory=dict)
-    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # meta tensors where known only by statistics
+    weight_stats: dict[str, Any] = field(default_factory=dict)  # name -> core.weight_stats.WeightStats
     inputs: dict[str, int] = field(default_factory=dict)  # input name -> node id
     outputs: list[int] = field(default_factory=list)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .errors import UserError
+from .weight_stats import col_l1, max_abs, row_l1, spectral
 
 Norms = tuple[float | None, float | None]
 
@@ -82,9 +81,9 @@ def matmul_bound(st, node) -> float | tuple[float, str]:
     if a in st.row and b in st.col:  # Cauchy-Schwarz on each (row, column) pair
         candidates.append(st.row[a] * st.col[b])
     if b in st.exact:  # x @ W: |y_j| <= max|x| * sum_k |W_kj| (a vector W: one column)
-        candidates.append(st.B(a) * st.exact[b].abs().sum(-2 if st.exact[b].dim() >= 2 else 0).max().item())
+        candidates.append(st.B(a) * col_l1(st.exact[b]))
     if a in st.exact:  # W @ x: |y_i| <= max|x| * sum_k |W_ik|
-        candidates.append(st.B(b) * st.exact[a].abs().sum(-1).max().item())
+        candidates.append(st.B(b) * row_l1(st.exact[a]))
     return min(candidates)
 
 
@@ -121,7 +120,7 @@ def mul_public_norms(st, node) -> Norms:
 def mul_norms(st, node) -> Norms:
     for x, w in (node.inputs, node.inputs[::-1]):
         if w in st.exact and _row(st, x, node) is not None:  # x scaled elementwise by known weights
-            return st.row[x] * st.exact[w].abs().max().item(), None
+            return st.row[x] * max_abs(st.exact[w]), None
     return None, None
 
 
@@ -134,7 +133,7 @@ def add_norms(st, node) -> Norms:
 def matmul_norms(st, node) -> Norms:
     a, b = node.inputs
     if b in st.exact and a in st.row and st.exact[b].dim() >= 2:  # rows of x @ W: ||W||_2 ||x||
-        return st.row[a] * torch.linalg.matrix_norm(st.exact[b], ord=2).max().item(), None
+        return st.row[a] * spectral(st.exact[b]), None
     return None, None
 
 

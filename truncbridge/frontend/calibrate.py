@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import Captured
+from .capture import Captured, LazyWeight
 
 MASK_VALUE = -1e4
 
@@ -28,10 +28,11 @@ class Range:
 def _range_of(value: torch.Tensor) -> Range | None:
     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
         return None
-    hi = value.max().item()
+    lo, hi = (v.item() for v in torch.aminmax(value))
     if hi <= MASK_VALUE:
         return None
-    lo = torch.where(value > MASK_VALUE, value, hi).min().item()
+    if lo <= MASK_VALUE:  # structural -inf entries are not ranged
+        lo = torch.where(value > MASK_VALUE, value, hi).min().item()
     return Range(lo, hi)
 
 
@@ -42,14 +43,44 @@ def centered_scores(scores: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(live, scores - mean, scores)
 
 
+def input_dependent(graph: torch.fx.Graph, tokens: str) -> set[str]:
+    """Nodes whose value depends on the client's tokens: the only ones a recipe can read (weights
+    alone, or public tables, are owner-known or public and never ranged)."""
+    out = {tokens}
+    for node in graph.nodes:
+        if any(a.name in out for a in node.all_input_nodes):
+            out.add(node.name)
+    return out
+
+
+def weight_order(captured: Captured) -> list[str]:
+    """Parameter names in the order the recorder asks for them: each op's positional arguments
+    in turn (a tied weight once per read)."""
+    order = []
+    for node in captured.graph.nodes:
+        for arg in node.args if node.op == "call_function" else ():
+            w = captured.weights.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+            if w is not None and w.is_meta:
+                order.append(captured.parameter_names[arg.name])
+    return order
+
+
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range]):
-        super().__init__(module)
+    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range], tokens: str, generate=None):
+        super().__init__(module)  # values are dropped after their last use: one weight at a time
         self.ranges = ranges
+        self.ranged = input_dependent(module.graph, tokens)
+        self.generate = generate
+
+    def fetch_args_kwargs_from_env(self, n):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if self.generate is not None:
+            args = tuple(self.generate(a.name) if isinstance(a, LazyWeight) else a for a in args)
+        return args, kwargs
 
     def run_node(self, node: torch.fx.Node):
         out = super().run_node(node)
-        if node.op != "call_function":
+        if node.op != "call_function" or node.name not in self.ranged:
             return out
         if node.target == torch.ops.aten._softmax.default:
             # a softmax is ranged by its input scores minus their row mean: what its recipe needs
@@ -65,9 +96,12 @@ class _Recorder(torch.fx.Interpreter):
 
 @torch.no_grad()
 def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Range]:
-    """Min/max of every floating-point ATen node over the calibration batches."""
+    """Min/max of every floating-point ATen node that depends on the tokens, over the calibration
+    batches."""
     ranges: dict[str, Range] = {}
-    recorder = _Recorder(captured.exported.graph_module, ranges)
+    recorder = _Recorder(captured.exported.graph_module, ranges, captured.tokens, captured.generate)
+    if captured.generate is not None and len(batches) == 1:
+        captured.generate.prefetch(weight_order(captured))
     for ids in batches:
         recorder.run(*captured.placeholder_values(ids))
     return ranges

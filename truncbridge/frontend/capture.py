@@ -17,6 +17,13 @@ from ..core.errors import UserError, first_line
 from .registry import decompositions, opaque_modules
 
 
+@dataclass(frozen=True)
+class LazyWeight:
+    """A weight generated when calibration reaches it (``fake_weights.py``)."""
+
+    name: str
+
+
 @dataclass
 class Captured:
     exported: torch.export.ExportedProgram
@@ -26,6 +33,7 @@ class Captured:
     tokens: str  # placeholder name of input_ids (secret, client)
     batch: int
     seq_len: int
+    generate: Any = None  # name -> tensor, where parameters are on meta (fake_weights.GeneratedWeights)
 
     @property
     def graph(self) -> torch.fx.Graph:
@@ -40,7 +48,8 @@ class Captured:
             if node.name == self.tokens:
                 values.append(input_ids)
             elif node.name in self.weights:
-                values.append(self.weights[node.name])
+                w = self.weights[node.name]
+                values.append(LazyWeight(self.parameter_names[node.name]) if w.is_meta else w)
             else:
                 values.append(self.publics[node.name])
         return values
@@ -49,7 +58,17 @@ class Captured:
         return self.exported.graph_module(*self.placeholder_values(input_ids))[0]
 
 
-def capture(model: torch.nn.Module, seq_len: int, batch: int = 1) -> Captured:
+def _run_on_cpu(exported: torch.export.ExportedProgram) -> None:
+    """A graph traced with meta parameters bakes device=meta into ops that create tensors
+    (positions, masks): they run on the CPU, where calibration and lowering compute."""
+    for node in exported.graph_module.graph.nodes:
+        if node.op == "call_function" and isinstance(node.kwargs.get("device"), torch.device) \
+                and node.kwargs["device"].type == "meta":
+            node.kwargs = {**node.kwargs, "device": torch.device("cpu")}
+    exported.graph_module.recompile()
+
+
+def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None) -> Captured:
     """torch.export the model on ``batch x seq_len`` token ids, with core-ATen decompositions."""
     vocab = model.get_input_embeddings().weight.shape[0]
     example = torch.randint(0, vocab, (batch, seq_len))
@@ -82,4 +101,6 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1) -> Captured:
                 publics[arg] = False  # use_cache
         else:
             raise UserError(f"unsupported exported input kind {spec.kind} for {arg}")
-    return Captured(exported, weights, publics, names, tokens, batch, seq_len)
+    if generate is not None:
+        _run_on_cpu(exported)
+    return Captured(exported, weights, publics, names, tokens, batch, seq_len, generate)

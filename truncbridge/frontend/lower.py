@@ -69,6 +69,8 @@ class Lowerer(GraphWalk):
     def placeholder(self, node) -> Any:
         c = self.captured
         if node.name in c.weights:
+            if not node.users:  # a tied duplicate (the LM head reads the embedding's placeholder)
+                return None
             return Secret(self.b.weight(c.parameter_names[node.name], c.weights[node.name]))
         return c.publics[node.name]
 

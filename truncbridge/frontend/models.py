@@ -1,7 +1,8 @@
 """Where models come from: the shipped default, random-weight configs, or a local HF checkpoint.
 
 Nothing is downloaded: ``default`` is a small Llama trained by ``launch/train_default_model.py``
-and shipped in ``truncbridge/assets/default_model``; ``random:<model_type>`` builds a seeded
+and shipped in ``truncbridge/assets/default_model``, ``default-gpt2`` a GPT-2 of the same size
+trained on the same text with the same tokenizer (``--arch gpt2``, ``assets/gpt2_model``); ``random:<model_type>`` builds a seeded
 random-weight model of any Hugging Face ``model_type`` from its config class — small (2 layers,
 hidden 64) for architecture coverage, or at full size with a preset (``PRESETS``); its metrics say
 nothing about language. Any other argument must be a local directory in Hugging Face format, a
@@ -18,7 +19,10 @@ import torch
 
 from ..core.errors import UserError, first_line
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default_model"
+# trained models shipped in the repository (launch/train_default_model.py [--arch gpt2])
+SHIPPED = {"default": DEFAULT_MODEL_DIR, "default-gpt2": ASSETS / "gpt2_model"}
 RANDOM_PREFIX = "random:"
 ALIASES = {"random-llama": "random:llama"}
 
@@ -43,7 +47,7 @@ PRESETS = {
                                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)),
 }
-MODEL_NAMES = ("default", "random:<model_type>", *ALIASES)
+MODEL_NAMES = (*SHIPPED, "random:<model_type>", *ALIASES)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class LoadedModel:
     heldout_text: str | None  # evaluation text shipped with the model, if any
 
     preset: str | None = None  # random:<model_type> at a preset's full-size shapes
+    generated: object = None  # fake_weights.GeneratedWeights: parameters on meta, generated on demand
 
     @property
     def label(self) -> str:
@@ -120,28 +125,39 @@ def from_config(config, name: str) -> torch.nn.Module:
         return auto.from_config(config, attn_implementation="eager")
 
 
-def _random_model(name: str, preset: str | None) -> LoadedModel:
+def _random_model(name: str, preset: str | None, fake_weights: bool) -> LoadedModel:
     from transformers import AutoTokenizer
+
+    from .fake_weights import GeneratedWeights, params_on_meta
 
     model_type = name[len(RANDOM_PREFIX):]
     config = random_config(model_type, preset)
     torch.manual_seed(0)
-    model = from_config(config, name)
+    generated = None
+    if fake_weights:
+        with params_on_meta():
+            model = from_config(config, name)
+        generated = GeneratedWeights(model)
+    else:
+        model = from_config(config, name)
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)  # ids < 1024 fit every vocabulary
     # the default model's tokenizer, so its held-out text is the evaluation text too
-    return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset)
+    return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset, generated)
 
 
-def load_model(name: str | None, preset: str | None = None) -> LoadedModel:
-    """Load ``default``, ``random:<model_type>`` (``preset``: full-size shapes), or a local
-    Hugging Face checkpoint directory."""
+def load_model(name: str | None, preset: str | None = None, fake_weights: bool = False) -> LoadedModel:
+    """Load ``default``, ``random:<model_type>`` (``preset``: full-size shapes; ``fake_weights``:
+    parameters on meta, generated on demand — ``fake_weights.py``), or a local Hugging Face
+    checkpoint directory."""
     import transformers
     from transformers import AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # our own progress goes to stderr
     name = ALIASES.get(name or "default", name or "default")
     if name.startswith(RANDOM_PREFIX):
-        return _random_model(name, preset)
+        return _random_model(name, preset, fake_weights)
+    if fake_weights:
+        raise UserError("--fake-weights applies to random:<model_type> models only (a checkpoint has its weights)")
     if preset is not None:
         raise UserError("--preset applies to random:<model_type> models only")
     path = _checkpoint_dir(name)
@@ -159,8 +175,8 @@ def _pretrained(path: Path) -> torch.nn.Module:
 
 
 def _checkpoint_dir(name: str) -> Path:
-    path = DEFAULT_MODEL_DIR if name == "default" else Path(name)
-    if name != "default" and not (path.exists() or "/" in name or name.startswith(".")):
+    path = SHIPPED.get(name, Path(name))
+    if name not in SHIPPED and not (path.exists() or "/" in name or name.startswith(".")):
         raise UserError(f"unknown model {name!r}: use default, random:<model_type> or a local checkpoint directory")
     if not path.is_dir():
         raise UserError(f"model directory not found: {path}")
@@ -170,7 +186,7 @@ def _checkpoint_dir(name: str) -> Path:
 
 
 def _label(name: str, path: Path) -> str:
-    return "default" if name == "default" else str(path)
+    return name if name in SHIPPED else str(path)
 
 
 @contextmanager
