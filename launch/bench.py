@@ -151,7 +151,8 @@ def bench_scale(seq_len: int, time_limit: float, out_dir: Path) -> None:
             if ok:
                 paths.append(str(path))
         if paths:
-            subprocess.run([str(exe), "report", *paths, "--protocol", "crypten-exact-3pc"], check=False)
+            subprocess.run([str(exe), "report", *paths, "--protocol", "crypten-exact-3pc"], check=False,
+                           env={**os.environ, "COLUMNS": "160"})  # the whole table, not a terminal's width
 
 
 def main() -> None:
@@ -166,9 +167,11 @@ def main() -> None:
     ap.add_argument("--pi-json-dir", type=Path, default=None, help="keep run_pi's JSON files here")
     ap.add_argument("--scale-only", action="store_true", help="only the full-size plans (--fake-weights)")
     ap.add_argument("--scale-seq-len", type=int, default=128, help="tokens per full-size plan")
+    ap.add_argument("--scale-time-limit", type=float, default=10.0,
+                    help="full-size optimal: MILP time limit (s), inside the 120 s plan budget (default 10)")
     args = ap.parse_args()
     if args.scale_only:
-        return bench_scale(args.scale_seq_len, args.time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
+        return bench_scale(args.scale_seq_len, args.scale_time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if args.pi_only:
         json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
         json_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +184,7 @@ def main() -> None:
     bench_emulator(loaded, converted, args.seq_len, args.windows, args.repeat, convert_s)
     bench_matmul(args.repeat)
     print("full-size plans without the model (--fake-weights, crypten-exact-3pc):")
-    bench_scale(args.scale_seq_len, args.time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
+    bench_scale(args.scale_seq_len, args.scale_time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if not args.no_pi:
         json_dir = args.pi_json_dir or Path(tempfile.mkdtemp(prefix="truncbridge-pi-"))
         json_dir.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def cmd_emulate(args) -> dict:
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
-        converted = convert(loaded, seq_len, args.frac_bits)
+        converted = convert(loaded, seq_len, args.frac_bits, args.relu)
         plan = build_plan(converted, _config(args))
         timings = converted.timings
     truncation = "nearest"
@@ -119,7 +119,7 @@ def cmd_plan(args) -> None:
     _check_field(args.field_bits, args.frac_bits)
     _check_output_path(args.output, "-o")
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
-    converted = convert(loaded, args.seq_len, args.frac_bits)
+    converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
     plan = build_plan(converted, _config(args))
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)
@@ -187,7 +187,7 @@ def cmd_compare(args) -> list[dict]:
             raise UserError(f"unknown policy {pol!r}: choose from {', '.join(POLICIES)}")
     loaded = load_model(args.model, args.preset)
     windows, source = _eval_windows(args, loaded, args.seq_len)
-    converted = convert(loaded, args.seq_len, args.frac_bits)
+    converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
     protocol, network = load_protocol(args.protocol), load_network("lan")
     rows, rounds = [], []
     sites: dict[str, list] = {}  # policy -> truncation sites of its plans at smaller fields

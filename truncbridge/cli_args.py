@@ -50,6 +50,9 @@ def _add_numeric_args(p, lists=False):
         p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
         p.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
     p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
+    p.add_argument("--relu", default="comparison", choices=("comparison", "smooth"),
+                   help="ReLU, max, min, clamp: exact by a counted comparison (default), or smooth: no comparison, "
+                        "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (README, \"Recipes and comparisons\")")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
                    help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
     p.add_argument("--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")

@@ -83,7 +83,7 @@ def one_hot(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(ids, vocab).to(torch.float64)
 
 
-def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
+def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comparison") -> Converted:
     if seq_len <= 0:
         raise UserError(f"--seq-len must be positive, got {seq_len}")
     limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
@@ -99,7 +99,7 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int) -> Converted:
     ranges = calibrate(captured, [w[None] for w in calib])
     timings["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
-    program = lower(captured, ranges, frac_bits)
+    program = lower(captured, ranges, frac_bits, relu)
     if loaded.generated is not None:  # statistics only: no float run, static bounds only
         program.weight_stats = dict(loaded.generated.stats)
         program.weights.update({k: v.double() for k, v in loaded.generated.small.items()})

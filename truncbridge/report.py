@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,8 +99,10 @@ def print_plan_summary(plan, path: str) -> None:
     ]
     if plan.solver.get("solver"):
         s = plan.solver
-        rows.append(("solver", f"{s['status']}, gap {s['mip_gap']:.1%}, {s['wall_s']:.1f} s "
-                               f"(best start: {s['start_elements']:,} elements)"))
+        gap = f"gap {s['mip_gap']:.1%}" if "mip_gap" in s else "no solution of its own"
+        kept = "; kept its start" if s.get("kept_start") else ""
+        rows.append(("solver", f"{s['status']}, {gap}, {s['wall_s']:.1f} s "
+                               f"(best start: {s['start_elements']:,} elements{kept})"))
     console.print(two_column(rows, title=f"plan written to {path}"))
 
 
@@ -107,15 +110,19 @@ def print_side_by_side(rows: list[dict]) -> None:
     first = rows[0]
     title = (f"truncbridge report — {first['model']}{' (' + first['preset'] + ')' if first['preset'] else ''}, "
              f"seq {first['seq_len']}: per forward pass, and per token (÷ {first['seq_len']})")
+    plans = {r["plan"]: r["policy"] for r in rows}
+    shared = len(set(plans.values())) < len(plans)  # two plans of one policy: say which file is which
     t = Table(title=title, title_justify="left")
-    for col in ("protocol", "policy", "truncations", "truncated elements", "per token", "rounds", "bytes / party",
-                "LAN s", "WAN s", "exp. failures"):
+    for col in ("protocol", "policy", "truncations", "truncated elements", "per token", "comparisons", "rounds",
+                "bytes / party", "LAN s", "WAN s", "exp. failures"):
         t.add_column(col, justify="left" if col in ("protocol", "policy") else "right")
     for r in rows:
         c = r["counts"]
-        t.add_row(r["protocol"], r["policy"], f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
-                  f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{r['rounds']:,.0f}", _fmt_bytes(r["bytes"]),
-                  f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}", f"{r['expected_truncation_failures']:.3g}")
+        label = f"{r['policy']} ({Path(r['plan']).stem})" if shared else r["policy"]
+        t.add_row(r["protocol"], label, f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
+                  f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{c.get('comparisons', 0):,}", f"{r['rounds']:,.0f}",
+                  _fmt_bytes(r["bytes"]), f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}",
+                  f"{r['expected_truncation_failures']:.3g}")
     console.print(t)
 
 

@@ -3,9 +3,11 @@ highspy), minimising truncated elements under the budget and precision constrain
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,9 +16,12 @@ from ..core.ops import spec
 from ..core.types import Bound
 from .scales import const_scale, effective_bits, placement_vector, source_scale
 
+BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
+LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
+
 
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                   start: set[int]) -> tuple[set[int] | None, dict]:
+                  start: set[int]) -> tuple[set[int] | None, dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
 
     p follows the op (products add scales, additions take the max of their operands), every
@@ -25,19 +30,85 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     truncated elements (ties: lower scales). HiGHS is given ``start``, a feasible set of
     truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
     the caller keeps the better of the two.
+
+    A large program (a full-size model) is solved a layer at a time: every value that crosses
+    a layer boundary keeps the start's scale, so each layer's MILP is small and independent and
+    the time limit is shared out between them. Optimal per layer at best, not proven optimal
+    overall. (Layers are never identical MILPs in practice: their calibrated recipe ranges and
+    bit-widths differ, so each is solved.)
     """
+    n = len(src.nodes)
+    model = _milp_model(src, f, bounds, budget)
+    x0 = placement_vector(src, f, start)
+    t = time.perf_counter()
+    report = {"solver": "HiGHS MILP", "variables": 3 * n, "constraints": len(model.row_lo),
+              "start_elements": int(sum(src.nodes[i].numel for i in start))}
+    if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
+        x, status, gap = _solve_by_blocks(src, model, x0, blocks, time_limit, report)
+    else:
+        x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
+                                x0, time_limit)
+    report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
+    if x is None:  # stopped before it took up the start
+        return None, report
+    z = x[2 * n:]
+    return {v.id for v in src.nodes if z[v.id]}, {
+        **report, "mip_gap": gap, "objective_elements": int(round(float(model.cost[2 * n:] @ z)))}
+
+
+def _layer_blocks(src: Program) -> dict[str, list[int]]:
+    """Node ids by the model layer they come from (``origin``); the rest in one block ("")."""
+    blocks: dict[str, list[int]] = {}
+    for v in src.nodes:
+        m = LAYER.search(v.origin or "")
+        blocks.setdefault(m.group(0) if m else "", []).append(v.id)
+    return blocks
+
+
+def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dict[str, list[int]],
+                     time_limit: float, report: dict):
+    n = len(src.nodes)
+    block_of = {i: key for key, ids in blocks.items() for i in ids}
+    read_elsewhere = {j for v in src.nodes for j in v.inputs if block_of[j] != block_of[v.id]}
+    rows_of: dict[str, list[int]] = {}
+    for r, owner in enumerate(model.row_owner):
+        rows_of.setdefault(block_of[owner], []).append(r)
+    A = model.A.tocsr()
+    x, statuses, gap = x0.copy(), [], 0.0
+    deadline = time.perf_counter() + time_limit
+    for k, (key, ids) in enumerate(blocks.items()):
+        outside = sorted({j for i in ids for j in src.nodes[i].inputs if block_of[j] != key})
+        local = sorted(set(ids) | set(outside))
+        cols = np.concatenate([np.array(local) + b * n for b in range(3)])
+        lo_v, hi_v = model.var_lo[cols].copy(), model.var_hi[cols].copy()
+        fixed = [c for c, i in enumerate(local) if i in outside] + \
+                [len(local) + c for c, i in enumerate(local) if i in outside or i in read_elsewhere]
+        fixed += [2 * len(local) + c for c, i in enumerate(local) if i in outside]
+        lo_v[fixed] = hi_v[fixed] = x0[cols][fixed]  # the boundary keeps the start's scales
+        rows = rows_of.get(key, [])
+        left = max(deadline - time.perf_counter(), 0.0) / (len(blocks) - k)
+        got, status, g = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
+                                model.row_hi[rows], x0[cols], max(left, MIN_BLOCK_TIME_S))
+        statuses.append(status)
+        if got is not None and model.cost[cols] @ got <= model.cost[cols] @ x0[cols]:  # never worse
+            x[cols], gap = got, max(gap, g)
+    report.update(blocks=len(blocks), blocks_proven_optimal=statuses.count("Optimal"))
+    status = "Optimal per layer" if all(s == "Optimal" for s in statuses) else \
+        ", ".join(sorted(set(statuses))) + " (per layer)"
+    return x, status, gap
+
+
+def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limit: float):
+    """One integer program: (solution or None, status, relative gap)."""
     import highspy
 
-    nodes = src.nodes
-    n = len(nodes)
-    cost, var_lo, var_hi, A, lo, hi = _milp_model(src, f, bounds, budget)
     lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = 3 * n, len(lo)
+    lp.num_col_, lp.num_row_ = len(cost), len(row_lo)
     lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, var_lo, var_hi
-    lp.row_lower_, lp.row_upper_ = lo, hi
+    lp.row_lower_, lp.row_upper_ = row_lo, row_hi
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * (3 * n)
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * len(cost)
     with _c_stdout_silenced():  # HiGHS prints a banner from C++ when it starts
         h = highspy.Highs()
     for option, value in (("output_flag", False), ("time_limit", float(time_limit)), ("mip_rel_gap", 0.0),
@@ -45,24 +116,32 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
         h.setOptionValue(option, value)
     h.passModel(lp)
     initial = highspy.HighsSolution()
-    initial.col_value = list(placement_vector(src, f, start))
+    initial.col_value = list(start)
     h.setSolution(initial)
-    t = time.perf_counter()
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
     info = h.getInfo()
-    report = {"solver": "HiGHS MILP", "status": status, "proven_optimal": status == "Optimal",
-              "milp_s": round(time.perf_counter() - t, 3), "variables": 3 * n, "constraints": len(lo),
-              "start_elements": int(sum(nodes[i].numel for i in start))}
-    if len(x) != 3 * n or info.primal_solution_status == 0:  # stopped before it took up the start
-        return None, report
-    numel = cost[2 * n:]
-    return {v.id for v in nodes if x[2 * n + v.id]}, {
-        **report, "mip_gap": float(info.mip_gap), "objective_elements": int(round(float(numel @ x[2 * n:])))}
+    if len(x) != len(cost) or info.primal_solution_status == 0:
+        return None, status, float("inf")
+    return x, status, float(info.mip_gap)
 
 
-def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
+MIN_BLOCK_TIME_S = 0.5
+
+
+@dataclass
+class MilpModel:
+    cost: np.ndarray
+    var_lo: np.ndarray
+    var_hi: np.ndarray
+    A: object  # scipy.sparse CSC, rows x [p | q | z]
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    row_owner: list[int]  # the node whose op each row constrains
+
+
+def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int) -> MilpModel:
     """Cost, variable bounds, constraint matrix and row bounds; variables are [p | q | z] per node."""
     from scipy.sparse import coo_matrix
 
@@ -71,13 +150,15 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
     P, Q, Z = 0, n, 2 * n  # variable blocks
     m_eff = effective_bits(src, bounds, f)
     smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
-    untruncated = placement_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
-    rows, lo, hi = [], [], []
+    with np.errstate(over="ignore"):  # with nothing truncated, scales double at each square: inf is a fine cap
+        untruncated = placement_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
+    rows, lo, hi, owner = [], [], [], []
 
     def con(coefs: dict[int, float], low: float, high: float) -> None:
         rows.append(coefs)
         lo.append(low)
         hi.append(high)
+        owner.append(i)
 
     var_lo = np.full(3 * n, -float(budget))  # scales below -budget would be pointless
     var_hi = np.full(3 * n, float(budget))
@@ -115,7 +196,7 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int):
     A = coo_matrix(([c for r in rows for c in r.values()],
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
                    shape=(len(rows), 3 * n)).tocsc()
-    return cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float)
+    return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ a tensor or a ``WeightStats`` alike.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,8 +33,16 @@ class WeightStats:
                        col_l1=self.row_l1, row_l2=self.col_l2, col_l2=self.row_l2)
 
 
-ROWS_PER_CHUNK = 8192  # a large matrix is read in row blocks: no full-size temporary
+ROWS_PER_CHUNK = 1024  # a large matrix is read in row blocks through two reused scratch buffers
 SUM_SLACK = 1 + 2**-12
+_scratch = threading.local()  # per thread: fresh 100 MB temporaries cost more in page faults than the sums
+
+
+def _buffers(numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    have = getattr(_scratch, "pair", None)
+    if have is None or have[0].numel() < numel:
+        _scratch.pair = have = (torch.empty(numel), torch.empty(numel))
+    return have
 
 
 def stats_of(w: torch.Tensor) -> WeightStats:
@@ -45,11 +54,12 @@ def stats_of(w: torch.Tensor) -> WeightStats:
     max_abs_, row_l1_, row_l2_, fro2 = 0.0, 0.0, 0.0, 0.0
     col_l1_ = torch.zeros(w.shape[-1], dtype=torch.float64)
     col_l2sq = torch.zeros(w.shape[-1], dtype=torch.float64)
+    absolute, square = _buffers(min(ROWS_PER_CHUNK, w.shape[0]) * w.shape[-1])
     for block in w.split(ROWS_PER_CHUNK):  # float32 sums within a block (widened below), float64 across
-        a = block.abs().float()
+        a = torch.abs(block.float(), out=absolute[:block.numel()].view(block.shape))
+        squares = torch.mul(a, a, out=square[:block.numel()].view(block.shape))
         max_abs_ = max(max_abs_, a.max().item())
         row_l1_ = max(row_l1_, a.sum(-1).max().item())
-        squares = a * a
         rows2 = squares.sum(-1)
         row_l2_ = max(row_l2_, rows2.max().sqrt().item())
         fro2 += rows2.double().sum().item()

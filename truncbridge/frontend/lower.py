@@ -29,6 +29,7 @@ from .walk import GraphWalk, aten_name
 
 RULES = {**LINEAR_RULES, **FUNCTION_RULES}
 
+RELU_MODES = ("comparison", "smooth")  # ReLU, max, min, clamp: exact by a comparison, or smooth_relu
 RECIPE_TOL_SLACK_BITS = 4  # recipes aim at an absolute (or relative) error of 2^-(frac_bits - 4)
 
 
@@ -38,8 +39,11 @@ class Lowerer(GraphWalk):
     no_rule_hint = ("; if it is an elementwise function, register it: truncbridge.register_recipe(torch.ops."
                     "<op>) fits it automatically, or pass your own recipe (README, \"Recipes\")")
 
-    def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int):
+    def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison"):
         super().__init__(captured)
+        if relu not in RELU_MODES:
+            raise UserError(f"relu must be one of {', '.join(RELU_MODES)}, got {relu!r}")
+        self.relu = relu
         self.ranges = ranges
         self.tol = 2.0 ** -(frac_bits - RECIPE_TOL_SLACK_BITS)
         self.b = Builder()
@@ -127,5 +131,5 @@ def _substitute(args, secret: Secret, tensor: torch.Tensor):
     return args
 
 
-def lower(captured: Captured, ranges: dict[str, Range], frac_bits: int) -> Program:
-    return Lowerer(captured, ranges, frac_bits).run()
+def lower(captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison") -> Program:
+    return Lowerer(captured, ranges, frac_bits, relu).run()

@@ -130,28 +130,57 @@ def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
     return x, shape[-1]
 
 
+Span = tuple[float, float] | None  # a calibrated (lo, hi), or None where none is known
+
+
+def _span(lw, arg) -> Span:
+    """The calibrated range of an fx argument, or a public scalar's value."""
+    if isinstance(arg, torch.fx.Node):
+        r = lw.ranges.get(arg.name)
+        return (r.lo, r.hi) if r is not None else None
+    return (float(arg), float(arg)) if isinstance(arg, int | float) else None
+
+
+def _relu(lw, d: int, span: Span) -> int:
+    """max(d, 0): a counted comparison; with ``--relu smooth`` and a known range of d, the
+    comparison-free recipe instead (recipes.smooth_relu, its error bound recorded)."""
+    if lw.relu == "smooth" and span is not None:
+        lo, hi = _widen(Range(*span))
+        return recipes.smooth_relu(lw.b, d, lo, hi, lw.tol)
+    return lw.b.relu(d)
+
+
+def _difference(sa: Span, sb: Span) -> Span:
+    return None if sa is None or sb is None else (sa[0] - sb[1], sa[1] - sb[0])
+
+
 def on_relu(lw, node, x) -> Secret:
-    return Secret(lw.b.relu(lw.plain(x, "relu")))
+    return Secret(_relu(lw, lw.plain(x, "relu"), _span(lw, node.args[0])))
 
 
-def on_maximum(lw, node, a, b) -> Secret:
+def on_maximum(lw, node, a, b, spans: tuple[Span, Span] | None = None) -> Secret:
     """max(a, b) = b + relu(a - b) (either may be public)."""
+    sa, sb = spans or (_span(lw, node.args[0]), _span(lw, node.args[1]))
     if not isinstance(a, Secret):
-        a, b = b, a
-    return on_add(lw, node, Secret(lw.b.relu(on_sub(lw, node, a, b).id)), b)
+        a, b, sa, sb = b, a, sb, sa
+    return on_add(lw, node, Secret(_relu(lw, on_sub(lw, node, a, b).id, _difference(sa, sb))), b)
 
 
-def on_minimum(lw, node, a, b) -> Secret:
+def on_minimum(lw, node, a, b, spans: tuple[Span, Span] | None = None) -> Secret:
     """min(a, b) = a - relu(a - b)."""
+    sa, sb = spans or (_span(lw, node.args[0]), _span(lw, node.args[1]))
     if not isinstance(a, Secret):
-        a, b = b, a
-    return on_sub(lw, node, a, Secret(lw.b.relu(on_sub(lw, node, a, b).id)))
+        a, b, sa, sb = b, a, sb, sa
+    return on_sub(lw, node, a, Secret(_relu(lw, on_sub(lw, node, a, b).id, _difference(sa, sb))))
 
 
 def on_clamp(lw, node, x, lo=None, hi=None) -> Secret:
     """clamp / clamp_min / hardtanh: a maximum with the lower and a minimum with the upper limit."""
-    out = x if lo is None else on_maximum(lw, node, x, float(lo))
-    return out if hi is None else on_minimum(lw, node, out, float(hi))
+    span = _span(lw, node.args[0])
+    if lo is not None:
+        x = on_maximum(lw, node, x, float(lo), (span, (lo, lo)))
+        span = None if span is None else (max(span[0], lo), max(span[1], lo))
+    return x if hi is None else on_minimum(lw, node, x, float(hi), (span, (hi, hi)))
 
 
 def _bit_not(lw, bit: int) -> int:
@@ -195,11 +224,12 @@ def on_amax(lw, node, x, dims=(), keepdim=False) -> Secret:
     if len(dims) != 1:
         raise UserError(f"aten.amax over {len(dims)} dims on secret data is not supported (node {node.name})")
     dim = dims[0] % len(lw.b.shape(x_id))
+    span = _span(lw, node.args[0])  # both halves of every pair lie in x's range
     while lw.b.shape(x_id)[dim] > 1:
         n = lw.b.shape(x_id)[dim]
         half = n // 2
         lo, hi = (lw.b.move("aten.slice.Tensor", [x_id], ["$0", dim, s, s + half]) for s in (0, half))
-        pair = on_maximum(lw, node, Secret(lo), Secret(hi)).id
+        pair = on_maximum(lw, node, Secret(lo), Secret(hi), (span, span)).id
         if n % 2:
             rest = lw.b.move("aten.slice.Tensor", [x_id], ["$0", dim, 2 * half, n])
             pair = lw.b.move("aten.cat.default", [pair, rest], [["$0", "$1"], dim])
