@@ -164,7 +164,7 @@ def test_comparisons_where_and_max_match_the_model_exactly_in_real_arithmetic():
 def _smooth_relu_error(p: dict, xs: torch.Tensor) -> float:
     """The smooth ReLU rebuilt for its recorded range, evaluated in real arithmetic at xs."""
     b = Builder()
-    out = b.output(recipes.smooth_relu(b, b.input("x", tuple(xs.shape)), p["lo"], p["hi"], 2.0 ** -12))
+    b.output(recipes.smooth_relu(b, b.input("x", tuple(xs.shape)), p["lo"], p["hi"], 2.0 ** -12))
     (got,) = run_float(b.program, {"x": xs})
     return (got - xs.clamp(min=0)).abs().max().item()
 
