@@ -12,6 +12,7 @@ from truncbridge.backends import run_float
 from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
 from truncbridge.frontend import recipes
+from truncbridge.frontend.lower_comparisons import smooth_relu
 from truncbridge.frontend.lower_functions import torch_function
 from truncbridge.frontend.models import LoadedModel, load_model
 from truncbridge.frontend.registry import MODULE_CLASSES, register_recipe
@@ -164,7 +165,7 @@ def test_comparisons_where_and_max_match_the_model_exactly_in_real_arithmetic():
 def _smooth_relu_error(p: dict, xs: torch.Tensor) -> float:
     """The smooth ReLU rebuilt for its recorded range, evaluated in real arithmetic at xs."""
     b = Builder()
-    b.output(recipes.smooth_relu(b, b.input("x", tuple(xs.shape)), p["lo"], p["hi"], 2.0 ** -12))
+    b.output(smooth_relu(b, b.input("x", tuple(xs.shape)), p["lo"], p["hi"], 2.0 ** -12))
     (got,) = run_float(b.program, {"x": xs})
     return (got - xs.clamp(min=0)).abs().max().item()
 

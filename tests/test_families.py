@@ -30,7 +30,7 @@ FAST = {"llama", "gpt2", "bert", "opt"}  # make test-fast runs these
 def test_family_emulates_within_its_bounds(model_type, tmp_path):
     out = tmp_path / "r.json"
     args = ["emulate", "--model", f"random:{model_type}", "--policy", "lazy", "--check",
-            "--seq-len", "16", "--windows", "3", "--json", str(out)]
+            "--seq-len", "16", "--windows", "8", "--json", str(out)]
     assert main(args) == 0
     record = json.loads(out.read_text())
     assert record["bound_violations"] == 0

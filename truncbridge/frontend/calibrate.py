@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.errors import UserError
 from .capture import Captured, LazyWeight
 
 MASK_VALUE = -1e4
@@ -105,3 +106,20 @@ def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Rang
     for ids in batches:
         recorder.run(*captured.placeholder_values(ids))
     return ranges
+
+
+RANGE_MARGIN = 0.25  # widen calibrated intervals by this fraction of their span on each side
+
+
+POSITIVE_MARGIN = 4.0  # positive ranges (rsqrt, reciprocal inputs): lo / 4, hi * 4
+
+
+def widened(r: Range) -> tuple[float, float]:
+    pad = RANGE_MARGIN * max(r.hi - r.lo, 1e-3)
+    return r.lo - pad, r.hi + pad
+
+
+def positive_range(r: Range, name: str) -> tuple[float, float]:
+    if r.lo <= 0:
+        raise UserError(f"{name} input was not strictly positive in calibration (min {r.lo:.4g})")
+    return r.lo / POSITIVE_MARGIN, r.hi * POSITIVE_MARGIN

@@ -12,8 +12,6 @@ one) so a plan says exactly what was computed. No recipe uses a comparison.
     chebyshev   any smooth elementwise f: Chebyshev interpolant on the interval, T_k by doubling;
                 its maximum error over the interval is recorded (``max_error``)
     softmax     centred on the row mean; exp by the limit with interleaved normalisations (no max)
-    smooth_relu max(x, 0) ~ (x + sqrt(x^2 + eps^2)) / 2 by rsqrt: the comparison-free ReLU (opt-in),
-                off by at most its recorded ``max_error``
 """
 from __future__ import annotations
 
@@ -166,28 +164,6 @@ def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
             y = b.mul(y, b.add_public(b.neg(half_uy2), 1.5))
         out = b.pow2(y, -k)
     declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
-    return out
-
-
-SMOOTH_RELU_BITS = 8  # eps = max|x| / 2^8: rsqrt then spans a dynamic range of about 2^16
-
-
-def smooth_relu(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
-    """max(x, 0) without a comparison: (x + sqrt(y)) / 2, y = x^2 + eps^2, sqrt(y) = y rsqrt(y).
-    sqrt(x^2 + eps^2) - |x| lies in [0, eps], so the smoothing is off by at most eps / 2 (at x = 0);
-    rsqrt's relative error tol adds tol sqrt(B^2 + eps^2) / 2 (B = max|x|). eps is at least
-    2 sqrt(tol), so eps^2 is many units of the last fixed-point place."""
-    bound = max(-lo, hi, 0.0)
-    eps = max(bound * 2.0**-SMOOTH_RELU_BITS, 2 * math.sqrt(tol))
-    y_hi = bound * bound + eps * eps
-    max_error = eps / 2 + tol * math.sqrt(y_hi) / 2
-    b.declare(x, bound, "range")
-    first = len(b.program.nodes)
-    with recipe(b, "smooth_relu", method="smooth-abs", eps=eps, lo=lo, hi=hi, max_error=max_error):
-        y = b.add_public(b.mul(x, x), eps * eps)
-        root = b.mul(y, rsqrt(b, y, eps * eps, y_hi, tol))
-        out = b.pow2(b.add(x, root), -1)
-    declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS))
     return out
 
 
