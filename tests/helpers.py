@@ -33,5 +33,6 @@ def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bit
 
 
 # the keys of an `emulate` JSON record (and of a `compare` row, with feasible / reason)
-EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "time_s",
+EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "above_bound",
+                "bound_offenders", "time_s",
                 "truncation_model"}

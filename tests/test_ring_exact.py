@@ -172,3 +172,27 @@ def test_a_value_bounded_by_zero_is_checked_not_crashed_on():
     ex = RingExecutor(plan)
     assert ex.run({"x": torch.zeros(4)}, check=True)[1] == 0
     assert ex.run({"x": torch.tensor([0.0, 1.0, 0.0, -1.0])}, check=True)[1] > 0
+
+
+def test_check_names_a_value_above_its_bound_even_within_its_bit_width():
+    """A bound of 5 promises 3 integer bits (up to 8): a value of 6 keeps the bit width but breaks
+    the bound, and --check names the node, its origin, bound, source and what it saw; 5 (the
+    bound itself) passes, and so does 5 plus fixed-point rounding (the slack), not 6."""
+    from truncbridge.analysis import place
+    from truncbridge.core.ir import Builder
+    from truncbridge.core.types import Bound
+
+    b = Builder()
+    b.origin = "model.layers.3.mlp:act"
+    x = b.input("x", (3,))
+    b.output(b.add_public(x, 1.0))
+    plan = place(b.program, {0: Bound(4.0, "range"), 1: Bound(5.0, "range"), 2: Bound(5.0, "range")},
+                 PlanConfig(64, 16, "eager"))
+    ex = RingExecutor(plan)
+    assert ex.run({"x": torch.tensor([4.0, -4.0, 3.0])}, check=True)[1] == 0 and not ex.offenders
+    assert ex.run({"x": torch.tensor([4.0 + 2.0**-16, 0.0, 0.0])}, check=True)[1] == 0 and not ex.offenders
+    assert ex.run({"x": torch.tensor([5.0, 0.0, 0.0])}, check=True)[1] == 0  # within bits
+    (worst,) = [o for o in ex.worst_offenders() if o["node"] == 1]
+    assert worst["origin"] == "model.layers.3.mlp:act" and worst["source"] == "range"
+    assert worst["bound"] == 5.0 and worst["seen"] == 6.0 and worst["elements"] == 1 and worst["beyond_bits"] == 0
+    assert ex.above_bound == 3  # the input (5 > 4), the sum and the output (6 > 5)

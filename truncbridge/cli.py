@@ -62,6 +62,8 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
         "metrics": result.metrics,
         "counts": plan.counts(),
         "bound_violations": result.bound_violations if check else None,
+        "above_bound": result.above_bound if check else None,
+        "bound_offenders": result.offenders if check else None,
         "time_s": {"float": result.time_float, "emulated": result.time_emulated},
     }
 
@@ -201,7 +203,8 @@ def cmd_compare(args) -> list[dict]:
                     sites.setdefault(pol, []).append(plan.sites)
                 except UserError as exc:
                     rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
-                                 "metrics": None, "counts": None, "bound_violations": None, "time_s": None,
+                                 "metrics": None, "counts": None, "bound_violations": None,
+                                 "above_bound": None, "bound_offenders": None, "time_s": None,
                                  "truncation_model": "nearest", "feasible": False, "reason": str(exc)})
                     rounds.append(None)
                     advance()

@@ -155,6 +155,8 @@ class EmulationResult:
     windows: int
     positions: int
     ir_float_max_abs_logit_error: float  # recipes alone (no rounding) vs the float model (logits or hidden)
+    above_bound: int = 0  # --check: elements above their bound (beyond rounding), bit width kept or not
+    offenders: list[dict] = field(default_factory=list)  # --check: the nodes furthest above their bounds
 
 
 def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
@@ -185,7 +187,8 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
             progress()
     f, ir = torch.cat(floats), torch.cat(irs)
     metrics = _metrics_per_window(floats, emus, windows, is_encoder(model))
-    return EmulationResult(metrics, violations, t_float, t_emu, len(windows), f.shape[0], (f - ir).abs().max().item())
+    return EmulationResult(metrics, violations, t_float, t_emu, len(windows), f.shape[0], (f - ir).abs().max().item(),
+                           executor.above_bound, executor.worst_offenders())
 
 
 def _metrics_per_window(floats, emus, windows, encoder: bool) -> dict[str, float]:

@@ -31,6 +31,17 @@ def two_column(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "valu
     return t
 
 
+def _offenders_table(offenders: list[dict]) -> Table:
+    t = Table(title="--check: the nodes furthest above their promised bounds", title_justify="left")
+    for col in ("node", "op", "where in the model", "bound", "source", "seen", "× bound", "above bound", "outside bits"):
+        t.add_column(col, justify="left" if col in ("op", "where in the model", "source") else "right")
+    for o in offenders:
+        t.add_row(str(o["node"]), o["op"], o["origin"], f"{o['bound']:.4g}", o["source"], f"{o['seen']:.4g}",
+                  f"{o['seen'] / o['bound']:.3g}" if o["bound"] > 0 else "∞", f"{o['elements']:,}",
+                  f"{o['beyond_bits']:,}")
+    return t
+
+
 def print_emulation(record: dict, plan, timings: dict, result, source: str) -> None:
     m, c = record["metrics"], record["counts"]
     title = (f"truncbridge emulate — {record['model']}  (Z_2^{record['field_bits']}, "
@@ -39,10 +50,14 @@ def print_emulation(record: dict, plan, timings: dict, result, source: str) -> N
     console.print(two_column([
         ("evaluated on", f"{source}: {result.windows} windows x {result.positions // result.windows} tokens"),
         *(_encoder_rows(m, result) if "cosine_mean" in m else _decoder_rows(m, result)),
-        ("bound violations", "not checked" if v is None else str(v)),
+        ("bound violations (values outside their bit width)", "not checked" if v is None else str(v)),
+        ("values above their bound (bit width kept)", "not checked" if v is None else
+         str(record.get("above_bound", 0) - v)),
         ("truncation", "exact round-nearest" if record.get("truncation_model", "nearest") == "nearest"
          else f"sampled as the MPC protocol does it ({record['truncation_model']})"),
     ], ("accuracy vs float model", "value"), title))
+    if record.get("bound_offenders"):
+        console.print(_offenders_table(record["bound_offenders"]))
     console.print(two_column([
         ("private multiplications (mul + matmul nodes)", f"{c['mul_private']:,}"),
         ("  scalar private products", f"{plan.private_mul_elements():,}"),

@@ -1,11 +1,15 @@
 """The exact ring backend: a placed plan executed bit-exactly in Z_2^l, on any torch device.
 
-``RingExecutor`` runs a plan; with ``check`` it counts elements whose integer exceeds the bound
-the plan promised. Its ``truncation`` model says what a ``trunc`` node outputs: ``nearest`` is the
+``RingExecutor`` runs a plan; with ``check`` it counts elements that leave the bit width the plan
+promised, and those above their bound (beyond fixed-point rounding), and names the nodes
+(``worst_offenders``). Its
+``truncation`` model says what a ``trunc`` node outputs: ``nearest`` is the
 deterministic plan semantics; the others sample what an MPC protocol would open
 (``truncation_models.TRUNCATION_MODELS``), so repeated runs show the distribution of the MPC result.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -13,8 +17,25 @@ from ..core.errors import UserError
 from ..core.interpret import interpret
 from ..core.ops import spec
 from ..core.ring import Ring
-from ..core.types import Plan
+from ..core.types import ROUNDING_FLOOR_BITS, Plan
 from .truncation_models import TRUNCATION_MODELS, sample_truncation
+
+BOUND_SLACK_REL = 2.0**-10  # --check: fixed-point rounding may carry a value this far past its bound,
+BOUND_SLACK_UNITS = 2  # plus this many units of 2^-frac_bits; anything further is a broken promise
+
+
+@dataclass
+class Offender:
+    """A node whose values broke their promised bound: where it is, what was promised, what was seen."""
+
+    node: int
+    op: str
+    origin: str
+    bound: float
+    source: str
+    seen: float = 0.0  # the largest |value| seen (real, decoded at the node's scale)
+    elements: int = 0  # elements above the bound (beyond rounding), summed over runs
+    beyond_bits: int = 0  # of which outside the promised bit width
 
 
 class RingBackend:
@@ -101,23 +122,53 @@ class RingExecutor:
         self.device = torch.device(device)
         generator = _generator(self.device, seed) if truncation != "nearest" else None
         self.backend = RingBackend(plan, self.device, truncation, generator)
+        self.offenders: dict[int, Offender] = {}
 
     def run(self, inputs: dict[str, torch.Tensor], check: bool = False) -> tuple[list[torch.Tensor], int]:
-        """Returns (output integers, number of elements that broke their promised bound)."""
+        """Returns (output integers, number of elements that left their promised bit width). What
+        broke — and values above their bound that still fit — is kept, across runs, in
+        ``self.offenders``."""
         self.backend.inputs = inputs
-        violations = 0
+        before = self.beyond_bits
+        outs = interpret(self.plan.program, self.backend, self._check if check else None)
+        return outs, self.beyond_bits - before
 
-        def count_violations(node, v):
-            nonlocal violations
-            bits = self.plan.bound_bits(node)
-            if bits < 1:  # |v| < 2^(bits - 1) < 1: a value promised to be 0 (a bound of 0, low scale)
-                violations += int((v != 0).sum())
-            elif bits < 64:  # a 64-bit promise in Z_2^64 cannot be broken
-                limit = 1 << (bits - 1)
-                violations += int(((v >= limit) | (v < -limit)).sum())
+    @property
+    def beyond_bits(self) -> int:
+        return sum(o.beyond_bits for o in self.offenders.values())
 
-        outs = interpret(self.plan.program, self.backend, count_violations if check else None)
-        return outs, violations
+    @property
+    def above_bound(self) -> int:
+        return sum(o.elements for o in self.offenders.values())
+
+    def _check(self, node, v: torch.Tensor) -> None:
+        """Two promises per value: its bit width (leaving it risks a wrap: a hard violation; a 64-bit
+        promise in Z_2^64 cannot be broken) and its bound itself, beyond fixed-point rounding
+        (BOUND_SLACK_REL of the bound plus BOUND_SLACK_UNITS units of 2^-frac_bits; a bound below the
+        rounding floor counts as the floor) — a calibrated-range assumption can be exceeded well
+        before a bit is."""
+        bound, bits, f = self.plan.bounds[node.id], self.plan.bound_bits(node), self.plan.frac_bits
+        promised = max(bound.value, 2.0 ** (ROUNDING_FLOOR_BITS - f))  # the floor needed_bits gives tiny values
+        limit = (promised * (1 + BOUND_SLACK_REL) + BOUND_SLACK_UNITS * 2.0**-f) * 2.0**node.scale
+        lo, hi = torch.aminmax(v) if v.numel() else (torch.zeros(()), torch.zeros(()))
+        seen = max(-float(lo), float(hi))
+        half = 2.0 ** (bits - 1)  # the bit width holds [-half, half)
+        fits = bits >= 64 or (seen == 0 if bits < 1 else -float(lo) <= half and float(hi) < half)
+        if seen <= limit and fits:
+            return
+        found = self.offenders.setdefault(node.id, Offender(node.id, node.op, node.origin or "", bound.value,
+                                                               bound.source))
+        found.elements += int(((v > limit) | (v < -limit)).sum())
+        if bits < 1:  # |v| < 2^(bits - 1) < 1: a value promised to be 0
+            found.beyond_bits += int((v != 0).sum())
+        elif bits < 64:
+            found.beyond_bits += int(((v >= 1 << (bits - 1)) | (v < -(1 << (bits - 1)))).sum())
+        found.seen = max(found.seen, seen / 2.0**node.scale)
+
+    def worst_offenders(self, k: int = 5) -> list[dict]:
+        """The k nodes furthest above their bound (by seen / bound), as dicts for JSON and tables."""
+        ranked = sorted(self.offenders.values(), key=lambda o: -o.seen / max(o.bound, 1e-300))
+        return [vars(o) for o in ranked[:k]]
 
     def decode_outputs(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
         nodes = self.plan.program.nodes
