@@ -150,3 +150,11 @@ def test_a_schema_v1_file_loads_and_matches_todays_plan():
     (want,), _ = RingExecutor(new).run(inputs)
     (got,), _ = RingExecutor(old).run(inputs)
     assert torch.equal(got, want)
+
+
+def test_a_plan_with_another_seq_len_is_refused_not_ignored(tmp_path, capsys):
+    path = tmp_path / "p8.json"
+    assert main(["plan", "--model", "random-llama", "--seq-len", "8", "--policy", "lazy", "-o", str(path)]) == 0
+    assert main(["emulate", "--plan", str(path), "--seq-len", "16", "--windows", "1"]) == 2
+    assert "--seq-len 16 differs from the plan's 8 tokens" in capsys.readouterr().err
+    assert main(["emulate", "--plan", str(path), "--seq-len", "8", "--windows", "1", "--no-check"]) == 0

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import build_parser
+from .cli_args import DEFAULT_SEQ_LEN, build_parser
 from .core.errors import UserError, first_line
 
 
@@ -87,6 +87,9 @@ def cmd_emulate(args) -> dict:
         loaded = load_model(name, args.preset or plan.model.get("preset"))
         attach_weights(plan, loaded.model, name)
         seq_len = plan.model["seq_len"]
+        if args.seq_len_given and args.seq_len != seq_len:
+            raise UserError(f"--seq-len {args.seq_len} differs from the plan's {seq_len} tokens: a plan is made for "
+                            f"one length; drop --seq-len, or make a plan for {args.seq_len}")
     else:
         _check_field(args.field_bits, args.frac_bits)
         loaded = load_model(args.model, args.preset)
@@ -242,6 +245,8 @@ COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "com
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "seq_len"):
+            args.seq_len_given, args.seq_len = args.seq_len is not None, args.seq_len or DEFAULT_SEQ_LEN
         COMMANDS[args.command](args)
         return 0
     except UserError as exc:

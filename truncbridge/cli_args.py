@@ -38,8 +38,8 @@ def _add_model_args(p, seq=True):
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="random:<model_type> at the full-size shapes of a published model")
     if seq:
-        p.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
-                       help=f"tokens per window (default {DEFAULT_SEQ_LEN})")
+        p.add_argument("--seq-len", type=positive_int, default=None,  # None: not given (--plan has its own)
+                       help=f"tokens per window (default {DEFAULT_SEQ_LEN}; with --plan, the plan's)")
 
 
 def _add_numeric_args(p, lists=False):

@@ -20,9 +20,15 @@ def compare_logits(float_logits: torch.Tensor, emu_logits: torch.Tensor, ids: to
         "top1_agreement": (f.argmax(-1) == e.argmax(-1)).double().mean().item(),
         "kl_mean": (logp_f.exp() * (logp_f - logp_e)).sum(-1).mean().item(),
         "max_abs_logit_error": (f - e).abs().max().item(),
-        "ppl_float": math.exp(-logp_f[:-1].gather(-1, targets[:, None]).mean().item()),
-        "ppl_emulated": math.exp(-logp_e[:-1].gather(-1, targets[:, None]).mean().item()),
+        "ppl_float": exp_or_inf(-logp_f[:-1].gather(-1, targets[:, None]).mean().item()),
+        "ppl_emulated": exp_or_inf(-logp_e[:-1].gather(-1, targets[:, None]).mean().item()),
     }
+
+
+def exp_or_inf(x: float) -> float:
+    """e^x, or inf where it overflows a float: a sampled truncation failure can make logits huge,
+    and its perplexity is then infinite, not a traceback."""
+    return math.exp(x) if x < 709.0 else math.inf
 
 
 def compare_hidden(float_hidden: torch.Tensor, emu_hidden: torch.Tensor) -> dict[str, float]:

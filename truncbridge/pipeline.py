@@ -19,7 +19,7 @@ from .frontend.capture import Captured, capture
 from .frontend.data import split_pydoc_text
 from .frontend.lower import lower
 from .frontend.models import LoadedModel, is_encoder
-from .metrics import compare_hidden, compare_logits
+from .metrics import compare_hidden, compare_logits, exp_or_inf
 
 CALIBRATION_WINDOWS = 8
 
@@ -203,5 +203,5 @@ def _metrics_per_window(floats, emus, windows, encoder: bool) -> dict[str, float
     out = {k: sum(p[k] for p in parts) / n for k in ("top1_agreement", "kl_mean")}
     out["max_abs_logit_error"] = max(p["max_abs_logit_error"] for p in parts)
     for k in ("ppl_float", "ppl_emulated"):
-        out[k] = math.exp(sum(math.log(p[k]) for p in parts) / n)
+        out[k] = exp_or_inf(sum(math.log(p[k]) for p in parts) / n)
     return out
