@@ -2,9 +2,8 @@
 
 ``RingExecutor`` runs a plan; with ``check`` it counts elements that leave the bit width the plan
 promised, and those above their bound (beyond fixed-point rounding), and names the nodes
-(``worst_offenders``). Its
-``truncation`` model says what a ``trunc`` node outputs: ``nearest`` is the
-deterministic plan semantics; the others sample what an MPC protocol would open
+(``worst_offenders``). Its ``truncation`` model says what a ``trunc`` node outputs: ``nearest`` is
+the deterministic plan semantics; the others sample what an MPC protocol would open
 (``truncation_models.TRUNCATION_MODELS``), so repeated runs show the distribution of the MPC result.
 """
 from __future__ import annotations
@@ -152,17 +151,15 @@ class RingExecutor:
         limit = (promised * (1 + BOUND_SLACK_REL) + BOUND_SLACK_UNITS * 2.0**-f) * 2.0**node.scale
         lo, hi = torch.aminmax(v) if v.numel() else (torch.zeros(()), torch.zeros(()))
         seen = max(-float(lo), float(hi))
-        half = 2.0 ** (bits - 1)  # the bit width holds [-half, half)
-        fits = bits >= 64 or (seen == 0 if bits < 1 else -float(lo) <= half and float(hi) < half)
+        half = 2.0 ** (bits - 1)  # the bit width holds the integers in [-half, half): only 0 when bits < 1
+        fits = bits >= 64 or (-float(lo) <= half and float(hi) < half)
         if seen <= limit and fits:
             return
         found = self.offenders.setdefault(node.id, Offender(node.id, node.op, node.origin or "", bound.value,
                                                                bound.source))
         found.elements += int(((v > limit) | (v < -limit)).sum())
-        if bits < 1:  # |v| < 2^(bits - 1) < 1: a value promised to be 0
-            found.beyond_bits += int((v != 0).sum())
-        elif bits < 64:
-            found.beyond_bits += int(((v >= 1 << (bits - 1)) | (v < -(1 << (bits - 1)))).sum())
+        if not fits:
+            found.beyond_bits += int(((v >= half) | (v < -half)).sum())
         found.seen = max(found.seen, seen / 2.0**node.scale)
 
     def worst_offenders(self, k: int = 5) -> list[dict]:
