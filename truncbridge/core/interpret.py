@@ -28,11 +28,18 @@ class Backend(Protocol):
 
 
 def interpret(program: Program, backend: Backend, visit: Callable[[Node, Any], None] | None = None) -> list:
-    """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value."""
+    """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value.
+    A value is dropped as soon as its last reader has run: peak memory is the live values, not
+    every value of the forward pass."""
     env: dict[int, Any] = {}
+    last_reader = {i: node.id for node in program.nodes for i in node.inputs}  # in order: the last one wins
+    kept = set(program.outputs)
     for node in program.nodes:
         op = spec(node)
         env[node.id] = getattr(backend, op.kind)(node, op, [env[i] for i in node.inputs])
         if visit is not None:
             visit(node, env[node.id])
+        for i in {*node.inputs, node.id}:
+            if last_reader.get(i, i) == node.id and i not in kept:
+                del env[i]
     return [env[o] for o in program.outputs]
