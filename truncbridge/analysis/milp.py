@@ -17,6 +17,7 @@ from ..core.types import Bound
 from .scales import const_scale, effective_bits, placement_vector, source_scale
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
+MIN_BLOCK_TIME_S = 0.5  # each layer's share of the time limit, at least
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 
@@ -125,9 +126,6 @@ def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limi
     if len(x) != len(cost) or info.primal_solution_status == 0:
         return None, status, float("inf")
     return x, status, float(info.mip_gap)
-
-
-MIN_BLOCK_TIME_S = 0.5
 
 
 @dataclass

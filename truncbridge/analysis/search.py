@@ -48,7 +48,6 @@ class Placement:
         self.p, self.q, self.z = list(x[:n]), list(x[n:2 * n]), list(x[2 * n:])
         self.users = check.src.users()
         self.cost = int(sum(check.src[i].numel for i in self.sites if self.z[i]))
-        self.feasible = not np.any(x[:n] > check.cap)
 
     def trial(self, sites: set[int], floors: dict[int, int] | None = None) -> bool:
         """Move to ``sites`` (and these floors) if every value still fits; else stay. Returns
