@@ -79,8 +79,8 @@ def bench_matmul(repeat: int) -> None:
     small = (torch.randint(-(2**18), 2**18, (128, 128), generator=g), torch.randint(-(2**18), 2**18, (128, 1024), generator=g))
     rows = [
         ("int64 (CPU path)", lambda: matmul_mod64(*big, method="int64")),
-        ("16-bit limbs in float64 (CUDA path)", lambda: matmul_mod64(*big, method="limbs")),
-        ("one float64 GEMM (small operands)", lambda: matmul_mod64(*small, method="float64")),
+        ("float64 limbs, 62-bit operands (9 GEMMs)", lambda: matmul_mod64(*big, method="split")),
+        ("one float64 GEMM (18-bit operands)", lambda: matmul_mod64(*small, method="split")),
     ]
     base = None
     for name, fn in rows:

@@ -1,12 +1,15 @@
 """The emulator's integers equal an independent Python-int computation in Z_2^l."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from truncbridge.backends import RingExecutor
 from truncbridge.core.ir import Node, Program
+from truncbridge.core.errors import UserError
+from truncbridge.core.gemm import gemm_count
 from truncbridge.core.ring import Ring, matmul_mod64
 from truncbridge.core.types import Plan, PlanConfig
 
@@ -119,20 +122,37 @@ def test_random_programs_match_python_integers(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 5), st.integers(0, 2**31 - 1))
-def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, seed):
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 5), st.integers(1, 64), st.integers(1, 64),
+       st.integers(0, 2**31 - 1))
+def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, a_bits, b_bits, seed):
+    """Float64 GEMMs on as many limbs as the magnitudes need (one for small operands, eight
+    for full 64-bit ones) agree with Python integers, as does the int64 path."""
     g = torch.Generator().manual_seed(seed)
-    a = torch.randint(-(2**63), 2**63 - 1, (rows, inner), generator=g)
-    b = torch.randint(-(2**63), 2**63 - 1, (inner, cols), generator=g)
+    a = _random_ints(rows, inner, a_bits, g)
+    b = _random_ints(inner, cols, b_bits, g)
     want = [[signed(sum(int(a[i, k]) * int(b[k, j]) for k in range(inner)), 64) for j in range(cols)] for i in range(rows)]
-    assert matmul_mod64(a, b, method="limbs").tolist() == want
+    assert matmul_mod64(a, b, method="split").tolist() == want
+    assert matmul_mod64(a.double() if a_bits <= 53 else a, b, method="split").tolist() == want
     assert matmul_mod64(a, b, method="int64").tolist() == want
 
 
-def test_small_operands_take_one_exact_float64_gemm():
+def _random_ints(rows: int, cols: int, bits: int, g: torch.Generator) -> torch.Tensor:
+    """Integers with |x| < 2^bits, the extremes included (bits = 64: the whole int64 range)."""
+    hi = 2 ** min(bits, 63)
+    x = torch.randint(-hi + 1 if bits < 64 else -hi, hi - 1, (rows, cols), generator=g)
+    x[0, 0] = -hi + 1 if bits < 64 else -hi
+    return x
+
+
+def test_limb_count_follows_the_magnitudes():
+    assert gemm_count(20, 20, 64) == 1  # 20 + 20 + 6 <= 53: one exact float64 GEMM
+    assert gemm_count(40, 20, 1024) == 2  # the activation is cut in two, the weight kept whole
+    assert gemm_count(64, 64, 4) == 8  # 4 x 19-bit limbs by 2 x 32-bit limbs
     a = torch.randint(-(2**20), 2**20, (7, 64))
     b = torch.randint(-(2**20), 2**20, (64, 5))
-    assert torch.equal(matmul_mod64(a, b, method="float64"), a @ b)
+    assert torch.equal(matmul_mod64(a, b, method="split"), a @ b)
+    with pytest.raises(UserError, match="too long"):
+        gemm_count(1, 1, 2**52)
 
 
 @given(st.integers(2, 64), st.integers(-(2**63), 2**63 - 1))

@@ -2,21 +2,16 @@
 
 Every value is kept as its signed representative in [-2^(l-1), 2^(l-1)): int64 arithmetic wraps
 mod 2^64, and reducing mod 2^l is a sign extension from bit l-1, so results are exact in Z_2^l.
-Matrix products are computed exactly mod 2^64 as well: on CPU torch's int64 matmul wraps like
-every other int64 op; CUDA has no int64 GEMM, so there one float64 GEMM is used when the operands
-are small enough for every partial sum to be an exact integer (< 2^53), else 16-bit limbs in float64.
+Matrix products are computed exactly mod 2^64 as well: by float64 GEMMs on as few limbs as the
+operands' magnitudes need (``gemm``: usually one, since plans keep values small), or on CPU by
+torch's int64 matmul (which wraps like every other int64 op) where limbs would cost more.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .errors import UserError
-
-FLOAT64_EXACT_BITS = 53
-LIMB_BITS = 16
-LIMBS = 64 // LIMB_BITS
+from .gemm import gemm_count, magnitude_bits, matmul_parts
 
 
 class Ring:
@@ -98,44 +93,32 @@ class Ring:
         return torch.bitwise_right_shift(self.reduce(a + (1 << (shift - 1))), shift)
 
 
-def magnitude_bits(x: torch.Tensor) -> int:
-    """Smallest m with |x| < 2^m for every element (0 for an all-zero tensor)."""
-    if x.numel() == 0:
-        return 0
-    top = x.abs().max().item()
-    # abs(-2^63) overflows to itself: treat as 64 bits.
-    return 64 if top < 0 else int(top).bit_length()
+CPU_MAX_FLOAT64_GEMMS = 2  # on CPU an int64 matmul costs about 2.6 float64 GEMMs (measured, 128x768x3072)
 
 
-def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto") -> torch.Tensor:
-    """torch.matmul of int64 tensors, exact mod 2^64 (batched and broadcast like torch.matmul).
+def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits: int | None = None,
+                 b_bits: int | None = None) -> torch.Tensor:
+    """torch.matmul of integer tensors (int64, or float64 holding integers), exact mod 2^64.
 
-    ``method``: "auto" (int64 on CPU; elsewhere one float64 GEMM when that is exact, else limbs),
-    "int64" (CPU only) or "limbs" (always the limb path; used to test it on CPU).
+    ``method``: "auto" (float64 GEMMs on as few limbs as the operands' magnitudes need; on CPU an
+    int64 matmul instead when that needs more than CPU_MAX_FLOAT64_GEMMS), "int64" (CPU only) or
+    "split" (always the float64 limbs; CUDA has no int64 GEMM). ``a_bits`` / ``b_bits``: known
+    magnitude bits of the operands (``gemm.magnitude_bits``), else measured.
     """
-    if method == "int64" or (method == "auto" and a.device.type == "cpu"):
-        return torch.matmul(a, b)
-    k = a.shape[-1]
-    if method != "limbs" and magnitude_bits(a) + magnitude_bits(b) + math.ceil(math.log2(max(k, 1))) <= FLOAT64_EXACT_BITS:
-        return torch.matmul(a.double(), b.double()).to(torch.int64)
-    if LIMBS * k * (2**LIMB_BITS - 1) ** 2 >= 2**FLOAT64_EXACT_BITS:
-        raise UserError(f"matrix product with inner dimension {k} is too long for exact limb arithmetic")
-    a_limbs = [_limb(a, i) for i in range(LIMBS)]
-    b_limbs = [_limb(b, i) for i in range(LIMBS)]
-    out = torch.zeros(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
-                      dtype=torch.int64, device=a.device)
-    for s in range(LIMBS):
-        # All limb pairs (i, s - i) contribute at weight 2^(16 s): one GEMM over a K*(s+1) inner dim.
-        lhs = torch.cat([a_limbs[i] for i in range(s + 1)], dim=-1)
-        rhs = torch.cat([b_limbs[s - i] for i in range(s + 1)], dim=-2)
-        partial = torch.matmul(lhs, rhs).to(torch.int64)  # < 2^53: exact
-        out = out + torch.bitwise_left_shift(partial, LIMB_BITS * s)
+    if method == "auto" and a.device.type == "cpu":
+        a_bits = magnitude_bits(a) if a_bits is None else a_bits
+        b_bits = magnitude_bits(b) if b_bits is None else b_bits
+        if gemm_count(a_bits, b_bits, a.shape[-1]) > CPU_MAX_FLOAT64_GEMMS:
+            method = "int64"
+    if method == "int64":
+        return torch.matmul(a.to(torch.int64), b.to(torch.int64))
+    out = torch.zeros((), dtype=torch.int64, device=a.device)
+    for part, shift in matmul_parts(a, b, a_bits, b_bits):
+        if shift >= 64:  # a multiple of 2^64
+            continue
+        part = torch.bitwise_left_shift(part, shift) if shift else part
+        out = out + part
     return out
-
-
-def _limb(x: torch.Tensor, i: int) -> torch.Tensor:
-    """The i-th unsigned 16-bit limb of x's 64-bit two's-complement pattern, as float64."""
-    return torch.bitwise_and(torch.bitwise_right_shift(x, LIMB_BITS * i), (1 << LIMB_BITS) - 1).double()
 
 
 EXACT_MSB_LIMIT_BITS = 62  # |x| < 2^62 keeps x + 2^62 below 2^63, where the wrap test is exact
