@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from truncbridge.backends import RingExecutor
-from truncbridge.core.ir import Node, Program
 from truncbridge.core.errors import UserError
 from truncbridge.core.gemm import gemm_count
+from truncbridge.core.ir import Node, Program
 from truncbridge.core.ring import Ring, matmul_mod64
 from truncbridge.core.types import Plan, PlanConfig
 

@@ -65,6 +65,7 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
         "above_bound": result.above_bound if check else None,
         "bound_offenders": result.offenders if check else None,
         "time_s": {"float": result.time_float, "emulated": result.time_emulated},
+        "recipes_alone_max_abs_error": result.ir_float_max_abs_logit_error,
     }
 
 
@@ -107,7 +108,7 @@ def cmd_emulate(args) -> dict:
         truncation = truncation_model_for(load_protocol(plan.protocol if args.plan else args.protocol))
     with progress_bar(len(windows), "emulating") as advance:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
-                         truncation=truncation, seed=args.seed)
+                         truncation=truncation, seed=args.seed, recipes_error=args.recipes_error)
     record = _emulation_record(loaded.label, plan, result, args.check, truncation)
     print_emulation(record, plan, timings, result, source)
     if args.json:
@@ -208,7 +209,8 @@ def cmd_compare(args) -> list[dict]:
                     rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
                                  "metrics": None, "counts": None, "bound_violations": None,
                                  "above_bound": None, "bound_offenders": None, "time_s": None,
-                                 "truncation_model": "nearest", "feasible": False, "reason": str(exc)})
+                                 "recipes_alone_max_abs_error": None, "truncation_model": "nearest",
+                                 "feasible": False, "reason": str(exc)})
                     rounds.append(None)
                     advance()
                     continue

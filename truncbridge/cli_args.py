@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sample the protocol's own truncation (its error model: LSB errors, failures) instead of "
                           "exact round-nearest: what MPC under --protocol (or the plan's) would output")
     emu.add_argument("--seed", type=int, default=0, help="randomness of --mpc-truncation (default 0)")
+    emu.add_argument("--recipes-error", action="store_true",
+                     help="also run the IR in float64 (recipes, no rounding) to report the recipes' own error: "
+                          "a second full forward pass per window")
     emu.add_argument("--json", help="write the results as JSON to this path")
 
     pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")

@@ -31,9 +31,21 @@ class Converted:
     loaded: LoadedModel
     captured: Captured
     program: Program
-    maxabs: dict[int, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     weights_hash: str = ""
+    _maxabs: dict[int, float] | None = None
+
+    @property
+    def maxabs(self) -> dict[int, float]:
+        """Largest |value| per IR node over the calibration windows (the IR run in float64, once,
+        when first asked: calibrated bounds need it, static bounds do not)."""
+        if self._maxabs is None:
+            if self.loaded.generated is not None:
+                raise UserError("--fake-weights plans use static bounds: calibrated maxima need the whole model")
+            t = time.perf_counter()
+            self._maxabs = _calibration_maxima(self.program, self.loaded, self.captured.seq_len)
+            self.timings["calibrated maxima"] = time.perf_counter() - t
+        return self._maxabs
 
     @property
     def vocab(self) -> int:
@@ -103,9 +115,12 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comp
     if loaded.generated is not None:  # statistics only: no float run, static bounds only
         program.weight_stats = dict(loaded.generated.stats)
         program.weights.update({k: v.double() for k, v in loaded.generated.small.items()})
-        timings["lower"] = time.perf_counter() - t
-        return Converted(loaded, captured, program, {}, timings)
-    vocab = loaded.model.get_input_embeddings().weight.shape[0]
+    timings["lower"] = time.perf_counter() - t
+    return Converted(loaded, captured, program, timings)
+
+
+def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> dict[int, float]:
+    vocab = vocab_size(loaded.model)
     maxabs: dict[int, float] = {}
 
     def record(node, value):
@@ -113,10 +128,9 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comp
             lo, hi = torch.aminmax(value)
             maxabs[node.id] = max(maxabs.get(node.id, 0.0), -lo.item(), hi.item())
 
-    for w in calib:
+    for w in calibration_windows(loaded.tokenizer, seq_len):
         run_float(program, {"tokens": one_hot(w[None], vocab)}, visit=record)
-    timings["lower"] = time.perf_counter() - t
-    return Converted(loaded, captured, program, maxabs, timings)
+    return maxabs
 
 
 def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, protocol: str | None = None,
@@ -135,8 +149,6 @@ def build_plan(converted: Converted, config: PlanConfig, hints: tuple = ()) -> P
     """Analyse and place under ``config`` (``plan_config``); ``hints``: see ``analysis.place``."""
     if config.bounds == "static":
         node_bounds = static_bounds(converted.program)
-    elif converted.loaded.generated is not None:
-        raise UserError("--fake-weights plans use static bounds: calibrated maxima need the whole model")
     else:
         node_bounds = calibrated_bounds(converted.program, converted.maxabs, config.margin_bits)
     t = time.perf_counter()
@@ -154,15 +166,18 @@ class EmulationResult:
     time_emulated: float
     windows: int
     positions: int
-    ir_float_max_abs_logit_error: float  # recipes alone (no rounding) vs the float model (logits or hidden)
+    ir_float_max_abs_logit_error: float | None  # recipes alone (no rounding) vs the float model; None: not run
     above_bound: int = 0  # --check: elements above their bound (beyond rounding), bit width kept or not
     offenders: list[dict] = field(default_factory=list)  # --check: the nodes furthest above their bounds
 
 
 def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: str = "cpu",
-            check: bool = True, progress=None, truncation: str = "nearest", seed: int = 0) -> EmulationResult:
+            check: bool = True, progress=None, truncation: str = "nearest", seed: int = 0,
+            recipes_error: bool = False) -> EmulationResult:
     """Run the float model and the plan on every window; compare logits position by position.
-    ``truncation``: the executor's truncation model (``backends.TRUNCATION_MODELS``)."""
+    ``truncation``: the executor's truncation model (``backends.TRUNCATION_MODELS``);
+    ``recipes_error``: also run the IR in float64 (recipes, no rounding) for the error of the
+    recipes alone — a whole second forward pass, so only when asked."""
     vocab = vocab_size(model)
     seq_len = plan.program[plan.program.inputs["tokens"]].shape[1]
     if windows.shape[1] != seq_len:
@@ -182,12 +197,14 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
         emus.append(executor.decode_outputs(outs)[0][0])
         t_emu += time.perf_counter() - t
         violations += v
-        irs.append(run_float(plan.program, inputs)[0][0])
+        if recipes_error:
+            irs.append(run_float(plan.program, inputs)[0][0])
         if progress is not None:
             progress()
-    f, ir = torch.cat(floats), torch.cat(irs)
+    f = torch.cat(floats)
+    recipes_alone = (f - torch.cat(irs)).abs().max().item() if recipes_error else None
     metrics = _metrics_per_window(floats, emus, windows, is_encoder(model))
-    return EmulationResult(metrics, violations, t_float, t_emu, len(windows), f.shape[0], (f - ir).abs().max().item(),
+    return EmulationResult(metrics, violations, t_float, t_emu, len(windows), f.shape[0], recipes_alone,
                            executor.above_bound, executor.worst_offenders())
 
 

@@ -79,7 +79,7 @@ def _decoder_rows(m: dict, result) -> list[tuple[str, str]]:
         ("top-1 agreement", f"{m['top1_agreement']:.4f}"),
         ("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}"),
         ("max |logit error|", f"{m['max_abs_logit_error']:.4g}"),
-        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
+        ("  of which recipes alone (no rounding)", _recipes_alone(result)),
         ("perplexity float / emulated",
          f"{m['ppl_float']:.3f} / {m['ppl_emulated']:.3f}  (ratio {m['ppl_emulated'] / m['ppl_float']:.4f})"),
     ]
@@ -89,8 +89,13 @@ def _encoder_rows(m: dict, result) -> list[tuple[str, str]]:
     return [
         ("mean cosine of last hidden states", f"{m['cosine_mean']:.6f}"),
         ("max |hidden-state error|", f"{m['max_abs_error']:.4g}"),
-        ("  of which recipes alone (no rounding)", f"{result.ir_float_max_abs_logit_error:.4g}"),
+        ("  of which recipes alone (no rounding)", _recipes_alone(result)),
     ]
+
+
+def _recipes_alone(result) -> str:
+    found = result.ir_float_max_abs_logit_error
+    return "not run (--recipes-error)" if found is None else f"{found:.4g}"
 
 
 def _fmt_bytes(n: float) -> str:

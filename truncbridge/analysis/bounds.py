@@ -86,7 +86,7 @@ class _Static:
         only moves that keep or transpose a matrix carry them, anything else uses the rules)."""
         if node.op == "weight":
             w = self.p.weights[node.attrs["name"]]
-            return self.p.weight_stats[node.attrs["name"]] if w.is_meta else w
+            return self.p.weight_stats[node.attrs["name"]] if w.is_meta else w.double()
         xs = [self.exact[i] for i in node.inputs]
         if not any(isinstance(x, WeightStats) for x in xs):
             return real_value(node, xs, self.p)

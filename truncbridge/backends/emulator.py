@@ -14,10 +14,10 @@ import torch
 
 from ..core.errors import UserError
 from ..core.interpret import interpret
-from ..core.ops import spec
-from ..core.ring import Ring
 from ..core.types import ROUNDING_FLOOR_BITS, Plan
-from .truncation_models import TRUNCATION_MODELS, sample_truncation
+from .extremes import derive
+from .ring_backend import RingBackend
+from .truncation_models import TRUNCATION_MODELS
 
 BOUND_SLACK_REL = 2.0**-10  # --check: fixed-point rounding may carry a value this far past its bound,
 BOUND_SLACK_UNITS = 2  # plus this many units of 2^-frac_bits; anything further is a broken promise
@@ -35,72 +35,6 @@ class Offender:
     seen: float = 0.0  # the largest |value| seen (real, decoded at the node's scale)
     elements: int = 0  # elements above the bound (beyond rounding), summed over runs
     beyond_bits: int = 0  # of which outside the promised bit width
-
-
-class RingBackend:
-    """Ring integers for every op kind; public constants are encoded once, on ``device``."""
-
-    def __init__(self, plan: Plan, device: torch.device, truncation: str, generator: torch.Generator | None):
-        self.plan, self.ring, self.device = plan, Ring(plan.field_bits), device
-        self.truncation, self.generator = truncation, generator
-        program = plan.program
-        self.weights = {n.attrs["name"]: self._encode(program.weights[n.attrs["name"]], n.scale)
-                        for n in program.nodes if n.op == "weight"}
-        self.encoded = {n.id: self.ring.encode_public(program.consts[n.attrs["const"]], _const_scale(n)).to(device)
-                        for n in program.nodes if spec(n).kind == "public"}
-        self.consts = {k: v.to(device) for k, v in program.consts.items()}  # index tensors of moves
-        self.inputs: dict[str, torch.Tensor] = {}
-
-    def _encode(self, value: torch.Tensor, scale: int) -> torch.Tensor:
-        return self.ring.encode(value, scale).to(self.device)
-
-    def source(self, node, op, xs):
-        if node.op == "weight":
-            return self.weights[node.attrs["name"]]
-        given = self.inputs[node.attrs["name"]]
-        # int64 inputs are ring elements already; floats are real values to encode
-        return self.ring.reduce(given.to(self.device)) if given.dtype == torch.int64 else self._encode(given, node.scale)
-
-    def local(self, node, op, xs):  # int64 wraps mod 2^64; reducing gives Z_2^l
-        return self.ring.reduce(op.real(xs, node, _Consts(self.consts)))
-
-    def product(self, node, op, xs):
-        return self.ring.matmul(*xs) if node.op == "matmul" else self.ring.mul(*xs)
-
-    def public(self, node, op, xs):
-        c = self.encoded[node.id]
-        return self.ring.mul(xs[0], c) if op.product else self.ring.add(xs[0], c)
-
-    def relabel(self, node, op, xs):  # a power-of-two rescale only relabels the scale
-        return xs[0]
-
-    output = relabel
-
-    def shift(self, node, op, xs):
-        return self.ring.shl(xs[0], node.attrs["shift"])
-
-    def compare(self, node, op, xs):  # on the signed value the ring element stands for
-        return (xs[0] >= 0).to(torch.int64)  # ring elements are kept as signed representatives
-
-    def truncate(self, node, op, xs):
-        shift = node.attrs["shift"]
-        if self.truncation != "nearest":
-            return sample_truncation(self.truncation, xs[0], shift, self.generator)
-        if node.attrs.get("rounding", "nearest") == "nearest":
-            return self.ring.trunc_nearest(xs[0], shift)
-        return self.ring.trunc_floor(xs[0], shift)
-
-
-class _Consts:
-    """A program stand-in whose ``consts`` are on the backend's device (for local ops' ``real``)."""
-
-    def __init__(self, consts: dict[str, torch.Tensor]):
-        self.consts = consts
-
-
-def _const_scale(node) -> int:
-    """A public multiplier is encoded at its own scale (placement's ``const_scale``); an addend at the node's."""
-    return node.attrs["const_scale"] if spec(node).product else node.scale
 
 
 class RingExecutor:
@@ -122,13 +56,23 @@ class RingExecutor:
         generator = _generator(self.device, seed) if truncation != "nearest" else None
         self.backend = RingBackend(plan, self.device, truncation, generator)
         self.offenders: dict[int, Offender] = {}
+        self._folded_checked, self._folded_minmax = False, {}
+        self._const_extremes = {nid: self._measure(c) for nid, c in self.backend.encoded.items()}
 
     def run(self, inputs: dict[str, torch.Tensor], check: bool = False) -> tuple[list[torch.Tensor], int]:
         """Returns (output integers, number of elements that left their promised bit width). What
         broke — and values above their bound that still fit — is kept, across runs, in
-        ``self.offenders``."""
+        ``self.offenders``. Folded values (weights, once per executor) are checked on the first
+        checked run."""
         self.backend.inputs = inputs
         before = self.beyond_bits
+        self._minmax: dict[int, tuple] = dict(self._folded_minmax)  # node id -> (lo, hi) enclosing its integers
+        if check and not self._folded_checked:
+            nodes = self.plan.program.nodes
+            for nid, value in self.backend.precomputed.items():
+                if value is not None:
+                    self._check(nodes[nid], value)
+            self._folded_checked, self._folded_minmax = True, dict(self._minmax)
         outs = interpret(self.plan.program, self.backend, self._check if check else None)
         return outs, self.beyond_bits - before
 
@@ -140,27 +84,42 @@ class RingExecutor:
     def above_bound(self) -> int:
         return sum(o.elements for o in self.offenders.values())
 
-    def _check(self, node, v: torch.Tensor) -> None:
-        """Two promises per value: its bit width (leaving it risks a wrap: a hard violation; a 64-bit
-        promise in Z_2^64 cannot be broken) and its bound itself, beyond fixed-point rounding
-        (BOUND_SLACK_REL of the bound plus BOUND_SLACK_UNITS units of 2^-frac_bits; a bound below the
-        rounding floor counts as the floor) — a calibrated-range assumption can be exceeded well
-        before a bit is."""
+    def _check(self, node, v) -> None:
+        """Two promises per value: its bit width (leaving it risks a wrap: a hard violation; a
+        field-wide promise cannot be broken) and its bound itself, beyond fixed-point rounding
+        (BOUND_SLACK_REL of the bound plus BOUND_SLACK_UNITS units of 2^-frac_bits; a bound below
+        the rounding floor counts as the floor) — a calibrated-range assumption can be exceeded
+        well before a bit is. Extremes derived from the inputs' (``extremes``) settle most nodes
+        without a pass over the data; the rest are measured."""
         bound, bits, f = self.plan.bounds[node.id], self.plan.bound_bits(node), self.plan.frac_bits
         promised = max(bound.value, 2.0 ** (ROUNDING_FLOOR_BITS - f))  # the floor needed_bits gives tiny values
         limit = (promised * (1 + BOUND_SLACK_REL) + BOUND_SLACK_UNITS * 2.0**-f) * 2.0**node.scale
-        lo, hi = torch.aminmax(v) if v.numel() else (torch.zeros(()), torch.zeros(()))
-        seen = max(-float(lo), float(hi))
         half = 2.0 ** (bits - 1)  # the bit width holds the integers in [-half, half): only 0 when bits < 1
-        fits = bits >= 64 or (-float(lo) <= half and float(hi) < half)
-        if seen <= limit and fits:
-            return
+        derived = derive(node, [self._minmax.get(i) for i in node.inputs], self.plan.field_bits,
+                         self._const_extremes.get(node.id), self.backend.truncation == "nearest")
+        for candidate in ([derived] if derived is not None else []) + [None]:
+            lo, hi = candidate if candidate is not None else self._measure(v)
+            self._minmax[node.id] = (lo, hi)
+            seen = max(-lo, hi)
+            fits = bits >= self.plan.field_bits or (-lo <= half and hi < half)
+            if seen <= limit and fits:
+                return
         found = self.offenders.setdefault(node.id, Offender(node.id, node.op, node.origin or "", bound.value,
                                                                bound.source))
-        found.elements += int(((v > limit) | (v < -limit)).sum())
+        real = self.backend.field.to_float(v)
+        found.elements += int(((real > limit) | (real < -limit)).sum())
         if not fits:
-            found.beyond_bits += int(((v >= half) | (v < -half)).sum())
+            found.beyond_bits += self.backend.field.outside_bits(v, bits)
         found.seen = max(found.seen, seen / 2.0**node.scale)
+
+    def _measure(self, v) -> tuple[int | float, int | float]:
+        """The value's (min, max) integers: exact Python ints from int64 tensors."""
+        if not v.numel():
+            return 0, 0
+        if isinstance(v, torch.Tensor):
+            lo, hi = torch.aminmax(v)
+            return (int(lo), int(hi)) if v.dtype == torch.int64 else (float(lo), float(hi))
+        return self.backend.field.extremes(v)
 
     def worst_offenders(self, k: int = 5) -> list[dict]:
         """The k nodes furthest above their bound (by seen / bound), as dicts for JSON and tables."""
@@ -169,7 +128,7 @@ class RingExecutor:
 
     def decode_outputs(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
         nodes = self.plan.program.nodes
-        return [Ring.decode(v.cpu(), nodes[o].scale) for v, o in zip(outs, self.plan.program.outputs)]
+        return [self.backend.field.decode(v, nodes[o].scale).cpu() for v, o in zip(outs, self.plan.program.outputs)]
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

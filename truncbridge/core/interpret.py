@@ -28,13 +28,19 @@ class Backend(Protocol):
 
 
 def interpret(program: Program, backend: Backend, visit: Callable[[Node, Any], None] | None = None) -> list:
-    """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value.
-    A value is dropped as soon as its last reader has run: peak memory is the live values, not
-    every value of the forward pass."""
+    """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value
+    computed. A value is dropped as soon as its last reader has run: peak memory is the live
+    values, not every value of the forward pass. A backend may hold ``precomputed`` values (node
+    id -> value, or None where no other node needs it): those nodes are not run again."""
     env: dict[int, Any] = {}
     last_reader = {i: node.id for node in program.nodes for i in node.inputs}  # in order: the last one wins
     kept = set(program.outputs)
+    precomputed = getattr(backend, "precomputed", {})
     for node in program.nodes:
+        if node.id in precomputed:
+            if precomputed[node.id] is not None:
+                env[node.id] = precomputed[node.id]
+            continue
         op = spec(node)
         env[node.id] = getattr(backend, op.kind)(node, op, [env[i] for i in node.inputs])
         if visit is not None:

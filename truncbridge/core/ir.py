@@ -136,7 +136,7 @@ class Builder:
         return nid
 
     def weight(self, name: str, value: torch.Tensor) -> int:
-        self.program.weights[name] = value.detach().to(torch.float64).clone()
+        self.program.weights[name] = value.detach()  # the model's own tensor: float64 copies are made at use
         return self.emit("weight", (), tuple(value.shape), name=name)
 
     def output(self, x: int) -> int:

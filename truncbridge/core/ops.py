@@ -97,7 +97,7 @@ def _shrinking_move(node: Node, program: Program) -> bool:
 _SPECS = [
     OpSpec("input", "source", 0, "source", params=("name", "integer"), bound=rules.input_bound,
            doc="secret input of the client (attrs: name, integer): the one-hot token matrix"),
-    OpSpec("weight", "source", 0, "source", params=("name",), real=lambda xs, n, p: p.weights[n.attrs["name"]],
+    OpSpec("weight", "source", 0, "source", params=("name",), real=lambda xs, n, p: p.weights[n.attrs["name"]].double(),
            doc="secret tensor of the model owner (attrs: name)"),
     OpSpec("add", "local", 2, "max", real=lambda xs, n, p: xs[0] + xs[1], bound=rules.add_bound,
            norms=rules.add_norms, aligns=True, site=_always, doc="private addition"),

@@ -214,4 +214,4 @@ def attach_weights(plan: Plan, model: torch.nn.Module, model_name: str) -> None:
     missing = [w for w in plan.weights if w not in state]
     if missing:
         raise UserError(f"model {model_name} lacks the plan's weights: {', '.join(missing[:3])}")
-    plan.program.weights = {w: state[w].detach().to(torch.float64) for w in plan.weights}
+    plan.program.weights = {w: state[w].detach() for w in plan.weights}  # float64 at use (ops' real)

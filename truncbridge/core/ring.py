@@ -17,6 +17,8 @@ from .gemm import gemm_count, magnitude_bits, matmul_parts
 class Ring:
     """The ring Z_2^bits with two's-complement signed representatives."""
 
+    prime = None  # a ring, not a prime field
+
     def __init__(self, bits: int):
         if not 2 <= bits <= 64:
             raise UserError(f"ring size must be between 2 and 64 bits, got {bits}")
@@ -59,38 +61,79 @@ class Ring:
     def decode(x: torch.Tensor, scale: int) -> torch.Tensor:
         return x.double() * 2.0 ** (-scale)
 
-    # -- arithmetic -------------------------------------------------------------------------
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.reduce(a + b)
+    def from_int64(self, x: torch.Tensor) -> torch.Tensor:
+        """Integers given as int64: their signed representatives."""
+        return self.reduce(x)
 
-    def neg(self, a: torch.Tensor) -> torch.Tensor:
-        return self.reduce(-a)
+    # -- arithmetic (``in_place``: the first operand may be overwritten) -----------------------
+    def _reduce_(self, x: torch.Tensor) -> torch.Tensor:
+        """``reduce`` in place on a tensor this ring just made."""
+        if self._pad:
+            x.bitwise_left_shift_(self._pad).bitwise_right_shift_(self._pad)
+        return x
 
-    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.reduce(a * b)
+    def add(self, a: torch.Tensor, b: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        return self._reduce_(a.add_(b) if in_place else a + b)
 
-    def shl(self, a: torch.Tensor, k: int) -> torch.Tensor:
+    def neg(self, a: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        return self._reduce_(a.neg_() if in_place else -a)
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        return self._reduce_(a.mul_(b) if in_place else a * b)
+
+    def shl(self, a: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
         """Multiply by the public integer 2^k."""
-        return self.reduce(torch.bitwise_left_shift(a, k)) if k < 64 else torch.zeros_like(a)
+        if k >= 64:
+            return a.zero_() if in_place else torch.zeros_like(a)
+        return self._reduce_(a.bitwise_left_shift_(k) if in_place else torch.bitwise_left_shift(a, k))
 
     def sum(self, a: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
-        return self.reduce(a.sum(dim=dims, keepdim=keepdim))
+        return self._reduce_(a.sum(dim=dims, keepdim=keepdim))
 
-    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.reduce(matmul_mod64(a, b))
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, a_bits: int | None = None, b_bits: int | None = None):
+        return self._reduce_(matmul_mod64(a, b, a_bits=a_bits, b_bits=b_bits))
 
     @staticmethod
-    def trunc_floor(a: torch.Tensor, shift: int) -> torch.Tensor:
+    def trunc_floor(a: torch.Tensor, shift: int, in_place: bool = False) -> torch.Tensor:
         """Exact (faithful) truncation: floor(a / 2^shift) of the signed representative."""
-        return torch.bitwise_right_shift(a, shift)
+        return a.bitwise_right_shift_(shift) if in_place else torch.bitwise_right_shift(a, shift)
 
-    def trunc_nearest(self, a: torch.Tensor, shift: int) -> torch.Tensor:
+    def trunc_nearest(self, a: torch.Tensor, shift: int, in_place: bool = False) -> torch.Tensor:
         """floor((a + 2^(shift-1)) / 2^shift): round to nearest. The public offset is a local
         addition in MPC, so this costs the same truncation protocol as a floor, and its error is
         unbiased (a floor's -1/2 LSB average adds up coherently along a chain of products)."""
         if shift == 0:
             return a
-        return torch.bitwise_right_shift(self.reduce(a + (1 << (shift - 1))), shift)
+        half = 1 << (shift - 1)
+        return self._reduce_(a.add_(half) if in_place else a + half).bitwise_right_shift_(shift)
+
+    def nonneg(self, a: torch.Tensor) -> torch.Tensor:
+        """1 where the signed value is >= 0, else 0 (a comparison's result, at scale 0)."""
+        return (a >= 0).to(torch.int64)
+
+    def move(self, fn, xs: list[torch.Tensor]) -> torch.Tensor:
+        """A data movement (view, permute, cat, index, ...): the same on ring integers."""
+        return fn(xs)
+
+    def linear(self, fn, xs: list[torch.Tensor]) -> torch.Tensor:
+        """Any other integer-linear local map: int64 wraps mod 2^64, reducing gives Z_2^l."""
+        return self.reduce(fn(xs))
+
+    # -- reading values -----------------------------------------------------------------------
+    def outside_bits(self, v: torch.Tensor, bits: int) -> int:
+        """Elements outside [-2^(bits-1), 2^(bits-1)): those that left a promised bit width."""
+        if bits >= 64:
+            return 0
+        half = 1 << (bits - 1) if bits >= 1 else 0
+        return int(((v >= half) | (v < -half)).sum())
+
+    @staticmethod
+    def to_float(v: torch.Tensor) -> torch.Tensor:
+        return v.double()
+
+    @staticmethod
+    def to_ints(v: torch.Tensor) -> list:
+        return v.tolist()
 
 
 CPU_MAX_FLOAT64_GEMMS = 2  # on CPU an int64 matmul costs about 2.6 float64 GEMMs (measured, 128x768x3072)
@@ -112,13 +155,18 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
             method = "int64"
     if method == "int64":
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
-    out = torch.zeros((), dtype=torch.int64, device=a.device)
+    out = None
     for part, shift in matmul_parts(a, b, a_bits, b_bits):
         if shift >= 64:  # a multiple of 2^64
             continue
-        part = torch.bitwise_left_shift(part, shift) if shift else part
-        out = out + part
-    return out
+        if shift:
+            part.bitwise_left_shift_(shift)
+        out = part if out is None else out.add_(part)
+    return out if out is not None else torch.zeros(_product_shape(a, b), dtype=torch.int64, device=a.device)
+
+
+def _product_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])) + (a.shape[-2], b.shape[-1])
 
 
 EXACT_MSB_LIMIT_BITS = 62  # |x| < 2^62 keeps x + 2^62 below 2^63, where the wrap test is exact

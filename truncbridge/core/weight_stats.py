@@ -102,7 +102,13 @@ def spectral(v) -> float:
     """||v||_2 of a matrix (the largest over leading dims), or a bound on it from statistics."""
     if isinstance(v, WeightStats):
         return v.spectral
-    return torch.linalg.matrix_norm(v, ord=2).max().item()
+    v = v.double()
+    gram = v @ v.mT if v.shape[-2] <= v.shape[-1] else v.mT @ v  # the smaller side: 5x faster than an SVD
+    top = torch.linalg.eigvalsh(gram)[..., -1].max().item()
+    return math.sqrt(max(top, 0.0) * (1 + SPECTRAL_SLACK))
+
+
+SPECTRAL_SLACK = 2.0**-30  # covers float64 rounding of the Gram matrix and its eigenvalue (both ~n 2^-53 relative)
 
 
 KEEPING_MOVES = {"aten.clone.default", "aten.alias.default", "aten.view.default", "aten._unsafe_view.default",

@@ -1,0 +1,154 @@
+"""Exact field integers for every op kind (``core.interpret``): the emulator's backend.
+
+Three things make it fast without touching what it computes:
+
+* **folding** — values that depend on weights alone (a weight, its transpose) are computed once
+  per executor, not once per run (``precomputed``); those read only by matrix products are kept
+  as float64 with their magnitude known, so a product runs one float64 GEMM with no conversion or
+  measurement of the weight (``core.gemm``);
+* **in place** — an elementwise op whose input was freshly made by the op before it and is read
+  by nothing else overwrites it instead of allocating (decided once, from the program);
+* the field's own fast paths (``core.ring``, ``core.wide``).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits
+from ..core.ops import spec
+from ..core.ring import Ring
+from ..core.types import Plan
+from .truncation_models import sample_truncation
+
+FRESH_KINDS = ("product", "public", "shift", "truncate", "compare")  # each makes a new tensor
+FRESH_LOCAL_OPS = ("add", "neg", "sum")  # local ops that make a new tensor (moves may return views)
+IN_PLACE_OPS = ("add", "neg", "mul", "mul_public", "add_public", "shl", "trunc")
+
+
+class RingBackend:
+    """Field integers for every op kind; public constants are encoded once, on ``device``."""
+
+    def __init__(self, plan: Plan, device: torch.device, truncation: str, generator: torch.Generator | None,
+                 field=None):
+        self.plan, self.device = plan, device
+        self.field = field if field is not None else Ring(plan.field_bits)
+        self.truncation, self.generator = truncation, generator
+        program = plan.program
+        self.encoded = {n.id: self.field.encode_public(program.consts[n.attrs["const"]], _const_scale(n)).to(device)
+                        for n in program.nodes if spec(n).kind == "public"}
+        self.consts = {k: v.to(device) for k, v in program.consts.items()}  # index tensors of moves
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.bits: dict[int, int] = {}  # magnitude bits of folded values kept as float64
+        self.precomputed = self._fold()
+        self.in_place = _in_place_nodes(plan, set(self.precomputed)) if isinstance(self.field, Ring) else set()
+
+    # -- folding ----------------------------------------------------------------------------
+    def _fold(self) -> dict[int, object]:
+        """Values of weights and of local ops on them alone: node id -> value (None where no
+        unfolded node reads it, so it need not be kept)."""
+        program, folded = self.plan.program, {}
+        for node in program.nodes:
+            op = spec(node)
+            if node.op == "weight":
+                folded[node.id] = self.field.encode(program.weights[node.attrs["name"]], node.scale).to(self.device)
+            elif op.kind == "local" and node.inputs and all(i in folded for i in node.inputs):
+                folded[node.id] = self.local(node, op, [folded[i] for i in node.inputs])
+        readers: dict[int, set[str]] = {}
+        for node in program.nodes:
+            if node.id not in folded:
+                for i in node.inputs:
+                    readers.setdefault(i, set()).add(node.op)
+        kept = {}
+        for nid, value in folded.items():
+            if nid not in readers and nid not in program.outputs:
+                kept[nid] = None
+            elif readers.get(nid) == {"matmul"} and isinstance(value, torch.Tensor):
+                kept[nid] = self._as_float64(nid, value)
+            else:
+                kept[nid] = value
+        return kept
+
+    def _as_float64(self, nid: int, value: torch.Tensor) -> torch.Tensor:
+        """A GEMM operand as float64 (exact below 2^53) with its magnitude remembered."""
+        bits = magnitude_bits(value)
+        if bits > FLOAT64_EXACT_BITS:
+            return value
+        self.bits[nid] = bits
+        return value.contiguous().double()
+
+    # -- one method per op kind ---------------------------------------------------------------
+    def source(self, node, op, xs):
+        given = self.inputs[node.attrs["name"]].to(self.device)
+        # int64 inputs are field elements already; floats are real values to encode
+        return self.field.from_int64(given) if given.dtype == torch.int64 else self.field.encode(given, node.scale)
+
+    def local(self, node, op, xs):
+        f = self.field
+        if node.op == "add":
+            return f.add(*xs, **self._mode(node))
+        if node.op == "neg":
+            return f.neg(xs[0], **self._mode(node))
+        if node.op == "sum":
+            return f.sum(xs[0], node.attrs["dims"], node.attrs["keepdim"])
+        if node.op == "move":
+            return f.move(lambda ts: op.real(ts, node, self), xs)  # self.consts: index tensors on the device
+        return f.linear(lambda ts: op.real(ts, node, self), xs)  # any other linear map (ops.py)
+
+    def product(self, node, op, xs):
+        if node.op == "matmul":
+            a_bits, b_bits = (self.bits.get(i) for i in node.inputs)
+            return self.field.matmul(*xs, a_bits=a_bits, b_bits=b_bits)
+        return self.field.mul(*xs, **self._mode(node))
+
+    def public(self, node, op, xs):
+        c = self.encoded[node.id]
+        return self.field.mul(xs[0], c, **self._mode(node)) if op.product else self.field.add(xs[0], c, **self._mode(node))
+
+    def relabel(self, node, op, xs):  # a power-of-two rescale only relabels the scale
+        return xs[0]
+
+    output = relabel
+
+    def shift(self, node, op, xs):
+        return self.field.shl(xs[0], node.attrs["shift"], **self._mode(node))
+
+    def compare(self, node, op, xs):  # on the signed value the field element stands for
+        return self.field.nonneg(xs[0])
+
+    def truncate(self, node, op, xs):
+        shift = node.attrs["shift"]
+        if self.truncation != "nearest":
+            return sample_truncation(self.truncation, xs[0], shift, self.generator)
+        if node.attrs.get("rounding", "nearest") == "nearest":
+            return self.field.trunc_nearest(xs[0], shift, **self._mode(node))
+        return self.field.trunc_floor(xs[0], shift, **self._mode(node))
+
+    def _mode(self, node) -> dict:
+        return {"in_place": True} if node.id in self.in_place else {}
+
+
+
+def _const_scale(node) -> int:
+    """A public multiplier is encoded at its own scale (placement's ``const_scale``); an addend at the node's."""
+    return node.attrs["const_scale"] if spec(node).product else node.scale
+
+
+def _in_place_nodes(plan: Plan, folded: set[int]) -> set[int]:
+    """Elementwise nodes that may overwrite their first input: it was made fresh by its producer
+    in this run (not a view, an alias, a folded or a kept value), this node is its only reader and
+    reads it once, and the output has its shape (a broadcast would not fit)."""
+    program = plan.program
+    readers = Counter(i for node in program.nodes for i in set(node.inputs))
+    outputs = set(program.outputs)
+    found = set()
+    for node in program.nodes:
+        if node.op not in IN_PLACE_OPS or not node.inputs:
+            continue
+        first = program[node.inputs[0]]
+        fresh = (spec(first).kind in FRESH_KINDS or first.op in FRESH_LOCAL_OPS) and first.id not in folded
+        if (fresh and readers[first.id] == 1 and node.inputs.count(first.id) == 1 and first.id not in outputs
+                and tuple(first.shape) == tuple(node.shape)):
+            found.add(node.id)
+    return found
