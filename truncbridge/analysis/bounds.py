@@ -83,13 +83,15 @@ class _Static:
     def owner_value(self, node: Node):
         """A weight, or a function of weights alone: its value, or its statistics where the
         weights are known only by statistics (``WeightStats``: a full-size plan without the model;
-        only moves that keep or transpose a matrix carry them, anything else uses the rules)."""
+        only moves that keep or transpose a matrix carry them, anything else uses the rules).
+        Weights and their moves stay in the model's dtype (no float64 copy of the model: the
+        statistics compute in float64); any other op computes in float64."""
         if node.op == "weight":
             w = self.p.weights[node.attrs["name"]]
-            return self.p.weight_stats[node.attrs["name"]] if w.is_meta else w.double()
+            return self.p.weight_stats[node.attrs["name"]] if w.is_meta else w
         xs = [self.exact[i] for i in node.inputs]
         if not any(isinstance(x, WeightStats) for x in xs):
-            return real_value(node, xs, self.p)
+            return real_value(node, xs if node.op == "move" else [x.double() for x in xs], self.p)
         if node.op == "move" and len(xs) == 1:
             return moved(xs[0], node.attrs["fn"], node.attrs["args"], node.shape)
         return None

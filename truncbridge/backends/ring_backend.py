@@ -22,6 +22,7 @@ from ..core.ring import Ring
 from ..core.types import Plan
 from .truncation_models import sample_truncation
 
+FLOAT32_EXACT_BITS = 24
 FRESH_KINDS = ("product", "public", "shift", "truncate", "compare")  # each makes a new tensor
 FRESH_LOCAL_OPS = ("add", "neg", "sum")  # local ops that make a new tensor (moves may return views)
 IN_PLACE_OPS = ("add", "neg", "mul", "mul_public", "add_public", "shl", "trunc")
@@ -46,37 +47,46 @@ class RingBackend:
 
     # -- folding ----------------------------------------------------------------------------
     def _fold(self) -> dict[int, object]:
-        """Values of weights and of local ops on them alone: node id -> value (None where no
-        unfolded node reads it, so it need not be kept)."""
-        program, folded = self.plan.program, {}
+        """Values of weights and of local ops on them alone: node id -> value, or None where no
+        unfolded node reads it (so it is not kept). One weight at a time: an intermediate is
+        dropped after its last folded reader, so folding never holds two copies of the model."""
+        program, ids = self.plan.program, set()
         for node in program.nodes:
-            op = spec(node)
-            if node.op == "weight":
-                folded[node.id] = self.field.encode(program.weights[node.attrs["name"]], node.scale).to(self.device)
-            elif op.kind == "local" and node.inputs and all(i in folded for i in node.inputs):
-                folded[node.id] = self.local(node, op, [folded[i] for i in node.inputs])
+            if node.op == "weight" or (spec(node).kind == "local" and node.inputs and all(i in ids for i in node.inputs)):
+                ids.add(node.id)
         readers: dict[int, set[str]] = {}
+        last_folded_reader: dict[int, int] = {}
         for node in program.nodes:
-            if node.id not in folded:
-                for i in node.inputs:
+            for i in node.inputs:
+                if node.id in ids:
+                    last_folded_reader[i] = node.id
+                else:
                     readers.setdefault(i, set()).add(node.op)
-        kept = {}
-        for nid, value in folded.items():
-            if nid not in readers and nid not in program.outputs:
-                kept[nid] = None
-            elif readers.get(nid) == {"matmul"} and isinstance(value, torch.Tensor):
-                kept[nid] = self._as_float64(nid, value)
+        values, kept = {}, {}
+        for node in (n for n in program.nodes if n.id in ids):
+            if node.op == "weight":
+                value = self.field.encode(program.weights[node.attrs["name"]], node.scale).to(self.device)
             else:
-                kept[nid] = value
+                value = self.local(node, spec(node), [values[i] for i in node.inputs])
+            values[node.id] = value
+            if node.id in readers or node.id in program.outputs:
+                as_gemm = readers.get(node.id) == {"matmul"} and isinstance(value, torch.Tensor)
+                kept[node.id] = self._as_float64(node.id, value) if as_gemm else value
+            else:
+                kept[node.id] = None
+            for i in [*node.inputs, node.id]:
+                if last_folded_reader.get(i, node.id) <= node.id and i in values:
+                    del values[i]
         return kept
 
     def _as_float64(self, nid: int, value: torch.Tensor) -> torch.Tensor:
-        """A GEMM operand as float64 (exact below 2^53) with its magnitude remembered."""
+        """A GEMM operand as float64 (exact below 2^53) with its magnitude remembered; as float32
+        where that is exact (below 2^24: half the memory, widened at each use)."""
         bits = magnitude_bits(value)
         if bits > FLOAT64_EXACT_BITS:
             return value
         self.bits[nid] = bits
-        return value.contiguous().double()
+        return value.contiguous().to(torch.float32 if bits <= FLOAT32_EXACT_BITS else torch.float64)
 
     # -- one method per op kind ---------------------------------------------------------------
     def source(self, node, op, xs):
@@ -99,6 +109,7 @@ class RingBackend:
     def product(self, node, op, xs):
         if node.op == "matmul":
             a_bits, b_bits = (self.bits.get(i) for i in node.inputs)
+            xs = [x.double() if x.dtype == torch.float32 else x for x in xs]
             return self.field.matmul(*xs, a_bits=a_bits, b_bits=b_bits)
         return self.field.mul(*xs, **self._mode(node))
 

@@ -85,16 +85,17 @@ def col_l1(v) -> float:
     """max_j sum_k |v_kj| (a vector: its l1 norm)."""
     if isinstance(v, WeightStats):
         return v.col_l1
-    return v.abs().sum(-2 if v.dim() >= 2 else 0).max().item()
+    return v.double().abs().sum(-2 if v.dim() >= 2 else 0).max().item()
 
 
 def row_l1(v) -> float:
-    return v.row_l1 if isinstance(v, WeightStats) else v.abs().sum(-1).max().item()
+    return v.row_l1 if isinstance(v, WeightStats) else v.double().abs().sum(-1).max().item()
 
 
 def row_col_l2(v) -> tuple[float, float]:
     if isinstance(v, WeightStats):
         return v.row_l2, v.col_l2
+    v = v.double()
     return v.norm(dim=-1).max().item(), v.norm(dim=-2).max().item()
 
 
