@@ -109,23 +109,14 @@ def test_plan_errors(tmp_path, capsys):
     assert "plan file not found" in capsys.readouterr().err
 
 
-def _same_up_to_float_ulps(a, b) -> bool:
-    """Equal, except floats calibrated from float32 activations, which move in their low bits (relative 1e-4)."""
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, int | float) and isinstance(b, int | float) and b == pytest.approx(a, rel=1e-4)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_up_to_float_ulps(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(_same_up_to_float_ulps, a, b))
-    return a == b
-
-
 V1_PLAN = Path(__file__).parent / "data" / "plan_v1_random_llama_seq8_lazy.json.gz"  # written by truncbridge at 17e710a
 
 
-def test_a_schema_v1_file_loads_and_matches_todays_plan():
+def test_a_schema_v1_file_loads_and_runs_as_saved():
     """`truncbridge plan --model random-llama --seq-len 8 --policy lazy` as v1 wrote it: it loads, its
-    facts leave the attrs, and it is the plan made today, bit for bit when run."""
+    facts leave the attrs, and saved again in today's schema it is the same plan, bit for bit when
+    run. (Until softmax score ranges were widened from 25% to 50% of their span it was also the plan
+    made today; now today's differs in its softmax recipes, so it is compared by its outputs.)"""
     from truncbridge.backends import RingExecutor
     from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_json
     from truncbridge.frontend.models import load_model
@@ -138,18 +129,16 @@ def test_a_schema_v1_file_loads_and_matches_todays_plan():
     assert any(n.facts.row_stochastic for n in old.program.nodes) and any(n.facts.recipe_params for n in old.program.nodes)
     loaded = load_model("random-llama")
     attach_weights(old, loaded.model, "random-llama")
+    again = plan_from_json(json.loads(json.dumps(plan_to_json(old))), "re-saved plan")
+    attach_weights(again, loaded.model, "random-llama")
+    assert plan_to_json(again) == plan_to_json(old)
     new = build_plan(convert(loaded, 8, 16), plan_config("lazy", 64, 16))
-    old_doc, new_doc = plan_to_json(old), plan_to_json(new)
-    for node in new_doc["nodes"]:  # a Chebyshev fit's error bound is a fact recorded since v2, not a parameter
-        node.get("facts", {}).get("recipe_params", {}).pop("max_error", None)
-    # the placement, scales and recipes are the same; calibrated floats move in their low bits
-    # when transformers changes how it computes a layer (5.23 -> 5.24 did), so those compare closely
-    assert _same_up_to_float_ulps(old_doc["nodes"], new_doc["nodes"])
-    assert old_doc["counts"] == new_doc["counts"]
     inputs = {"tokens": one_hot(torch.arange(8)[None] * 5 % new.model["vocab"], new.model["vocab"])}
-    (want,), _ = RingExecutor(new).run(inputs)
     (got,), _ = RingExecutor(old).run(inputs)
-    assert torch.equal(got, want)
+    assert torch.equal(RingExecutor(again).run(inputs)[0][0], got)
+    (want,), violations = RingExecutor(new).run(inputs, check=True)
+    scale = new.program[new.program.outputs[0]].scale
+    assert violations == 0 and (got - want).abs().max().item() < 2.0 ** (scale - 4)  # the same function, to 2^-4
 
 
 def test_a_plan_with_another_seq_len_is_refused_not_ignored(tmp_path, capsys):

@@ -109,13 +109,14 @@ def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Rang
 
 
 RANGE_MARGIN = 0.25  # widen calibrated intervals by this fraction of their span on each side
+SCORE_RANGE_MARGIN = 0.5  # softmax scores: held-out text went 5% past +25% (README, "Range assumptions")
 
 
 POSITIVE_MARGIN = 4.0  # positive ranges (rsqrt, reciprocal inputs): lo / 4, hi * 4
 
 
-def widened(r: Range) -> tuple[float, float]:
-    pad = RANGE_MARGIN * max(r.hi - r.lo, 1e-3)
+def widened(r: Range, margin: float = RANGE_MARGIN) -> tuple[float, float]:
+    pad = margin * max(r.hi - r.lo, 1e-3)
     return r.lo - pad, r.hi + pad
 
 

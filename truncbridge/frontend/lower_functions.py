@@ -12,7 +12,7 @@ import torch
 
 from ..core.errors import UserError
 from . import recipes
-from .calibrate import positive_range, widened
+from .calibrate import SCORE_RANGE_MARGIN, positive_range, widened
 from .lower_comparisons import COMPARISON_RULES
 from .lower_rules import Secret, on_add, on_mul
 from .walk import aten_name
@@ -68,7 +68,7 @@ def on_exp(lw, node, x) -> Secret:
 
 
 def on_softmax(lw, node, x, dim, half_to_float=False) -> Secret:
-    zlo, zhi = widened(lw.range_of(node))  # ranged by its scores minus their row mean
+    zlo, zhi = widened(lw.range_of(node), SCORE_RANGE_MARGIN)  # ranged by its scores minus their row mean
     return Secret(recipes.softmax(lw.b, x.id, dim, x.keep, zlo, zhi, lw.tol))
 
 
