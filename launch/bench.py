@@ -2,8 +2,10 @@
 
 Placement: truncated elements and truncations per policy on the default model (ratios to eager)
 and the planner's wall time. Emulator: exact ring emulation vs the float model, and the three
-exact matmul paths side by side (torch int64, one float64 GEMM, 16-bit limbs), each measured in
-the same run so the ratios are meaningful on a noisy machine. Private inference: the default
+exact matmul paths side by side (torch int64, float64 GEMMs on 62-bit limbs, one float64 GEMM),
+each measured in the same run so the ratios are meaningful on a noisy machine; then a
+GPT-2-small-shaped Llama (``bench_emulation.py``): emulated / float time and peak memory in
+Z_2^64, Z_2^128 and F_p (p = 2^127 - 1). Private inference: the default
 model run by real CrypTen parties and a separate dealer under mpirun (3PC, then 2PC), every policy
 and vanilla CrypTen in one run, online (after all dealing) and offline (the dealing) apart, with
 the ratios to eager beside what the cost model (``truncbridge report``) predicts. Scale: Llama-7B-
@@ -11,7 +13,8 @@ and Gemma-2B-shaped plans built without the model (``plan --fake-weights``), eac
 time and peak memory against 2 minutes / 4 GB, and their costs side by side.
 
     python launch/bench.py [--seq-len 128] [--windows 8] [--repeat 3] [--time-limit 60]
-                           [--pi-seq-len 32] [--no-pi | --pi-only | --scale-only] [--pi-json-dir DIR]
+                           [--pi-seq-len 32] [--no-pi | --pi-only | --scale-only | --emulation-only]
+                           [--pi-json-dir DIR]
 """
 from __future__ import annotations
 
@@ -166,10 +169,15 @@ def main() -> None:
     ap.add_argument("--pi-only", action="store_true", help="only the private-inference runs")
     ap.add_argument("--pi-json-dir", type=Path, default=None, help="keep run_pi's JSON files here")
     ap.add_argument("--scale-only", action="store_true", help="only the full-size plans (--fake-weights)")
+    ap.add_argument("--emulation-only", action="store_true",
+                    help="only the GPT-2-small-shaped emulation (launch/bench_emulation.py; its own flags there)")
     ap.add_argument("--scale-seq-len", type=int, default=128, help="tokens per full-size plan")
     ap.add_argument("--scale-time-limit", type=float, default=10.0,
                     help="full-size optimal: MILP time limit (s), inside the 120 s plan budget (default 10)")
     args = ap.parse_args()
+    if args.emulation_only:
+        return subprocess.run([sys.executable, str(Path(__file__).parent / "bench_emulation.py"), "--primes", "2^127-1"],
+                              check=True)
     if args.scale_only:
         return bench_scale(args.scale_seq_len, args.scale_time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if args.pi_only:
@@ -183,6 +191,7 @@ def main() -> None:
     bench_placement(converted, args.time_limit)
     bench_emulator(loaded, converted, args.seq_len, args.windows, args.repeat, convert_s)
     bench_matmul(args.repeat)
+    subprocess.run([sys.executable, str(Path(__file__).parent / "bench_emulation.py"), "--primes", "2^127-1"], check=True)
     print("full-size plans without the model (--fake-weights, crypten-exact-3pc):")
     bench_scale(args.scale_seq_len, args.scale_time_limit, Path(tempfile.mkdtemp(prefix="truncbridge-scale-")))
     if not args.no_pi:

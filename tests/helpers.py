@@ -33,6 +33,7 @@ def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bit
 
 
 # the keys of an `emulate` JSON record (and of a `compare` row, with feasible / reason)
-EMULATE_KEYS = {"model", "field_bits", "frac_bits", "policy", "metrics", "counts", "bound_violations", "above_bound",
+EMULATE_KEYS = {"model", "field_bits", "field", "prime", "frac_bits", "policy", "metrics", "counts", "bound_violations",
+                "above_bound",
                 "bound_offenders", "time_s", "recipes_alone_max_abs_error",
                 "truncation_model"}

@@ -19,7 +19,7 @@ def test_emulate_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["emulate", "--seq-len", "32", "--windows", "2", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert set(record) == KEYS
+    assert set(record) == KEYS | {"phase_s"}
     assert set(record["metrics"]) == METRIC_KEYS
     assert set(record["counts"]) == COUNT_KEYS
     assert set(record["time_s"]) == {"float", "emulated"}
@@ -59,7 +59,13 @@ BAD = [
     (["--model", "./no/such/dir"], "model directory not found"),
     (["--frac-bits", "64"], "--frac-bits"),
     (["--frac-bits", "20", "--field-bits", "16"], "--frac-bits"),
-    (["--field-bits", "65"], "--field-bits"),
+    (["--field-bits", "129"], "--field-bits must be between 2 and 128"),
+    (["--field-bits", "1"], "--field-bits must be between 2 and 128"),
+    (["--prime", "91"], "--prime 91 is not prime"),
+    (["--prime", "2^127+1"], "below 2^127"),
+    (["--prime", "2"], "odd prime"),
+    (["--prime", "65521"], "below F_p's 15 value bits"),  # 16 fraction bits do not fit
+    (["--prime", "two"], "expected an integer"),
     (["--seq-len", "0"], "must be positive"),
     (["--seq-len", "-4"], "must be positive"),
     (["--seq-len", "abc"], "expected an integer"),

@@ -38,7 +38,7 @@ def test_emulate_runs_a_plan_file(plan_file, tmp_path):
     out = tmp_path / "r.json"
     assert main(["emulate", "--plan", str(plan_file), "--windows", "2", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
-    assert set(rec) == EMULATE_KEYS
+    assert set(rec) == EMULATE_KEYS | {"phase_s"}
     assert rec["policy"] == "lazy" and rec["bound_violations"] == 0
     assert rec["counts"] == json.loads(plan_file.read_text())["counts"]
 

@@ -1,4 +1,5 @@
-"""The emulator's integers equal an independent Python-int computation in Z_2^l."""
+"""The emulator's integers equal an independent Python-int computation in Z_2^l (2 <= l <= 128)
+and in prime fields F_p (signed representatives), through the whole executor."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from truncbridge.backends import RingExecutor
 from truncbridge.core.errors import UserError
+from truncbridge.core.fields import prime_capacity_bits
 from truncbridge.core.gemm import gemm_count
 from truncbridge.core.ir import Node, Program
 from truncbridge.core.ring import Ring, matmul_mod64
@@ -21,14 +23,24 @@ def signed(v: int, bits: int) -> int:
     return v - (1 << bits) if v >= 1 << (bits - 1) else v
 
 
-class Reference:
-    """Plain Python integers, reduced mod 2^bits after every operation; no torch involved."""
+def signed_mod(v: int, p: int) -> int:
+    """The representative of v mod p in [-(p-1)/2, (p-1)/2]."""
+    v %= p
+    return v - p if v > (p - 1) // 2 else v
 
-    def __init__(self, bits):
+
+P61, P127 = 2**61 - 1, 170141183460469230551095682998472802077  # prime, and sympy.prevprime(2^127 - 2^70)
+
+
+class Reference:
+    """Plain Python integers, reduced mod 2^bits (or mod prime) after every operation; no torch."""
+
+    def __init__(self, bits, prime=None):
         self.bits = bits
+        self.reduce = (lambda v: signed_mod(v, prime)) if prime else (lambda v: signed(v, bits))
 
     def map2(self, a, b, fn):
-        return [[signed(fn(x, y), self.bits) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+        return [[self.reduce(fn(x, y)) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
 
     def run(self, op, args, attrs, consts):
         a = args[0]
@@ -44,25 +56,37 @@ class Reference:
             return self.map2(a, consts[attrs["const"]], lambda x, c: x + c)
         if op == "trunc":  # Python >> is floor division
             half = (1 << attrs["shift"]) >> 1 if attrs["rounding"] == "nearest" else 0
-            return self.map2(a, a, lambda x, _: signed(x + half, self.bits) >> attrs["shift"])
+            return self.map2(a, a, lambda x, _: self.reduce(x + half) >> attrs["shift"])
         if op == "shl":
             return self.map2(a, a, lambda x, _: x << attrs["shift"])
         if op == "matmul":
             b = args[1]
-            return [[signed(sum(a[i][k] * b[k][j] for k in range(N)), self.bits) for j in range(N)] for i in range(N)]
+            return [[self.reduce(sum(a[i][k] * b[k][j] for k in range(N))) for j in range(N)] for i in range(N)]
         if op == "sum":  # over dim 1, keepdim: broadcast back is not needed, keep N x 1
-            return [[signed(sum(row), self.bits)] for row in a]
+            return [[self.reduce(sum(row))] for row in a]
         raise AssertionError(op)
 
 
 OPS = ("add", "mul", "neg", "mul_public", "add_public", "trunc", "shl", "matmul", "sum")
 
 
+FIELDS = [(bits, None) for bits in (2, 8, 16, 31, 32, 33, 48, 63, 64, 65, 96, 127, 128)] + [
+    (0, P61), (0, P127), (0, 65521)]
+
+
+ANY_FIELD = st.sampled_from(FIELDS) | st.builds(lambda b: (b, None), st.integers(2, 128))
+
+
 @st.composite
 def programs(draw):
-    bits = draw(st.sampled_from([2, 8, 16, 31, 32, 33, 48, 63, 64]) | st.integers(2, 64))
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    ring_ints = st.integers(lo, hi)
+    """(bits, prime, inputs, steps): a random program of up to 12 ops on N x N integers."""
+    bits, prime = draw(ANY_FIELD)
+    if prime:
+        bits = prime_capacity_bits(prime)
+        lo, hi = -((prime - 1) // 2), (prime - 1) // 2
+    else:
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    ring_ints = st.integers(max(lo, -(2**63)), min(hi, 2**63 - 1))  # inputs arrive as int64
     matrix = st.lists(st.lists(ring_ints, min_size=N, max_size=N), min_size=N, max_size=N)
     n_inputs = draw(st.integers(1, 3))
     values = [draw(matrix) for _ in range(n_inputs)]
@@ -74,7 +98,7 @@ def programs(draw):
         j = draw(st.sampled_from(square))
         attrs = {}
         if op in ("trunc", "shl"):
-            attrs["shift"] = draw(st.integers(0, bits - 1))
+            attrs["shift"] = draw(st.integers(0, bits + 1))
         if op == "trunc":
             attrs["rounding"] = draw(st.sampled_from(["nearest", "floor"]))
         if op in ("mul_public", "add_public"):  # public constants come from float64: |c| < 2^53
@@ -82,10 +106,10 @@ def programs(draw):
             attrs["value"] = draw(st.lists(st.lists(st.integers(-c, c - 1), min_size=N, max_size=N), min_size=N, max_size=N))
         steps.append((op, (i, j) if op in ("add", "mul", "matmul") else (i,), attrs))
         values.append([[0]] if op == "sum" else [[0] * N] * N)
-    return bits, values[:n_inputs], steps
+    return bits, prime, values[:n_inputs], steps
 
 
-def build(bits, inputs, steps):
+def build(bits, inputs, steps, prime=None):
     prog = Program()
     for k, _ in enumerate(inputs):
         prog.nodes.append(Node(k, "input", (), (N, N), {"name": f"x{k}"}, scale=0))
@@ -101,24 +125,25 @@ def build(bits, inputs, steps):
             attrs.update(dims=[1], keepdim=True)
         prog.nodes.append(Node(nid, op, ins, shape, attrs, scale=0))
     prog.outputs = list(range(len(inputs), len(prog.nodes)))
-    return Plan(prog, PlanConfig(bits, 0, "test"), {n.id: bits for n in prog.nodes})
+    return Plan(prog, PlanConfig(bits, 0, "test", prime=prime), {n.id: bits for n in prog.nodes})
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(programs())
 def test_random_programs_match_python_integers(case):
-    bits, inputs, steps = case
-    plan = build(bits, inputs, steps)
+    bits, prime, inputs, steps = case
+    plan = build(bits, inputs, steps, prime)
     ints = {f"x{k}": torch.tensor(v, dtype=torch.int64) for k, v in enumerate(inputs)}
-    outs, _ = RingExecutor(plan).run(ints)
+    executor = RingExecutor(plan)
+    outs, _ = executor.run(ints)
 
-    ref = Reference(bits)
-    env = [[[signed(x, bits) for x in row] for row in v] for v in inputs]
+    ref = Reference(bits, prime)
+    env = [[[ref.reduce(x) for x in row] for row in v] for v in inputs]
     consts = {k: [[int(x) for x in row] for row in v.tolist()] for k, v in plan.program.consts.items()}
     for node in plan.program.nodes[len(inputs):]:
         env.append(ref.run(node.op, [env[i] for i in node.inputs], node.attrs, consts))
     for out_id, got in zip(plan.program.outputs, outs):
-        assert got.tolist() == env[out_id], plan.program.nodes[out_id].op
+        assert executor.backend.field.to_ints(got) == env[out_id], plan.program.nodes[out_id].op
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,11 +14,15 @@ def _check_output_path(path: str | None, flag: str) -> None:
         raise UserError(f"{flag}: directory does not exist: {Path(path).resolve().parent}")
 
 
-def _check_field(field_bits: int, frac_bits: int) -> None:
-    if not 2 <= field_bits <= 64:
-        raise UserError(f"--field-bits must be between 2 and 64, got {field_bits}")
-    if not 1 <= frac_bits < field_bits:
-        raise UserError(f"--frac-bits must be at least 1 and below --field-bits {field_bits}, got {frac_bits}")
+def _check_field(field_bits: int, frac_bits: int, prime: int | None = None) -> int:
+    """The field's value bits, after one clear error for a field that cannot hold the representation."""
+    from .core.fields import check_prime, check_ring_bits, prime_capacity_bits
+
+    bits = prime_capacity_bits(check_prime(prime)) if prime is not None else check_ring_bits(field_bits)
+    what = f"F_p's {bits} value bits" if prime is not None else f"--field-bits {bits}"
+    if not 1 <= frac_bits < bits:
+        raise UserError(f"--frac-bits must be at least 1 and below {what}, got {frac_bits}")
+    return bits
 
 
 def _check_device(device: str) -> None:
@@ -44,12 +48,14 @@ def _eval_windows(args, loaded, seq_len: int):
     return tokenize_windows(loaded.tokenizer, text, seq_len, args.windows, what=source), source
 
 
-def _config(args, policy: str | None = None, field_bits: int | None = None):
+def _config(args, policy: str | None = None, field_bits: int | None = None, prime: int | None = None):
     from .pipeline import plan_config
 
-    return plan_config(policy or args.policy, field_bits or args.field_bits, args.frac_bits, protocol=args.protocol,
+    if field_bits is None:  # emulate and plan: one field from the flags
+        field_bits, prime = args.field_bits, args.prime
+    return plan_config(policy or args.policy, field_bits, args.frac_bits, protocol=args.protocol,
                        headroom_bits=args.headroom, bounds=args.bounds, margin_bits=args.margin_bits,
-                       time_limit_s=args.time_limit)
+                       time_limit_s=args.time_limit, prime=prime)
 
 
 def _emulation_record(name, plan, result, check: bool, truncation: str = "nearest") -> dict:
@@ -57,6 +63,8 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
         "truncation_model": truncation,
         "model": name,
         "field_bits": plan.field_bits,
+        "field": plan.field_name,
+        "prime": plan.prime,
         "frac_bits": plan.frac_bits,
         "policy": plan.policy,
         "metrics": result.metrics,
@@ -92,7 +100,7 @@ def cmd_emulate(args) -> dict:
             raise UserError(f"--seq-len {args.seq_len} differs from the plan's {seq_len} tokens: a plan is made for "
                             f"one length; drop --seq-len, or make a plan for {args.seq_len}")
     else:
-        _check_field(args.field_bits, args.frac_bits)
+        _check_field(args.field_bits, args.frac_bits, args.prime)
         loaded = load_model(args.model, args.preset)
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
@@ -110,6 +118,7 @@ def cmd_emulate(args) -> dict:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
                          truncation=truncation, seed=args.seed, recipes_error=args.recipes_error)
     record = _emulation_record(loaded.label, plan, result, args.check, truncation)
+    record["phase_s"] = {**timings, **({"placement": plan.solver["wall_s"]} if timings else {})}
     print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
@@ -122,7 +131,7 @@ def cmd_plan(args) -> None:
     from .pipeline import build_plan, convert
     from .report import print_plan_summary
 
-    _check_field(args.field_bits, args.frac_bits)
+    _check_field(args.field_bits, args.frac_bits, args.prime)
     _check_output_path(args.output, "-o")
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
     converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
@@ -175,6 +184,7 @@ def _report_side_by_side(args) -> None:
 
 def cmd_compare(args) -> list[dict]:
     from .analysis.cost import plan_costs
+    from .core.fields import field_name
     from .core.protocols import load_network, load_protocol
     from .core.types import POLICIES
     from .frontend.models import load_model
@@ -184,10 +194,10 @@ def cmd_compare(args) -> list[dict]:
     _check_output_path(args.json, "--json")
     _check_output_path(args.plot, "--plot")
     _check_device(args.device)
-    if not args.field_bits or not args.policies:
-        raise UserError("--field-bits and --policies need at least one value each")
-    for fb in args.field_bits:
-        _check_field(fb, args.frac_bits)
+    if not (args.field_bits or args.primes) or not args.policies:
+        raise UserError("--field-bits (or --primes) and --policies need at least one value each")
+    fields = sorted([(_check_field(fb, args.frac_bits), None) for fb in args.field_bits] +
+                    [(_check_field(0, args.frac_bits, p), p) for p in args.primes], key=lambda f: (f[0], f[1] or 0))
     for pol in args.policies:
         if pol not in POLICIES:
             raise UserError(f"unknown policy {pol!r}: choose from {', '.join(POLICIES)}")
@@ -197,16 +207,17 @@ def cmd_compare(args) -> list[dict]:
     protocol, network = load_protocol(args.protocol), load_network("lan")
     rows, rounds = [], []
     sites: dict[str, list] = {}  # policy -> truncation sites of its plans at smaller fields
-    with progress_bar(len(args.field_bits) * len(args.policies), "planning and emulating") as advance:
-        for fb in sorted(args.field_bits):
+    with progress_bar(len(fields) * len(args.policies), "planning and emulating") as advance:
+        for fb, prime in fields:
             for pol in args.policies:
                 try:
                     # a placement that fits a smaller field fits this one: optimal starts from it
                     hints = tuple(sites.get("optimal", [])) + tuple(sites.get("lazy", [])[-1:])
-                    plan = build_plan(converted, _config(args, pol, fb), hints)
+                    plan = build_plan(converted, _config(args, pol, fb, prime), hints)
                     sites.setdefault(pol, []).append(plan.sites)
                 except UserError as exc:
-                    rows.append({"model": loaded.name, "field_bits": fb, "frac_bits": args.frac_bits, "policy": pol,
+                    rows.append({"model": loaded.name, "field_bits": fb, "field": field_name(fb, prime), "prime": prime,
+                                 "frac_bits": args.frac_bits, "policy": pol,
                                  "metrics": None, "counts": None, "bound_violations": None,
                                  "above_bound": None, "bound_offenders": None, "time_s": None,
                                  "recipes_alone_max_abs_error": None, "truncation_model": "nearest",

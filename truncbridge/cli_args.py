@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from .core.errors import ArgumentParser
 
@@ -26,6 +27,23 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def big_int(text: str) -> int:
+    """An integer as written: decimal, 0x hex, or 2^k +- c (e.g. 2^61-1, 2^127-1)."""
+    spelled = text.replace(" ", "").replace("**", "^")
+    match = re.fullmatch(r"2\^(\d+)(?:([+-])(\d+))?", spelled)
+    if match:
+        k, sign, c = match.groups()
+        return 2 ** int(k) + (int(c) if sign == "+" else -int(c) if sign else 0)
+    try:
+        return int(spelled, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer such as 2305843009213693951 or 2^61-1, got {text!r}") from None
+
+
+def _big_int_list(text: str) -> list[int]:
+    return [big_int(x) for x in text.split(",") if x.strip()]
+
+
 def _word_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -47,7 +65,9 @@ def _add_numeric_args(p, lists=False):
     from .core.types import BOUNDS_MODES, OPTIMAL_TIME_LIMIT_S, POLICIES
 
     if not lists:
-        p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..64, default 64)")
+        p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..128, default 64)")
+        p.add_argument("--prime", type=big_int, default=None,
+                       help="compute in the prime field F_p instead (p < 2^127, e.g. 2^61-1; signed encoding)")
         p.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
     p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
     p.add_argument("--relu", default="comparison", choices=("comparison", "smooth"),
@@ -111,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(cmp)
     _add_numeric_args(cmp, lists=True)
     _add_eval_args(cmp, windows=4)
-    cmp.add_argument("--field-bits", type=_int_list, default=[40, 48, 56, 64], help="comma-separated (default 40,48,56,64)")
+    cmp.add_argument("--field-bits", type=_int_list, default=[40, 48, 56, 64],
+                     help="ring sizes, comma-separated (default 40,48,56,64; up to 128)")
+    cmp.add_argument("--primes", type=_big_int_list, default=[], help="prime fields too, comma-separated (e.g. 2^61-1)")
     cmp.add_argument("--policies", type=_word_list, default=["eager", "lazy", "optimal"], help="comma-separated")
     cmp.add_argument("--json", help="write the rows as a JSON list to this path")
     cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")

@@ -44,7 +44,7 @@ def _offenders_table(offenders: list[dict]) -> Table:
 
 def print_emulation(record: dict, plan, timings: dict, result, source: str) -> None:
     m, c = record["metrics"], record["counts"]
-    title = (f"truncbridge emulate — {record['model']}  (Z_2^{record['field_bits']}, "
+    title = (f"truncbridge emulate — {record['model']}  ({record['field']}, "
              f"{record['frac_bits']} fractional bits, {record['policy']} truncation)")
     v = record["bound_violations"]
     console.print(two_column([
@@ -111,7 +111,7 @@ def print_plan_summary(plan, path: str) -> None:
     model = plan.model
     rows = [
         ("model", f"{model['name']} (seq {model['seq_len']}, weights {model['hash'][:12]})"),
-        ("field / fraction bits", f"Z_2^{plan.field_bits} / {plan.frac_bits}"),
+        ("field / fraction bits", f"{plan.field_name} / {plan.frac_bits}"),
         ("protocol / headroom", f"{plan.protocol} / {plan.config.headroom_bits} bits"),
         ("policy / bounds", f"{plan.policy} / {plan.config.bounds}"),
         ("nodes", f"{len(plan.program.nodes):,}"),
@@ -156,7 +156,7 @@ def print_report(plan, costs: dict, network: str) -> None:
         ("communication per party", _fmt_bytes(costs["bytes"])),
         ("estimated latency", f"{costs['latency_s']:.3f} s"),
         ("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}"),
-    ], title=f"truncbridge report — {plan.model['name']}, {plan.policy}, Z_2^{plan.field_bits}, "
+    ], title=f"truncbridge report — {plan.model['name']}, {plan.policy}, {plan.field_name}, "
              f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}"))
 
     layers = Table(title="per layer", title_justify="left")
@@ -198,11 +198,11 @@ def print_compare(rows: list[dict], rounds: list, protocol: str, source: str, wi
         t.add_column(col, justify="right", overflow="fold")
     for row, r in zip(rows, rounds):
         if not row["feasible"]:
-            t.add_row(str(row["field_bits"]), row["policy"], "infeasible", "", "", "", "",
+            t.add_row(row["field"], row["policy"], "infeasible", "", "", "", "",
                       row["reason"].split(" (|value|")[0])
             continue
         m, c = row["metrics"], row["counts"]
-        t.add_row(str(row["field_bits"]), row["policy"], f"{c['truncated_elements']:,}", f"{c['truncations']:,}",
+        t.add_row(row["field"], row["policy"], f"{c['truncated_elements']:,}", f"{c['truncations']:,}",
                   f"{r:,.0f}", f"{m['top1_agreement']:.4f}", f"{m['ppl_emulated'] / m['ppl_float']:.4f}",
                   str(row["bound_violations"]))
     console.print(t)

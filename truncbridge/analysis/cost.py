@@ -26,8 +26,8 @@ def opened_elements(plan: Plan, node) -> int:
 
 
 def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
-    protocol.check_ring(plan.field_bits)
-    l = plan.field_bits
+    protocol.check_ring(plan.field_bits, plan.prime)
+    l = plan.field_bits if plan.prime is None else plan.prime.bit_length()  # bits of one element on the wire
     nodes = plan.program.nodes
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)

@@ -48,9 +48,8 @@ class RingExecutor:
     def __init__(self, plan: Plan, device: str | torch.device = "cpu", truncation: str = "nearest", seed: int = 0):
         if truncation not in TRUNCATION_MODELS:
             raise UserError(f"unknown truncation model {truncation!r}: choose one of {', '.join(TRUNCATION_MODELS)}")
-        if truncation != "nearest" and plan.field_bits != 64:
-            raise UserError(f"truncation model {truncation} is for the ring Z_2^64, "
-                            f"not a {plan.field_bits}-bit field")
+        if truncation != "nearest" and (plan.field_bits != 64 or plan.prime is not None):
+            raise UserError(f"truncation model {truncation} is for the ring Z_2^64, not {plan.field_name}")
         self.plan = plan
         self.device = torch.device(device)
         generator = _generator(self.device, seed) if truncation != "nearest" else None

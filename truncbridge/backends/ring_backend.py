@@ -16,9 +16,9 @@ from collections import Counter
 
 import torch
 
+from ..core.fields import make_field
 from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits
 from ..core.ops import spec
-from ..core.ring import Ring
 from ..core.types import Plan
 from .truncation_models import sample_truncation
 
@@ -34,7 +34,7 @@ class RingBackend:
     def __init__(self, plan: Plan, device: torch.device, truncation: str, generator: torch.Generator | None,
                  field=None):
         self.plan, self.device = plan, device
-        self.field = field if field is not None else Ring(plan.field_bits)
+        self.field = field if field is not None else make_field(plan.field_bits, plan.prime)
         self.truncation, self.generator = truncation, generator
         program = plan.program
         self.encoded = {n.id: self.field.encode_public(program.consts[n.attrs["const"]], _const_scale(n)).to(device)
@@ -43,7 +43,7 @@ class RingBackend:
         self.inputs: dict[str, torch.Tensor] = {}
         self.bits: dict[int, int] = {}  # magnitude bits of folded values kept as float64
         self.precomputed = self._fold()
-        self.in_place = _in_place_nodes(plan, set(self.precomputed)) if isinstance(self.field, Ring) else set()
+        self.in_place = _in_place_nodes(plan, set(self.precomputed))
 
     # -- folding ----------------------------------------------------------------------------
     def _fold(self) -> dict[int, object]:
@@ -109,7 +109,7 @@ class RingBackend:
     def product(self, node, op, xs):
         if node.op == "matmul":
             a_bits, b_bits = (self.bits.get(i) for i in node.inputs)
-            xs = [x.double() if x.dtype == torch.float32 else x for x in xs]
+            xs = [x.double() if getattr(x, "dtype", None) == torch.float32 else x for x in xs]
             return self.field.matmul(*xs, a_bits=a_bits, b_bits=b_bits)
         return self.field.mul(*xs, **self._mode(node))
 
@@ -158,7 +158,8 @@ def _in_place_nodes(plan: Plan, folded: set[int]) -> set[int]:
         if node.op not in IN_PLACE_OPS or not node.inputs:
             continue
         first = program[node.inputs[0]]
-        fresh = (spec(first).kind in FRESH_KINDS or first.op in FRESH_LOCAL_OPS) and first.id not in folded
+        fresh = ((spec(first).kind in FRESH_KINDS or first.op in FRESH_LOCAL_OPS) and first.id not in folded
+                 and not (first.op == "trunc" and first.attrs["shift"] == 0))  # a 0-bit truncation returns its input
         if (fresh and readers[first.id] == 1 and node.inputs.count(first.id) == 1 and first.id not in outputs
                 and tuple(first.shape) == tuple(node.shape)):
             found.add(node.id)

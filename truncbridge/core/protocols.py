@@ -41,10 +41,11 @@ class Protocol:
     def truncation_kind(self) -> str:
         return self.data["truncation"]["kind"]
 
-    def check_ring(self, field_bits: int) -> None:
+    def check_ring(self, field_bits: int, prime: int | None = None) -> None:
         ring = self.data.get("ring_bits")
-        if ring is not None and ring != field_bits:
-            raise UserError(f"protocol {self.name} works in Z_2^{ring} only, not a {field_bits}-bit field")
+        if ring is not None and (ring != field_bits or prime is not None):
+            what = "a prime field" if prime is not None else f"a {field_bits}-bit field"
+            raise UserError(f"protocol {self.name} works in Z_2^{ring} only, not {what}")
 
     def rounds(self, op: str, l: int) -> float:
         return _formula(self.data[op]["rounds"], l)

@@ -95,7 +95,9 @@ class Ring:
 
     @staticmethod
     def trunc_floor(a: torch.Tensor, shift: int, in_place: bool = False) -> torch.Tensor:
-        """Exact (faithful) truncation: floor(a / 2^shift) of the signed representative."""
+        """Exact (faithful) truncation: floor(a / 2^shift) of the signed representative (a shift past
+        bit 63 leaves the sign, as shifting by 63 does)."""
+        shift = min(shift, 63)
         return a.bitwise_right_shift_(shift) if in_place else torch.bitwise_right_shift(a, shift)
 
     def trunc_nearest(self, a: torch.Tensor, shift: int, in_place: bool = False) -> torch.Tensor:
@@ -104,8 +106,9 @@ class Ring:
         unbiased (a floor's -1/2 LSB average adds up coherently along a chain of products)."""
         if shift == 0:
             return a
-        half = 1 << (shift - 1)
-        return self._reduce_(a.add_(half) if in_place else a + half).bitwise_right_shift_(shift)
+        half = (1 << (shift - 1)) % 2**64  # 2^(shift-1) as a ring element (int64 wraps)
+        half = half - 2**64 if half >= 2**63 else half
+        return self._reduce_(a.add_(half) if in_place else a + half).bitwise_right_shift_(min(shift, 63))
 
     def nonneg(self, a: torch.Tensor) -> torch.Tensor:
         """1 where the signed value is >= 0, else 0 (a comparison's result, at scale 0)."""

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .fields import check_prime, check_ring_bits, field_name, prime_capacity_bits
 from .ir import Node, Program
 from .ops import spec
 
@@ -46,6 +47,7 @@ class PlanConfig:
     bounds: str = "static"  # static analysis, or calibrated maxima
     margin_bits: int | None = None  # calibrated bounds: safety margin (None with static bounds)
     time_limit_s: float = OPTIMAL_TIME_LIMIT_S  # optimal: the MILP's time limit
+    prime: int | None = None  # a prime field F_p (field_bits is then its capacity, ``core.fields``)
 
     def validate(self) -> PlanConfig:
         """The config, if a plan can be made under it (one clear error otherwise)."""
@@ -57,6 +59,13 @@ class PlanConfig:
             raise UserError(f"--headroom must be >= 0 bits, got {self.headroom_bits}")
         if self.margin_bits is not None and self.margin_bits < 0:
             raise UserError(f"calibration margin must be >= 0 bits, got {self.margin_bits}")
+        if self.prime is not None:
+            check_prime(self.prime)
+            if self.field_bits != prime_capacity_bits(self.prime):
+                raise UserError(f"F_p with p = {self.prime} holds {prime_capacity_bits(self.prime)}-bit values, "
+                                f"not {self.field_bits}")
+        else:
+            check_ring_bits(self.field_bits)
         if not 0 < self.frac_bits < self.field_bits:
             raise UserError(f"frac bits must be between 1 and field bits - 1 "
                             f"(got {self.frac_bits} with a {self.field_bits}-bit field)")
@@ -69,6 +78,10 @@ class PlanConfig:
     def budget_bits(self) -> int:
         """Integer bits (sign included) a value may use."""
         return self.field_bits - self.headroom_bits
+
+    @property
+    def field_name(self) -> str:
+        return field_name(self.field_bits, self.prime)
 
 
 @dataclass
@@ -87,6 +100,8 @@ class Plan:
     policy = property(lambda self: self.config.policy)
     budget_bits = property(lambda self: self.config.budget_bits)
     protocol = property(lambda self: self.config.protocol)
+    prime = property(lambda self: self.config.prime)
+    field_name = property(lambda self: self.config.field_name)
 
     def bound_bits(self, node: Node) -> int:
         """Promised bits of the node's ring integer, sign included."""

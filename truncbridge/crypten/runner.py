@@ -35,8 +35,8 @@ MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring val
 
 class PlanRunner:
     def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER):
-        if plan.field_bits != 64:
-            raise UserError(f"CrypTen computes in Z_2^64: this plan is for a {plan.field_bits}-bit field")
+        if plan.field_bits != 64 or plan.prime is not None:
+            raise UserError(f"CrypTen computes in Z_2^64: this plan is for {plan.field_name}")
         if truncation not in PROTOCOLS:
             raise UserError(f"unknown truncation protocol {truncation!r}: choose {' or '.join(PROTOCOLS)}")
         bad = sorted({n.attrs["shift"] for n in plan.program.nodes if n.op == "trunc"
