@@ -144,6 +144,39 @@ def test_random_programs_match_python_integers(case):
         env.append(ref.run(node.op, [env[i] for i in node.inputs], node.attrs, consts))
     for out_id, got in zip(plan.program.outputs, outs):
         assert executor.backend.field.to_ints(got) == env[out_id], plan.program.nodes[out_id].op
+    # only the last value an output: values die early, so ops run in place and products carry their
+    # truncation's offset (``ring_backend``) — the same integers
+    plan.program.outputs = plan.program.outputs[-1:]
+    last = RingExecutor(plan)
+    (got,), _ = last.run(ints)
+    assert last.backend.field.to_ints(got) == env[plan.program.outputs[0]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(FIELDS), st.data())
+def test_fused_offsets_and_in_place_ops_keep_the_integers(field, data):
+    """(x * y) truncated to nearest, then + x, negated, public product truncated: the products
+    carry their truncation's offset and the later ops overwrite their inputs — exactly as Python
+    integers say (negative control: dropping the fused offset fails this)."""
+    bits, prime = field
+    bits = prime_capacity_bits(prime) if prime else bits
+    ints = st.integers(-(2 ** min(bits - 2, 62)), 2 ** min(bits - 2, 62))
+    matrix = st.lists(st.lists(ints, min_size=N, max_size=N), min_size=N, max_size=N)
+    inputs = [data.draw(matrix), data.draw(matrix)]
+    k = data.draw(st.integers(1, bits - 1))
+    steps = [("mul", (0, 1), {}), ("trunc", (2,), {"shift": k, "rounding": "nearest"}), ("add", (3, 0), {}),
+             ("neg", (4,), {}), ("mul_public", (5,), {"value": [[3, -5, 7]] * N}),
+             ("trunc", (6,), {"shift": 1, "rounding": "nearest"})]
+    plan = build(bits, inputs, steps, prime)
+    plan.program.outputs = [len(plan.program.nodes) - 1]
+    executor = RingExecutor(plan)
+    assert set(executor.backend.offsets) == {2, 6} and {3, 4, 5, 7} <= executor.backend.in_place
+    (got,), _ = executor.run({f"x{i}": torch.tensor(v) for i, v in enumerate(inputs)})
+    ref = Reference(bits, prime)
+    env = [[[ref.reduce(x) for x in row] for row in v] for v in inputs]
+    for node in plan.program.nodes[2:]:
+        env.append(ref.run(node.op, [env[i] for i in node.inputs], node.attrs, {"c6": [[3, -5, 7]] * N}))
+    assert executor.backend.field.to_ints(got) == env[-1]
 
 
 @settings(max_examples=60, deadline=None)

@@ -114,6 +114,8 @@ def cmd_emulate(args) -> dict:
         from .core.protocols import load_protocol
 
         truncation = truncation_model_for(load_protocol(plan.protocol if args.plan else args.protocol))
+    if args.device != "cpu":  # the float model runs where the emulation does: its time is the baseline
+        loaded.model.to(args.device)
     with progress_bar(len(windows), "emulating") as advance:
         result = emulate(loaded.model, plan, windows, device=args.device, check=args.check, progress=advance,
                          truncation=truncation, seed=args.seed, recipes_error=args.recipes_error)

@@ -85,7 +85,8 @@ def _add_numeric_args(p, lists=False):
 def _add_eval_args(p, windows=DEFAULT_WINDOWS):
     p.add_argument("--text", help="evaluation text file (default: the model's held-out text)")
     p.add_argument("--windows", type=positive_int, default=windows, help=f"at most this many windows (default {windows})")
-    p.add_argument("--device", default="cpu", help="torch device for the emulator (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the emulator and the float model it is compared with (cpu, cuda, cuda:1, ...)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,13 +187,14 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
     if windows.shape[1] != seq_len:
         raise UserError(f"the plan was made for windows of {seq_len} tokens, not {windows.shape[1]}")
     executor = RingExecutor(plan, device, truncation, seed)
+    model_device = next(model.parameters()).device  # both results end on the CPU: both timings include that
     floats, emus, irs = [], [], []
     t_float = t_emu = 0.0
     violations = 0
     for w in windows:
         t = time.perf_counter()
         with torch.no_grad():
-            floats.append(model_output(model, w[None])[0].double())
+            floats.append(model_output(model, w[None].to(model_device))[0].double().cpu())
         t_float += time.perf_counter() - t
         inputs = {"tokens": one_hot(w[None], vocab)}
         t = time.perf_counter()

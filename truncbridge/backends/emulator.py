@@ -56,6 +56,7 @@ class RingExecutor:
         self.backend = RingBackend(plan, self.device, truncation, generator)
         self.offenders: dict[int, Offender] = {}
         self._folded_checked, self._folded_minmax = False, {}
+        self._promises: dict[int, tuple] = {}
         self._const_extremes = {nid: self._measure(c) for nid, c in self.backend.encoded.items()}
 
     def run(self, inputs: dict[str, torch.Tensor], check: bool = False) -> tuple[list[torch.Tensor], int]:
@@ -90,19 +91,19 @@ class RingExecutor:
         the rounding floor counts as the floor) — a calibrated-range assumption can be exceeded
         well before a bit is. Extremes derived from the inputs' (``extremes``) settle most nodes
         without a pass over the data; the rest are measured."""
-        bound, bits, f = self.plan.bounds[node.id], self.plan.bound_bits(node), self.plan.frac_bits
-        promised = max(bound.value, 2.0 ** (ROUNDING_FLOOR_BITS - f))  # the floor needed_bits gives tiny values
-        limit = (promised * (1 + BOUND_SLACK_REL) + BOUND_SLACK_UNITS * 2.0**-f) * 2.0**node.scale
-        half = 2.0 ** (bits - 1)  # the bit width holds the integers in [-half, half): only 0 when bits < 1
+        limit, half, bits = self._promises.get(node.id) or self._promise(node)
         derived = derive(node, [self._minmax.get(i) for i in node.inputs], self.plan.field_bits,
                          self._const_extremes.get(node.id), self.backend.truncation == "nearest")
+        offset = self.backend.offsets.get(node.id, 0)  # a product that carries its truncation's offset
         for candidate in ([derived] if derived is not None else []) + [None]:
-            lo, hi = candidate if candidate is not None else self._measure(v)
+            lo, hi = candidate if candidate is not None else [e - offset for e in self._measure(v)]
             self._minmax[node.id] = (lo, hi)
             seen = max(-lo, hi)
-            fits = bits >= self.plan.field_bits or (-lo <= half and hi < half)
+            fits = half is None or (-lo <= half and hi < half)
             if seen <= limit and fits:
                 return
+        v = v - offset if offset else v
+        bound = self.plan.bounds[node.id]
         found = self.offenders.setdefault(node.id, Offender(node.id, node.op, node.origin or "", bound.value,
                                                                bound.source))
         real = self.backend.field.to_float(v)
@@ -110,6 +111,16 @@ class RingExecutor:
         if not fits:
             found.beyond_bits += self.backend.field.outside_bits(v, bits)
         found.seen = max(found.seen, seen / 2.0**node.scale)
+
+    def _promise(self, node) -> tuple[float, float | None, int]:
+        """(limit on |integer|, half of the bit width's range or None where the width is the
+        field's, bits) of a node: the same every run, so computed once."""
+        bound, bits, f = self.plan.bounds[node.id], self.plan.bound_bits(node), self.plan.frac_bits
+        promised = max(bound.value, 2.0 ** (ROUNDING_FLOOR_BITS - f))  # the floor needed_bits gives tiny values
+        limit = (promised * (1 + BOUND_SLACK_REL) + BOUND_SLACK_UNITS * 2.0**-f) * 2.0**node.scale
+        half = None if bits >= self.plan.field_bits else 2.0 ** (bits - 1)  # [-half, half): 0 when bits < 1
+        self._promises[node.id] = (limit, half, bits)
+        return self._promises[node.id]
 
     def _measure(self, v) -> tuple[int | float, int | float]:
         """The value's (min, max) integers: exact Python ints from int64 tensors."""

@@ -81,6 +81,11 @@ class Ring:
     def mul(self, a: torch.Tensor, b: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         return self._reduce_(a.mul_(b) if in_place else a * b)
 
+    def mul_add(self, a: torch.Tensor, b: torch.Tensor, c: int) -> torch.Tensor:
+        """a * b + c for a public integer c, in one pass."""
+        c = (c + 2**63) % 2**64 - 2**63  # as an int64 (the ring wraps anyway)
+        return self._reduce_(torch.addcmul(torch.tensor(c, dtype=torch.int64, device=a.device), a, b))
+
     def shl(self, a: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
         """Multiply by the public integer 2^k."""
         if k >= 64:

@@ -118,6 +118,10 @@ class _Field:
             return self._mul_exact(a, b)
         return self._fit(*w.mul(*a.words(), *b.words()), bound)
 
+    def mul_add(self, a: Wide, b: Wide, c: int) -> Wide:
+        """a * b + c for a public integer c (a truncation's rounding offset)."""
+        return self.add(self.mul(a, b), self._const(c, a))
+
     def _mul_exact(self, a: Wide, b: Wide) -> Wide:
         """F_p products that may reach 2^127: 128-bit where the exponents allow (|fl(x)| < 2^e within
         2^-50: e_a + e_b <= 126 keeps |a b| < 2^127), Python ints elsewhere."""
