@@ -18,6 +18,7 @@ import torch
 
 from ..core.fields import make_field
 from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits
+from ..core.interpret import schedule
 from ..core.ops import spec
 from ..core.ring import Ring
 from ..core.types import Plan
@@ -43,6 +44,7 @@ class RingBackend:
         self.inputs: dict[str, torch.Tensor] = {}
         self.bits: dict[int, int] = {}  # magnitude bits of folded values kept as float64
         self.precomputed = self._fold()
+        self.schedule = schedule(program)  # the program is fixed: the interpreter's order and drops, once
         self.in_place = _in_place_nodes(plan, set(self.precomputed))
         fuse = truncation == "nearest" and hasattr(self.field, "mul_add")
         self.offsets = _fused_offsets(plan) if fuse else {}  # product id -> the rounding offset it adds

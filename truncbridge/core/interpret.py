@@ -31,21 +31,28 @@ def interpret(program: Program, backend: Backend, visit: Callable[[Node, Any], N
     """The program's outputs as the backend computes them; ``visit(node, value)`` sees every value
     computed. A value is dropped as soon as its last reader has run: peak memory is the live
     values, not every value of the forward pass. A backend may hold ``precomputed`` values (node
-    id -> value, or None where no other node needs it): those nodes are not run again."""
+    id -> value, or None where no other node needs it): those nodes are not run again; and its
+    ``schedule`` (below), made once."""
     env: dict[int, Any] = {}
-    last_reader = {i: node.id for node in program.nodes for i in node.inputs}  # in order: the last one wins
-    kept = set(program.outputs)
     precomputed = getattr(backend, "precomputed", {})
-    for node in program.nodes:
+    for node, op, dead in getattr(backend, "schedule", None) or schedule(program):
         if node.id in precomputed:
             if precomputed[node.id] is not None:
                 env[node.id] = precomputed[node.id]
             continue
-        op = spec(node)
-        env[node.id] = getattr(backend, op.kind)(node, op, [env[i] for i in node.inputs])
+        value = env[node.id] = getattr(backend, op.kind)(node, op, [env[i] for i in node.inputs])
         if visit is not None:
-            visit(node, env[node.id])
-        for i in {*node.inputs, node.id}:
-            if last_reader.get(i, i) == node.id and i not in kept:
-                del env[i]
+            visit(node, value)
+        for i in dead:
+            env.pop(i, None)
     return [env[o] for o in program.outputs]
+
+
+def schedule(program: Program) -> list[tuple[Node, OpSpec, list[int]]]:
+    """Every node with its op and the values that die once it has run (those whose last reader it
+    is, and its own if nothing reads it). A backend that runs one program many times keeps it as
+    ``schedule``."""
+    last_reader = {i: node.id for node in program.nodes for i in node.inputs}  # in order: the last one wins
+    kept = set(program.outputs)
+    return [(node, spec(node), [i for i in {*node.inputs, node.id} if last_reader.get(i, i) == node.id and i not in kept])
+            for node in program.nodes]

@@ -24,6 +24,7 @@ class Ring:
             raise UserError(f"ring size must be between 2 and 64 bits, got {bits}")
         self.bits = bits
         self._pad = 64 - bits
+        self._consts: dict = {}  # public offsets as 0-dim tensors, per device
 
     def __repr__(self) -> str:
         return f"Ring(Z_2^{self.bits})"
@@ -83,8 +84,10 @@ class Ring:
 
     def mul_add(self, a: torch.Tensor, b: torch.Tensor, c: int) -> torch.Tensor:
         """a * b + c for a public integer c, in one pass."""
-        c = (c + 2**63) % 2**64 - 2**63  # as an int64 (the ring wraps anyway)
-        return self._reduce_(torch.addcmul(torch.tensor(c, dtype=torch.int64, device=a.device), a, b))
+        key = ((c + 2**63) % 2**64 - 2**63, a.device)  # as an int64 (the ring wraps anyway)
+        if key not in self._consts:
+            self._consts[key] = torch.tensor(key[0], dtype=torch.int64, device=a.device)
+        return self._reduce_(torch.addcmul(self._consts[key], a, b))
 
     def shl(self, a: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
         """Multiply by the public integer 2^k."""
