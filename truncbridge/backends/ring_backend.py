@@ -32,10 +32,9 @@ IN_PLACE_OPS = ("add", "neg", "mul", "mul_public", "add_public", "shl", "trunc")
 class RingBackend:
     """Field integers for every op kind; public constants are encoded once, on ``device``."""
 
-    def __init__(self, plan: Plan, device: torch.device, truncation: str, generator: torch.Generator | None,
-                 field=None):
+    def __init__(self, plan: Plan, device: torch.device, truncation: str, generator: torch.Generator | None):
         self.plan, self.device = plan, device
-        self.field = field if field is not None else make_field(plan.field_bits, plan.prime)
+        self.field = make_field(plan.field_bits, plan.prime)
         self.truncation, self.generator = truncation, generator
         program = plan.program
         self.encoded = {n.id: self.field.encode_public(program.consts[n.attrs["const"]], _const_scale(n)).to(device)
