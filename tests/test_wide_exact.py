@@ -279,3 +279,18 @@ def test_cuda_matches_cpu():
             if dev == "cpu":
                 cpu = got
         assert got == cpu
+
+
+@SETTINGS
+@given(st.integers(1, 8), st.integers(100, 120), st.data())
+def test_prime_matmul_certificate(k, a_bits, data):
+    """F_p products whose worst case passes 2^127 stay on the 128-bit path when a float64
+    certificate shows every sum below 2^126, and go to Python ints when it cannot: exact both ways.
+    Cancelling rows (the sum is 0 though every term is ~2^127) certify; large sums do not."""
+    F = PrimeField(P127)
+    b_bits = 127 - a_bits + data.draw(st.integers(0, 6))
+    x = [[data.draw(st.integers(-(1 << a_bits), 1 << a_bits)) for _ in range(k)] for _ in range(2)]
+    y = [[data.draw(st.integers(-(1 << b_bits), 1 << b_bits))] for _ in range(k)]
+    x.append([1 << a_bits] * k)  # with y's sign pattern below, this row's sum cancels to 0 when k is even
+    y = [[(-1) ** i * (1 << b_bits)] if i < k - k % 2 else row for i, row in enumerate(y)]
+    check(F, F.matmul(build(F, x), build(F, y)), np.matmul(ref(F, x), ref(F, y)))

@@ -164,9 +164,11 @@ class _Field:
         bits, optionally): exact GEMM parts added up mod 2^128 (mod 2^64 when the sum fits int64)."""
         (la, ma), (lb, mb) = _limbs(a, a_bits), _limbs(b, b_bits)
         bound = a.shape[-1] << (ma + mb)
-        if self.prime is not None and bound >= I127:
-            a, b = (w.as_ints(*(x if isinstance(x, Wide) else Wide(x.long())).words()) for x in (a, b))
-            return self._from_ints(np.matmul(a, b), la[0][0].device)
+        if self.prime is not None and bound >= I127:  # F_p: below 2^126 by a float64 certificate, or Python ints
+            if not w.certified_below(w.image(a), w.image(b), 2.0**126):
+                a, b = (w.as_ints(*(x if isinstance(x, Wide) else Wide(x.long())).words()) for x in (a, b))
+                return self._from_ints(np.matmul(a, b), la[0][0].device)
+            bound = 1 << 126
         h = l = None
         for ta, wa, sa in la:
             for tb, wb, sb in lb:

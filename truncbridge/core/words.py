@@ -63,6 +63,22 @@ def as_float(h, l):
     return torch.where(h == l >> 63, lf, h.double() * TWO64 + torch.where(l < 0, lf + TWO64, lf))
 
 
+def image(x) -> torch.Tensor:
+    """float64 of a matmul operand (a ``Wide``, or a tensor of integers), within 2^-50 relative."""
+    return x.double() if isinstance(x, torch.Tensor) else as_float(*x.words())
+
+
+def certified_below(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:
+    """Whether every entry of the exact integer product a @ b is below ``limit`` in magnitude, from
+    float64 images within 2^-50 of them: the float product is within (2^-48 + k 2^-52) sum|a||b| of
+    the exact one (the images' rounding, then the GEMM's), and |a| @ |b| bounds that sum to within
+    its own rounding (k 2^-52)."""
+    k = a.shape[-1]
+    slack = (2.0**-48 + k * 2.0**-52) * (1 + k * 2.0**-52) * (1 + 2.0**-47)
+    worst = torch.matmul(a, b).abs() + torch.matmul(a.abs(), b.abs()) * slack
+    return bool((worst < limit * (1 - 2.0**-50)).all())
+
+
 def from_float(t):
     """Integer-valued float64 as (hi, lo), exactly mod 2^128 (each float op here is exact)."""
     small = t.abs() < 2.0**63
