@@ -10,8 +10,6 @@ from __future__ import annotations
 
 Extremes = tuple[int | float, int | float]
 
-MONOTONE_ROUNDINGS = ("nearest", "floor")
-
 
 def derive(node, ins: list[Extremes | None], field_bits: int, const: Extremes | None,
            exact_truncation: bool) -> Extremes | None:

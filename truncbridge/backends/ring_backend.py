@@ -1,6 +1,6 @@
 """Exact field integers for every op kind (``core.interpret``): the emulator's backend.
 
-Three things make it fast without touching what it computes:
+Four things make it fast without touching what it computes:
 
 * **folding** — values that depend on weights alone (a weight, its transpose) are computed once
   per executor, not once per run (``precomputed``); those read only by matrix products are kept
@@ -8,6 +8,8 @@ Three things make it fast without touching what it computes:
   measurement of the weight (``core.gemm``);
 * **in place** — an elementwise op whose input was freshly made by the op before it and is read
   by nothing else overwrites it instead of allocating (decided once, from the program);
+* **fused offsets** — a product read only by a round-to-nearest truncation adds the truncation's
+  offset in the same pass, leaving the truncation a shift (``_fused_offsets``);
 * the field's own fast paths (``core.ring``, ``core.wide``).
 """
 from __future__ import annotations
@@ -150,7 +152,6 @@ class RingBackend:
 
     def _mode(self, node) -> dict:
         return {"in_place": True} if node.id in self.in_place else {}
-
 
 
 def _const_scale(node) -> int:
