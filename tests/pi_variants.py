@@ -4,6 +4,7 @@
 
 VARIANT:
   unmasked   the exact truncation opens x + 2^62 without its dealt mask r (a broken protocol)
+  unmasked-operand  a product carried by a truncation's opening opens its other operand z, not z − b
   reused     a Beaver triple is handed out again for the next request of the same shape
   attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
              ids from its own view: the first opening of one_hot @ embedding, plus the masks it
@@ -24,14 +25,9 @@ from truncbridge.crypten import audit, dealer, session, truncation  # noqa: E402
 from truncbridge.crypten.shares import add_public  # noqa: E402
 
 
-def unmasked_exact_truncate(x, k, ast_cls, rank):
-    """exact_truncate with the mask left out of the opening: c reveals x + 2^62 itself."""
-    r, r_hi, r_msb = truncation.truncation_pairs(x.share.shape, k)  # dealt, but not added
-    c = add_public(ast_cls, x, 1 << truncation.EXACT_LIMIT_BITS, rank).reveal()
-    share = r_msb.share * ((c >= 0).long() << (64 - k)) - r_hi.share
-    if rank == 0:
-        share = share + truncation.logical_shift(c, k) - (1 << (truncation.EXACT_LIMIT_BITS - k))
-    return ast_cls.from_shares(share, precision=0)
+def unmasked(x, r, ast_cls, rank):
+    """truncation.masked_for_opening with the mask left out: the opening reveals x + 2^62 itself."""
+    return add_public(ast_cls, x, 1 << truncation.EXACT_LIMIT_BITS, rank)
 
 
 def reuse_material() -> None:
@@ -80,7 +76,9 @@ def main() -> int:
     global ARGS
     variant, argv = sys.argv[1], sys.argv[2:]
     if variant == "unmasked":
-        truncation.exact_truncate = unmasked_exact_truncate
+        truncation.masked_for_opening = unmasked
+    elif variant == "unmasked-operand":
+        truncation.masked_operand = lambda z, b, ast_cls: z
     elif variant == "reused":
         reuse_material()
     elif variant == "attack":

@@ -67,11 +67,13 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
 
 @pytest.mark.parametrize("variant,finding", [
     ("unmasked", "is not the secret plus a fresh dealt mask"),
+    ("unmasked-operand", "is not the secret plus a fresh dealt mask"),
     ("reused", "was already used by opening"),
 ])
 def test_the_audit_fails_on_a_broken_opening(variant, finding, tmp_path):
-    """Negative controls: the same run with the truncation's mask left out of its opening, or
-    material handed out twice, must not pass the audit."""
+    """Negative controls: the same run with the truncation's mask left out of its opening, the
+    operand of a product it carries opened unmasked, or material handed out twice, must not pass
+    the audit."""
     result, _ = run_json(tmp_path, 3, variant, *TINY, "--policy", "eager", "--audit", script=VARIANTS)
     audit = result["audit"]
     assert audit["finding_count"] > 0 and any(finding in f for f in audit["findings"]), audit["findings"][:5]

@@ -142,27 +142,66 @@ def test_exact_msb_is_wrong_outside_its_range_like_the_protocol():
     assert (err.abs() > 1).any()
 
 
+class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
+    def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments
+        self.share = share
+
+    from_shares = classmethod(lambda cls, share, precision=0: cls(share))
+    reveal = lambda self: self.share  # noqa: E731
+    reveal_batch = staticmethod(lambda xs: [x.share for x in xs])
+
+
+def one_party_material(monkeypatch, r: torch.Tensor, bs: list[torch.Tensor] = ()):
+    """The dealer's own derivation (``material.derive``) of the exact truncation's material from
+    chosen masks, handed to one party (whose shares are the values)."""
+    from truncbridge.crypten import material, truncation
+
+    def deal(size, k, others=(), square=False):
+        req = material.request_key("trunc", size, k, others, square)
+        plain = {"r": r, **{f"b{j}": b for j, b in enumerate(bs)}}
+        return {**plain, **material.derive(req, plain, {})}
+
+    monkeypatch.setattr(truncation, "truncation_material", deal)
+
+
 def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
     """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r
     (what the dealer deals: r, r >> k unsigned, msb(r))."""
-    from truncbridge.core.ring import logical_shift
     from truncbridge.crypten import truncation
-
-    class OneParty:  # an ArithmeticSharedTensor of one party: its share is the value
-        def __init__(self, share, precision=0, src=0, device=None):  # ArithmeticSharedTensor's arguments
-            self.share = share
-
-        from_shares = classmethod(lambda cls, share, precision=0: cls(share))
-        __add__ = lambda self, other: OneParty(self.share + other.share)  # noqa: E731
-        reveal = lambda self: self.share  # noqa: E731
 
     x = torch.cat([randint(-(2**63), 2**63 - 1, 5000, 14), randint(-LIMIT, LIMIT, 5000, 15), torch.tensor(EDGES)])
     for shift in (1, 8, K, 40, 62):
-        r = uniform_ring64(x.shape, torch.Generator().manual_seed(shift), x.device)  # the model's first draw
-        monkeypatch.setattr(truncation, "truncation_pairs", lambda size, k, r=r: (
-            OneParty(r), OneParty(logical_shift(r, k)), OneParty((r < 0).long())))
+        one_party_material(monkeypatch, uniform_ring64(x.shape, torch.Generator().manual_seed(shift), x.device))
         theirs = truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share
         assert torch.equal(truncate(x, "exact-msb", seed=shift, shift=shift), theirs)
+
+
+@pytest.mark.parametrize("shift", [1, 16, 31, 40])
+def test_products_carried_by_a_truncation_are_exact(monkeypatch, shift):
+    """The products an exact truncation's opening carries (truncation.py) equal the product of its
+    result, mod 2^64: y·z with z broadcast, (a·y + p)·z, y·y and (a1·y + p1)(a2·y + p2) — with the
+    dealer's own derivation of the material and wrapping and non-wrapping openings alike.
+    Negative control: the carried product computed without its w·msb(r)·b term differs."""
+    from truncbridge.crypten import truncation
+
+    gen = torch.Generator().manual_seed(shift)
+    x = torch.cat([torch.tensor(EDGES), randint(-LIMIT, LIMIT, 4000, shift)])[:4000].view(-1, 8)  # edges first
+    z = randint(-(2**63), 2**63 - 1, 8, shift + 1)  # broadcast along the rows
+    r, b = uniform_ring64(x.shape, gen, x.device), uniform_ring64(z.shape, gen, x.device)
+    one_party_material(monkeypatch, r, [b])
+    opened = truncation.open_truncation(OneParty(x), shift, OneParty, 0, others=(OneParty(z),), square=True)
+    y = opened.result()
+    assert torch.equal(y, truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share)
+    assert bool((opened.w != 0).any()) and bool((opened.w == 0).any())  # both wrap cases occur
+    a1, p1 = randint(-(2**20), 2**20, 8, 3), randint(-(2**40), 2**40, 8, 4)
+    a2, p2 = -3, 12345
+    assert torch.equal(opened.times_other(0, opened.public, 1), y * z)
+    assert torch.equal(opened.times_other(0, a1 * opened.public + p1, a1), (a1 * y + p1) * z)
+    assert torch.equal(opened.times_same(opened.public, 1, opened.public, 1), y * y)
+    assert torch.equal(opened.times_same(a1 * opened.public + p1, a1, a2 * opened.public + p2, a2),
+                       (a1 * y + p1) * (a2 * y + p2))
+    opened.m = {**opened.m, "mb0": torch.zeros_like(opened.m["mb0"])}
+    assert not torch.equal(opened.times_other(0, opened.public, 1), y * z)
 
 
 # -- seeds, fields, the protocol mapping -------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..core.fusion import riders
 from ..core.ops import spec
 from ..core.protocols import Protocol
 from ..core.types import Plan
@@ -25,8 +26,11 @@ def opened_elements(plan: Plan, node) -> int:
     return sum(plan.program[i].numel for i in dict.fromkeys(node.inputs))
 
 
-def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
+def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None = None) -> dict:
+    """``fuse``: products ride on truncations' openings (``core.fusion``; default: if the
+    protocol's truncation can carry them)."""
     protocol.check_ring(plan.field_bits, plan.prime)
+    fused = riders(plan.program) if (protocol.fuses_products if fuse is None else fuse) else {}
     l = plan.field_bits if plan.prime is None else plan.prime.bit_length()  # bits of one element on the wire
     nodes = plan.program.nodes
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
@@ -43,7 +47,11 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
         rounds, bits = 0.0, 0.0
         if op.count is not None:
             layer[op.count] += 1
-        if op.cost == "mul":
+        if n.id in fused:  # opened with its truncation: only the other operand travels
+            other = fused[n.id].other
+            rounds, bits = 0.0, (0 if other is None else plan.program[other].numel) * mul_b
+            layer["private_products"] += op.scalar_products(n, plan.program)
+        elif op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "comparison":
@@ -67,6 +75,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict) -> dict:
     latency = rounds_total * network["rtt_ms"] / 1e3 + bits_total / (network["bandwidth_gbps"] * 1e9)
     return {
         "protocol": protocol.name,
+        "fused_products": len(fused),
         "rounds": rounds_total,
         "rounds_sequential": rounds_sequential,
         "bytes": bytes_total,

@@ -41,6 +41,11 @@ class Protocol:
     def truncation_kind(self) -> str:
         return self.data["truncation"]["kind"]
 
+    @property
+    def fuses_products(self) -> bool:
+        """Its truncation's opening can carry the next elementwise product (``core.fusion``)."""
+        return bool(self.data["truncation"].get("fused_products", False))
+
     def check_ring(self, field_bits: int, prime: int | None = None) -> None:
         ring = self.data.get("ring_bits")
         if ring is not None and (ring != field_bits or prime is not None):

@@ -5,12 +5,12 @@ place to check them, so it must never run on real data that is to stay private.
 
 While a pass runs, each computing party keeps an ``OpeningLog``: every protocol step that opens
 something (CrypTen's Beaver product, square, binary AND, B2A, wraps, and truncbridge's exact
-truncation) is recorded with this party's shares of the secret it hides, the dealing indices of
+truncation with the products it carries) is recorded with this party's shares of the secret it hides, the dealing indices of
 the masks the provider handed out inside it, and a digest of every tensor the party received.
 Receipts outside such a step are recorded too: only the client's output may be one. The dealer
 (``DealerCore(audit=True)``) keeps each mask by dealing index. ``findings`` then checks, for every
 party and every receipt: it equals the secret (sum of all parties' shares) combined with a dealt
-mask — ``x - a`` for products, ``x + 2^62 + r`` for the exact truncation, ``x xor a`` for binary
+mask — ``x - a`` for products, ``x + 2^62 + r`` (and ``z - b``) for the exact truncation, ``x xor a`` for binary
 steps, ``x_i + r_i`` for a wraps gather — exactly; each mask was used by one step only; no
 receiver knows the mask in the clear (the owner does, when it deals: ``owner-insecure``); and no
 receipt is left unexplained. Any broken opening (mask removed, reused, known) is a finding.
@@ -86,11 +86,11 @@ def instrument(log: OpeningLog) -> None:
 
     from . import truncation
 
-    def wrap(module, name, kind, secret_args):
+    def wrap(module, name, kind, secret_args, more=lambda kwargs: ()):
         original = vars(module)[name]
 
         def step(*args, **kwargs):
-            with log.opening(kind, *[args[i] for i in secret_args]):
+            with log.opening(kind, *[args[i] for i in secret_args], *more(kwargs)):
                 return original(*args, **kwargs)
 
         setattr(module, name, step)
@@ -100,7 +100,7 @@ def instrument(log: OpeningLog) -> None:
     wrap(beaver, "wraps", "wraps", (0,))
     wrap(beaver, "AND", "and", (0, 1))
     wrap(beaver, "B2A_single_bit", "b2a", (0,))
-    wrap(truncation, "exact_truncate", "trunc", (0,))
+    wrap(truncation, "open_truncation", "trunc", (0,), lambda kwargs: kwargs.get("others", ()))
 
 
 # -- the check (on the pooled logs) ------------------------------------------------------------
@@ -112,8 +112,8 @@ def _expected(kind: str, secrets: list[torch.Tensor], masks: list[dict]) -> list
         return [secrets[0] ^ masks[0]["a"], secrets[1] ^ masks[0]["b"]]
     if kind == "square":
         return [secrets[0] - masks[0]["r"]]
-    if kind == "trunc":
-        return [secrets[0] + (1 << OFFSET_BITS) + masks[0]["r"]]
+    if kind == "trunc":  # x + 2^62 + r, then z_j - b_j for the products its opening carries
+        return [secrets[0] + (1 << OFFSET_BITS) + masks[0]["r"]] + [z - masks[0][f"b{j}"] for j, z in enumerate(secrets[1:])]
     if kind == "b2a":
         return [secrets[0] ^ masks[0]["rB"]]
     raise ValueError(kind)

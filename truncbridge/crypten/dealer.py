@@ -148,10 +148,9 @@ class DealtProvider:
         s = self._take(request_key("B2A", size))
         return _arith(s["rA"]), _binary(s["rB"])
 
-    def truncation_pairs(self, size, k: int):
-        """Shares of (r, r >> k unsigned, msb(r)) for the exact truncation."""
-        s = self._take(request_key("trunc", size, k))
-        return _arith(s["r"]), _arith(s["r_hi"]), _arith(s["r_msb"])
+    def truncation_material(self, size, k: int, others: tuple = (), square: bool = False) -> dict:
+        """Shares of the exact truncation's material (``truncation.truncation_material``)."""
+        return self._take(request_key("trunc", size, k, others, square))
 
 
 def _arith(share: torch.Tensor):

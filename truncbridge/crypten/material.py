@@ -2,7 +2,8 @@
 
 A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
 ``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
-five provider functions) and ``("trunc", size, k)`` (the exact truncation's ``r, r >> k, msb(r)``).
+five provider functions) and ``("trunc", size, k, others, square)`` (the exact truncation's
+``r, r >> k, msb(r)``, and the material of the products its opening carries: ``truncation.py``).
 This is all the dealer ever receives.
 
 Sharing follows CrypTen's TTP design: the dealer and each computing party share a seeded
@@ -63,7 +64,15 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
     if fn == "B2A":
         return [Component("rB", req[1], xor=True, bits=1)], [Component("rA", req[1])]
     if fn == "trunc":
-        return [Component("r", req[1])], [Component("r_hi", req[1]), Component("r_msb", req[1])]
+        _, size, _, others, square = req
+        randoms, deriveds = [Component("r", size)], [Component("r_hi", size), Component("r_msb", size)]
+        for j, other in enumerate(others):
+            product = tuple(torch.broadcast_shapes(size, other))
+            randoms.append(Component(f"b{j}", other))
+            deriveds += [Component(f"mb{j}", product), Component(f"hb{j}", product)]
+        if square:
+            deriveds += [Component("h2", size), Component("mh", size)]
+        return randoms, deriveds
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
 
@@ -84,7 +93,13 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
         return {"rA": plain["rB"]}
     if fn == "trunc":
         r, k = plain["r"], req[2]
-        return {"r_hi": logical_shift(r, k), "r_msb": (r < 0).long()}
+        hi, msb = logical_shift(r, k), (r < 0).long()
+        out = {"r_hi": hi, "r_msb": msb}
+        for j in range(len(req[3])):
+            out[f"mb{j}"], out[f"hb{j}"] = msb * plain[f"b{j}"], hi * plain[f"b{j}"]
+        if req[4]:
+            out["h2"], out["mh"] = hi * hi, msb * hi
+        return out
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
 

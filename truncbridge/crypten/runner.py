@@ -5,6 +5,8 @@ rescaling, the plan's scales are our own bookkeeping, and products are plain Bea
 (``beaver.mul`` / ``beaver.square`` / ``beaver.matmul``) — never truncated behind our back.
 A ``trunc`` node runs one of the protocols of ``truncation.py``: ``"crypten"`` (CrypTen's own
 division: local with 2 parties, wraps with 3) or ``"exact"`` (one opening, exact for |x| < 2^62).
+With ``"exact"`` and ``fuse`` (the default), the elementwise products that ``core.fusion`` finds
+ride on a truncation's opening: they cost no round of their own.
 Both are unbiased on their own, so the plan's round-to-nearest offset is not added: the
 emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
 It is a backend of ``core.interpret``: local ops (additions, sums, data movement) apply the op
@@ -18,9 +20,12 @@ Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from ..core.errors import UserError
+from ..core.fusion import riders_by_truncation
 from ..core.interpret import interpret
 from ..core.ring import Ring
 from ..core.types import Plan
@@ -34,7 +39,8 @@ MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring val
 
 
 class PlanRunner:
-    def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER):
+    def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER,
+                 fuse: bool = True):
         if plan.field_bits != 64 or plan.prime is not None:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for {plan.field_name}")
         if truncation not in PROTOCOLS:
@@ -60,6 +66,12 @@ class PlanRunner:
         self.truncations_executed = 0
         self.comparisons_executed = 0
         self.inputs, self.shared = None, None
+        self.riders = riders_by_truncation(plan.program) if fuse and truncation == "exact" else {}
+        self.fused_products = sum(len(r) for r in self.riders.values())
+        self._operands = {r.other for rs in self.riders.values() for r in rs if r.other is not None}
+        self._uses_left: Counter = Counter()
+        self._held: dict = {}  # values a carried product needs when its truncation runs
+        self._carried: dict = {}  # product id -> its value, made at its truncation's opening
 
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
@@ -70,7 +82,13 @@ class PlanRunner:
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
         self.inputs, self.shared = inputs, shared
         self.truncations_executed = self.comparisons_executed = 0
-        return interpret(self.plan.program, self)
+        self._held, self._carried = {}, {}
+        self._uses_left = Counter(r.other for rs in self.riders.values() for r in rs if r.other is not None)
+        return interpret(self.plan.program, self, visit=self._hold if self._operands else None)
+
+    def _hold(self, node, value) -> None:
+        if node.id in self._operands:
+            self._held[node.id] = value
 
     # -- the backend: one method per op kind (core.interpret) ------------------------------------
     def source(self, node, op, xs):
@@ -85,6 +103,8 @@ class PlanRunner:
         return self._local(op.real([x.share for x in xs], node, self.plan.program))
 
     def product(self, node, op, xs):
+        if node.id in self._carried:
+            return self._carried.pop(node.id)
         if node.op == "matmul":
             return self.beaver.matmul(*xs)
         return self.beaver.square(xs[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(*xs)
@@ -116,7 +136,48 @@ class PlanRunner:
 
     def truncate(self, node, op, xs):
         self.truncations_executed += 1
+        if node.id in self.riders:
+            return self._truncate_carrying(node, xs[0], self.riders[node.id])
         return self._truncate(xs[0], node.attrs["shift"])
+
+    def _truncate_carrying(self, node, x, riders):
+        """One opening for the truncation and every product riding on it (``truncation.py``)."""
+        others = [r for r in riders if r.other is not None]
+        opened = protocols.open_truncation(x, node.attrs["shift"], self.AST, self.rank,
+                                           others=tuple(self._held[r.other] for r in others),
+                                           square=any(r.other is None for r in riders))
+        for j, r in enumerate(others):
+            self._carried[r.product] = self._local(opened.times_other(j, *self._affine(r.chains, opened.public)))
+            self._release(r.other)
+        for r in riders:
+            if r.other is None:  # both inputs are maps of this truncation's output
+                self._carried[r.product] = self._local(opened.times_same(*self._affine(r.chains, opened.public)))
+        return self._local(opened.result())
+
+    def _release(self, operand: int) -> None:
+        self._uses_left[operand] -= 1
+        if not self._uses_left[operand]:
+            del self._held[operand]
+
+    def _affine(self, chains, public) -> list:
+        """Per affine chain of ``core.fusion`` (None: not a map of y), (p, a) with chain(y) = p + a·S
+        for y = public + S, flattened: [p1, a1, p2, a2, ...]."""
+        return [v for chain in chains if chain is not None for v in self._map(chain, public)]
+
+    def _map(self, chain, public) -> tuple:
+        p, a = public, 1
+        for i in chain:
+            n = self.plan.program[i]
+            if n.op == "neg":
+                p, a = -p, -a
+            elif n.op == "shl":
+                p, a = p * (1 << n.attrs["shift"]), a * (1 << n.attrs["shift"])
+            elif n.op == "add_public":
+                p = p + self.ring.encode_public(self.consts[n.attrs["const"]], n.scale)
+            elif n.op == "mul_public":
+                c = self.ring.encode_public(self.consts[n.attrs["const"]], n.attrs["const_scale"])
+                p, a = p * c, a * c
+        return p, a
 
     def _truncate(self, x, k: int):
         if self.truncation == "exact":
