@@ -93,6 +93,7 @@ def bench_matmul(repeat: int) -> None:
 
 
 PI_REPEAT = 3  # each policy run 3 times, interleaved: median wall time
+PI_NETWORK = "mid"  # 10 ms round trip, 1 Gbit/s, emulated in software (README, "A stated network")
 PI_RUNS = (  # (parties, truncation protocol, bounds): CrypTen's own truncation leaves lazy a 48-bit
     (3, "exact", "static"),  # budget, where static bounds do not fit a softmax row sum
     (2, "exact", "static"),
@@ -109,7 +110,7 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
         out = json_dir / f"pi-{parties}pc-{truncation}.json"
         cmd = [str(mpirun), "-n", str(parties + 1), "--oversubscribe", sys.executable, str(run_pi),  # + the dealer
                "--seq-len", str(seq_len), "--truncation", truncation, "--bounds", bounds, "--time-limit", str(time_limit),
-               "--vanilla-rsqrt-scale", "4", "--repeat", str(PI_REPEAT), "--json", str(out)]
+               "--vanilla-rsqrt-scale", "4", "--repeat", str(PI_REPEAT), "--network", PI_NETWORK, "--json", str(out)]
         print(f"\nprivate inference: {' '.join(cmd[1:3])} run_pi.py {' '.join(cmd[6:])}", flush=True)
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
         print(done.stdout.strip())
@@ -122,7 +123,8 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
                 print(f"  {row['policy']:8s} predicted by the cost model: {pred['rounds_sequential']:.0f} rounds "
                       f"(critical path {pred['rounds_critical_path']:.0f}), {pred['bytes'] / 1e6:.2f} MB, "
                       f"{pred['expected_truncation_failures']:.3g} expected truncation failures; "
-                      f"measured {row['rounds']} rounds, {row['bytes'] / 1e6:.2f} MB")
+                      f"measured {row['rounds']} rounds, {row['bytes'] / 1e6:.2f} MB; wall {row['wall_s']:.2f} s, "
+                      f"predicted {pred['wall_s']:.2f} s")
 
 
 SCALE_PRESETS = (("llama", "llama-7b"), ("gemma", "gemma-2b"))

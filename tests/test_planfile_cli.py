@@ -86,6 +86,22 @@ def test_report_under_protocols(plan_file, tmp_path, capsys):
     assert "per layer" in printed and "truncations per recipe" in printed
 
 
+def test_a_network_by_name_or_by_its_round_trip_and_bandwidth(plan_file, tmp_path, capsys):
+    """rtt=MS,bw=MBIT costs what the named network with those numbers costs; a malformed one is
+    one line and exit 2."""
+    latency = {}
+    for network in ("mid", "rtt=10,bw=1000", "rtt=20,bw=1000"):
+        out = tmp_path / "rep.json"
+        assert main(["report", str(plan_file), "--network", network, "--json", str(out)]) == 0
+        latency[network] = json.loads(out.read_text())["latency_s"]
+    assert latency["mid"] == latency["rtt=10,bw=1000"] < latency["rtt=20,bw=1000"]
+    capsys.readouterr()
+    for bad in ("moon", "rtt=10", "rtt=10,bw=0", "rtt=x,bw=5", "rtt=1,bw=2,loss=3"):
+        assert main(["report", str(plan_file), "--network", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"unknown network {bad!r}" in err
+
+
 def test_compare_marks_infeasible_rows(tmp_path):
     out, png = tmp_path / "c.json", tmp_path / "c.png"
     args = ["compare", "--seq-len", "16", "--windows", "1", "--field-bits", "24,64", "--policies", "eager,lazy",

@@ -36,17 +36,22 @@ def run_json(tmp_path, processes: int, *args: str, script: Path = RUN_PI) -> tup
     return json.loads(out.read_text()), done.stdout + done.stderr
 
 
+RTT_MS = 5  # the emulated network of the test below: more than a loopback round costs here (~2 ms)
+
+
 @pytest.mark.parametrize("parties", [2, 3])
 def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, tmp_path):
-    """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too."""
+    """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too,
+    on an emulated network whose round trips every online pass must wait."""
     result, _ = run_json(tmp_path, parties + 1, *TINY, "--policy", "eager,lazy,optimal,vanilla",
-                         "--time-limit", "5", "--audit")
+                         "--time-limit", "5", "--audit", "--network", f"rtt={RTT_MS},bw=10000")
     rows = {r["policy"]: r for r in result["rows"]}
     assert result["parties"] == parties and result["dealer"] == "separate"
     for policy, row in rows.items():
         assert row["parties"] == parties
         assert row["online_dealer_requests"] == 0, policy  # everything was dealt before the online phase
         assert row["dealt_requests"] > 0 and row["offline_bytes"] > 0, policy
+        assert min(row["wall_s_runs"]) >= row["rounds"] * RTT_MS / 1e3, policy  # every round waited
         if policy == "vanilla":
             continue
         assert row["truncations_executed"] == row["planned_truncations"]
@@ -57,6 +62,8 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
         assert row["top1_agreement_vs_float"] >= 0.8, policy
         # measured rounds = the cost model's sequential rounds + the one opening of the output
         assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1, policy
+        assert row["predicted"]["fused_products"] > 0, policy  # products rode on truncations' openings
+        assert 0.6 <= row["predicted"]["wall_s"] / row["wall_s"] <= 1.25, policy
     assert rows["lazy"]["truncations_executed"] < rows["eager"]["truncations_executed"]
     assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
     audit = result["audit"]
@@ -218,6 +225,7 @@ def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_pa
 @pytest.mark.parametrize("args,message", [
     (["--policy", "bogus"], "unknown policy bogus"),
     (["--seq-len", "1"], "--seq-len must be at least 2"),
+    (["--network", "rtt=10"], "unknown network 'rtt=10': choose lan, mid, wan or rtt=MS,bw=MBIT"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     done = subprocess.run(mpirun(3, *args), env=ENV, capture_output=True, text=True, timeout=120)

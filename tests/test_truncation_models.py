@@ -156,8 +156,8 @@ def one_party_material(monkeypatch, r: torch.Tensor, bs: list[torch.Tensor] = ()
     chosen masks, handed to one party (whose shares are the values)."""
     from truncbridge.crypten import material, truncation
 
-    def deal(size, k, others=(), square=False):
-        req = material.request_key("trunc", size, k, others, square)
+    def deal(size, k, others=(), degree=1, other_degrees=()):
+        req = material.request_key("trunc", size, k, others, degree, other_degrees)
         plain = {"r": r, **{f"b{j}": b for j, b in enumerate(bs)}}
         return {**plain, **material.derive(req, plain, {})}
 
@@ -178,10 +178,10 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
 
 @pytest.mark.parametrize("shift", [1, 16, 31, 40])
 def test_products_carried_by_a_truncation_are_exact(monkeypatch, shift):
-    """The products an exact truncation's opening carries (truncation.py) equal the product of its
-    result, mod 2^64: y·z with z broadcast, (a·y + p)·z, y·y and (a1·y + p1)(a2·y + p2) — with the
-    dealer's own derivation of the material and wrapping and non-wrapping openings alike.
-    Negative control: the carried product computed without its w·msb(r)·b term differs."""
+    """Values an exact truncation's opening carries (truncation.py) equal the ring products of its
+    result y, mod 2^64, with the dealer's own derivation of the material and wrapping and
+    non-wrapping openings alike: y·z (z broadcast), (a·y + p)·z, y², (a1·y + p1)(a2·y + p2), y³ and
+    y²·z. Negative control: without its m·h^0·b term (dropped from the material) y·z differs."""
     from truncbridge.crypten import truncation
 
     gen = torch.Generator().manual_seed(shift)
@@ -189,19 +189,20 @@ def test_products_carried_by_a_truncation_are_exact(monkeypatch, shift):
     z = randint(-(2**63), 2**63 - 1, 8, shift + 1)  # broadcast along the rows
     r, b = uniform_ring64(x.shape, gen, x.device), uniform_ring64(z.shape, gen, x.device)
     one_party_material(monkeypatch, r, [b])
-    opened = truncation.open_truncation(OneParty(x), shift, OneParty, 0, others=(OneParty(z),), square=True)
-    y = opened.result()
+    opened = truncation.open_truncation(OneParty(x), shift, OneParty, 0, others=(OneParty(z),), degree=3,
+                                        other_degrees=(2,))
+    y, Y, Z = opened.result(), opened.y(), opened.operand(0)
     assert torch.equal(y, truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share)
     assert bool((opened.w != 0).any()) and bool((opened.w == 0).any())  # both wrap cases occur
     a1, p1 = randint(-(2**20), 2**20, 8, 3), randint(-(2**40), 2**40, 8, 4)
     a2, p2 = -3, 12345
-    assert torch.equal(opened.times_other(0, opened.public, 1), y * z)
-    assert torch.equal(opened.times_other(0, a1 * opened.public + p1, a1), (a1 * y + p1) * z)
-    assert torch.equal(opened.times_same(opened.public, 1, opened.public, 1), y * y)
-    assert torch.equal(opened.times_same(a1 * opened.public + p1, a1, a2 * opened.public + p2, a2),
-                       (a1 * y + p1) * (a2 * y + p2))
-    opened.m = {**opened.m, "mb0": torch.zeros_like(opened.m["mb0"])}
-    assert not torch.equal(opened.times_other(0, opened.public, 1), y * z)
+    cases = [(Y * Z, y * z), (Y.scaled(a1).plus_public(p1) * Z, (a1 * y + p1) * z), (Y * Y, y * y),
+             (Y.scaled(a1).plus_public(p1) * Y.scaled(a2).plus_public(p2), (a1 * y + p1) * (a2 * y + p2)),
+             (Y * Y * Y, y * y * y), (Y * Z * Y, y * z * y)]
+    for carried, want in cases:
+        assert torch.equal(opened.share(carried), want)
+    opened.m = {**opened.m, "mh0b0": torch.zeros_like(opened.m["mh0b0"])}
+    assert not torch.equal(opened.share(Y * Z), y * z)
 
 
 # -- seeds, fields, the protocol mapping -------------------------------------------------------

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "side by side under every profile")
     rep.add_argument("plan", nargs="+", help="plan file(s)")
     rep.add_argument("--protocol", default=None, choices=protocol_names(), help="profile (default: the plan's)")
-    rep.add_argument("--network", default="lan", choices=("lan", "wan"), help="network setting (default lan)")
+    rep.add_argument("--network", default="lan", help="lan, mid, wan (protocols/networks.json) or rtt=MS,bw=MBIT (default lan)")
     rep.add_argument("--json", help="write the report as JSON to this path")
 
     cmp = sub.add_parser("compare", help="policies x field sizes: truncations, rounds, accuracy")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..core.fusion import riders
+from ..core.fusion import carried
 from ..core.ops import spec
-from ..core.protocols import Protocol
+from ..core.protocols import Protocol, network_seconds
 from ..core.types import Plan
 
 
@@ -30,7 +30,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None 
     """``fuse``: products ride on truncations' openings (``core.fusion``; default: if the
     protocol's truncation can carry them)."""
     protocol.check_ring(plan.field_bits, plan.prime)
-    fused = riders(plan.program) if (protocol.fuses_products if fuse is None else fuse) else {}
+    fused = carried(plan.program) if (protocol.fuses_products if fuse is None else fuse) else {}
+    riding = {p for c in fused.values() for p in c.products}
     l = plan.field_bits if plan.prime is None else plan.prime.bit_length()  # bits of one element on the wire
     nodes = plan.program.nodes
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
@@ -47,9 +48,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None 
         rounds, bits = 0.0, 0.0
         if op.count is not None:
             layer[op.count] += 1
-        if n.id in fused:  # opened with its truncation: only the other operand travels
-            other = fused[n.id].other
-            rounds, bits = 0.0, (0 if other is None else plan.program[other].numel) * mul_b
+        if n.id in riding:  # carried by a truncation's opening: no round, no bytes of its own
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
@@ -59,6 +58,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None 
             layer["compared_elements"] += n.numel
         elif op.cost == "truncation":
             rounds, bits = tr_r, n.numel * tr_b
+            if n.id in fused:  # the operands of the products it carries travel in its message
+                bits += sum(plan.program[z].numel for z in fused[n.id].others) * mul_b
             p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), l)
             failures += n.numel * p_fail
             layer["truncated_elements"] += n.numel
@@ -72,10 +73,10 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None 
         layer["bytes"] += bits / 8
     rounds_total = max(depth.values(), default=0.0)
     bytes_total = bits_total / 8
-    latency = rounds_total * network["rtt_ms"] / 1e3 + bits_total / (network["bandwidth_gbps"] * 1e9)
+    latency = network_seconds(network, rounds_total, bytes_total)
     return {
         "protocol": protocol.name,
-        "fused_products": len(fused),
+        "fused_products": len(riding),
         "rounds": rounds_total,
         "rounds_sequential": rounds_sequential,
         "bytes": bytes_total,

@@ -1,66 +1,96 @@
-"""Which private products ride on a truncation's opening (the exact truncation's fused product).
+"""Which private products ride on a truncation's opening, and what its dealt material must hold.
 
-The exact truncation (``crypten/truncation.py``) opens c = x + 2^62 + r; its result is
-y = P + S with P public (a function of c) and S = w·msb(r) − (r >> k), w public: every share of y
-is public data plus dealt material. So is every public affine map of y, α·y + β (negations,
-shifts, public sums and products, scale relabels). A product with such a value needs no opening of
-it: y·z needs only z − b, which travels in the same message as c, and dealt shares of msb(r)·b and
-(r >> k)·b; y·y needs only dealt (r >> k)² and msb(r)·(r >> k). The product costs no round.
-
-A product rides on a truncation when it is elementwise (``mul``: a matrix product would need
-material for every public pattern of wraps), an input is a public affine map of the truncation's
-output, and its other input is already computed when the truncation runs (it precedes the
-truncation in program order) or is itself a map of the same output. With two truncated inputs it
-rides on the later truncation.
+The exact truncation (``crypten/truncation.py``) opens c = x + 2^62 + r; its result is y = P + S
+with P public (a function of c) and S = w·msb(r) − (r >> k), w public: every share of y is public
+data plus dealt material. In the same message it can open z − b for operands z computed before
+it. Then any polynomial in S whose terms hold at most one such z is a public combination of
+dealt shares of S^i and S^i·b, which the dealer makes from powers of r >> k, msb(r) and b. So a
+product of such values — elementwise (``mul``; a matrix product would need material for every
+public pattern of wraps), of public affine maps of y (negation, shift, public sum or product,
+scale relabel), of earlier operands and of products carried already — needs no opening of its
+own: it costs no round. ``carried`` finds, per truncation, the products that ride on it (in
+program order), the operands its message opens, and the highest powers of S the material needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ir import Program
 
 AFFINE = ("pow2", "neg", "shl", "add_public", "mul_public")  # elementwise maps α·y + β, public α, β
+MAX_DEGREE = 3  # highest power of S a carried value may hold (the material grows with it)
+
+
+@dataclass
+class Carried:
+    """What one truncation's opening carries."""
+    trunc: int
+    products: list[int] = field(default_factory=list)  # product node ids, in program order
+    others: list[int] = field(default_factory=list)  # operands z opened with it (z − b), first use first
+    degree: int = 1  # highest power of S in any carried value
+    other_degrees: list[int] = field(default_factory=list)  # per operand: highest power of S multiplying it
 
 
 @dataclass(frozen=True)
-class Rider:
-    product: int  # the mul node
-    trunc: int  # the truncation whose opening carries it
-    chains: tuple  # per input of the product: the affine nodes from the truncation to it, or None
-    other: int | None  # the input that is not a map of the truncation (None: both are)
+class _Shape:
+    """A value riding on truncation ``trunc``: the highest power of S it holds, and per opened
+    operand (by node id) the highest power of S multiplying it."""
+    trunc: int
+    degree: int
+    others: tuple = ()  # ((operand id, degree), ...)
+
+    def times(self, other: _Shape) -> _Shape | None:
+        if self.others and other.others:
+            return None  # a product of two opened operands: material for b·b' is not dealt
+        others = tuple((z, d + other.degree) for z, d in self.others) + tuple((z, d + self.degree) for z, d in other.others)
+        shape = _Shape(self.trunc, self.degree + other.degree, others)
+        return shape if max([shape.degree, *(d for _, d in others)]) <= MAX_DEGREE else None
 
 
-def affine_root(program: Program, node_id: int) -> tuple[int, tuple[int, ...]] | None:
-    """(truncation id, the affine nodes after it up to ``node_id``) if ``node_id`` is a public
-    affine map of a truncation's output, else None."""
-    chain = []
-    node = program[node_id]
-    while node.op in AFFINE:
-        chain.append(node.id)
-        node = program[node.inputs[0]]
-    return (node.id, tuple(reversed(chain))) if node.op == "trunc" else None
+def _product_shape(program: Program, node, shapes: dict) -> _Shape | None:
+    """How ``node`` (a mul) rides, on the later truncation one of its inputs rides on."""
+    a, b = node.inputs
+    best = None
+    for mine, theirs in ((a, b), (b, a)):
+        s = shapes.get(mine)
+        if s is None:
+            continue
+        t = shapes.get(theirs)
+        if t is None or t.trunc != s.trunc:  # the other input: an operand opened with the truncation
+            if theirs >= s.trunc:
+                continue  # not computed yet when the truncation runs
+            t = _Shape(s.trunc, 0, ((theirs, 0),))
+        shape = s.times(t)
+        if shape is not None and (best is None or shape.trunc > best.trunc):
+            best = shape
+    return best
 
 
-def riders(program: Program) -> dict[int, Rider]:
-    """Product node id -> how it rides on a truncation's opening, for every product that can."""
-    out: dict[int, Rider] = {}
+def carried(program: Program) -> dict[int, Carried]:
+    """Truncation id -> what its opening carries, for every truncation that carries a product."""
+    shapes: dict[int, _Shape] = {}
+    out: dict[int, Carried] = {}
     for node in program.nodes:
-        if node.op != "mul":
-            continue
-        roots = [affine_root(program, i) for i in node.inputs]
-        truncs = [r[0] for r in roots if r is not None]
-        if not truncs:
-            continue
-        t = max(truncs)
-        chains = tuple(r[1] if r is not None and r[0] == t else None for r in roots)
-        others = [i for i, c in zip(node.inputs, chains) if c is None]
-        if all(i < t for i in others):
-            out[node.id] = Rider(node.id, t, chains, others[0] if others else None)
+        if node.op == "trunc":
+            shapes[node.id] = _Shape(node.id, 1)
+        elif node.op in AFFINE and node.inputs[0] in shapes:
+            shapes[node.id] = shapes[node.inputs[0]]
+        elif node.op == "mul":
+            shape = _product_shape(program, node, shapes)
+            if shape is None:
+                continue
+            shapes[node.id] = shape
+            c = out.setdefault(shape.trunc, Carried(shape.trunc))
+            c.products.append(node.id)
+            c.degree = max(c.degree, shape.degree)
+            for z, d in shape.others:
+                if z not in c.others:
+                    c.others.append(z)
+                    c.other_degrees.append(0)
+                j = c.others.index(z)
+                c.other_degrees[j] = max(c.other_degrees[j], d)
     return out
 
 
-def riders_by_truncation(program: Program) -> dict[int, list[Rider]]:
-    out: dict[int, list[Rider]] = {}
-    for r in riders(program).values():
-        out.setdefault(r.trunc, []).append(r)
-    return out
+def carried_products(program: Program) -> set[int]:
+    return {p for c in carried(program).values() for p in c.products}

@@ -79,9 +79,29 @@ def load_protocol(name: str | None) -> Protocol:
     return Protocol(name, data)
 
 
+def network_names() -> list[str]:
+    return list(json.loads((PROTOCOL_DIR / "networks.json").read_text()))
+
+
 @cache
-def load_network(name: str) -> dict:
+def load_network(spec: str) -> dict:
+    """A named network of ``networks.json`` (lan, mid, wan) or ``rtt=MS,bw=MBIT``: round-trip time in
+    milliseconds and bandwidth in Mbit/s. Returns ``{"name", "rtt_ms", "bandwidth_gbps"}``."""
     networks = json.loads((PROTOCOL_DIR / "networks.json").read_text())
-    if name not in networks:
-        raise UserError(f"unknown network {name!r}: choose one of {', '.join(networks)}")
-    return networks[name]
+    if spec in networks:
+        return {"name": spec, **networks[spec]}
+    fields = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
+    try:
+        rtt, bw = float(fields.pop("rtt")), float(fields.pop("bw"))
+        ok = not fields and spec.count("=") == 2 and rtt >= 0 and bw > 0
+    except (KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"unknown network {spec!r}: choose {', '.join(networks)} or rtt=MS,bw=MBIT "
+                        "(round trip in ms >= 0, bandwidth in Mbit/s > 0)")
+    return {"name": spec, "rtt_ms": rtt, "bandwidth_gbps": bw / 1000}
+
+
+def network_seconds(network: dict, rounds: float, nbytes: float) -> float:
+    """What ``rounds`` sequential round trips and ``nbytes`` through one link cost on ``network``."""
+    return rounds * network["rtt_ms"] / 1e3 + nbytes * 8 / (network["bandwidth_gbps"] * 1e9)

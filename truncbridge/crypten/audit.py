@@ -10,7 +10,7 @@ the masks the provider handed out inside it, and a digest of every tensor the pa
 Receipts outside such a step are recorded too: only the client's output may be one. The dealer
 (``DealerCore(audit=True)``) keeps each mask by dealing index. ``findings`` then checks, for every
 party and every receipt: it equals the secret (sum of all parties' shares) combined with a dealt
-mask — ``x - a`` for products, ``x + 2^62 + r`` (and ``z - b``) for the exact truncation, ``x xor a`` for binary
+mask — ``x - a`` for products, ``x + 2^62 + r`` (and ``z - b`` for the products it carries) for the exact truncation, ``x xor a`` for binary
 steps, ``x_i + r_i`` for a wraps gather — exactly; each mask was used by one step only; no
 receiver knows the mask in the clear (the owner does, when it deals: ``owner-insecure``); and no
 receipt is left unexplained. Any broken opening (mask removed, reused, known) is a finding.

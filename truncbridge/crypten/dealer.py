@@ -148,9 +148,9 @@ class DealtProvider:
         s = self._take(request_key("B2A", size))
         return _arith(s["rA"]), _binary(s["rB"])
 
-    def truncation_material(self, size, k: int, others: tuple = (), square: bool = False) -> dict:
+    def truncation_material(self, size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = ()) -> dict:
         """Shares of the exact truncation's material (``truncation.truncation_material``)."""
-        return self._take(request_key("trunc", size, k, others, square))
+        return self._take(request_key("trunc", size, k, others, degree, other_degrees))
 
 
 def _arith(share: torch.Tensor):

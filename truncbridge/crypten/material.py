@@ -2,8 +2,9 @@
 
 A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
 ``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
-five provider functions) and ``("trunc", size, k, others, square)`` (the exact truncation's
-``r, r >> k, msb(r)``, and the material of the products its opening carries: ``truncation.py``).
+five provider functions) and ``("trunc", size, k, others, degree, other_degrees)`` (the exact
+truncation's r, powers of r >> k and msb(r), and the material of the products its opening carries:
+``truncation.py``).
 This is all the dealer ever receives.
 
 Sharing follows CrypTen's TTP design: the dealer and each computing party share a seeded
@@ -63,15 +64,15 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
         return [Component("r", req[1])], [Component("theta_r", req[1])]
     if fn == "B2A":
         return [Component("rB", req[1], xor=True, bits=1)], [Component("rA", req[1])]
-    if fn == "trunc":
-        _, size, _, others, square = req
-        randoms, deriveds = [Component("r", size)], [Component("r_hi", size), Component("r_msb", size)]
-        for j, other in enumerate(others):
+    if fn == "trunc":  # h = r >> k, m = msb(r): h{q} (q >= 1), mh{q} = m·h^q, and times each b{j}
+        _, size, _, others, degree, other_degrees = req
+        randoms = [Component("r", size)] + [Component(f"b{j}", other) for j, other in enumerate(others)]
+        deriveds = [Component(f"h{q}", size) for q in range(1, degree + 1)]
+        deriveds += [Component(f"mh{q}", size) for q in range(degree)]
+        for j, (other, d) in enumerate(zip(others, other_degrees)):
             product = tuple(torch.broadcast_shapes(size, other))
-            randoms.append(Component(f"b{j}", other))
-            deriveds += [Component(f"mb{j}", product), Component(f"hb{j}", product)]
-        if square:
-            deriveds += [Component("h2", size), Component("mh", size)]
+            deriveds += [Component(f"h{q}b{j}", product) for q in range(1, d + 1)]
+            deriveds += [Component(f"mh{q}b{j}", product) for q in range(d)]
         return randoms, deriveds
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
@@ -92,13 +93,15 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
     if fn == "B2A":
         return {"rA": plain["rB"]}
     if fn == "trunc":
-        r, k = plain["r"], req[2]
-        hi, msb = logical_shift(r, k), (r < 0).long()
-        out = {"r_hi": hi, "r_msb": msb}
-        for j in range(len(req[3])):
-            out[f"mb{j}"], out[f"hb{j}"] = msb * plain[f"b{j}"], hi * plain[f"b{j}"]
-        if req[4]:
-            out["h2"], out["mh"] = hi * hi, msb * hi
+        r, k, degree, other_degrees = plain["r"], req[2], req[4], req[5]
+        h, m = logical_shift(r, k), (r < 0).long()
+        powers = [torch.ones_like(h)]  # h^0, h^1, ... (wrapping mod 2^64)
+        for _ in range(max([degree, *other_degrees])):
+            powers.append(powers[-1] * h)
+        out = {f"h{q}": powers[q] for q in range(1, degree + 1)} | {f"mh{q}": m * powers[q] for q in range(degree)}
+        for j, d in enumerate(other_degrees):
+            b = plain[f"b{j}"]
+            out |= {f"h{q}b{j}": powers[q] * b for q in range(1, d + 1)} | {f"mh{q}b{j}": m * powers[q] * b for q in range(d)}
         return out
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 

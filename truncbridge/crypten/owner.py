@@ -43,13 +43,20 @@ def make_plans(args, converted, parties: int, progress) -> dict:
     return plans
 
 
-def predictions(plan, parties: int, truncation: str) -> dict:
+def predictions(plan, parties: int, truncation: str, fuse: bool = True, network: dict | None = None) -> dict:
+    """The cost model's online rounds and bytes for the plan, as run_pi runs it (one operation at a
+    time, then one opening of the output), and what they cost on ``network``."""
     from ..analysis.cost import plan_costs
-    from ..core.protocols import load_network, load_protocol
+    from ..core.protocols import load_network, load_protocol, network_seconds
 
-    c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"))
-    return {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
-            "bytes": c["bytes"], "expected_truncation_failures": c["expected_truncation_failures"]}
+    protocol = load_protocol(protocol_profile(truncation, parties))
+    c = plan_costs(plan, protocol, load_network("lan"), fuse=fuse and protocol.fuses_products)
+    out = {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
+           "bytes": c["bytes"], "expected_truncation_failures": c["expected_truncation_failures"],
+           "fused_products": c["fused_products"]}
+    if network is not None:
+        out["network_s"] = network_seconds(network, c["rounds_sequential"] + 1, c["bytes"])
+    return out
 
 
 def references(model, plans: dict, ids: torch.Tensor, inputs: dict, truncation: str, parties: int) -> dict:

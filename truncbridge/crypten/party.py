@@ -17,7 +17,12 @@ Parties find each other through CrypTen's usual environment (``RANK``, ``WORLD_S
   A party that stops on its own then stays ``silence_s`` (``_linger``): Open MPI 5's launcher
   counts each non-zero exit twice and SIGKILLs every rank left once the count reaches the ranks.
 * **Communication statistics.** ``stats()`` is CrypTen's own counter (rounds = communicator calls,
-  bytes as CrypTen counts them) for this party.
+  bytes as CrypTen counts them) for this party, and the seconds spent inside communicator calls.
+* **A stated network.** Kernel delay emulation (netem) is not available on these machines, so
+  with ``network`` (``core.protocols.load_network``) each communicator call inside ``on_network()``
+  waits, in software, one round trip plus its bytes (sent and received, as CrypTen counts them)
+  over the bandwidth, after it returns: every round costs what the cost model charges it. Every
+  party waits alike, so the critical path gains one wait per round. Dealing is not delayed.
 * **Dealer.** Masks come from a dealer that is no computing party (``dealer.py``): the last
   rank, started with the others (``run_dealer``), or — ``dealer="owner-insecure"``, a benchmark
   setting that lets the owner read the client's data — party 0.
@@ -40,6 +45,7 @@ from datetime import timedelta
 import torch
 
 from ..core.errors import first_line
+from ..core.protocols import network_seconds
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
 from .dealing import configure, install_provider
@@ -58,6 +64,7 @@ class Party:
     silence_s: float = 5.0
     audit: bool = False
     dealer: str = "separate"  # or "owner-insecure" (dealer.py)
+    network: dict | None = None  # emulated network (see the module docstring); None: as is
 
     def __post_init__(self):
         self.crypten = import_crypten()
@@ -65,6 +72,8 @@ class Party:
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self._label = "protocol"
         self._calls = 0
+        self._delaying = False
+        self.comm_s = 0.0
         self._stop = threading.Event()
         self._exiting = threading.Lock()
         self._seen: dict[int, tuple[int, float]] = {}  # peer -> (last counter, local time it changed)
@@ -123,10 +132,21 @@ class Party:
     # -- statistics -------------------------------------------------------------------------
     def reset_stats(self) -> None:
         self.crypten.reset_communication_stats()
+        self.comm_s = 0.0
 
     def stats(self) -> dict:
         s = self.crypten.communicator.get().get_communication_stats()
-        return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"])}
+        return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"]), "comm_s": self.comm_s}
+
+    @contextmanager
+    def on_network(self, delayed: bool = True):
+        """Communicator calls inside wait as the emulated network would make them (if any and
+        ``delayed``)."""
+        self._delaying = delayed and self.network is not None
+        try:
+            yield
+        finally:
+            self._delaying = False
 
     @contextmanager
     def revealing_output(self):
@@ -155,9 +175,15 @@ class Party:
                 setattr(comm, name, self._recording(name, method))
 
     def _recording(self, name, method):
+        comm = self.crypten.communicator.get()
+
         def call(*args, **kwargs):
             self._calls += 1
+            start, sent = time.perf_counter(), getattr(comm, "comm_bytes", 0)
             result = method(*args, **kwargs)
+            if self._delaying:
+                time.sleep(network_seconds(self.network, 1, comm.comm_bytes - sent))
+            self.comm_s += time.perf_counter() - start
             if self.audit:
                 self._record(name, result)
             return result

@@ -5,6 +5,7 @@ import statistics
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
+PER_PARTY = MEASURED + ("comm_s",)
 
 
 def policy_row(policy: str, parties: int, runs: list[list[dict]], references: dict) -> dict:
@@ -12,11 +13,14 @@ def policy_row(policy: str, parties: int, runs: list[list[dict]], references: di
     online and offline wall time (each run's slowest party), the worst error over runs; rounds,
     bytes and dealt bytes do not vary between runs."""
     walls = [max(m["wall_s"] for m in everyone) for everyone in runs]
+    local = [max(m["wall_s"] - m["comm_s"] for m in everyone) for everyone in runs]  # outside communicator calls
+    loopback = [max(m.get("loopback_s", m["wall_s"]) for m in everyone) for everyone in runs]
     offline = [max(m["offline_s"] for m in everyone) for everyone in runs]
     logits = [everyone[1]["logits"].double() for everyone in runs]
     first, refs = runs[0], references
     return {"policy": policy, "parties": parties,
-            "wall_s": statistics.median(walls), "wall_s_runs": walls,
+            "wall_s": statistics.median(walls), "wall_s_runs": walls, "local_s": statistics.median(local),
+            "loopback_s": statistics.median(loopback),
             "rounds": max(m["rounds"] for m in first),
             "bytes": max(m["bytes"] for m in first),
             "offline_s": statistics.median(offline),
@@ -30,11 +34,16 @@ def policy_row(policy: str, parties: int, runs: list[list[dict]], references: di
             "top1_agreement_vs_float": min((x.argmax(-1) == refs["float"].argmax(-1)).double().mean().item()
                                            for x in logits),
             "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits),
-            "per_party": [{k: m[k] for k in MEASURED} for m in first]}
+            "per_party": [{k: m[k] for k in PER_PARTY} for m in first]}
 
 
 def add_predictions(row: dict, plan, predicted: dict) -> dict:
+    """The cost model's figures beside the measured ones; on an emulated network, the predicted
+    wall time: the same pass on loopback (measured just before) plus the network time the cost
+    model predicts from the plan's rounds and bytes."""
     row["predicted"] = predicted
+    if "network_s" in predicted:
+        predicted["wall_s"] = row["loopback_s"] + predicted["network_s"]
     row["planned_truncations"] = plan.counts()["truncations"]
     return row
 
@@ -60,10 +69,19 @@ def _format_row(r: dict) -> str:
     def num(v):
         return "-" if v is None else f"{v:.3g}"
 
-    return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
+    predicted = r.get("predicted", {}).get("wall_s")
+    return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
+            f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
             f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} "
             f"{r['truncations_executed']:>6} {num(r['max_abs_diff_vs_emulator']):>10} "
             f"{num(r['emulated_protocol_spread']):>10} {r['top1_agreement_vs_float']:>6.3f}")
+
+
+def _network(network: dict | None) -> str:
+    if network is None:
+        return "network: loopback as is (no emulated delay)"
+    return (f"network: {network['name']} emulated in software ({network['rtt_ms']:g} ms per round, "
+            f"{network['bandwidth_gbps'] * 1000:g} Mbit/s)")
 
 
 def format_table(result: dict) -> str:
@@ -72,8 +90,9 @@ def format_table(result: dict) -> str:
     lines = [f"{result['model']}, {result['parties']} computing parties and {dealer}, seq {result['seq_len']}, "
              f"{result['truncation']} truncation, {result['bounds']} bounds, "
              f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
-             f"online = after all dealing",
-             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'rounds':>7} {'MB':>9} {'offline_s':>9} {'offline_MB':>10} "
+             f"online = after all dealing; {_network(result.get('network'))}"
+             + ("" if result.get("fuse", True) else "; products not fused with truncations"),
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} {'offline_s':>9} {'offline_MB':>10} "
              f"{'truncs':>6} {'vs emu':>10} {'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
     for name, ratio in result["ratios"].items():

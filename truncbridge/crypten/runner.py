@@ -25,7 +25,7 @@ from collections import Counter
 import torch
 
 from ..core.errors import UserError
-from ..core.fusion import riders_by_truncation
+from ..core.fusion import AFFINE, carried
 from ..core.interpret import interpret
 from ..core.ring import Ring
 from ..core.types import Plan
@@ -66,9 +66,9 @@ class PlanRunner:
         self.truncations_executed = 0
         self.comparisons_executed = 0
         self.inputs, self.shared = None, None
-        self.riders = riders_by_truncation(plan.program) if fuse and truncation == "exact" else {}
-        self.fused_products = sum(len(r) for r in self.riders.values())
-        self._operands = {r.other for rs in self.riders.values() for r in rs if r.other is not None}
+        self.carried = carried(plan.program) if fuse and truncation == "exact" else {}
+        self.fused_products = sum(len(c.products) for c in self.carried.values())
+        self._operands = {z for c in self.carried.values() for z in c.others}
         self._uses_left: Counter = Counter()
         self._held: dict = {}  # values a carried product needs when its truncation runs
         self._carried: dict = {}  # product id -> its value, made at its truncation's opening
@@ -83,7 +83,7 @@ class PlanRunner:
         self.inputs, self.shared = inputs, shared
         self.truncations_executed = self.comparisons_executed = 0
         self._held, self._carried = {}, {}
-        self._uses_left = Counter(r.other for rs in self.riders.values() for r in rs if r.other is not None)
+        self._uses_left = Counter(z for c in self.carried.values() for z in c.others)
         return interpret(self.plan.program, self, visit=self._hold if self._operands else None)
 
     def _hold(self, node, value) -> None:
@@ -136,22 +136,23 @@ class PlanRunner:
 
     def truncate(self, node, op, xs):
         self.truncations_executed += 1
-        if node.id in self.riders:
-            return self._truncate_carrying(node, xs[0], self.riders[node.id])
+        if node.id in self.carried:
+            return self._truncate_carrying(node, xs[0], self.carried[node.id])
         return self._truncate(xs[0], node.attrs["shift"])
 
-    def _truncate_carrying(self, node, x, riders):
-        """One opening for the truncation and every product riding on it (``truncation.py``)."""
-        others = [r for r in riders if r.other is not None]
+    def _truncate_carrying(self, node, x, carried):
+        """One opening for the truncation and the operands of every product riding on it; the
+        products are then local (``truncation.Poly``)."""
         opened = protocols.open_truncation(x, node.attrs["shift"], self.AST, self.rank,
-                                           others=tuple(self._held[r.other] for r in others),
-                                           square=any(r.other is None for r in riders))
-        for j, r in enumerate(others):
-            self._carried[r.product] = self._local(opened.times_other(j, *self._affine(r.chains, opened.public)))
-            self._release(r.other)
-        for r in riders:
-            if r.other is None:  # both inputs are maps of this truncation's output
-                self._carried[r.product] = self._local(opened.times_same(*self._affine(r.chains, opened.public)))
+                                           others=tuple(self._held[z] for z in carried.others),
+                                           degree=carried.degree, other_degrees=tuple(carried.other_degrees))
+        values = {node.id: opened.y()} | {z: opened.operand(j) for j, z in enumerate(carried.others)}
+        for p in carried.products:
+            a, b = (self._carried_value(i, values) for i in self.plan.program[p].inputs)
+            values[p] = a * b
+            self._carried[p] = self._local(opened.share(values[p]))
+        for z in carried.others:
+            self._release(z)
         return self._local(opened.result())
 
     def _release(self, operand: int) -> None:
@@ -159,25 +160,23 @@ class PlanRunner:
         if not self._uses_left[operand]:
             del self._held[operand]
 
-    def _affine(self, chains, public) -> list:
-        """Per affine chain of ``core.fusion`` (None: not a map of y), (p, a) with chain(y) = p + a·S
-        for y = public + S, flattened: [p1, a1, p2, a2, ...]."""
-        return [v for chain in chains if chain is not None for v in self._map(chain, public)]
-
-    def _map(self, chain, public) -> tuple:
-        p, a = public, 1
-        for i in chain:
+    def _carried_value(self, i: int, values: dict):
+        """Node i as a carried value: one already made, or a public affine map of one (``core.fusion``)."""
+        if i not in values:
             n = self.plan.program[i]
+            if n.op not in AFFINE:
+                raise RuntimeError(f"node {i} ({n.op}) is not carried by the truncation (core.fusion disagrees)")
+            v = self._carried_value(n.inputs[0], values)
             if n.op == "neg":
-                p, a = -p, -a
+                v = v.scaled(-1)
             elif n.op == "shl":
-                p, a = p * (1 << n.attrs["shift"]), a * (1 << n.attrs["shift"])
+                v = v.scaled(1 << n.attrs["shift"])
             elif n.op == "add_public":
-                p = p + self.ring.encode_public(self.consts[n.attrs["const"]], n.scale)
+                v = v.plus_public(self.ring.encode_public(self.consts[n.attrs["const"]], n.scale))
             elif n.op == "mul_public":
-                c = self.ring.encode_public(self.consts[n.attrs["const"]], n.attrs["const_scale"])
-                p, a = p * c, a * c
-        return p, a
+                v = v.scaled(self.ring.encode_public(self.consts[n.attrs["const"]], n.attrs["const_scale"]))
+            values[i] = v  # pow2 relabels: the same value
+        return values[i]
 
     def _truncate(self, x, k: int):
         if self.truncation == "exact":

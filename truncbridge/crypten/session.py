@@ -63,6 +63,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
                    help="vanilla only: rsqrt(x) = s * inv_sqrt(s^2 x), the hand-made workaround for CrypTen's "
                         "inv_sqrt range (default 1: CrypTen as is)")
+    p.add_argument("--network", default=None,
+                   help="emulate a network in software: lan, mid, wan (protocols/networks.json) or rtt=MS,bw=MBIT; each "
+                        "communicator call of the online phase waits its round trip and bytes (default: none, as is)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="exact truncation: open every product on its own instead of letting it ride on a "
+                        "truncation's opening (to measure what fusing buys)")
     p.add_argument("--dealer", default="separate", choices=DEALERS,
                    help="separate: the last rank deals and receives only sizes (default); owner-insecure: the model "
                         "owner deals and can read the client's data (a benchmark setting, marked in every table)")
@@ -83,6 +89,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
+    if args.network is not None:
+        from ..core.protocols import load_network
+
+        args.network = load_network(args.network)
     return args
 
 
@@ -168,7 +178,7 @@ def _runner(policy: str, setup: dict, args):
 
     if policy == "vanilla":
         return VanillaRunner(setup["captured"], rsqrt_scale=args.vanilla_rsqrt_scale)
-    return PlanRunner(setup["plans"][policy], truncation=args.truncation)
+    return PlanRunner(setup["plans"][policy], truncation=args.truncation, fuse=args.fuse)
 
 
 class _CountDivisions:
@@ -201,8 +211,9 @@ def record_requests(party: Party, runner, inputs) -> list:
     return trace
 
 
-def run_once(party: Party, runner, trace: list, inputs) -> dict:
-    """Deal everything (offline), then one timed online pass; this party's measurements."""
+def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -> dict:
+    """Deal everything (offline), then one timed online pass — on the emulated network if
+    ``network`` — and return this party's measurements."""
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
     provider = party.provider
@@ -212,7 +223,7 @@ def run_once(party: Party, runner, trace: list, inputs) -> dict:
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t = time.perf_counter()
-    with party.audited(), _CountDivisions(ArithmeticSharedTensor) as divisions:
+    with party.audited(), party.on_network(network), _CountDivisions(ArithmeticSharedTensor) as divisions:
         outs = runner.run(inputs)
         with party.revealing_output():
             opened = runner.open_outputs(outs, dst=1)
@@ -226,7 +237,8 @@ def run_once(party: Party, runner, trace: list, inputs) -> dict:
 def _compute(comm, computing, args, parties: int, setup: dict, say) -> int:
     rank = comm.Get_rank()
     try:
-        party = Party(timeout_s=args.timeout, silence_s=args.silence, audit=args.audit, dealer=args.dealer).start()
+        party = Party(timeout_s=args.timeout, silence_s=args.silence, audit=args.audit, dealer=args.dealer,
+                      network=args.network).start()
         runners = {policy: _runner(policy, setup, args) for policy in args.policies}
     except Exception as exc:  # noqa: BLE001
         return mpi.fail_setup(comm, role(rank), exc)
@@ -242,6 +254,9 @@ def _compute(comm, computing, args, parties: int, setup: dict, say) -> int:
             for policy in args.policies:
                 say(f"running {policy} with {parties} parties ({repetition + 1}/{args.repeat})")
                 mine = run_once(party, runners[policy], traces[policy], inputs[policy])
+                if args.network is not None:  # the same pass on loopback first, then on the network
+                    mine = {**run_once(party, runners[policy], traces[policy], inputs[policy], network=True),
+                            "loopback_s": mine["wall_s"]}
                 runs[policy].append(mpi.gather(computing, mine))  # the client's logits too: measurement only
                 if rank == 0:
                     say(f"{policy}: online {max(m['wall_s'] for m in runs[policy][-1]):.2f} s")
@@ -261,8 +276,11 @@ def _report(args, parties: int, runs: dict, setup: dict, pooled: list) -> None:
     for policy in args.policies:
         row = policy_row(policy, parties, runs[policy], setup["references"])
         plan = setup["plans"].get(policy)
-        rows.append(add_predictions(row, plan, predictions(plan, parties, args.truncation)) if plan else row)
+        if plan:
+            add_predictions(row, plan, predictions(plan, parties, args.truncation, args.fuse, args.network))
+        rows.append(row)
     result = {"parties": parties, "model": args.model, "seq_len": args.seq_len, "truncation": args.truncation,
+              "network": args.network, "fuse": args.fuse,
               "bounds": args.bounds, "repeat": args.repeat, "dealer": args.dealer,
               "threads_per_party": torch.get_num_threads(), "rows": rows, "ratios": ratios(rows)}
     if args.audit:

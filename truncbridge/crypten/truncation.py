@@ -15,17 +15,15 @@
 
 The result is y = P + S: P = (c >> k) − 2^(62−k) is public and S = w·msb(r) − (r >> k), with
 w = 2^(64−k) if msb(c) = 0 else 0 public, is dealt material. So the exact truncation's opening can
-carry products of y (or of public affine maps of it, p + a·S) without opening y again
-(``core.fusion``): for y·z the same message opens e = z − b, and the dealer adds shares of b,
-msb(r)·b and (r >> k)·b; for y·y it adds (r >> k)² and msb(r)·(r >> k). Then
-
-    (p + a·S)·z             = p·e + p·b + a·(S·e + w·msb(r)·b − (r >> k)·b)
-    (p1 + a1·S)(p2 + a2·S)  = p1·p2 + (p1·a2 + p2·a1)·S + a1·a2·(w²·msb(r) − 2w·msb(r)(r >> k) + (r >> k)²)
-
-are linear in shares and public values: the product costs no round of its own.
+carry products (``core.fusion``): in the same message it opens e_j = z_j − b_j for operands z_j
+computed before it, and any polynomial in S whose terms hold at most one z_j is then linear in
+dealt shares of S^i and S^i·b_j with public coefficients. With h = r >> k and m = msb(r) (so
+m^l = m), S^i = (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^{i−l} m: the dealer deals h^q and m·h^q (and
+their products with b_j), and the products cost no round of their own (``Poly``, ``Opened.share``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,18 +35,19 @@ from .shares import add_public
 PROTOCOLS = ("crypten", "exact")
 
 
-def truncation_material(size, k: int, others: tuple = (), square: bool = False) -> dict:
+def truncation_material(size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = ()) -> dict:
     """This party's shares of the exact truncation's material, from the dealer (``dealer.py``):
-    r, r >> k (unsigned), msb(r); per carried product with another operand of size ``others[j]``,
-    b{j}, msb(r)·b{j}, (r >> k)·b{j}; with ``square``, (r >> k)² and msb(r)·(r >> k). The parties
-    that open x + 2^62 + r and z − b must not know r or b."""
+    r, h^q = (r >> k)^q for q = 1..degree, m·h^q (m = msb(r)) for q = 0..degree−1; per operand
+    z_j of size ``others[j]``, b{j} and h^q·b{j}, m·h^q·b{j} up to ``other_degrees[j]``
+    (``material.layout``). The parties that open x + 2^62 + r and z − b must not know r or b."""
     import crypten.mpc
 
     provider = crypten.mpc.get_default_provider()
     if not hasattr(provider, "truncation_material"):
         raise RuntimeError("the exact truncation needs truncbridge's dealer: start the parties with "
                            "truncbridge.crypten.init() (or run_pi.py), not plain crypten.init()")
-    return provider.truncation_material(torch.Size(size), k, tuple(torch.Size(s) for s in others), square)
+    return provider.truncation_material(torch.Size(size), k, tuple(torch.Size(s) for s in others), degree,
+                                        tuple(other_degrees))
 
 
 def masked_for_opening(x, r: torch.Tensor, ast_cls, rank: int):
@@ -61,9 +60,40 @@ def masked_operand(z, b: torch.Tensor, ast_cls):
     return ast_cls.from_shares(z.share - b, precision=0)
 
 
+class Poly(dict):
+    """A value carried by a truncation's opening: public coefficients of S^i (key i) and of
+    S^i·b_j (key (j, i)). Products keep at most one b_j per term (``core.fusion``)."""
+
+    def __add__(self, other: Poly) -> Poly:
+        out = Poly(self)
+        for key, c in other.items():
+            out[key] = out[key] + c if key in out else c
+        return out
+
+    def scaled(self, c) -> Poly:
+        return Poly({key: v * c for key, v in self.items()})
+
+    def plus_public(self, c) -> Poly:
+        return self + Poly({0: c})
+
+    def __mul__(self, other: Poly) -> Poly:
+        out = Poly()
+        for ka, ca in self.items():
+            for kb, cb in other.items():
+                if isinstance(ka, tuple) and isinstance(kb, tuple):
+                    raise ValueError("a product of two opened operands is not carried (core.fusion)")
+                if isinstance(ka, tuple) or isinstance(kb, tuple):
+                    (j, i), d = (ka, kb) if isinstance(ka, tuple) else (kb, ka)
+                    key = (j, i + d)
+                else:
+                    key = ka + kb
+                out = out + Poly({key: ca * cb})
+        return out
+
+
 @dataclass
 class Opened:
-    """After the exact truncation's opening: y = P + S (module docstring), and the opened e_j = z_j − b_j."""
+    """After the exact truncation's opening: y = P + S (module docstring) and e_j = z_j − b_j."""
     rank: int
     k: int
     c: torch.Tensor
@@ -78,31 +108,44 @@ class Opened:
     def w(self) -> torch.Tensor:  # msb(c) = 0: the sum wrapped iff msb(r) = 1
         return (self.c >= 0).long() << (64 - self.k)
 
-    def s(self) -> torch.Tensor:
-        return self.m["r_msb"] * self.w - self.m["r_hi"]
+    def y(self) -> Poly:
+        return Poly({0: self.public, 1: 1})
 
-    def _own(self, public_term):
-        return public_term if self.rank == 0 else 0  # one party adds the public part
+    def operand(self, j: int) -> Poly:
+        """z_j = e_j + b_j."""
+        return Poly({0: self.e[j], (j, 0): 1})
+
+    def _power(self, i: int, suffix: str = ""):
+        """This party's share of S^i, times b_j with ``suffix`` "b{j}" (material names of
+        ``material.layout``): (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m."""
+        share = (-1) ** i * (self.m[suffix] if i == 0 else self.m[f"h{i}{suffix}"])
+        w_l = 1
+        for l in range(1, i + 1):
+            w_l = w_l * self.w  # w^l, wrapping mod 2^64 like every share
+            share = share + math.comb(i, l) * (-1) ** (i - l) * w_l * self.m[f"mh{i - l}{suffix}"]
+        return share
+
+    def share(self, value: Poly) -> torch.Tensor:
+        """This party's share of a carried value: public terms on party 0 only."""
+        out = 0
+        for key, c in value.items():
+            if key == 0:
+                out = out + (c if self.rank == 0 else 0)
+            elif isinstance(key, tuple):
+                out = out + c * self._power(key[1], f"b{key[0]}")
+            else:
+                out = out + c * self._power(key)
+        return out
 
     def result(self) -> torch.Tensor:
         """This party's share of y = floor(x / 2^k) + Bernoulli(frac)."""
-        return self.s() + self._own(self.public)
-
-    def times_other(self, j: int, p, a) -> torch.Tensor:
-        """Share of (p + a·S)·z_j."""
-        e, m = self.e[j], self.m
-        return self._own(p * e) + p * m[f"b{j}"] + a * (self.s() * e + self.w * m[f"mb{j}"] - m[f"hb{j}"])
-
-    def times_same(self, p1, a1, p2, a2) -> torch.Tensor:
-        """Share of (p1 + a1·S)(p2 + a2·S)."""
-        w, m = self.w, self.m
-        s2 = w * w * m["r_msb"] - 2 * w * m["mh"] + m["h2"]
-        return self._own(p1 * p2) + (p1 * a2 + p2 * a1) * self.s() + a1 * a2 * s2
+        return self.share(self.y())
 
 
-def open_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), square: bool = False) -> Opened:
+def open_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree: int = 1,
+                    other_degrees: tuple = ()) -> Opened:
     """One opening of x + 2^62 + r, and of z_j − b_j for every ``others`` operand, in one message."""
-    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), square)
+    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees)
     masked = [masked_for_opening(x, m["r"], ast_cls, rank)]
     masked += [masked_operand(z, m[f"b{j}"], ast_cls) for j, z in enumerate(others)]
     opened = [masked[0].reveal()] if len(masked) == 1 else ast_cls.reveal_batch(masked)  # uniform: hides x, z
