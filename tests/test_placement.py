@@ -180,3 +180,54 @@ def test_a_large_program_is_solved_a_layer_at_a_time(default_converted, default_
     loaded = default_converted.loaded
     result = emulate(loaded.model, plan, tokenize_windows(loaded.tokenizer, loaded.heldout_text, 32, 2))
     assert result.bound_violations == 0 and result.metrics["top1_agreement"] >= 0.95
+
+
+def test_the_milp_takes_up_its_start(default_converted):
+    """The start (lazy improved by the local search) is a feasible point of the MILP, so a
+    time-limited solve returns it or better — values below 1 may sit at scales above the budget
+    (regression: their q was capped at the budget, the start was refused and every solve of the
+    default model under a 2-bit headroom kept it)."""
+    import numpy as np
+
+    from truncbridge.analysis.milp import _milp_model, _with_rides
+    from truncbridge.analysis.objective import Objective
+    from truncbridge.analysis.scales import placement_vector
+
+    program, bounds = default_converted.program, static_bounds(default_converted.program)
+    plan = build_plan(default_converted, plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5))
+    model = _milp_model(program, 16, bounds, plan.budget_bits, Objective())
+    x = _with_rides(placement_vector(program, 16, set(plan.sites)), Objective())
+    assert np.all(x >= model.var_lo) and np.all(x <= model.var_hi)
+    ax = model.A @ x
+    assert np.all(ax >= model.row_lo - 1e-9) and np.all(ax <= model.row_hi + 1e-9)
+    assert not plan.solver.get("kept_start")
+
+
+def test_a_network_objective_counts_rounds_the_way_the_milp_does(default_converted):
+    """The local search's objective (set-based, recursive riding) equals the MILP's objective at
+    the same point; and optimal under the mid network's time has no more fused rounds than optimal
+    under truncated elements (the cost model, on the placed plans, judges)."""
+    import dataclasses
+
+    from truncbridge.analysis.cost import plan_costs
+    from truncbridge.analysis.milp import _milp_model, _with_rides
+    from truncbridge.analysis.objective import objective_for
+    from truncbridge.analysis.scales import placement_vector
+    from truncbridge.core.protocols import load_network, load_protocol
+
+    program, bounds = default_converted.program, static_bounds(default_converted.program)
+    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=20)
+    objective = objective_for(program, dataclasses.replace(config, objective="mid"))
+    assert objective.round_elements == pytest.approx(0.01 * 1e9 / 128) and objective.rides
+    check = Checker(program, 16, bounds, config.budget_bits, objective)
+    lazy = build_plan(default_converted, dataclasses.replace(config, policy="lazy"))
+    n = len(program.nodes)
+    x = _with_rides(placement_vector(program, 16, set(lazy.sites)), objective)
+    model = _milp_model(program, 16, bounds, config.budget_bits, objective)
+    milp_value = model.cost[2 * n:] @ x[2 * n:] + objective.round_elements * len(objective.rides)
+    assert check.cost(set(lazy.sites)) == pytest.approx(milp_value)
+    rounds = {}
+    for kind in ("elements", "mid"):
+        plan = build_plan(default_converted, dataclasses.replace(config, objective=kind))
+        rounds[kind] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))["rounds_sequential"]
+    assert rounds["mid"] <= rounds["elements"], rounds

@@ -80,6 +80,9 @@ def _add_numeric_args(p, lists=False):
     p.add_argument("--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
     p.add_argument("--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
                    help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
+    p.add_argument("--objective", default="elements",
+                   help="optimal: minimise truncated elements (default), or the online time on a network: lan, mid, wan "
+                        "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (README, \"Placement objective\")")
 
 
 def _add_eval_args(p, windows=DEFAULT_WINDOWS):

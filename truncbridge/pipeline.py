@@ -136,17 +136,19 @@ def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> 
 
 def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, protocol: str | None = None,
                 headroom_bits: int | None = None, bounds: str = "static", margin_bits: int = 1,
-                time_limit_s: float = OPTIMAL_TIME_LIMIT_S, prime: int | None = None) -> PlanConfig:
+                time_limit_s: float = OPTIMAL_TIME_LIMIT_S, prime: int | None = None,
+                objective: str = "elements") -> PlanConfig:
     """A checked ``PlanConfig``; the protocol profile (default: faithful-2pc) gives the headroom
     unless ``headroom_bits`` says otherwise. ``prime``: compute in F_prime (``field_bits`` is then
-    the prime's capacity, ``core.fields``)."""
+    the prime's capacity, ``core.fields``). ``objective``: what optimal minimises
+    (``analysis.objective``)."""
     if prime is not None:
         field_bits = prime_capacity_bits(check_prime(prime))
     proto = load_protocol(protocol)
     proto.check_ring(field_bits, prime)
     headroom = proto.headroom_bits if headroom_bits is None else headroom_bits
     return PlanConfig(field_bits, frac_bits, policy, proto.name, headroom, bounds,
-                      margin_bits if bounds == "calibrated" else None, time_limit_s, prime).validate()
+                      margin_bits if bounds == "calibrated" else None, time_limit_s, prime, objective).validate()
 
 
 def build_plan(converted: Converted, config: PlanConfig, hints: tuple = ()) -> Plan:

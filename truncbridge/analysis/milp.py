@@ -1,5 +1,6 @@
 """Optimal placement: an integer program over every node's scale and truncation (HiGHS MILP via
-highspy), minimising truncated elements under the budget and precision constraints."""
+highspy), minimising the objective (truncated elements, or a network's time: ``objective.py``)
+under the budget and precision constraints."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ import numpy as np
 from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
+from .objective import Objective
 from .scales import const_scale, effective_bits, placement_vector, source_scale
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
@@ -22,13 +24,14 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                  start: set[int]) -> tuple[set[int] | None, dict]:
-    """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1).
+                  start: set[int], objective: Objective = Objective()) -> tuple[set[int] | None, dict]:
+    """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), and whether
+    a product rides on a placed truncation (y = 1, ``core.fusion``).
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
-    (any higher end is no cheaper and leaves fewer bits), and the objective is the number of
-    truncated elements (ties: lower scales). HiGHS is given ``start``, a feasible set of
+    (any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
+    it can ride on is placed, and the objective is ``objective``'s (ties: lower scales). HiGHS is given ``start``, a feasible set of
     truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
     the caller keeps the better of the two.
 
@@ -39,10 +42,10 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     bit-widths differ, so each is solved.)
     """
     n = len(src.nodes)
-    model = _milp_model(src, f, bounds, budget)
-    x0 = placement_vector(src, f, start)
+    model = _milp_model(src, f, bounds, budget, objective)
+    x0 = _with_rides(placement_vector(src, f, start), objective)
     t = time.perf_counter()
-    report = {"solver": "HiGHS MILP", "variables": 3 * n, "constraints": len(model.row_lo),
+    report = {"solver": "HiGHS MILP", "variables": 4 * n, "constraints": len(model.row_lo),
               "start_elements": int(sum(src.nodes[i].numel for i in start))}
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
         x, status, gap = _solve_by_blocks(src, model, x0, blocks, time_limit, report)
@@ -52,9 +55,19 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
-    z = x[2 * n:]
+    z = x[2 * n:3 * n]
     return {v.id for v in src.nodes if z[v.id]}, {
-        **report, "mip_gap": gap, "objective_elements": int(round(float(model.cost[2 * n:] @ z)))}
+        **report, "mip_gap": gap, "objective_elements": int(sum(v.numel for v in src.nodes if z[v.id])),
+        "objective": float(model.cost[2 * n:] @ x[2 * n:]) + objective.round_elements * len(objective.rides)}
+
+
+def _with_rides(x: np.ndarray, objective: Objective) -> np.ndarray:
+    """[p | q | z] -> [p | q | z | y]: y = 1 for the products a truncation in z lets ride."""
+    n = len(x) // 3
+    y = np.zeros(n)
+    for m, (sites, carriers) in objective.rides.items():  # in program order: carriers come first
+        y[m] = float(any(x[2 * n + u] for u in sites) or any(y[u] for u in carriers))
+    return np.concatenate([x, y])
 
 
 def _layer_blocks(src: Program) -> dict[str, list[int]]:
@@ -80,11 +93,11 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
     for k, (key, ids) in enumerate(blocks.items()):
         outside = sorted({j for i in ids for j in src.nodes[i].inputs if block_of[j] != key})
         local = sorted(set(ids) | set(outside))
-        cols = np.concatenate([np.array(local) + b * n for b in range(3)])
+        cols = np.concatenate([np.array(local) + b * n for b in range(4)])
         lo_v, hi_v = model.var_lo[cols].copy(), model.var_hi[cols].copy()
         fixed = [c for c, i in enumerate(local) if i in outside] + \
                 [len(local) + c for c, i in enumerate(local) if i in outside or i in read_elsewhere]
-        fixed += [2 * len(local) + c for c, i in enumerate(local) if i in outside]
+        fixed += [b * len(local) + c for b in (2, 3) for c, i in enumerate(local) if i in outside]
         lo_v[fixed] = hi_v[fixed] = x0[cols][fixed]  # the boundary keeps the start's scales
         rows = rows_of.get(key, [])
         left = max(deadline - time.perf_counter(), 0.0) / (len(blocks) - k)
@@ -133,19 +146,19 @@ class MilpModel:
     cost: np.ndarray
     var_lo: np.ndarray
     var_hi: np.ndarray
-    A: object  # scipy.sparse CSC, rows x [p | q | z]
+    A: object  # scipy.sparse CSC, rows x [p | q | z | y]
     row_lo: np.ndarray
     row_hi: np.ndarray
     row_owner: list[int]  # the node whose op each row constrains
 
 
-def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int) -> MilpModel:
-    """Cost, variable bounds, constraint matrix and row bounds; variables are [p | q | z] per node."""
+def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective) -> MilpModel:
+    """Cost, variable bounds, constraint matrix and row bounds; variables are [p | q | z | y] per node."""
     from scipy.sparse import coo_matrix
 
     nodes = src.nodes
     n = len(nodes)
-    P, Q, Z = 0, n, 2 * n  # variable blocks
+    P, Q, Z, Y = 0, n, 2 * n, 3 * n  # variable blocks
     m_eff = effective_bits(src, bounds, f)
     smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
     with np.errstate(over="ignore"):  # with nothing truncated, scales double at each square: inf is a fine cap
@@ -158,12 +171,19 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int) -> 
         hi.append(high)
         owner.append(i)
 
-    var_lo = np.full(3 * n, -float(budget))  # scales below -budget would be pointless
-    var_hi = np.full(3 * n, float(budget))
+    var_lo = np.full(4 * n, -float(budget))  # scales below -budget would be pointless
+    var_hi = np.full(4 * n, float(budget))
     var_lo[Z:], var_hi[Z:] = 0, 1
+    var_hi[Y:] = 0  # y: only products that can ride
+    for i, (sites, carriers) in objective.rides.items():
+        var_hi[Y + i] = 1
+        coefs = {Y + i: 1, **{Z + u: -1 for u in sites}}
+        for u in carriers:
+            coefs[Y + u] = coefs.get(Y + u, 0) - 1
+        con(coefs, -np.inf, 0)  # rides only on a placed truncation, or with a product that rides
     for v in nodes:
         i, ins = v.id, v.inputs
-        var_hi[P + i] = smax[i]
+        var_hi[P + i] = var_hi[Q + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
         scaling = spec(v).scaling
         if scaling in ("source", "integer"):
             var_lo[P + i] = var_hi[P + i] = source_scale(v, f) if scaling == "source" else 0
@@ -188,12 +208,12 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int) -> 
         if not spec(v).site(v, src) or big == 0:
             var_hi[Z + i] = 0
 
-    numel = np.array([v.numel for v in nodes], dtype=float)
+    weight = np.array([objective.site_weight(v.numel) for v in nodes], dtype=float)
     eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
-    cost = np.concatenate([np.full(2 * n, eps), numel])
+    cost = np.concatenate([np.full(2 * n, eps), weight, np.full(n, -objective.round_elements)])
     A = coo_matrix(([c for r in rows for c in r.values()],
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
-                   shape=(len(rows), 3 * n)).tocsc()
+                   shape=(len(rows), 4 * n)).tocsc()
     return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
 
 

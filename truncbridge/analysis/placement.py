@@ -9,9 +9,10 @@ precision there at no extra cost.
     eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
     lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
              budget, truncate its highest-scale input back to frac_bits, and repeat (``greedy.py``)
-    optimal  an integer program over every node's scale and truncation: minimum truncated
-             elements under the same budget and precision constraints (``milp.py``), started from
-             lazy's placement improved by a local search (``search.py``), so never worse than lazy
+    optimal  an integer program over every node's scale and truncation: the minimum of the
+             objective — truncated elements, or a network's time (``objective.py``) — under the
+             same budget and precision constraints (``milp.py``), started from lazy's placement
+             improved by a local search (``search.py``), so never worse than lazy
 
 The result is a ``Plan``: the node list with ``scale`` set on every node, ``trunc`` / ``shl``
 nodes inserted, and each node's bound.
@@ -26,6 +27,7 @@ from ..core.types import Bound, Plan, PlanConfig
 from .emit import Emitter, too_small
 from .greedy import place_fixed, place_greedy
 from .milp import solve_optimal
+from .objective import Objective, objective_for
 from .scales import eager_scales
 from .search import Checker, improve, raise_precision
 
@@ -46,7 +48,7 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
     greedy = Emitter(program, f, bounds, budget)
     place_greedy(greedy, lazy=True)
     sites = set(_finish(greedy, config, {}).sites)
-    check = Checker(program, f, bounds, budget)
+    check = Checker(program, f, bounds, budget, objective_for(program, config) if config.policy == "optimal" else Objective())
     solver: dict = {}
     if config.policy == "optimal":
         sites, solver = _optimal_sites(program, bounds, config, check, sites, hints)
@@ -61,7 +63,9 @@ def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int]
     t = time.perf_counter()
     starts = [st for st in (lazy_sites, *map(set, hints)) if check.cost(st) is not None]
     start = improve(check, min(starts, key=check.cost))
-    sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, config.time_limit_s, start)
+    sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, config.time_limit_s, start,
+                                  check.objective)
+    solver["objective_kind"] = config.objective
     found = None if sites is None else check.cost(sites)
     if found is None or found > check.cost(start):  # a time-limited solve may stop short of its start
         sites, solver["kept_start"] = start, True

@@ -9,6 +9,7 @@ import numpy as np
 from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
+from .objective import Objective
 from .scales import effective_bits, placement_vector, scale_rule
 
 
@@ -16,8 +17,8 @@ class Checker:
     """Does a placement — truncate these nodes, down to these scales — fit the budget, and what
     does it cost? (The same constraints as the MILP, checked directly.)"""
 
-    def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int):
-        self.src, self.f = src, f
+    def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective = Objective()):
+        self.src, self.f, self.objective = src, f, objective
         m_eff = effective_bits(src, bounds, f)
         cap = [budget - 1 - m for m in m_eff]
         for v in src.nodes:
@@ -26,13 +27,28 @@ class Checker:
         self.cap = np.array(cap, dtype=float)
         self.candidate = {v.id for v in src.nodes if spec(v).site(v, src)}
 
-    def cost(self, sites: set[int], floors: list[int] | None = None) -> int | None:
-        """Truncated elements, or None if some value would not fit."""
+    def cost(self, sites: set[int], floors: list[int] | None = None) -> float | None:
+        """The objective (truncated elements, or a network's time: ``objective.py``), or None if
+        some value would not fit."""
         n = len(self.src.nodes)
         x = placement_vector(self.src, self.f, sites, floors)
         if np.any(x[:n] > self.cap):
             return None
-        return int(sum(self.src[i].numel for i in sites if x[2 * n + i]))
+        return self.objective_of([i for i in sites if x[2 * n + i]])
+
+    def objective_of(self, truncated: list[int]) -> float:
+        cut = set(truncated)
+        return sum(self.objective.site_weight(self.src[i].numel) for i in cut) + self.grounded_cost(cut)
+
+    def grounded_cost(self, cut: set[int]) -> float:
+        """One round for every product that cannot ride on a truncation in ``cut`` (``objective.py``)."""
+        if not self.objective.rides:
+            return 0.0
+        riding: set[int] = set()
+        for m, (sites, carriers) in self.objective.rides.items():  # program order: carriers first
+            if sites & cut or carriers & riding:
+                riding.add(m)
+        return self.objective.round_elements * (len(self.objective.rides) - len(riding))
 
 
 class Placement:
@@ -47,20 +63,24 @@ class Placement:
         x = placement_vector(check.src, check.f, self.sites, self.floors)
         self.p, self.q, self.z = list(x[:n]), list(x[n:2 * n]), list(x[2 * n:])
         self.users = check.src.users()
-        self.cost = int(sum(check.src[i].numel for i in self.sites if self.z[i]))
+        self.truncated = {i for i in self.sites if self.z[i]}
+        self.site_cost = check.objective_of(list(self.truncated)) - check.grounded_cost(self.truncated)
+        self.cost = check.objective_of(list(self.truncated))
 
     def trial(self, sites: set[int], floors: dict[int, int] | None = None) -> bool:
         """Move to ``sites`` (and these floors) if every value still fits; else stay. Returns
         whether it moved."""
         floors = floors or {}
         touched = (sites ^ self.sites) | set(floors)
-        undo = {"sites": self.sites, "floors": {v: self.floors[v] for v in floors}, "cost": self.cost, "nodes": {}}
+        undo = {"sites": self.sites, "floors": {v: self.floors[v] for v in floors}, "cost": self.cost,
+                "site_cost": self.site_cost, "truncated": set(self.truncated), "nodes": {}}
         self.sites = sites
         for v, f in floors.items():
             self.floors[v] = f
         if self._propagate(sorted(touched), undo["nodes"]):
+            self.cost = self.site_cost + self.check.grounded_cost(self.truncated)
             return True
-        self.sites, self.cost = undo["sites"], undo["cost"]
+        self.sites, self.cost, self.site_cost, self.truncated = (undo[k] for k in ("sites", "cost", "site_cost", "truncated"))
         for v, f in undo["floors"].items():
             self.floors[v] = f
         for i, (p, q, z) in undo["nodes"].items():
@@ -80,8 +100,9 @@ class Placement:
             if (p, q, z) == (self.p[i], self.q[i], self.z[i]) and i not in start:
                 continue
             saved.setdefault(i, (self.p[i], self.q[i], self.z[i]))
-            if i in self.sites or saved[i][2]:
-                self.cost += node.numel * (int(z) - int(self.z[i]))
+            if (i in self.sites or saved[i][2]) and z != self.z[i]:
+                self.site_cost += self.check.objective.site_weight(node.numel) * (int(z) - int(self.z[i]))
+                (self.truncated.add if z else self.truncated.discard)(i)
             self.p[i], self.q[i], self.z[i] = p, q, z
             if p > cap[i]:
                 return False

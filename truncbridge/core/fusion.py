@@ -94,3 +94,30 @@ def carried(program: Program) -> dict[int, Carried]:
 
 def carried_products(program: Program) -> set[int]:
     return {p for c in carried(program).values() for p in c.products}
+
+
+def _affine_chain(program: Program, i: int) -> list[int]:
+    """i and the nodes it is a public affine map of, back to the first that is not one."""
+    chain = [i]
+    while program[chain[-1]].op in AFFINE:
+        chain.append(program[chain[-1]].inputs[0])
+    return chain
+
+
+def ride_sites(program: Program) -> dict[int, tuple[frozenset[int], frozenset[int]]]:
+    """For placement, on a program without truncations: mul id -> (the nodes whose truncation would
+    let it ride, the products that would carry it along if they ride). A truncation placed after a
+    node heads an affine chain to one input, or a riding product does, and the other input is made
+    before it or hangs off the same chain. (``carried``'s limits on powers of S and on operands per
+    term are left out: the cost model, run on the placed plan, counts.)"""
+    out: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+    for node in program.nodes:
+        if node.op != "mul":
+            continue
+        a, b = node.inputs
+        ca, cb = _affine_chain(program, a), _affine_chain(program, b)
+        heads = {u for u in ca if b < u or u in cb} | {u for u in cb if a < u or u in ca}
+        carriers = {u for u in heads if u in out}  # a riding product carries this one along
+        if heads:
+            out[node.id] = (frozenset(heads), frozenset(carriers))
+    return out

@@ -13,6 +13,7 @@ from .errors import UserError
 from .fields import check_prime, check_ring_bits, field_name, prime_capacity_bits
 from .ir import Node, Program
 from .ops import spec
+from .protocols import load_network
 
 ROUNDING_FLOOR_BITS = 8  # no real bound is below 2^8 LSBs of frac_bits: tiny values carry rounding error
 POLICIES = ("eager", "lazy", "optimal")
@@ -48,6 +49,7 @@ class PlanConfig:
     margin_bits: int | None = None  # calibrated bounds: safety margin (None with static bounds)
     time_limit_s: float = OPTIMAL_TIME_LIMIT_S  # optimal: the MILP's time limit
     prime: int | None = None  # a prime field F_p (field_bits is then its capacity, ``core.fields``)
+    objective: str = "elements"  # optimal: truncated elements, or a network's time (``analysis.objective``)
 
     def validate(self) -> PlanConfig:
         """The config, if a plan can be made under it (one clear error otherwise)."""
@@ -59,6 +61,12 @@ class PlanConfig:
             raise UserError(f"--headroom must be >= 0 bits, got {self.headroom_bits}")
         if self.margin_bits is not None and self.margin_bits < 0:
             raise UserError(f"calibration margin must be >= 0 bits, got {self.margin_bits}")
+        if self.objective != "elements":
+            try:
+                load_network(self.objective)
+            except UserError:
+                raise UserError(f"unknown objective {self.objective!r}: choose elements, lan, mid, wan or "
+                                "rtt=MS,bw=MBIT") from None
         if self.prime is not None:
             check_prime(self.prime)
             if self.field_bits != prime_capacity_bits(self.prime):

@@ -27,7 +27,8 @@ def client_window(loaded, seq_len: int) -> torch.Tensor:
 
 def make_plans(args, converted, parties: int, progress) -> dict:
     """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
-    lazy / optimal fill the budget, so they get the profile's headroom."""
+    lazy / optimal fill the budget, so they get the profile's headroom. On an emulated network,
+    optimal minimises the time there (``analysis.objective``), else truncated elements."""
     from ..pipeline import build_plan, plan_config
 
     profile = protocol_profile(args.truncation, parties)
@@ -36,7 +37,8 @@ def make_plans(args, converted, parties: int, progress) -> dict:
         progress(f"planning {policy} for {profile} ({args.bounds} bounds)")
         headroom = 0 if policy == "eager" and args.truncation == "crypten" else None
         config = plan_config(policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
-                             headroom_bits=headroom, time_limit_s=args.time_limit)
+                             headroom_bits=headroom, time_limit_s=args.time_limit,
+                             objective=args.network["name"] if args.network else "elements")
         plans[policy] = build_plan(converted, config, hints)
         if policy == "lazy":
             hints = (plans[policy].sites,)
