@@ -15,7 +15,7 @@ import numpy as np
 from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
-from .objective import Objective
+from .objective import TRUNCATED_ELEMENTS, Objective
 from .scales import const_scale, effective_bits, placement_vector, source_scale
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
@@ -24,15 +24,15 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                  start: set[int], objective: Objective = Objective()) -> tuple[set[int] | None, dict]:
+                  start: set[int], objective: Objective = TRUNCATED_ELEMENTS) -> tuple[set[int] | None, dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), and whether
     a product rides on a placed truncation (y = 1, ``core.fusion``).
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
     (any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
-    it can ride on is placed, and the objective is ``objective``'s (ties: lower scales). HiGHS is given ``start``, a feasible set of
-    truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
+    it can ride on is placed, and the objective is ``objective``'s (ties: lower scales). HiGHS is
+    given ``start``, a feasible set of truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
     the caller keeps the better of the two.
 
     A large program (a full-size model) is solved a layer at a time: every value that crosses
@@ -175,12 +175,9 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obj
     var_hi = np.full(4 * n, float(budget))
     var_lo[Z:], var_hi[Z:] = 0, 1
     var_hi[Y:] = 0  # y: only products that can ride
-    for i, (sites, carriers) in objective.rides.items():
+    for i, coefs in _ride_rows(objective, Z, Y):
         var_hi[Y + i] = 1
-        coefs = {Y + i: 1, **{Z + u: -1 for u in sites}}
-        for u in carriers:
-            coefs[Y + u] = coefs.get(Y + u, 0) - 1
-        con(coefs, -np.inf, 0)  # rides only on a placed truncation, or with a product that rides
+        con(coefs, -np.inf, 0)
     for v in nodes:
         i, ins = v.id, v.inputs
         var_hi[P + i] = var_hi[Q + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
@@ -215,6 +212,16 @@ def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obj
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
                    shape=(len(rows), 4 * n)).tocsc()
     return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
+
+
+def _ride_rows(objective: Objective, Z: int, Y: int):
+    """(product, row): y_m <= sum of z over the sites it can ride on + y of the products that would
+    carry it along (``core.fusion.ride_sites``)."""
+    for i, (sites, carriers) in objective.rides.items():
+        coefs = {Y + i: 1, **{Z + u: -1 for u in sites}}
+        for u in carriers:
+            coefs[Y + u] = coefs.get(Y + u, 0) - 1
+        yield i, coefs
 
 
 @contextmanager

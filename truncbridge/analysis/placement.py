@@ -27,7 +27,7 @@ from ..core.types import Bound, Plan, PlanConfig
 from .emit import Emitter, too_small
 from .greedy import place_fixed, place_greedy
 from .milp import solve_optimal
-from .objective import Objective, objective_for
+from .objective import TRUNCATED_ELEMENTS, objective_for
 from .scales import eager_scales
 from .search import Checker, improve, raise_precision
 
@@ -48,7 +48,8 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
     greedy = Emitter(program, f, bounds, budget)
     place_greedy(greedy, lazy=True)
     sites = set(_finish(greedy, config, {}).sites)
-    check = Checker(program, f, bounds, budget, objective_for(program, config) if config.policy == "optimal" else Objective())
+    check = Checker(program, f, bounds, budget,
+                    objective_for(program, config) if config.policy == "optimal" else TRUNCATED_ELEMENTS)
     solver: dict = {}
     if config.policy == "optimal":
         sites, solver = _optimal_sites(program, bounds, config, check, sites, hints)

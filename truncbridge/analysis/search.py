@@ -9,7 +9,7 @@ import numpy as np
 from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
-from .objective import Objective
+from .objective import TRUNCATED_ELEMENTS, Objective
 from .scales import effective_bits, placement_vector, scale_rule
 
 
@@ -17,7 +17,8 @@ class Checker:
     """Does a placement — truncate these nodes, down to these scales — fit the budget, and what
     does it cost? (The same constraints as the MILP, checked directly.)"""
 
-    def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective = Objective()):
+    def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int,
+                 objective: Objective = TRUNCATED_ELEMENTS):
         self.src, self.f, self.objective = src, f, objective
         m_eff = effective_bits(src, bounds, f)
         cap = [budget - 1 - m for m in m_eff]

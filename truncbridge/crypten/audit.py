@@ -5,15 +5,17 @@ place to check them, so it must never run on real data that is to stay private.
 
 While a pass runs, each computing party keeps an ``OpeningLog``: every protocol step that opens
 something (CrypTen's Beaver product, square, binary AND, B2A, wraps, and truncbridge's exact
-truncation with the products it carries) is recorded with this party's shares of the secret it hides, the dealing indices of
-the masks the provider handed out inside it, and a digest of every tensor the party received.
+truncation with the products it carries) is recorded with this party's shares of the secret it
+hides, the dealing indices of the masks the provider handed out inside it, and a digest of every
+tensor the party received.
 Receipts outside such a step are recorded too: only the client's output may be one. The dealer
 (``DealerCore(audit=True)``) keeps each mask by dealing index. ``findings`` then checks, for every
 party and every receipt: it equals the secret (sum of all parties' shares) combined with a dealt
-mask — ``x - a`` for products, ``x + 2^62 + r`` (and ``z - b`` for the products it carries) for the exact truncation, ``x xor a`` for binary
-steps, ``x_i + r_i`` for a wraps gather — exactly; each mask was used by one step only; no
-receiver knows the mask in the clear (the owner does, when it deals: ``owner-insecure``); and no
-receipt is left unexplained. Any broken opening (mask removed, reused, known) is a finding.
+mask — ``x - a`` for products, ``x + 2^62 + r`` (and ``z - b`` for the products it carries) for
+the exact truncation, ``x xor a`` for binary steps, ``x_i + r_i`` for a wraps gather — exactly;
+each mask was used by one step only; no receiver knows the mask in the clear (the owner does,
+when it deals: ``owner-insecure``); and no receipt is left unexplained. Any broken opening (mask
+removed, reused, known) is a finding.
 """
 from __future__ import annotations
 

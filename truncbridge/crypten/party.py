@@ -16,19 +16,11 @@ Parties find each other through CrypTen's usual environment (``RANK``, ``WORLD_S
   dead peer at once — by its process state when on this host, else by its silent heartbeat.
   A party that stops on its own then stays ``silence_s`` (``_linger``): Open MPI 5's launcher
   counts each non-zero exit twice and SIGKILLs every rank left once the count reaches the ranks.
-* **Communication statistics.** ``stats()`` is CrypTen's own counter (rounds = communicator calls,
-  bytes as CrypTen counts them) for this party, and the seconds spent inside communicator calls.
-* **A stated network.** Kernel delay emulation (netem) is not available on these machines, so
-  with ``network`` (``core.protocols.load_network``) each communicator call inside ``on_network()``
-  waits, in software, one round trip plus its bytes (sent and received, as CrypTen counts them)
-  over the bandwidth, after it returns: every round costs what the cost model charges it. Every
-  party waits alike, so the critical path gains one wait per round. Dealing is not delayed.
+* **Measured, audited, delayed communication** (``link.py``): statistics, the receipt audit and
+  an emulated network (``network``) on every communicator call.
 * **Dealer.** Masks come from a dealer that is no computing party (``dealer.py``): the last
   rank, started with the others (``run_dealer``), or — ``dealer="owner-insecure"``, a benchmark
   setting that lets the owner read the client's data — party 0.
-* **Audit.** With ``audit=True`` every tensor this party receives is logged against the protocol
-  step that opened it (``audit.py``); ``audit.findings`` checks each is a share, an opening of a
-  secret plus a fresh dealt mask the receiver does not know, or the client's output.
 """
 from __future__ import annotations
 
@@ -38,28 +30,24 @@ import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
-import torch
-
 from ..core.errors import first_line
-from ..core.protocols import network_seconds
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
 from .dealing import configure, install_provider
+from .link import Link
 from .roles import role, stop_process
 
 HEARTBEAT_S = 0.2
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed
 SIGTERM_SILENCE_S = 3 * HEARTBEAT_S  # silence that names a peer when the launcher ends this one
-RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "scatter", "broadcast", "recv",
-             "broadcast_obj", "recv_obj")
 
 
 @dataclass
-class Party:
+class Party(Link):
     timeout_s: float = 60.0
     silence_s: float = 5.0
     audit: bool = False
@@ -128,72 +116,6 @@ class Party:
         if laggard is not None:
             self._exit(f"{role(laggard)} stalled: no progress while this party waited {self.timeout_s:g} s")
         self._exit(f"{role(self.rank)} failed: {type(exc).__name__}: {first_line(exc)}")
-
-    # -- statistics -------------------------------------------------------------------------
-    def reset_stats(self) -> None:
-        self.crypten.reset_communication_stats()
-        self.comm_s = 0.0
-
-    def stats(self) -> dict:
-        s = self.crypten.communicator.get().get_communication_stats()
-        return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"]), "comm_s": self.comm_s}
-
-    @contextmanager
-    def on_network(self, delayed: bool = True):
-        """Communicator calls inside wait as the emulated network would make them (if any and
-        ``delayed``)."""
-        self._delaying = delayed and self.network is not None
-        try:
-            yield
-        finally:
-            self._delaying = False
-
-    @contextmanager
-    def revealing_output(self):
-        """Receipts inside are the revealed result (which only the client may receive)."""
-        self._label = "output"
-        try:
-            yield
-        finally:
-            self._label = "protocol"
-
-    @contextmanager
-    def audited(self):
-        """Log receipts against openings while inside (the online phase)."""
-        self.log.active = self.audit
-        try:
-            yield
-        finally:
-            self.log.active = False
-
-    # -- communicator wrapper ----------------------------------------------------------------
-    def _wrap_communicator(self) -> None:
-        comm = self.crypten.communicator.get()
-        for name in RECEIVING:
-            method = getattr(comm, name, None)
-            if method is not None:
-                setattr(comm, name, self._recording(name, method))
-
-    def _recording(self, name, method):
-        comm = self.crypten.communicator.get()
-
-        def call(*args, **kwargs):
-            self._calls += 1
-            start, sent = time.perf_counter(), getattr(comm, "comm_bytes", 0)
-            result = method(*args, **kwargs)
-            if self._delaying:
-                time.sleep(network_seconds(self.network, 1, comm.comm_bytes - sent))
-            self.comm_s += time.perf_counter() - start
-            if self.audit:
-                self._record(name, result)
-            return result
-
-        return call
-
-    def _record(self, name: str, result) -> None:
-        tensors = [t for t in (result if isinstance(result, (list, tuple)) else [result]) if isinstance(t, torch.Tensor)]
-        if tensors or result is not None:
-            self.log.receive(name, tensors, output=self._label == "output")
 
     # -- watchdog ---------------------------------------------------------------------------
     def _watch(self) -> None:

@@ -92,8 +92,8 @@ def format_table(result: dict) -> str:
              f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
              f"online = after all dealing; {_network(result.get('network'))}"
              + ("" if result.get("fuse", True) else "; products not fused with truncations"),
-             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} {'offline_s':>9} {'offline_MB':>10} "
-             f"{'truncs':>6} {'vs emu':>10} {'emu spread':>10} {'top1':>6}"]
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} "
+             f"{'offline_s':>9} {'offline_MB':>10} {'truncs':>6} {'vs emu':>10} {'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())

@@ -36,6 +36,7 @@ from .party import Party
 from .results import INSECURE, add_predictions, format_table, policy_row, ratios
 from .roles import role
 from .truncation import PROTOCOLS
+from .vanilla import CountDivisions
 
 POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
@@ -181,27 +182,6 @@ def _runner(policy: str, setup: dict, args):
     return PlanRunner(setup["plans"][policy], truncation=args.truncation, fuse=args.fuse)
 
 
-class _CountDivisions:
-    """Counts CrypTen's truncations (``ArithmeticSharedTensor.div_`` by an integer) while active."""
-
-    def __init__(self, ast_cls):
-        self.cls, self.count = ast_cls, 0
-
-    def __enter__(self):
-        self.original = self.cls.div_
-
-        def div_(tensor, y):
-            if isinstance(y, int):
-                self.count += 1
-            return self.original(tensor, y)
-
-        self.cls.div_ = div_
-        return self
-
-    def __exit__(self, *exc):
-        self.cls.div_ = self.original
-
-
 def record_requests(party: Party, runner, inputs) -> list:
     """An untimed pass with the dealer answering on demand; returns its request sequence."""
     with party.audited(), party.provider.recording_requests() as trace:
@@ -223,7 +203,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t = time.perf_counter()
-    with party.audited(), party.on_network(network), _CountDivisions(ArithmeticSharedTensor) as divisions:
+    with party.audited(), party.on_network(network), CountDivisions(ArithmeticSharedTensor) as divisions:
         outs = runner.run(inputs)
         with party.revealing_output():
             opened = runner.open_outputs(outs, dst=1)

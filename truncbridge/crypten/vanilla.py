@@ -226,3 +226,24 @@ def _map(fn, x):
 
 def _unwrap(x):
     return _map(lambda v: v.value if isinstance(v, Owned) else v, x)
+
+
+class CountDivisions:
+    """Counts CrypTen's truncations (``ArithmeticSharedTensor.div_`` by an integer) while active."""
+
+    def __init__(self, ast_cls):
+        self.cls, self.count = ast_cls, 0
+
+    def __enter__(self):
+        self.original = self.cls.div_
+
+        def div_(tensor, y):
+            if isinstance(y, int):
+                self.count += 1
+            return self.original(tensor, y)
+
+        self.cls.div_ = div_
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.div_ = self.original
