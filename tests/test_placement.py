@@ -216,7 +216,7 @@ def test_a_network_objective_counts_rounds_the_way_the_milp_does(default_convert
     from truncbridge.core.protocols import load_network, load_protocol
 
     program, bounds = default_converted.program, static_bounds(default_converted.program)
-    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=20)
+    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5)
     objective = objective_for(program, dataclasses.replace(config, objective="mid"))
     assert objective.round_elements == pytest.approx(0.01 * 1e9 / 128) and objective.rides
     check = Checker(program, 16, bounds, config.budget_bits, objective)

@@ -41,17 +41,19 @@ RTT_MS = 5  # the emulated network of the test below: more than a loopback round
 
 @pytest.mark.parametrize("parties", [2, 3])
 def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, tmp_path):
-    """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too,
-    on an emulated network whose round trips every online pass must wait."""
+    """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too;
+    with 2 parties on an emulated network whose round trips every online pass must wait."""
+    network = ["--network", f"rtt={RTT_MS},bw=10000"] if parties == 2 else []  # 3PC: loopback (suite time)
     result, _ = run_json(tmp_path, parties + 1, *TINY, "--policy", "eager,lazy,optimal,vanilla",
-                         "--time-limit", "5", "--audit", "--network", f"rtt={RTT_MS},bw=10000")
+                         "--time-limit", "5", "--audit", *network)
     rows = {r["policy"]: r for r in result["rows"]}
     assert result["parties"] == parties and result["dealer"] == "separate"
     for policy, row in rows.items():
         assert row["parties"] == parties
         assert row["online_dealer_requests"] == 0, policy  # everything was dealt before the online phase
         assert row["dealt_requests"] > 0 and row["offline_bytes"] > 0, policy
-        assert min(row["wall_s_runs"]) >= row["rounds"] * RTT_MS / 1e3, policy  # every round waited
+        if network:
+            assert min(row["wall_s_runs"]) >= row["rounds"] * RTT_MS / 1e3, policy  # every round waited
         if policy == "vanilla":
             continue
         assert row["truncations_executed"] == row["planned_truncations"]
@@ -63,7 +65,8 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
         # measured rounds = the cost model's sequential rounds + the one opening of the output
         assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1, policy
         assert row["predicted"]["fused_products"] > 0, policy  # products rode on truncations' openings
-        assert 0.6 <= row["predicted"]["wall_s"] / row["wall_s"] <= 1.25, policy
+        if network:
+            assert 0.6 <= row["predicted"]["wall_s"] / row["wall_s"] <= 1.25, policy
     assert rows["lazy"]["truncations_executed"] < rows["eager"]["truncations_executed"]
     assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
     audit = result["audit"]
