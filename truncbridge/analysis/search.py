@@ -65,8 +65,8 @@ class Placement:
         self.p, self.q, self.z = list(x[:n]), list(x[n:2 * n]), list(x[2 * n:])
         self.users = check.src.users()
         self.truncated = {i for i in self.sites if self.z[i]}
-        self.site_cost = check.objective_of(list(self.truncated)) - check.grounded_cost(self.truncated)
-        self.cost = check.objective_of(list(self.truncated))
+        self.site_cost = sum(check.objective.site_weight(check.src[i].numel) for i in self.truncated)
+        self.cost = self.site_cost + check.grounded_cost(self.truncated)
 
     def trial(self, sites: set[int], floors: dict[int, int] | None = None) -> bool:
         """Move to ``sites`` (and these floors) if every value still fits; else stay. Returns

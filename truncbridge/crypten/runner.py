@@ -67,8 +67,7 @@ class PlanRunner:
         self.comparisons_executed = 0
         self.inputs, self.shared = None, None
         self.carried = carried(plan.program) if fuse and truncation == "exact" else {}
-        self.fused_products = sum(len(c.products) for c in self.carried.values())
-        self._operands = {z for c in self.carried.values() for z in c.others}
+        self._operand_uses = Counter(z for c in self.carried.values() for z in c.others)  # opened with truncations
         self._uses_left: Counter = Counter()
         self._held: dict = {}  # values a carried product needs when its truncation runs
         self._carried: dict = {}  # product id -> its value, made at its truncation's opening
@@ -83,11 +82,11 @@ class PlanRunner:
         self.inputs, self.shared = inputs, shared
         self.truncations_executed = self.comparisons_executed = 0
         self._held, self._carried = {}, {}
-        self._uses_left = Counter(z for c in self.carried.values() for z in c.others)
-        return interpret(self.plan.program, self, visit=self._hold if self._operands else None)
+        self._uses_left = Counter(self._operand_uses)
+        return interpret(self.plan.program, self, visit=self._hold if self._operand_uses else None)
 
     def _hold(self, node, value) -> None:
-        if node.id in self._operands:
+        if node.id in self._operand_uses:
             self._held[node.id] = value
 
     # -- the backend: one method per op kind (core.interpret) ------------------------------------

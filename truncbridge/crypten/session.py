@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ArgumentParser, UserError
+from ..core.protocols import load_network
 from ..core.types import POLICIES as PLAN_POLICIES
 from . import mpi
 from .audit import findings
@@ -91,8 +92,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
     if args.network is not None:
-        from ..core.protocols import load_network
-
         args.network = load_network(args.network)
     return args
 
