@@ -231,3 +231,16 @@ def test_a_network_objective_counts_rounds_the_way_the_milp_does(default_convert
         plan = build_plan(default_converted, dataclasses.replace(config, objective=kind))
         rounds[kind] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))["rounds_sequential"]
     assert rounds["mid"] <= rounds["elements"], rounds
+
+
+@pytest.mark.parametrize("limit", [0.05, 2.0])
+def test_the_time_limit_bounds_the_whole_optimal_search(default_converted, monkeypatch, limit):
+    """Local search and MILP (here the per-layer one, which gave each layer at least 0.5 s) stay
+    within --time-limit together, up to HiGHS's own overrun (hundredths of a second here); the
+    result still fits. Negative control: the per-layer floor without the cap fails at 2 s."""
+    import truncbridge.analysis.milp as milp
+
+    monkeypatch.setattr(milp, "BLOCK_SOLVE_MIN_NODES", 0)
+    plan = build_plan(default_converted, plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=limit))
+    assert plan.solver["wall_s"] <= limit + 0.2, plan.solver  # 0.4 s over when each layer had a floor
+    assert plan.counts()["truncated_elements"] > 0 and all(plan.bound_bits(n) <= plan.budget_bits for n in plan.program.nodes)

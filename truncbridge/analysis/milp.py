@@ -42,16 +42,17 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     bit-widths differ, so each is solved.)
     """
     n = len(src.nodes)
+    deadline = time.perf_counter() + time_limit  # building the model counts too
     model = _milp_model(src, f, bounds, budget, objective)
     x0 = _with_rides(placement_vector(src, f, start), objective)
     t = time.perf_counter()
     report = {"solver": "HiGHS MILP", "variables": 4 * n, "constraints": len(model.row_lo),
               "start_elements": int(sum(src.nodes[i].numel for i in start))}
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
-        x, status, gap = _solve_by_blocks(src, model, x0, blocks, time_limit, report)
+        x, status, gap = _solve_by_blocks(src, model, x0, blocks, deadline, report)
     else:
         x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
-                                x0, time_limit)
+                                x0, max(deadline - time.perf_counter(), 0.01))
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
@@ -80,7 +81,7 @@ def _layer_blocks(src: Program) -> dict[str, list[int]]:
 
 
 def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dict[str, list[int]],
-                     time_limit: float, report: dict):
+                     deadline: float, report: dict):
     n = len(src.nodes)
     block_of = {i: key for key, ids in blocks.items() for i in ids}
     read_elsewhere = {j for v in src.nodes for j in v.inputs if block_of[j] != block_of[v.id]}
@@ -89,7 +90,6 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
         rows_of.setdefault(block_of[owner], []).append(r)
     A = model.A.tocsr()
     x, statuses, gap = x0.copy(), [], 0.0
-    deadline = time.perf_counter() + time_limit
     for k, (key, ids) in enumerate(blocks.items()):
         outside = sorted({j for i in ids for j in src.nodes[i].inputs if block_of[j] != key})
         local = sorted(set(ids) | set(outside))
@@ -100,9 +100,13 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
         fixed += [b * len(local) + c for b in (2, 3) for c, i in enumerate(local) if i in outside]
         lo_v[fixed] = hi_v[fixed] = x0[cols][fixed]  # the boundary keeps the start's scales
         rows = rows_of.get(key, [])
-        left = max(deadline - time.perf_counter(), 0.0) / (len(blocks) - k)
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:  # out of time: this layer keeps the start
+            statuses.append("Time limit reached")
+            continue
+        share = min(max(remaining / (len(blocks) - k), MIN_BLOCK_TIME_S), remaining)
         got, status, g = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
-                                model.row_hi[rows], x0[cols], max(left, MIN_BLOCK_TIME_S))
+                                model.row_hi[rows], x0[cols], share)
         statuses.append(status)
         if got is not None and model.cost[cols] @ got <= model.cost[cols] @ x0[cols]:  # never worse
             x[cols], gap = got, max(gap, g)

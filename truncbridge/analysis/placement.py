@@ -61,12 +61,19 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
 
 
 def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int], hints) -> tuple[set[int], dict]:
+    """The local search, then the MILP on what is left of ``config.time_limit_s``: the whole
+    search stays within it (HiGHS may overrun its own limit by a fraction of a second)."""
     t = time.perf_counter()
+    deadline = t + config.time_limit_s
     starts = [st for st in (lazy_sites, *map(set, hints)) if check.cost(st) is not None]
-    start = improve(check, min(starts, key=check.cost))
-    sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, config.time_limit_s, start,
-                                  check.objective)
-    solver["objective_kind"] = config.objective
+    start = improve(check, min(starts, key=check.cost), deadline)
+    left = deadline - time.perf_counter()
+    if left > 0:
+        sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, left, start, check.objective)
+    else:
+        sites, solver = None, {"solver": "local search", "status": "Time limit reached before the MILP",
+                               "start_elements": int(sum(program[i].numel for i in start))}
+    solver.update(objective_kind=config.objective, improve_s=round(config.time_limit_s - left, 3))
     found = None if sites is None else check.cost(sites)
     if found is None or found > check.cost(start):  # a time-limited solve may stop short of its start
         sites, solver["kept_start"] = start, True

@@ -3,6 +3,7 @@ truncated nodes, a local search over such sets, and raising truncation targets f
 from __future__ import annotations
 
 import heapq
+import time
 
 import numpy as np
 
@@ -114,15 +115,18 @@ class Placement:
         return True
 
 
-def improve(check: Checker, sites: set[int]) -> set[int]:
+def improve(check: Checker, sites: set[int], deadline: float = float("inf")) -> set[int]:
     """Local search on a feasible placement: drop sites that are not needed (largest first), and
-    move a site onto its operands when truncating them instead touches fewer elements."""
+    move a site onto its operands when truncating them instead costs less. Stops at ``deadline``
+    (``time.perf_counter()``) with the best placement so far."""
     src = check.src
     state = Placement(check, sites & check.candidate)
     changed = True
     while changed:
         changed = False
         for v in sorted(state.sites, key=lambda i: -src[i].numel):
+            if time.perf_counter() > deadline:
+                return state.sites
             if v not in state.sites:
                 continue
             best = state.cost
