@@ -26,13 +26,13 @@ def opened_elements(plan: Plan, node) -> int:
     return sum(plan.program[i].numel for i in dict.fromkeys(node.inputs))
 
 
-def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool | None = None) -> dict:
-    """``fuse``: products ride on truncations' openings (``core.fusion``; default: if the
-    protocol's truncation can carry them)."""
+def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True) -> dict:
+    """Products ride on truncations' openings (``core.fusion``) where the protocol's truncation
+    can carry them, unless ``fuse`` is False (as with ``run_pi.py --no-fuse``)."""
     protocol.check_ring(plan.field_bits, plan.prime)
-    fused = carried(plan.program) if (protocol.fuses_products if fuse is None else fuse) else {}
+    fused = carried(plan.program) if fuse and protocol.fuses_products else {}
     riding = {p for c in fused.values() for p in c.products}
-    l = plan.field_bits if plan.prime is None else plan.prime.bit_length()  # bits of one element on the wire
+    l = plan.wire_bits
     nodes = plan.program.nodes
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)

@@ -34,11 +34,10 @@ TRUNCATED_ELEMENTS = Objective()
 
 def objective_for(program: Program, config: PlanConfig) -> Objective:
     if config.objective == ELEMENTS:
-        return Objective()
+        return TRUNCATED_ELEMENTS
     protocol, network = load_protocol(config.protocol), load_network(config.objective)
-    l = config.field_bits if config.prime is None else config.prime.bit_length()
-    element_s = network_seconds(network, 0, protocol.bits("truncation", l) / 8)
-    round_s = network_seconds(network, protocol.rounds("truncation", l), 0)
+    element_s = network_seconds(network, 0, protocol.bits("truncation", config.wire_bits) / 8)
+    round_s = network_seconds(network, protocol.rounds("truncation", config.wire_bits), 0)
     if element_s == 0:  # a local truncation (CrypTen's 2PC): free online, so elements are all there is to count
-        return Objective()
+        return TRUNCATED_ELEMENTS
     return Objective(round_s / element_s, ride_sites(program) if protocol.fuses_products else {})

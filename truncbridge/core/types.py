@@ -88,6 +88,11 @@ class PlanConfig:
         return self.field_bits - self.headroom_bits
 
     @property
+    def wire_bits(self) -> int:
+        """Bits of one element on the wire: the ring's, or the prime's bit length."""
+        return self.field_bits if self.prime is None else self.prime.bit_length()
+
+    @property
     def field_name(self) -> str:
         return field_name(self.field_bits, self.prime)
 
@@ -107,6 +112,7 @@ class Plan:
     frac_bits = property(lambda self: self.config.frac_bits)
     policy = property(lambda self: self.config.policy)
     budget_bits = property(lambda self: self.config.budget_bits)
+    wire_bits = property(lambda self: self.config.wire_bits)
     protocol = property(lambda self: self.config.protocol)
     prime = property(lambda self: self.config.prime)
     field_name = property(lambda self: self.config.field_name)

@@ -51,8 +51,7 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
     from ..analysis.cost import plan_costs
     from ..core.protocols import load_network, load_protocol, network_seconds
 
-    protocol = load_protocol(protocol_profile(truncation, parties))
-    c = plan_costs(plan, protocol, load_network("lan"), fuse=fuse and protocol.fuses_products)
+    c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"), fuse=fuse)
     out = {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
            "bytes": c["bytes"], "expected_truncation_failures": c["expected_truncation_failures"],
            "fused_products": c["fused_products"]}
