@@ -4,6 +4,7 @@
 
 VARIANT:
   unmasked   the exact truncation opens x + 2^62 without its dealt mask r (a broken protocol)
+  unmasked-beaver  a batched Beaver product opens x itself, not x − a
   unmasked-operand  a product carried by a truncation's opening opens its other operand z, not z − b
   reused     a Beaver triple is handed out again for the next request of the same shape
   attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
@@ -21,13 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-from truncbridge.crypten import audit, dealer, session, truncation  # noqa: E402
+from truncbridge.crypten import audit, dealer, openings, session, truncation  # noqa: E402
 from truncbridge.crypten.shares import add_public  # noqa: E402
 
 
 def unmasked(x, r, ast_cls, rank):
     """truncation.masked_for_opening with the mask left out: the opening reveals x + 2^62 itself."""
     return add_public(ast_cls, x, 1 << truncation.EXACT_LIMIT_BITS, rank)
+
+
+BEAVER = openings.beaver
+
+
+def unmasked_beaver(x, y, op, rank):
+    """openings.beaver with x's mask left out of its opening."""
+    step = BEAVER(x, y, op, rank)
+    step.masked[0] = type(x).from_shares(x.share.clone(), precision=0)
+    return step
 
 
 def reuse_material() -> None:
@@ -57,13 +68,26 @@ def reuse_material() -> None:
 def attack(pooled: list[dict], vocab: int) -> None:
     """Party 0 reads the client's tokens from the first opening of one_hot @ embedding."""
     view = pooled[0]["log"]
-    first = next(step for step in view["openings"] if step.kind == "beaver" and step.secrets[0].shape[-1] == vocab)
-    epsilon = first.received[0][1][0]  # one_hot - a, as party 0 received it
+    step, offset, first = next((step, offset, part) for step in view["openings"]
+                               for offset, part in zip(offsets(step), step.parts)
+                               if part.kind in ("beaver", "half-a") and part.secrets[0].shape[-1] == vocab)
+    shape = first.secrets[0].shape
+    epsilon = step.received[0][1][0][offset:offset + shape.numel()].view(shape)  # one_hot - a, as party 0 received it
     known = pooled[0]["masks"]  # the masks party 0 dealt itself (owner-insecure), else None
     guess = epsilon + known[first.masks[0]][1]["a"] if known is not None else epsilon
     ids = guess.reshape(-1, vocab).argmax(-1)
     truth = session.client_window(session_model(), len(ids))
     print(f"owner recovered {int((ids == truth).sum())} of {len(ids)} token ids", file=sys.stderr, flush=True)
+
+
+def offsets(step) -> list[int]:
+    """Where each part of a batched opening starts in the message (parts: x, then y for a Beaver
+    product; x, then every carried operand for a truncation)."""
+    out, at = [], 0
+    for part in step.parts:
+        out.append(at)
+        at += sum(s.numel() for s in part.secrets)
+    return out
 
 
 def session_model():
@@ -79,6 +103,8 @@ def main() -> int:
         truncation.masked_for_opening = unmasked
     elif variant == "unmasked-operand":
         truncation.masked_operand = lambda z, b, ast_cls: z
+    elif variant == "unmasked-beaver":
+        openings.beaver = unmasked_beaver
     elif variant == "reused":
         reuse_material()
     elif variant == "attack":

@@ -8,6 +8,7 @@ from ..core.fusion import carried
 from ..core.ops import spec
 from ..core.protocols import Protocol, network_seconds
 from ..core.types import Plan
+from ..core.waves import input_independent, weight_side
 
 
 def layer_of(origin: str) -> str:
@@ -26,9 +27,11 @@ def opened_elements(plan: Plan, node) -> int:
     return sum(plan.program[i].numel for i in dict.fromkeys(node.inputs))
 
 
-def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True) -> dict:
+def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True, weights_apart: bool = False) -> dict:
     """Products ride on truncations' openings (``core.fusion``) where the protocol's truncation
-    can carry them, unless ``fuse`` is False (as with ``run_pi.py --no-fuse``)."""
+    can carry them, unless ``fuse`` is False (as with ``run_pi.py --no-fuse``). With
+    ``weights_apart`` a product of a weight opens the weight's half before the online phase
+    (``core.waves.weight_side``, as run_pi's batched runs do): its bytes are ``weights_bytes``."""
     protocol.check_ring(plan.field_bits, plan.prime)
     fused = carried(plan.program) if fuse and protocol.fuses_products else {}
     riding = {p for c in fused.values() for p in c.products}
@@ -37,6 +40,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True)
     mul_r, mul_b = protocol.rounds("mul", l), protocol.bits("mul", l)
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)
     cmp_r, cmp_b = protocol.rounds("comparison", l), protocol.bits("comparison", l)
+    static = input_independent(plan.program) if weights_apart else set()
+    weights_bits = 0.0
     depth: dict[int, float] = {}
     rounds_sequential = 0.0  # one operation at a time, as CrypTen executes
     bits_total = 0.0
@@ -52,6 +57,10 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True)
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
+            side = weight_side(n, static)
+            if side is not None:
+                weights_bits += plan.program[n.inputs[side]].numel * mul_b
+                bits -= plan.program[n.inputs[side]].numel * mul_b
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "comparison":
             rounds, bits = cmp_r, n.numel * cmp_b
@@ -67,7 +76,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True)
             rec["truncations"] += 1
             rec["truncated_elements"] += n.numel
             rec["expected_failures"] += n.numel * p_fail
-        depth[n.id] = rounds + max((depth[i] for i in n.inputs), default=0.0)
+        waits = fused[n.id].others if n.id in fused else ()  # its message opens them: they come first
+        depth[n.id] = rounds + max((depth[i] for i in (*n.inputs, *waits)), default=0.0)
         rounds_sequential += rounds
         bits_total += bits
         layer["bytes"] += bits / 8
@@ -80,6 +90,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True)
         "rounds": rounds_total,
         "rounds_sequential": rounds_sequential,
         "bytes": bytes_total,
+        "weights_bytes": weights_bits / 8,
         "latency_s": latency,
         "expected_truncation_failures": failures,
         "by_layer": {k: dict(v) for k, v in by_layer.items()},

@@ -4,10 +4,11 @@ A test and debug mode — it pools every party's secret shares and the dealer's 
 place to check them, so it must never run on real data that is to stay private.
 
 While a pass runs, each computing party keeps an ``OpeningLog``: every protocol step that opens
-something (CrypTen's Beaver product, square, binary AND, B2A, wraps, and truncbridge's exact
-truncation with the products it carries) is recorded with this party's shares of the secret it
-hides, the dealing indices of the masks the provider handed out inside it, and a digest of every
-tensor the party received.
+something (CrypTen's Beaver product, square, binary AND, B2A, wraps, and truncbridge's batched
+openings — Beaver products, squares and exact truncations with the products they carry, several
+in one message: ``openings.py``) is recorded with this party's shares of the secret it hides, the
+dealing indices of the masks the provider handed out inside it, and a digest of every tensor the
+party received. A batch is checked part by part: it must equal the parts' openings, concatenated.
 Receipts outside such a step are recorded too: only the client's output may be one. The dealer
 (``DealerCore(audit=True)``) keeps each mask by dealing index. ``findings`` then checks, for every
 party and every receipt: it equals the secret (sum of all parties' shares) combined with a dealt
@@ -35,10 +36,11 @@ def digest(t: torch.Tensor) -> str:
 
 @dataclass
 class Opening:
-    kind: str  # beaver | square | trunc | and | b2a | wraps
+    kind: str  # beaver | square | trunc | and | b2a | wraps | batch
     secrets: list[torch.Tensor]  # this party's shares of the hidden values
     masks: list[int] = field(default_factory=list)  # dealing indices used inside
     received: list[tuple[str, list[str]]] = field(default_factory=list)  # (method, digests)
+    parts: list = field(default_factory=list)  # a batch's steps (Openings), in message order
 
 
 class OpeningLog:
@@ -53,15 +55,22 @@ class OpeningLog:
         self.active = False
 
     @contextmanager
-    def opening(self, kind: str, *secrets):
+    def opening(self, kind: str, *secrets, logged: bool = True):
         entry = Opening(kind, [s.share.clone() for s in secrets])
         self._stack.append(entry)
         try:
             yield entry
         finally:
             self._stack.pop()
-            if self.active:
+            if self.active and logged:
                 self.openings.append(entry)
+
+    @contextmanager
+    def batch(self, parts: list[Opening]):
+        """One message opening every part (``openings.reveal_together``)."""
+        with self.opening("batch") as entry:
+            entry.parts, entry.masks = parts, [m for p in parts for m in p.masks]
+            yield entry
 
     def took(self, item) -> None:
         """The provider handed out material ``item`` (a ``dealer.Dealt``)."""
@@ -86,26 +95,53 @@ def instrument(log: OpeningLog) -> None:
     """Route CrypTen's opening steps and truncbridge's exact truncation through ``log``."""
     from crypten.mpc.primitives import beaver
 
-    from . import truncation
+    from . import openings, truncation
 
-    def wrap(module, name, kind, secret_args, more=lambda kwargs: ()):
+    def wrap(module, name, kind, secret_args, more=lambda kwargs: (), part=False):
         original = vars(module)[name]
 
         def step(*args, **kwargs):
-            with log.opening(kind, *[args[i] for i in secret_args], *more(kwargs)):
-                return original(*args, **kwargs)
+            with log.opening(kind, *[args[i] for i in secret_args], *more(kwargs), logged=not part) as entry:
+                out = original(*args, **kwargs)
+            if part:  # a Pending: its masks are checked when its batch is opened
+                entry.kind, out.audit = out.kind, entry
+            return out
 
         setattr(module, name, step)
+
+    reveal_together = vars(openings)["reveal_together"]
+
+    def batched(steps):
+        if not steps:
+            return reveal_together(steps)
+        with log.batch([s.audit for s in steps]):
+            return reveal_together(steps)
 
     wrap(beaver, "__beaver_protocol", "beaver", (1, 2))
     wrap(beaver, "square", "square", (0,))
     wrap(beaver, "wraps", "wraps", (0,))
     wrap(beaver, "AND", "and", (0, 1))
     wrap(beaver, "B2A_single_bit", "b2a", (0,))
-    wrap(truncation, "open_truncation", "trunc", (0,), lambda kwargs: kwargs.get("others", ()))
+    wrap(openings, "beaver", "beaver", (0, 1), part=True)
+    wrap(openings, "square", "square", (0,), part=True)
+    for name in ("half_opened", "half_finished"):  # the kind ("half-a" | "half-b") is the Pending's own
+        wrap(openings, name, "half", (1,), part=True)
+    finish_half = openings.half_finished
+
+    def half_finished(side, x, pre, *args):  # its triple was taken by the first half: the same mask
+        step = finish_half(side, x, pre, *args)
+        step.audit.masks = list(pre[2].audit.masks) if pre[2].audit is not None else []
+        return step
+
+    openings.half_finished = half_finished
+    wrap(truncation, "prepare_truncation", "trunc", (0,), lambda kwargs: kwargs.get("others", ()), part=True)
+    openings.reveal_together = batched
 
 
 # -- the check (on the pooled logs) ------------------------------------------------------------
+HALVES = {"half-a": "a", "half-b": "b"}
+
+
 def _expected(kind: str, secrets: list[torch.Tensor], masks: list[dict]) -> list[torch.Tensor]:
     """What every party must receive in a correct step of this kind (all but wraps)."""
     if kind == "beaver":
@@ -114,6 +150,8 @@ def _expected(kind: str, secrets: list[torch.Tensor], masks: list[dict]) -> list
         return [secrets[0] ^ masks[0]["a"], secrets[1] ^ masks[0]["b"]]
     if kind == "square":
         return [secrets[0] - masks[0]["r"]]
+    if kind in HALVES:  # one operand of a Beaver product (the other's half is opened apart)
+        return [secrets[0] - masks[0][HALVES[kind]]]
     if kind == "trunc":  # x + 2^62 + r, then z_j - b_j for the products its opening carries
         return [secrets[0] + (1 << OFFSET_BITS) + masks[0]["r"]] + [z - masks[0][f"b{j}"] for j, z in enumerate(secrets[1:])]
     if kind == "b2a":
@@ -128,22 +166,23 @@ def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set
     counts = {len(log["openings"]) for log in logs}
     if len(counts) != 1:
         return [f"parties logged different numbers of openings: {sorted(counts)}"]
-    used: dict[int, int] = {}
+    used: dict[int, list] = {}  # dealing index -> [(opening, part kind)]
     for j in range(counts.pop()):
         steps = [log["openings"][j] for log in logs]
         kind, masks = steps[0].kind, steps[0].masks
         where = f"opening {j} ({kind})"
-        if any(s.kind != kind or s.masks != masks for s in steps):
+        if any(s.kind != kind or s.masks != masks or _kinds(s) != _kinds(steps[0]) for s in steps):
             out.append(f"{where}: parties disagree on the step or its masks")
             continue
-        if not masks:
+        if not masks or any(not p.masks for p in steps[0].parts):
             out.append(f"{where}: opened with no dealt mask")
             continue
-        for m in masks:
-            if m in used:
-                out.append(f"{where}: mask {m} was already used by opening {used[m]}")
-            used.setdefault(m, j)
-        out += _check_values(where, kind, steps, [dealer_masks[m][1] for m in masks], mask_holders)
+        for m, part in zip(masks, [p.kind for p in steps[0].parts] or [kind] * len(masks)):
+            prior = used.setdefault(m, [])
+            if prior and not _halves(prior, part):
+                out.append(f"{where}: mask {m} was already used by opening {prior[0][0]}")
+            prior.append((j, part))
+        out += _check_values(where, kind, steps, dealer_masks, mask_holders)
     for log in logs:
         out += [f"party {log['rank']}: {method} of {n} elements outside any masked opening"
                 for method, n in log["stray"]]
@@ -152,8 +191,25 @@ def findings(logs: list[dict], dealer_masks: dict[int, tuple], mask_holders: set
     return out
 
 
-def _check_values(where, kind, steps, masks, mask_holders) -> list[str]:
-    secrets = _pool(kind, [s.secrets for s in steps])
+def _halves(prior: list, kind: str) -> bool:
+    """A triple's two halves may be opened apart (a weight's before the online phase): each once."""
+    return kind in HALVES and len(prior) == 1 and prior[0][1] in HALVES and prior[0][1] != kind
+
+
+def _kinds(step: Opening) -> list[str]:
+    return [p.kind for p in step.parts]
+
+
+def _want(kind: str, steps: list[Opening], dealer_masks: dict) -> list[torch.Tensor]:
+    """What every party must receive in this step (all but wraps): a batch's parts, concatenated."""
+    if kind == "batch":
+        parts = [_want(p.kind, [s.parts[i] for s in steps], dealer_masks) for i, p in enumerate(steps[0].parts)]
+        return [torch.cat([t.reshape(-1) for part in parts for t in part])]
+    masks = [dealer_masks[m][1] for m in steps[0].masks]
+    return _expected(kind, _pool(kind, [s.secrets for s in steps]), masks)
+
+
+def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
     out = []
     for rank, step in enumerate(steps):
         received = [d for _, digests in step.received for d in digests]
@@ -162,9 +218,10 @@ def _check_values(where, kind, steps, masks, mask_holders) -> list[str]:
         if rank in mask_holders:
             out.append(f"{where}: party {rank} receives an opening whose mask it knows (it dealt it)")
         if kind == "wraps":  # party 0 gathers every x_i + r_i; it must not know r_i
-            want = [s.secrets[0] + masks[0][f"r@{p}"] for p, s in enumerate(steps)]
+            masks = dealer_masks[step.masks[0]][1]
+            want = [s.secrets[0] + masks[f"r@{p}"] for p, s in enumerate(steps)]
         else:
-            want = _expected(kind, secrets, masks)
+            want = _want(kind, steps, dealer_masks)
         if received != [digest(t) for t in want]:
             out.append(f"{where}: what party {rank} received is not the secret plus a fresh dealt mask")
     return out

@@ -45,18 +45,23 @@ def make_plans(args, converted, parties: int, progress) -> dict:
     return plans
 
 
-def predictions(plan, parties: int, truncation: str, fuse: bool = True, network: dict | None = None) -> dict:
-    """The cost model's online rounds and bytes for the plan, as run_pi runs it (one operation at a
-    time, then one opening of the output), and what they cost on ``network``."""
+def predictions(plan, parties: int, truncation: str, fuse: bool = True, network: dict | None = None,
+                batch: bool = True) -> dict:
+    """The cost model's online rounds and bytes for the plan, as run_pi runs it (``batch``: every
+    opening ready in the same round in one message, the critical path; else one operation at a
+    time), then one opening of the output, and what they cost on ``network``."""
     from ..analysis.cost import plan_costs
     from ..core.protocols import load_network, load_protocol, network_seconds
 
-    c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"), fuse=fuse)
-    out = {"rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
-           "bytes": c["bytes"], "expected_truncation_failures": c["expected_truncation_failures"],
+    c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"), fuse=fuse,
+                   weights_apart=batch)
+    out = {"rounds": c["rounds" if batch else "rounds_sequential"],  # as run_pi runs it, output opening aside
+           "rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
+           "bytes": c["bytes"], "weights_bytes": c["weights_bytes"],
+           "expected_truncation_failures": c["expected_truncation_failures"],
            "fused_products": c["fused_products"]}
     if network is not None:
-        out["network_s"] = network_seconds(network, c["rounds_sequential"] + 1, c["bytes"])
+        out["network_s"] = network_seconds(network, out["rounds"] + 1, c["bytes"])
     return out
 
 

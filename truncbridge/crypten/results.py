@@ -25,6 +25,9 @@ def policy_row(policy: str, parties: int, runs: list[list[dict]], references: di
             "bytes": max(m["bytes"] for m in first),
             "offline_s": statistics.median(offline),
             "offline_bytes": sum(m["offline_bytes"] for m in first),  # what the dealer sent
+            # input-independent openings between dealing and the online phase (weights' halves)
+            "weights_rounds": max(m.get("weights_rounds", 0) for m in first),
+            "weights_bytes": max(m.get("weights_bytes", 0) for m in first),
             "dealt_requests": first[0]["dealt_requests"],
             "online_dealer_requests": max(m["online_dealer_requests"] for everyone in runs for m in everyone),
             "truncations_executed": first[0]["truncations_executed"],
@@ -59,8 +62,8 @@ def ratios(rows: list[dict]) -> dict:
             r = by[policy]
             out[f"{policy}/eager"] = {k: r[k] / base[k] for k in MEASURED if base[k]}
             if "predicted" in r:
-                out[f"{policy}/eager"]["predicted_rounds"] = (r["predicted"]["rounds_sequential"] /
-                                                              base["predicted"]["rounds_sequential"])
+                out[f"{policy}/eager"]["predicted_rounds"] = (r["predicted"]["rounds"] /
+                                                              base["predicted"]["rounds"])
                 out[f"{policy}/eager"]["predicted_bytes"] = r["predicted"]["bytes"] / base["predicted"]["bytes"]
     return out
 
@@ -72,7 +75,7 @@ def _format_row(r: dict) -> str:
     predicted = r.get("predicted", {}).get("wall_s")
     return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
             f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
-            f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} "
+            f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / 1e6:>10.2f} "
             f"{r['truncations_executed']:>6} {num(r['max_abs_diff_vs_emulator']):>10} "
             f"{num(r['emulated_protocol_spread']):>10} {r['top1_agreement_vs_float']:>6.3f}")
 
@@ -91,9 +94,12 @@ def format_table(result: dict) -> str:
              f"{result['truncation']} truncation, {result['bounds']} bounds, "
              f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
              f"online = after all dealing; {_network(result.get('network'))}"
-             + ("" if result.get("fuse", True) else "; products not fused with truncations"),
+             + ("" if result.get("fuse", True) else "; products not fused with truncations")
+             + ("; openings batched per round, weights' halves opened before the online phase (weights_MB)"
+                if result.get("batch", True) else "; one step at a time"),
              f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} "
-             f"{'offline_s':>9} {'offline_MB':>10} {'truncs':>6} {'vs emu':>10} {'emu spread':>10} {'top1':>6}"]
+             f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>6} {'vs emu':>10} "
+             f"{'emu spread':>10} {'top1':>6}"]
     lines += [_format_row(r) for r in result["rows"]]
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())

@@ -6,7 +6,10 @@ rescaling, the plan's scales are our own bookkeeping, and products are plain Bea
 A ``trunc`` node runs one of the protocols of ``truncation.py``: ``"crypten"`` (CrypTen's own
 division: local with 2 parties, wraps with 3) or ``"exact"`` (one opening, exact for |x| < 2^62).
 With ``"exact"`` and ``fuse`` (the default), the elementwise products that ``core.fusion`` finds
-ride on a truncation's opening: they cost no round of their own.
+ride on a truncation's opening: they cost no round of their own. With ``batch`` (the default) the
+plan runs wave by wave (``core.waves``): every opening ready in the same round — Beaver products,
+exact truncations — goes in one message (``openings.reveal_together``); without it, one step at a
+time as CrypTen executes.
 Both are unbiased on their own, so the plan's round-to-nearest offset is not added: the
 emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
 It is a backend of ``core.interpret``: local ops (additions, sums, data movement) apply the op
@@ -29,7 +32,9 @@ from ..core.fusion import AFFINE, carried
 from ..core.interpret import interpret
 from ..core.ring import Ring
 from ..core.types import Plan
+from ..core.waves import input_independent
 from . import truncation as protocols
+from .batched import Batched
 from .compat import import_crypten
 from .roles import CLIENT, OWNER
 from .shares import add_public, share_from
@@ -38,9 +43,9 @@ from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
 MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 
-class PlanRunner:
+class PlanRunner(Batched):
     def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER,
-                 fuse: bool = True):
+                 fuse: bool = True, batch: bool = True):
         if plan.field_bits != 64 or plan.prime is not None:
             raise UserError(f"CrypTen computes in Z_2^64: this plan is for {plan.field_name}")
         if truncation not in PROTOCOLS:
@@ -67,10 +72,16 @@ class PlanRunner:
         self.comparisons_executed = 0
         self.inputs, self.shared = None, None
         self.carried = carried(plan.program) if fuse and truncation == "exact" else {}
+        self._riding = {p for c in self.carried.values() for p in c.products}
         self._operand_uses = Counter(z for c in self.carried.values() for z in c.others)  # opened with truncations
         self._uses_left: Counter = Counter()
         self._held: dict = {}  # values a carried product needs when its truncation runs
         self._carried: dict = {}  # product id -> its value, made at its truncation's opening
+        self.batch = batch
+        self._waves = None  # (wave, values that die after it), made on the first batched run
+        self._static_ids = input_independent(plan.program) if batch else set()
+        self._static: dict | None = None  # what prepare() made: static values needed online
+        self._halves: dict = {}  # product id -> its weight's half, opened by prepare()
 
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
@@ -83,6 +94,13 @@ class PlanRunner:
         self.truncations_executed = self.comparisons_executed = 0
         self._held, self._carried = {}, {}
         self._uses_left = Counter(self._operand_uses)
+        if self.batch:
+            if self._static is None:
+                self.prepare()
+            try:
+                return self._run_waves()
+            finally:
+                self._static = None  # a half's triple serves one pass
         return interpret(self.plan.program, self, visit=self._hold if self._operand_uses else None)
 
     def _hold(self, node, value) -> None:
@@ -145,6 +163,10 @@ class PlanRunner:
         opened = protocols.open_truncation(x, node.attrs["shift"], self.AST, self.rank,
                                            others=tuple(self._held[z] for z in carried.others),
                                            degree=carried.degree, other_degrees=tuple(carried.other_degrees))
+        return self._from_opened(node, opened, carried)
+
+    def _from_opened(self, node, opened, carried):
+        """The truncation's result, and the values of the products it carries (kept for them)."""
         values = {node.id: opened.y()} | {z: opened.operand(j) for j, z in enumerate(carried.others)}
         for p in carried.products:
             a, b = (self._carried_value(i, values) for i in self.plan.program[p].inputs)

@@ -71,6 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="exact truncation: open every product on its own instead of letting it ride on a "
                         "truncation's opening (to measure what fusing buys)")
+    p.add_argument("--no-batch", dest="batch", action="store_false",
+                   help="open one step at a time, as CrypTen does, instead of every opening ready in the same "
+                        "round in one message (to measure what batching buys)")
     p.add_argument("--dealer", default="separate", choices=DEALERS,
                    help="separate: the last rank deals and receives only sizes (default); owner-insecure: the model "
                         "owner deals and can read the client's data (a benchmark setting, marked in every table)")
@@ -178,7 +181,7 @@ def _runner(policy: str, setup: dict, args):
 
     if policy == "vanilla":
         return VanillaRunner(setup["captured"], rsqrt_scale=args.vanilla_rsqrt_scale)
-    return PlanRunner(setup["plans"][policy], truncation=args.truncation, fuse=args.fuse)
+    return PlanRunner(setup["plans"][policy], truncation=args.truncation, fuse=args.fuse, batch=args.batch)
 
 
 def record_requests(party: Party, runner, inputs) -> list:
@@ -199,6 +202,10 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider.reset_offline()
     provider.deal(trace)
     offline = dict(provider.offline)
+    party.reset_stats()
+    with party.audited():  # input-independent: the weights' halves of their products (runner.prepare)
+        getattr(runner, "prepare", lambda: None)()
+    weights = party.stats()
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t = time.perf_counter()
@@ -209,6 +216,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     wall = time.perf_counter() - t
     executed = runner.truncations_executed if hasattr(runner, "truncations_executed") else divisions.count
     return {"wall_s": wall, **party.stats(), "offline_s": offline["seconds"], "offline_bytes": offline["bytes"],
+            "weights_rounds": weights["rounds"], "weights_bytes": weights["bytes"],
             "dealt_requests": offline["requests"], "online_dealer_requests": provider.online_requests,
             "truncations_executed": executed, "logits": None if opened is None else opened[0][0]}
 
@@ -256,10 +264,10 @@ def _report(args, parties: int, runs: dict, setup: dict, pooled: list) -> None:
         row = policy_row(policy, parties, runs[policy], setup["references"])
         plan = setup["plans"].get(policy)
         if plan:
-            add_predictions(row, plan, predictions(plan, parties, args.truncation, args.fuse, args.network))
+            add_predictions(row, plan, predictions(plan, parties, args.truncation, args.fuse, args.network, args.batch))
         rows.append(row)
     result = {"parties": parties, "model": args.model, "seq_len": args.seq_len, "truncation": args.truncation,
-              "network": args.network, "fuse": args.fuse,
+              "network": args.network, "fuse": args.fuse, "batch": args.batch,
               "bounds": args.bounds, "repeat": args.repeat, "dealer": args.dealer,
               "threads_per_party": torch.get_num_threads(), "rows": rows, "ratios": ratios(rows)}
     if args.audit:
@@ -275,7 +283,9 @@ def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
     masks = pooled[parties]["masks"] if dealer == "separate" else pooled[0]["masks"]
     found = findings(logs, masks, {0} if dealer == INSECURE else set())
     used = {m for step in logs[0]["openings"] for m in step.masks}
+    steps = sum(len(step.parts) or 1 for step in logs[0]["openings"])  # a batch opens several in one message
     return {"findings": found[:MAX_FINDINGS], "finding_count": len(found), "openings": len(logs[0]["openings"]),
+            "opened_steps": steps,
             "masks_used": len(used), "masks_dealt": len(masks),
             "output_receivers": [log["rank"] for log in logs if log["outputs"]]}
 

@@ -30,6 +30,8 @@ import torch
 
 from ..core.ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
 from ..core.ring import logical_shift
+from . import openings
+from .openings import Pending
 from .shares import add_public
 
 PROTOCOLS = ("crypten", "exact")
@@ -142,14 +144,22 @@ class Opened:
         return self.share(self.y())
 
 
+def prepare_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree: int = 1,
+                       other_degrees: tuple = ()) -> Pending:
+    """The exact truncation's step, ready to open with others (``openings.reveal_together``):
+    x + 2^62 + r, and z_j − b_j for every ``others`` operand; its result is the ``Opened``."""
+    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees)
+    masked = [masked_for_opening(x, m["r"], ast_cls, rank)]  # uniform: hides x
+    masked += [masked_operand(z, m[f"b{j}"], ast_cls) for j, z in enumerate(others)]
+    return Pending("trunc", (x, *others), masked, lambda opened: Opened(rank, k, opened[0], list(opened[1:]), m))
+
+
 def open_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree: int = 1,
                     other_degrees: tuple = ()) -> Opened:
     """One opening of x + 2^62 + r, and of z_j − b_j for every ``others`` operand, in one message."""
-    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees)
-    masked = [masked_for_opening(x, m["r"], ast_cls, rank)]
-    masked += [masked_operand(z, m[f"b{j}"], ast_cls) for j, z in enumerate(others)]
-    opened = [masked[0].reveal()] if len(masked) == 1 else ast_cls.reveal_batch(masked)  # uniform: hides x, z
-    return Opened(rank, k, opened[0], list(opened[1:]), m)
+    step = prepare_truncation(x, k, ast_cls, rank, others, degree, other_degrees)
+    openings.reveal_together([step])  # looked up here: the audit wraps it
+    return step.result
 
 
 def exact_truncate(x, k: int, ast_cls, rank: int):
