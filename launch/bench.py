@@ -120,8 +120,9 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
         for row in json.loads(out.read_text())["rows"]:
             if "predicted" in row:
                 pred = row["predicted"]
-                print(f"  {row['policy']:8s} predicted by the cost model: {pred['rounds_sequential']:.0f} rounds "
-                      f"(critical path {pred['rounds_critical_path']:.0f}), {pred['bytes'] / 1e6:.2f} MB, "
+                print(f"  {row['policy']:8s} predicted by the cost model: {pred['rounds']:.0f} rounds "
+                      f"(one step at a time {pred['rounds_sequential']:.0f}), {pred['bytes'] / 1e6:.2f} MB online "
+                      f"+ {pred['weights_bytes'] / 1e6:.2f} MB weights' halves before it, "
                       f"{pred['expected_truncation_failures']:.3g} expected truncation failures; "
                       f"measured {row['rounds']} rounds, {row['bytes'] / 1e6:.2f} MB; wall {row['wall_s']:.2f} s, "
                       f"predicted {pred['wall_s']:.2f} s")

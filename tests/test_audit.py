@@ -108,3 +108,55 @@ def test_wraps_gathers_must_be_masked_share_by_share():
     leaked = [shares[0] + r_shares[0], shares[1], shares[2] + r_shares[2]]  # party 1's share unmasked
     assert findings(logs(leaked), masks, set()) == [
         "opening 0 (wraps): what party 0 received is not the secret plus a fresh dealt mask"]
+
+
+# -- batched openings (openings.reveal_together): several steps in one message -----------------
+def batch_logs(parts: list[tuple], received: torch.Tensor, parties: int = 2) -> list[dict]:
+    """One batch of parts (kind, secrets, mask index) whose message every party receives."""
+    shared = [[split(s, parties) for s in secrets] for _, secrets, _ in parts]
+    logs = [{"rank": r, "openings": [], "stray": [], "outputs": 0} for r in range(parties)]
+    for r, log in enumerate(logs):
+        steps = [Opening(kind, [sh[r] for sh in shares], [index]) for (kind, _, index), shares in zip(parts, shared)]
+        log["openings"].append(Opening("batch", [], [s.masks[0] for s in steps], [("all_reduce", [digest(received)])],
+                                       parts=steps))
+    logs[1]["outputs"] = 1
+    return logs
+
+
+def flat(*tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def test_a_batch_is_checked_part_by_part():
+    """A Beaver product and a truncation in one message pass; the same message with the product's
+    x unmasked (negative control) is found, as is a part that took no mask."""
+    x, y, a, b, masks = beaver()
+    t, r = ring(5), ring(5)
+    masks[1] = (("trunc",), {"r": r})
+    parts = [("beaver", [x, y], 0), ("trunc", [t], 1)]
+    good = flat(x - a, y - b, t + (1 << OFFSET_BITS) + r)
+    assert findings(batch_logs(parts, good), masks, set()) == []
+    leaked = flat(x, y - b, t + (1 << OFFSET_BITS) + r)
+    assert findings(batch_logs(parts, leaked), masks, set()) == [
+        f"opening 0 (batch): what party {p} received is not the secret plus a fresh dealt mask" for p in (0, 1)]
+    logs = batch_logs(parts, good)
+    for log in logs:
+        log["openings"][0].parts[1].masks = []
+    assert findings(logs, masks, set()) == ["opening 0 (batch): opened with no dealt mask"]
+
+
+def test_a_triples_two_halves_may_be_opened_apart_once_each():
+    """A weight's half (w − b) before the online phase and the activation's (x − a) online use one
+    triple: allowed. The activation's half opened twice with it is a reused mask."""
+    x, w, a, b, masks = beaver()
+    x2 = ring(3, 4)
+    halves = batch_logs([("half-b", [w], 0)], flat(w - b))
+    online = batch_logs([("half-a", [x], 0)], flat(x - a))
+    again = batch_logs([("half-a", [x2], 0)], flat(x2 - a))
+
+    def joined(*runs):
+        return [{**runs[0][r], "openings": [o for logs in runs for o in logs[r]["openings"]]} for r in range(2)]
+
+    assert findings(joined(halves, online), masks, set()) == []
+    assert findings(joined(halves, online, again), masks, set()) == ["opening 2 (batch): mask 0 was already used by opening 0"]
+    assert findings(joined(online, again), masks, set()) == ["opening 1 (batch): mask 0 was already used by opening 0"]

@@ -80,7 +80,7 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
 def cmd_emulate(args) -> dict:
     from .core.planfile import attach_weights, load_plan
     from .frontend.models import load_model
-    from .pipeline import build_plan, convert, emulate
+    from .pipeline import convert, emulate
     from .report import print_emulation, progress_bar
 
     _check_output_path(args.json, "--json")
@@ -106,7 +106,7 @@ def cmd_emulate(args) -> dict:
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
         converted = convert(loaded, seq_len, args.frac_bits, args.relu)
-        plan = build_plan(converted, _config(args))
+        plan = _placed(converted, _config(args))
         timings = converted.timings
     truncation = "nearest"
     if args.mpc_truncation:
@@ -127,17 +127,27 @@ def cmd_emulate(args) -> dict:
     return record
 
 
+def _placed(converted, config):
+    """build_plan, with the optimal search's progress on a live stderr line."""
+    from .pipeline import build_plan
+    from .report import status_line
+
+    limit = f", up to {config.time_limit_s:g} s" if config.policy == "optimal" else ""
+    with status_line(f"placing ({config.policy}{limit})") as update:
+        return build_plan(converted, config, progress=update)
+
+
 def cmd_plan(args) -> None:
     from .core.planfile import save_plan
     from .frontend.models import load_model
-    from .pipeline import build_plan, convert
+    from .pipeline import convert
     from .report import print_plan_summary
 
     _check_field(args.field_bits, args.frac_bits, args.prime)
     _check_output_path(args.output, "-o")
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
     converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
-    plan = build_plan(converted, _config(args))
+    plan = _placed(converted, _config(args))
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)
 

@@ -151,14 +151,14 @@ def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, proto
                       margin_bits if bounds == "calibrated" else None, time_limit_s, prime, objective).validate()
 
 
-def build_plan(converted: Converted, config: PlanConfig, hints: tuple = ()) -> Plan:
-    """Analyse and place under ``config`` (``plan_config``); ``hints``: see ``analysis.place``."""
+def build_plan(converted: Converted, config: PlanConfig, hints: tuple = (), progress=None) -> Plan:
+    """Analyse and place under ``config`` (``plan_config``); ``hints``, ``progress``: see ``analysis.place``."""
     if config.bounds == "static":
         node_bounds = static_bounds(converted.program)
     else:
         node_bounds = calibrated_bounds(converted.program, converted.maxabs, config.margin_bits)
     t = time.perf_counter()
-    plan = place(converted.program, node_bounds, config, hints)
+    plan = place(converted.program, node_bounds, config, hints, progress)
     plan.solver.setdefault("wall_s", round(time.perf_counter() - t, 3))
     plan.model, plan.weights = converted.identity(), sorted(converted.program.weights)
     return plan

@@ -21,6 +21,13 @@ def progress_bar(total: int, label: str):
         yield lambda: progress.advance(task)
 
 
+@contextmanager
+def status_line(label: str):
+    """Yield an ``update(text)`` callable: one live line on stderr (``label: text``), gone when done."""
+    with Console(stderr=True).status(label) as status:
+        yield lambda text: status.update(f"{label}: {text}")
+
+
 def two_column(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "value"), title: str | None = None) -> Table:
     """A label / right-aligned value table."""
     t = Table(title=title, title_justify="left")

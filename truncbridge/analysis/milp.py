@@ -24,7 +24,8 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
-                  start: set[int], objective: Objective = TRUNCATED_ELEMENTS) -> tuple[set[int] | None, dict]:
+                  start: set[int], objective: Objective = TRUNCATED_ELEMENTS,
+                  progress=None) -> tuple[set[int] | None, dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), and whether
     a product rides on a placed truncation (y = 1, ``core.fusion``).
 
@@ -40,6 +41,8 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     the time limit is shared out between them. Optimal per layer at best, not proven optimal
     overall. (Layers are never identical MILPs in practice: their calibrated recipe ranges and
     bit-widths differ, so each is solved.)
+
+    ``progress(text)``, if given, hears the incumbent, the bound and the gap about once a second.
     """
     n = len(src.nodes)
     deadline = time.perf_counter() + time_limit  # building the model counts too
@@ -49,10 +52,10 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     report = {"solver": "HiGHS MILP", "variables": 4 * n, "constraints": len(model.row_lo),
               "start_elements": int(sum(src.nodes[i].numel for i in start))}
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
-        x, status, gap = _solve_by_blocks(src, model, x0, blocks, deadline, report)
+        x, status, gap = _solve_by_blocks(src, model, x0, blocks, deadline, report, progress)
     else:
         x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
-                                x0, max(deadline - time.perf_counter(), 0.01))
+                                x0, max(deadline - time.perf_counter(), 0.01), progress)
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
@@ -81,7 +84,7 @@ def _layer_blocks(src: Program) -> dict[str, list[int]]:
 
 
 def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dict[str, list[int]],
-                     deadline: float, report: dict):
+                     deadline: float, report: dict, progress=None):
     n = len(src.nodes)
     block_of = {i: key for key, ids in blocks.items() for i in ids}
     read_elsewhere = {j for v in src.nodes for j in v.inputs if block_of[j] != block_of[v.id]}
@@ -105,8 +108,9 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
             statuses.append("Time limit reached")
             continue
         share = min(max(remaining / (len(blocks) - k), MIN_BLOCK_TIME_S), remaining)
+        said = progress and (lambda text, k=k: progress(f"layer {k + 1}/{len(blocks)}: {text}"))
         got, status, g = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
-                                model.row_hi[rows], x0[cols], share)
+                                model.row_hi[rows], x0[cols], share, said)
         statuses.append(status)
         if got is not None and model.cost[cols] @ got <= model.cost[cols] @ x0[cols]:  # never worse
             x[cols], gap = got, max(gap, g)
@@ -116,7 +120,7 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
     return x, status, gap
 
 
-def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limit: float):
+def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limit: float, progress=None):
     """One integer program: (solution or None, status, relative gap)."""
     import highspy
 
@@ -136,6 +140,8 @@ def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limi
     initial = highspy.HighsSolution()
     initial.col_value = list(start)
     h.setSolution(initial)
+    if progress:
+        _report_progress(h, progress, time_limit)
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
@@ -143,6 +149,29 @@ def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limi
     if len(x) != len(cost) or info.primal_solution_status == 0:
         return None, status, float("inf")
     return x, status, float(info.mip_gap)
+
+
+PROGRESS_EVERY_S = 1.0
+
+
+def _report_progress(h, progress, time_limit: float) -> None:
+    """HiGHS calls back during the search: pass on its incumbent, bound and gap (throttled)."""
+    import highspy
+
+    kinds = highspy.cb.HighsCallbackType
+    last = [-PROGRESS_EVERY_S]
+
+    def said(kind, message, out, given, user):
+        improved = kind == kinds.kCallbackMipImprovingSolution
+        if improved or out.running_time - last[0] >= PROGRESS_EVERY_S:
+            last[0] = out.running_time
+            gap = f"{out.mip_gap:.1%}" if np.isfinite(out.mip_gap) else "-"
+            progress(f"MILP {out.running_time:.0f}/{time_limit:.0f} s, best {out.mip_primal_bound:.6g}, "
+                     f"bound {out.mip_dual_bound:.6g}, gap {gap}")
+
+    h.setCallback(said, None)
+    for kind in (kinds.kCallbackMipImprovingSolution, kinds.kCallbackMipInterrupt):
+        h.startCallback(kind)
 
 
 @dataclass

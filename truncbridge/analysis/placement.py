@@ -32,9 +32,10 @@ from .scales import eager_scales
 from .search import Checker, improve, raise_precision
 
 
-def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints: tuple = ()) -> Plan:
+def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints: tuple = (), progress=None) -> Plan:
     """``hints``: truncation sites (source node ids, ``Plan.sites``) of other plans of the same
-    program, e.g. for smaller fields; optimal starts from the cheapest feasible of them and lazy's."""
+    program, e.g. for smaller fields; optimal starts from the cheapest feasible of them and lazy's.
+    ``progress(text)``: how optimal's search is going (local search passes, the MILP's gap)."""
     config.validate()
     for node in program.nodes:
         check_node(node)
@@ -52,7 +53,7 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
                     objective_for(program, config) if config.policy == "optimal" else TRUNCATED_ELEMENTS)
     solver: dict = {}
     if config.policy == "optimal":
-        sites, solver = _optimal_sites(program, bounds, config, check, sites, hints)
+        sites, solver = _optimal_sites(program, bounds, config, check, sites, hints, progress)
     floors = raise_precision(check, sites, eager_scales(program, f))
     e = Emitter(program, f, bounds, budget)
     place_fixed(e, {v: floors[v] for v in sites})
@@ -60,16 +61,18 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
     return _finish(e, config, solver)
 
 
-def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int], hints) -> tuple[set[int], dict]:
+def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int], hints,
+                   progress=None) -> tuple[set[int], dict]:
     """The local search, then the MILP on what is left of ``config.time_limit_s``: the whole
     search stays within it (HiGHS may overrun its own limit by a fraction of a second)."""
     t = time.perf_counter()
     deadline = t + config.time_limit_s
     starts = [st for st in (lazy_sites, *map(set, hints)) if check.cost(st) is not None]
-    start = improve(check, min(starts, key=check.cost), deadline)
+    start = improve(check, min(starts, key=check.cost), deadline, progress)
     left = deadline - time.perf_counter()
     if left > 0:
-        sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, left, start, check.objective)
+        sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, left, start, check.objective,
+                                      progress)
     else:
         sites, solver = None, {"solver": "local search", "status": "Time limit reached before the MILP",
                                "start_elements": int(sum(program[i].numel for i in start))}

@@ -115,15 +115,17 @@ class Placement:
         return True
 
 
-def improve(check: Checker, sites: set[int], deadline: float = float("inf")) -> set[int]:
+def improve(check: Checker, sites: set[int], deadline: float = float("inf"), progress=None) -> set[int]:
     """Local search on a feasible placement: drop sites that are not needed (largest first), and
     move a site onto its operands when truncating them instead costs less. Stops at ``deadline``
-    (``time.perf_counter()``) with the best placement so far."""
+    (``time.perf_counter()``) with the best placement so far; ``progress(text)`` hears each pass."""
     src = check.src
     state = Placement(check, sites & check.candidate)
-    changed = True
+    changed, passes = True, 0
     while changed:
-        changed = False
+        changed, passes = False, passes + 1
+        if progress:
+            progress(f"local search pass {passes}: objective {state.cost:.6g}, {len(state.sites)} truncations")
         for v in sorted(state.sites, key=lambda i: -src[i].numel):
             if time.perf_counter() > deadline:
                 return state.sites

@@ -7,6 +7,8 @@ this reaches the protocol.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 SPREAD_SEEDS = 16  # emulator runs with the protocol's truncation model: the spread MPC should stay within
@@ -25,6 +27,21 @@ def client_window(loaded, seq_len: int) -> torch.Tensor:
     return tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, limit=1, what="held-out text")[0]
 
 
+PROGRESS_EVERY_S = 10.0  # run_pi prints lines, not a live display: the search's progress this often
+
+
+def _every(seconds: float, say):
+    """``say``, at most once per ``seconds``."""
+    last = [time.perf_counter()]
+
+    def throttled(text: str) -> None:
+        if time.perf_counter() - last[0] >= seconds:
+            last[0] = time.perf_counter()
+            say(f"  {text}")
+
+    return throttled
+
+
 def make_plans(args, converted, parties: int, progress) -> dict:
     """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
     lazy / optimal fill the budget, so they get the profile's headroom. On an emulated network,
@@ -39,7 +56,7 @@ def make_plans(args, converted, parties: int, progress) -> dict:
         config = plan_config(policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
                              headroom_bits=headroom, time_limit_s=args.time_limit,
                              objective=args.network["name"] if args.network else "elements")
-        plans[policy] = build_plan(converted, config, hints)
+        plans[policy] = build_plan(converted, config, hints, progress=_every(PROGRESS_EVERY_S, progress))
         if policy == "lazy":
             hints = (plans[policy].sites,)
     return plans

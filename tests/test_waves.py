@@ -1,0 +1,87 @@
+"""Which openings travel together (core.waves): the rules on small programs, and on the default
+model the number of messages equals the cost model's critical path."""
+from __future__ import annotations
+
+import torch
+
+from truncbridge.core.fusion import carried
+from truncbridge.core.ir import Builder
+from truncbridge.core.ops import spec
+from truncbridge.core.waves import LOCAL, OPENS, STEPS, input_independent, messages, order, waves, weight_side
+
+
+def how(node) -> str:  # as the exact protocol runs them: products and truncations open
+    kind = spec(node).kind
+    return OPENS if kind in ("product", "truncate") else STEPS if kind == "compare" else LOCAL
+
+
+def trunc(b: Builder, x: int) -> int:
+    return b.emit("trunc", (x,), b.shape(x), shift=16, rounding="nearest")
+
+
+def transpose(b: Builder, x: int) -> int:
+    return b.move("aten.transpose.int", [x], ["$0", 0, 1])
+
+
+def wave_of(schedule, node_id: int) -> int:
+    return next(w for w, wave in enumerate(schedule) for n in (*wave.opened, *wave.steps, *wave.local) if n.id == node_id)
+
+
+def test_projections_of_one_input_open_together():
+    """q, k, v = x·Wq, x·Wk, x·Wv: one message, then their three truncations in the next; the
+    attention product q·kᵀ after both. A chain of the same products would take one round each."""
+    b = Builder()
+    x = b.input("x", (4, 8))
+    q, k, v = (trunc(b, b.matmul(x, b.weight(name, torch.eye(8, dtype=torch.float64)))) for name in "qkv")
+    kt = transpose(b, k)
+    scores = trunc(b, b.matmul(q, kt))
+    out = b.output(trunc(b, b.matmul(scores, v)))
+    schedule = waves(b.program, how)
+    assert [len(w.opened) for w in schedule] == [0, 3, 3, 1, 1, 1, 1]
+    assert messages(schedule) == 6 and wave_of(schedule, out) == 6
+    assert sorted(n.id for n in order(schedule)) == [n.id for n in b.program.nodes]  # every node once
+    ids = [n.id for n in order(schedule)]
+    assert all(ids.index(i) < ids.index(n.id) for n in b.program.nodes for i in n.inputs)  # inputs first
+
+
+def test_a_carrying_truncation_waits_for_the_operands_its_message_opens():
+    """y·u rides on y's truncation, which opens u − b: u (made late, three rounds deep) must exist
+    first, so the truncation's wave follows u's although its own input is ready in round 1."""
+    b = Builder()
+    x = b.input("x", (4, 8))
+    u = x
+    for _ in range(3):
+        u = trunc(b, b.mul(u, u))
+    y = trunc(b, b.mul(x, x))  # after u in program order, depth 2
+    yu = b.mul(y, u)
+    b.output(yu)
+    fused = carried(b.program)
+    assert fused[y].others == [u] and fused[y].products == [yu]
+    plain = waves(b.program, how)
+    waiting = waves(b.program, how, {t: c.others for t, c in fused.items()})
+    assert wave_of(plain, y) == 2 and wave_of(waiting, y) == wave_of(waiting, u) + 1 == 7
+
+
+def test_weights_and_their_local_maps_are_input_independent():
+    b = Builder()
+    x = b.input("x", (4, 8))
+    w = b.weight("w", torch.eye(8, dtype=torch.float64))
+    wt = transpose(b, w)
+    xw, wx, xx = b.matmul(x, wt), b.matmul(wt, transpose(b, x)), b.mul(x, x)
+    static = input_independent(b.program)
+    assert w in static and wt in static and x not in static and xw not in static
+    assert weight_side(b.program[xw], static) == 1 and weight_side(b.program[wx], static) == 0
+    assert weight_side(b.program[xx], static) is None
+
+
+def test_messages_on_the_default_model_equal_the_cost_models_critical_path(default_converted):
+    from truncbridge.analysis.cost import plan_costs
+    from truncbridge.core.protocols import load_network, load_protocol
+    from truncbridge.pipeline import build_plan, plan_config
+
+    plan = build_plan(default_converted, plan_config("lazy", 64, 16, protocol="crypten-exact-3pc"))
+    fused = carried(plan.program)
+    riding = {p for c in fused.values() for p in c.products}
+    schedule = waves(plan.program, lambda n: LOCAL if n.id in riding else how(n), {t: c.others for t, c in fused.items()})
+    costs = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))
+    assert messages(schedule) == costs["rounds"] < costs["rounds_sequential"]
