@@ -250,7 +250,8 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
     mean(q^2) lies in [1, row] whatever the scores: the reciprocals have static, narrow ranges
     and nothing overflows. Only the last normalisation must be exact; the others divide by a
     reciprocal good to ROUGH_TOL (row means within [0.75, 1.25], mean(q^2) within
-    [0.56, 1.56 row], inside the same ranges), which takes 3 fewer Newton rounds each. ``keep`` is the public 0/1 mask of entries that are not -inf;
+    [0.56, 1.56 row], inside the same ranges), which takes 3 fewer Newton rounds each.
+    ``keep`` is the public 0/1 mask of entries that are not -inf;
     [zlo, zhi] is the calibrated (widened) range of the centred scores.
     """
     shape = b.shape(x)
@@ -270,7 +271,7 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
         declare_by_grid(b, first, z, np.linspace(zlo, zhi, GRID_POINTS))  # y ~ exp(z / 2^m)
         if keep is not None:
             y = b.mul_public(y, live)
-        first_hi = math.exp(zhi / 2**m) * 2
+        first_hi, slack = math.exp(zhi / 2**m) * 2, NORM_SLACK
         for k in range(m + 1):
             last = k == m
             if k:  # the previous stage left row means within a factor `slack` of 1: q <= n·slack
