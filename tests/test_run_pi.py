@@ -80,18 +80,6 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
     assert audit["opened_steps"] > audit["openings"]  # several steps in one message
 
 
-def test_one_step_at_a_time_takes_the_sequential_rounds(tmp_path):
-    """--no-batch, the control for the batched runs above: every step opens on its own (measured
-    rounds = the cost model's sequential count + the output), the weights' halves are opened
-    online with their products, and the outputs still match the emulator."""
-    result, _ = run_json(tmp_path, 3, *TINY, "--policy", "eager", "--no-batch")
-    row = result["rows"][0]
-    assert result["batch"] is False and row["weights_rounds"] == 0 and row["weights_bytes"] == 0
-    assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1
-    assert row["rounds"] > row["predicted"]["rounds_critical_path"] + 1
-    assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
-
-
 @pytest.mark.parametrize("variant,finding", [
     ("unmasked", "is not the secret plus a fresh dealt mask"),
     ("unmasked-operand", "is not the secret plus a fresh dealt mask"),
@@ -108,10 +96,17 @@ def test_the_audit_fails_on_a_broken_opening(variant, finding, tmp_path):
 
 
 def test_the_audit_fails_when_the_owner_deals(tmp_path):
-    result, output = run_json(tmp_path, 2, *TINY, "--policy", "eager", "--audit", "--dealer", "owner-insecure")
+    """Owner-insecure, one step at a time (--no-batch, also the control for the batched rounds
+    above: every step opens on its own, the weights' halves go online with their products)."""
+    result, output = run_json(tmp_path, 2, *TINY, "--policy", "eager", "--audit", "--dealer", "owner-insecure",
+                              "--no-batch")
     audit = result["audit"]
     assert any("party 0 receives an opening whose mask it knows" in f for f in audit["findings"]), audit["findings"][:5]
     assert "INSECURE" in output  # the table says so
+    row = result["rows"][0]
+    assert result["batch"] is False and row["weights_rounds"] == 0 and row["weights_bytes"] == 0
+    assert row["rounds"] == row["predicted"]["rounds_sequential"] + 1 > row["predicted"]["rounds_critical_path"] + 1
+    assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
 
 
 @pytest.mark.parametrize("dealer,processes", [("owner-insecure", 2), ("separate", 3)])

@@ -41,11 +41,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     tr_r, tr_b = protocol.rounds("truncation", l), protocol.bits("truncation", l)
     cmp_r, cmp_b = protocol.rounds("comparison", l), protocol.bits("comparison", l)
     static = input_independent(plan.program) if weights_apart else set()
-    weights_bits = 0.0
     depth: dict[int, float] = {}
-    rounds_sequential = 0.0  # one operation at a time, as CrypTen executes
-    bits_total = 0.0
-    failures = 0.0
+    rounds_sequential = bits_total = failures = weights_bits = 0.0  # sequential: one operation at a time
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     for n in nodes:
@@ -57,10 +54,9 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
-            side = weight_side(n, static)
-            if side is not None:
-                weights_bits += plan.program[n.inputs[side]].numel * mul_b
-                bits -= plan.program[n.inputs[side]].numel * mul_b
+            side = weight_side(n, static)  # the weight's half is opened before the online phase
+            half = 0 if side is None else plan.program[n.inputs[side]].numel * mul_b
+            weights_bits, bits = weights_bits + half, bits - half
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "comparison":
             rounds, bits = cmp_r, n.numel * cmp_b
@@ -69,13 +65,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
             rounds, bits = tr_r, n.numel * tr_b
             if n.id in fused:  # the operands of the products it carries travel in its message
                 bits += sum(plan.program[z].numel for z in fused[n.id].others) * mul_b
-            p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), l)
-            failures += n.numel * p_fail
-            layer["truncated_elements"] += n.numel
-            rec = by_recipe[n.recipe or "(linear)"]
-            rec["truncations"] += 1
-            rec["truncated_elements"] += n.numel
-            rec["expected_failures"] += n.numel * p_fail
+            failures += _book_truncation(plan, protocol, n, layer, by_recipe[n.recipe or "(linear)"])
         waits = fused[n.id].others if n.id in fused else ()  # its message opens them: they come first
         depth[n.id] = rounds + max((depth[i] for i in (*n.inputs, *waits)), default=0.0)
         rounds_sequential += rounds
@@ -84,15 +74,17 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     rounds_total = max(depth.values(), default=0.0)
     bytes_total = bits_total / 8
     latency = network_seconds(network, rounds_total, bytes_total)
-    return {
-        "protocol": protocol.name,
-        "fused_products": len(riding),
-        "rounds": rounds_total,
-        "rounds_sequential": rounds_sequential,
-        "bytes": bytes_total,
-        "weights_bytes": weights_bits / 8,
-        "latency_s": latency,
-        "expected_truncation_failures": failures,
-        "by_layer": {k: dict(v) for k, v in by_layer.items()},
-        "by_recipe": {k: dict(v) for k, v in by_recipe.items()},
-    }
+    return {"protocol": protocol.name, "fused_products": len(riding), "rounds": rounds_total,
+            "rounds_sequential": rounds_sequential, "bytes": bytes_total, "weights_bytes": weights_bits / 8,
+            "latency_s": latency, "expected_truncation_failures": failures,
+            "by_layer": {k: dict(v) for k, v in by_layer.items()}, "by_recipe": {k: dict(v) for k, v in by_recipe.items()}}
+
+
+def _book_truncation(plan: Plan, protocol: Protocol, n, layer: dict, recipe: dict) -> float:
+    """Count a truncation in its layer and recipe; its expected failures."""
+    p_fail = protocol.failure_probability(plan.bound_bits(plan.program[n.inputs[0]]), plan.wire_bits)
+    layer["truncated_elements"] += n.numel
+    recipe["truncations"] += 1
+    recipe["truncated_elements"] += n.numel
+    recipe["expected_failures"] += n.numel * p_fail
+    return n.numel * p_fail
