@@ -10,19 +10,11 @@ policy (wall_s, rounds, bytes, truncations_executed, max_abs_diff_vs_emulator,
 top1_agreement_vs_float) and the lazy/eager, optimal/eager ratios. See truncbridge/crypten/session.py.
 """
 import os
-import sys
 
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # a lost peer is reported by truncbridge in one line
 
+from truncbridge.crypten.mpi import leave  # noqa: E402
 from truncbridge.crypten.session import main  # noqa: E402
 
 if __name__ == "__main__":
-    status = main()
-    # Leave without C++ static destructors: gloo's sometimes abort ("terminate called without an
-    # active exception") after a clean crypten.uninit(), when every result is already out.
-    from mpi4py import MPI
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    MPI.Finalize()
-    os._exit(status)
+    leave(main())

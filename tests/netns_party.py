@@ -37,13 +37,9 @@ def main() -> None:
 
     rank = MPI.COMM_WORLD.Get_rank()
     enter_namespace(f"{os.environ['TRUNCBRIDGE_TEST_NETNS']}-{rank}")
-    from truncbridge.crypten import session
+    from truncbridge.crypten import mpi, session
 
-    status = session.main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    MPI.Finalize()
-    os._exit(status)
+    mpi.leave(session.main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

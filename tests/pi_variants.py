@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-from truncbridge.crypten import audit, dealer, openings, session, truncation  # noqa: E402
+from truncbridge.crypten import audit, dealer, mpi, openings, session, truncation  # noqa: E402
 from truncbridge.crypten.shares import add_public  # noqa: E402
 
 
@@ -124,13 +124,7 @@ def main() -> int:
         session.audit_summary = summary_and_attack
     else:
         raise SystemExit(f"unknown variant {variant}")
-    status = session.main(argv)
-    from mpi4py import MPI
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    MPI.Finalize()
-    os._exit(status)
+    mpi.leave(session.main(argv))
 
 
 if __name__ == "__main__":
