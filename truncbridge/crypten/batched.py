@@ -32,14 +32,14 @@ class Batched:
             if n.id in self._static_ids:
                 op = spec(n)
                 env[n.id] = getattr(self, op.kind)(n, op, [env[i] for i in n.inputs])
-        halves = []
+        halves = {}  # product id -> (the activation's side, the weight's half)
         for n in program.nodes:
             side = self._weight_side(n)
             if side is not None:
                 other = program[n.inputs[1 - side]]
-                halves.append((n, openings.half_opened(side, env[n.inputs[side]], other.shape, n.op)))
-        openings.reveal_together([h for _, h in halves])  # looked up here: the audit wraps it
-        self._halves = {n.id: (1 - self._weight_side(n), h.result) for n, h in halves}
+                halves[n.id] = (1 - side, openings.half_opened(side, env[n.inputs[side]], other.shape, n.op))
+        openings.reveal_together([h for _, h in halves.values()])  # looked up here: the audit wraps it
+        self._halves = {i: (side, h.result) for i, (side, h) in halves.items()}
         needed = {i for n in program.nodes if n.id not in self._static_ids and n.id not in self._halves
                   for i in n.inputs if i in self._static_ids}
         self._static = {i: env[i] for i in needed}
