@@ -68,8 +68,8 @@ def half_opened(side: int, w, other_size, op: str) -> Pending:
     ``half_finished`` needs."""
     sizes = (w.size(), torch.Size(other_size)) if side == 0 else (torch.Size(other_size), w.size())
     triple = _provider().generate_additive_triple(*sizes, op, device=w.device)
-    step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share - triple[side].share)], lambda opened: None)
-    step.finish = lambda opened: (triple, opened[0], step)
+    step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share - triple[side].share)],
+                   lambda opened: (triple, opened[0], step))
     return step
 
 

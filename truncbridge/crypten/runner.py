@@ -33,6 +33,7 @@ from ..core.interpret import interpret
 from ..core.ring import Ring
 from ..core.types import Plan
 from ..core.waves import input_independent
+from . import openings
 from . import truncation as protocols
 from .batched import Batched
 from .compat import import_crypten
@@ -152,18 +153,12 @@ class PlanRunner(Batched):
         return add_public(self.AST, self._local(-negative.share), 1, self.rank)
 
     def truncate(self, node, op, xs):
+        if self.truncation == "exact":  # one opening of its own (batched runs group them: batched.py)
+            step = self._prepare(node, xs)
+            openings.reveal_together([step])  # looked up here: the audit wraps it
+            return self._finish(node, step)
         self.truncations_executed += 1
-        if node.id in self.carried:
-            return self._truncate_carrying(node, xs[0], self.carried[node.id])
-        return self._truncate(xs[0], node.attrs["shift"])
-
-    def _truncate_carrying(self, node, x, carried):
-        """One opening for the truncation and the operands of every product riding on it; the
-        products are then local (``truncation.Poly``)."""
-        opened = protocols.open_truncation(x, node.attrs["shift"], self.AST, self.rank,
-                                           others=tuple(self._held[z] for z in carried.others),
-                                           degree=carried.degree, other_degrees=tuple(carried.other_degrees))
-        return self._from_opened(node, opened, carried)
+        return protocols.crypten_truncate(xs[0], node.attrs["shift"])
 
     def _from_opened(self, node, opened, carried):
         """The truncation's result, and the values of the products it carries (kept for them)."""
@@ -198,11 +193,6 @@ class PlanRunner(Batched):
                 v = v.scaled(self.ring.encode_public(self.consts[n.attrs["const"]], n.attrs["const_scale"]))
             values[i] = v  # pow2 relabels: the same value
         return values[i]
-
-    def _truncate(self, x, k: int):
-        if self.truncation == "exact":
-            return protocols.exact_truncate(x, k, self.AST, self.rank)  # looked up here: the audit wraps it
-        return protocols.crypten_truncate(x, k)
 
     def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
         """Reveal the outputs (to ``dst`` only, if given) as real values; None on other ranks."""
