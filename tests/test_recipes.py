@@ -118,3 +118,34 @@ def test_softmax_reciprocal_ranges_are_static():
     m, n_sq = recipes.softmax_plan(-40.0, 25.0, 128)
     assert math.exp(25.0 / 2**m) <= 128
     assert n_sq >= m and 1 - 40.0 / 2**n_sq > 0.25
+
+
+def test_rsqrt_coupled_steps_take_newtons_iterates_at_one_round_each(monkeypatch):
+    """The coupled steps (v = u y^2 carried along) compute Newton's own iterates; in a plan whose
+    truncation carries products, each costs one round on the critical path, where plain Newton
+    steps (the control, coupling switched off) cost two."""
+    from truncbridge.analysis.cost import plan_costs
+    from truncbridge.core.protocols import load_network, load_protocol
+    from truncbridge.frontend import newton
+
+    lo, hi = 0.02, 5.0
+    xs = np.geomspace(lo, hi, 257)
+
+    def rounds_and_params():
+        prog = unary_program(lambda b, x: recipes.rsqrt(b, x, lo, hi, TOL), len(xs))
+        (_,), plan, _ = emulate_program(prog, {"x": torch.tensor(xs)}, policy="lazy")
+        cost = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("lan"))
+        return cost["rounds"], prog.nodes[1].facts.recipe_params, run_float(prog, {"x": torch.tensor(xs)})[0].numpy()
+
+    rounds, params, got = rounds_and_params()
+    assert params["coupled"] == params["iterations"] - 2  # all but the first (public) and the last step
+    u, c = xs / 4.0 ** params["shift"], params["start"]
+    y = c * (1.5 - 0.5 * c * c * u)
+    for _ in range(params["iterations"] - 1):
+        y = y * (1.5 - 0.5 * u * y * y)
+    assert np.max(np.abs(got / (y / 2.0 ** params["shift"]) - 1)) <= 1e-12
+    assert rounds <= params["iterations"] + 4, rounds
+    monkeypatch.setattr(newton, "_newton_split", lambda c, r, steps, tol: (steps, 0))
+    plain_rounds, plain_params, plain_got = rounds_and_params()
+    assert plain_params["coupled"] == 0 and np.max(np.abs(plain_got / got - 1)) <= 1e-12
+    assert plain_rounds >= 2 * (params["iterations"] - 1), plain_rounds

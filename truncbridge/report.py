@@ -190,11 +190,12 @@ def print_report(plan, costs: dict, network: str) -> None:
         kinds.add_row(op, f"{count:,}", f"{elements:,}")
     console.print(kinds)
 
-    rec = Table(title="truncations per recipe", title_justify="left")
-    for col in ("recipe", "truncations", "truncated elements", "expected failures"):
+    rec = Table(title="per recipe: truncations, and rounds on the critical path", title_justify="left")
+    for col in ("recipe", "truncations", "truncated elements", "expected failures", "critical rounds"):
         rec.add_column(col, justify="left" if col == "recipe" else "right")
     for name, v in sorted(costs["by_recipe"].items()):
-        rec.add_row(name, f"{v['truncations']:,.0f}", f"{v['truncated_elements']:,.0f}", f"{v['expected_failures']:.3g}")
+        rec.add_row(name, f"{v.get('truncations', 0):,.0f}", f"{v.get('truncated_elements', 0):,.0f}",
+                    f"{v.get('expected_failures', 0):.3g}", f"{v.get('critical_rounds', 0):,.0f}")
     console.print(rec)
 
 

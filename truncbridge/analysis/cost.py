@@ -42,6 +42,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     cmp_r, cmp_b = protocol.rounds("comparison", l), protocol.bits("comparison", l)
     static = input_independent(plan.program) if weights_apart else set()
     depth: dict[int, float] = {}
+    came_from: dict[int, int | None] = {}  # the input whose depth a node's depth extends
+    own_rounds: dict[int, float] = {}
     rounds_sequential = bits_total = failures = weights_bits = 0.0  # sequential: one operation at a time
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
@@ -67,17 +69,30 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
                 bits += sum(plan.program[z].numel for z in fused[n.id].others) * mul_b
             failures += _book_truncation(plan, protocol, n, layer, by_recipe[n.recipe or "(linear)"])
         waits = fused[n.id].others if n.id in fused else ()  # its message opens them: they come first
-        depth[n.id] = rounds + max((depth[i] for i in (*n.inputs, *waits)), default=0.0)
+        came_from[n.id] = max((*n.inputs, *waits), key=depth.__getitem__, default=None)
+        depth[n.id] = rounds + (depth[came_from[n.id]] if came_from[n.id] is not None else 0.0)
+        own_rounds[n.id] = rounds
         rounds_sequential += rounds
         bits_total += bits
         layer["bytes"] += bits / 8
     rounds_total = max(depth.values(), default=0.0)
+    _book_critical_path(plan, depth, came_from, own_rounds, by_recipe)
     bytes_total = bits_total / 8
     latency = network_seconds(network, rounds_total, bytes_total)
     return {"protocol": protocol.name, "fused_products": len(riding), "rounds": rounds_total,
             "rounds_sequential": rounds_sequential, "bytes": bytes_total, "weights_bytes": weights_bits / 8,
             "latency_s": latency, "expected_truncation_failures": failures,
             "by_layer": {k: dict(v) for k, v in by_layer.items()}, "by_recipe": {k: dict(v) for k, v in by_recipe.items()}}
+
+
+def _book_critical_path(plan: Plan, depth: dict, came_from: dict, own_rounds: dict, by_recipe: dict) -> None:
+    """Each recipe's share of the rounds on the critical path (``critical_rounds``): what a
+    cheaper recipe would save end to end."""
+    node = max(depth, key=depth.__getitem__, default=None)
+    while node is not None:
+        if own_rounds[node]:
+            by_recipe[plan.program[node].recipe or "(linear)"]["critical_rounds"] += own_rounds[node]
+        node = came_from[node]
 
 
 def _book_truncation(plan: Plan, protocol: Protocol, n, layer: dict, recipe: dict) -> float:

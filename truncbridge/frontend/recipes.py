@@ -8,7 +8,8 @@ one) so a plan says exactly what was computed. No recipe uses a comparison.
 
     exp         limit method (1 + u + u^2/2 + u^3/6)^(2^n), u = x/2^n, n sized by the interval
     reciprocal  x = u 2^k with u in (0, 1]; Newton  y <- y (2 - u y)  from a public start
-    rsqrt       x = u 4^k with u in (0, 1]; Newton  y <- y (3 - u y^2) / 2  from a public start
+    rsqrt       x = u 4^k with u in (0, 1]; Newton  y <- y (3 - u y^2) / 2  from a public start,
+                coupled with v = u y^2 so that one truncation carries a step (``newton.py``)
     chebyshev   any smooth elementwise f: Chebyshev interpolant on the interval, T_k by doubling;
                 its maximum error over the interval is recorded (``max_error``)
     softmax     centred on the row mean; exp by the limit with interleaved normalisations (no max)
@@ -17,57 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from ..core.errors import UserError
 from ..core.ir import Builder
-from ..core.ops import real_value
+from .newton import reciprocal, rsqrt  # noqa: F401 (recipes.rsqrt, recipes.reciprocal)
+from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, recipe  # noqa: F401
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
-MAX_NEWTON_ITERS = 40
 MAX_CHEBYSHEV_DEGREE = 96
-NEWTON_STARTS = (0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-@contextmanager
-def recipe(b: Builder, name: str, **params):
-    """Tag the nodes emitted inside with the recipe name; record its parameters on the first."""
-    previous, first = b.recipe, len(b.program.nodes)
-    b.recipe = name
-    try:
-        yield
-    finally:
-        b.recipe = previous
-        if len(b.program.nodes) > first:
-            b.program.nodes[first].facts.recipe_params = {k: _jsonable(v) for k, v in params.items()}
-
-
-GRID_POINTS = 4001
-GRID_SLACK = 1.001  # declared bounds: grid maximum x this, for extrema between grid points
 NORM_SLACK = 1.01  # bounds that hold for exact normalisation, widened for the reciprocal's error
 ROUGH_TOL = 0.25  # softmax's intermediate normalisations: rows within 25 % of mean 1 (ranges below hold)
-
-
-def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray) -> None:
-    """Declare bounds for the elementwise nodes emitted since ``first`` (all functions of node
-    ``source`` and public scalars) by evaluating them on ``grid``, a dense sample of the range
-    the recipe was built for."""
-    env = {source: torch.as_tensor(grid, dtype=torch.float64)}
-    for node in b.program.nodes[first:]:
-        env[node.id] = real_value(node, [env[i] for i in node.inputs], b.program)
-        b.declare(node.id, env[node.id].abs().max().item() * GRID_SLACK)
-
-
-def _jsonable(v):
-    return float(v) if isinstance(v, (float, np.floating)) else v
-
-
-def _positive_range(name: str, lo: float, hi: float) -> None:
-    if not (lo > 0 and hi >= lo and math.isfinite(hi)):
-        raise UserError(f"{name} needs a positive input range, calibration gave [{lo:.4g}, {hi:.4g}]")
 
 
 def power(x, n: int, mul: Callable, square: Callable | None = None):
@@ -111,61 +74,6 @@ def exp(b: Builder, x: int, lo: float, hi: float) -> int:
             y = b.mul(y, y)
     declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS))
     return y
-
-
-# -- Newton–Raphson ------------------------------------------------------------------------------
-def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[float, int]:
-    """Best public start c and iteration count so that ``step`` converges on u in [r, 1] to tol."""
-    us = np.geomspace(r, 1.0, 4000)
-    best = None
-    for c in NEWTON_STARTS:
-        y = np.full_like(us, c)
-        for it in range(1, MAX_NEWTON_ITERS + 1):
-            y = step(us, y)
-            if np.all(np.isfinite(y)) and np.max(start_error(us, y)) <= tol:
-                if best is None or it < best[1]:
-                    best = (c, it)
-                break
-    if best is None:
-        raise UserError(f"{name}: no Newton start converges within {MAX_NEWTON_ITERS} iterations "
-                        f"on a dynamic range of {1 / r:.3g}; narrow the input range")
-    return best
-
-
-def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
-    _positive_range("reciprocal", lo, hi)
-    b.declare(x, hi, "range")
-    k = math.ceil(math.log2(hi))
-    r = lo / 2.0**k
-    c, iters = _newton_plan(lambda u, y: y * (2 - u * y), lambda u, y: np.abs(1 - u * y), r, tol, "reciprocal")
-    first = len(b.program.nodes)
-    with recipe(b, "reciprocal", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
-        u = b.pow2(x, -k)
-        y = b.add_public(b.mul_public(u, -c * c), 2 * c)  # first step from the public start c
-        for _ in range(iters - 1):
-            y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
-        out = b.pow2(y, -k)
-    declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
-    return out
-
-
-def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
-    _positive_range("rsqrt", lo, hi)
-    b.declare(x, hi, "range")
-    k = math.ceil(math.log2(hi) / 2)  # may be negative: small inputs are scaled up, for free
-    r = lo / 4.0**k
-    c, iters = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
-                            r, tol, "rsqrt")
-    first = len(b.program.nodes)
-    with recipe(b, "rsqrt", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
-        u = b.pow2(x, -2 * k)
-        y = b.add_public(b.mul_public(u, -0.5 * c**3), 1.5 * c)
-        for _ in range(iters - 1):
-            half_uy2 = b.pow2(b.mul(u, b.mul(y, y)), -1)
-            y = b.mul(y, b.add_public(b.neg(half_uy2), 1.5))
-        out = b.pow2(y, -k)
-    declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
-    return out
 
 
 # -- Chebyshev -----------------------------------------------------------------------------------
