@@ -69,7 +69,7 @@ def attack(pooled: list[dict], vocab: int) -> None:
     """Party 0 reads the client's tokens from the first opening of one_hot @ embedding."""
     view = pooled[0]["log"]
     step, offset, first = next((step, offset, part) for step in view["openings"]
-                               for offset, part in zip(offsets(step), step.parts)
+                               for offset, part in zip(offsets(step), step.parts or [step])
                                if part.kind in ("beaver", "half-a") and part.secrets[0].shape[-1] == vocab)
     shape = first.secrets[0].shape
     epsilon = step.received[0][1][0][offset:offset + shape.numel()].view(shape)  # one_hot - a, as party 0 received it
@@ -82,9 +82,9 @@ def attack(pooled: list[dict], vocab: int) -> None:
 
 def offsets(step) -> list[int]:
     """Where each part of a batched opening starts in the message (parts: x, then y for a Beaver
-    product; x, then every carried operand for a truncation)."""
+    product; x, then every carried operand for a truncation); an opening of one step is its part."""
     out, at = [], 0
-    for part in step.parts:
+    for part in step.parts or [step]:
         out.append(at)
         at += sum(s.numel() for s in part.secrets)
     return out
