@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from truncbridge.analysis import calibrated_bounds, place, static_bounds
+from truncbridge.analysis.objective import objective_for
 from truncbridge.analysis.search import Checker
 from truncbridge.backends import RingExecutor, run_float
 from truncbridge.core.errors import UserError
@@ -107,6 +108,33 @@ def test_optimal_is_exact_on_a_chain_where_lazy_is_greedy():
     assert counts["eager"] == 3  # after every product
     assert counts["optimal"] <= counts["lazy"] < counts["eager"]
     assert plans["optimal"].solver["proven_optimal"]
+
+
+MAX_BRUTE_FORCE_SITES = 11
+
+
+@settings(max_examples=30, deadline=None)
+@given(programs(), st.sampled_from([40, 48, 64]), st.sampled_from(["elements", "mid"]))
+def test_optimal_finds_the_known_optimum_of_small_programs(case, field_bits, objective):
+    """Every set of truncation sites of a small program, tried one by one, gives the optimum; the
+    MILP reaches it and proves it (truncated elements, or a network's time with products riding
+    on truncations)."""
+    program, inputs = case
+    node_bounds = calibrated_bounds(program, float_maxabs(program, inputs), 1)
+    config = PlanConfig(field_bits, F, "optimal", protocol="crypten-exact-3pc", time_limit_s=20, objective=objective)
+    check = Checker(program, F, node_bounds, config.budget_bits, objective_for(program, config))
+    sites = sorted(check.candidate)
+    if len(sites) > MAX_BRUTE_FORCE_SITES:
+        return
+    costs = [check.cost({s for k, s in enumerate(sites) if mask >> k & 1}) for mask in range(2 ** len(sites))]
+    known = min((c for c in costs if c is not None), default=None)
+    if known is None:  # no placement fits: optimal says so
+        with pytest.raises(UserError):
+            place(program, node_bounds, config)
+        return
+    plan = place(program, node_bounds, config)
+    assert check.cost(set(plan.sites)) == pytest.approx(known)
+    assert plan.solver.get("proven_optimal") or plan.solver.get("kept_start"), plan.solver
 
 
 @pytest.fixture(scope="module")
