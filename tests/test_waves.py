@@ -44,9 +44,11 @@ def test_projections_of_one_input_open_together():
     assert all(ids.index(i) < ids.index(n.id) for n in b.program.nodes for i in n.inputs)  # inputs first
 
 
-def test_a_carrying_truncation_waits_for_the_operands_its_message_opens():
-    """y·u rides on y's truncation, which opens u − b: u (made late, three rounds deep) must exist
-    first, so the truncation's wave follows u's although its own input is ready in round 1."""
+def test_a_product_rides_only_where_its_operand_holds_nothing_up():
+    """y·u could ride on y's truncation, whose message would open u − b. Where u is made late
+    (three rounds deep) that would hold y's truncation up to round 7: y·u opens on its own in
+    round 7 instead, and y is done in round 2. Where u exists before y's truncation opens, y·u
+    rides and the truncation waits for nothing."""
     b = Builder()
     x = b.input("x", (4, 8))
     u = x
@@ -56,10 +58,20 @@ def test_a_carrying_truncation_waits_for_the_operands_its_message_opens():
     yu = b.mul(y, u)
     b.output(yu)
     fused = carried(b.program)
+    assert y not in fused
+    schedule = waves(b.program, how, {t: c.others for t, c in fused.items()})
+    assert wave_of(schedule, y) == 2 and wave_of(schedule, yu) == wave_of(schedule, u) + 1 == 7
+
+    b = Builder()
+    x = b.input("x", (4, 8))
+    u = trunc(b, b.mul(x, x))  # round 2
+    y = trunc(b, b.mul(trunc(b, b.mul(x, x)), x))  # round 4
+    yu = b.mul(y, u)
+    b.output(yu)
+    fused = carried(b.program)
     assert fused[y].others == [u] and fused[y].products == [yu]
-    plain = waves(b.program, how)
-    waiting = waves(b.program, how, {t: c.others for t, c in fused.items()})
-    assert wave_of(plain, y) == 2 and wave_of(waiting, y) == wave_of(waiting, u) + 1 == 7
+    schedule = waves(b.program, how, {t: c.others for t, c in fused.items()})
+    assert wave_of(schedule, y) == 4  # no wait
 
 
 def test_weights_and_their_local_maps_are_input_independent():

@@ -127,6 +127,9 @@ def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limi
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = len(cost), len(row_lo)
     lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, var_lo, var_hi
+    # a riding product earns its round back (cost -R, y <= 1): counted from R (1 - y) instead, the
+    # objective is the real one, so HiGHS's gap is relative to what the plan costs
+    lp.offset_ = float(-np.minimum(cost, 0) @ np.maximum(var_hi, 0))
     lp.row_lower_, lp.row_upper_ = row_lo, row_hi
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .ir import Program
+from .ops import spec
 
 AFFINE = ("pow2", "neg", "shl", "add_public", "mul_public")  # elementwise maps α·y + β, public α, β
 MAX_DEGREE = 3  # highest power of S a carried value may hold (the material grows with it)
@@ -67,19 +68,27 @@ def _product_shape(program: Program, node, shapes: dict) -> _Shape | None:
 
 
 def carried(program: Program) -> dict[int, Carried]:
-    """Truncation id -> what its opening carries, for every truncation that carries a product."""
+    """Truncation id -> what its opening carries, for every truncation that carries a product.
+
+    A product rides only if the operands it would open with the truncation exist by the round the
+    truncation could open in: riding it would hold the truncation, and all that follows from it,
+    up a round, where opening on its own costs the product nothing later (``at``: the round a
+    node is done in, one per opening, as ``core.waves`` schedules them)."""
     shapes: dict[int, _Shape] = {}
     out: dict[int, Carried] = {}
+    at: dict[int, int] = {}
     for node in program.nodes:
+        ready = max((at[i] for i in node.inputs), default=0)
+        at[node.id] = ready + (spec(node).cost is not None)
         if node.op == "trunc":
             shapes[node.id] = _Shape(node.id, 1)
         elif node.op in AFFINE and node.inputs[0] in shapes:
             shapes[node.id] = shapes[node.inputs[0]]
         elif node.op == "mul":
             shape = _product_shape(program, node, shapes)
-            if shape is None:
+            if shape is None or any(at[z] >= at[shape.trunc] for z, _ in shape.others):
                 continue
-            shapes[node.id] = shape
+            shapes[node.id], at[node.id] = shape, at[shape.trunc]
             c = out.setdefault(shape.trunc, Carried(shape.trunc))
             c.products.append(node.id)
             c.degree = max(c.degree, shape.degree)

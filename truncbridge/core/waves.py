@@ -8,7 +8,8 @@ round: the nodes opened together, then the multi-round steps run alone (a compar
 local nodes that can be computed once those are done, in program order.
 
 A truncation that carries products (``core.fusion``) also opens z − b for its operands z, so it
-waits for them; the products it carries are made at its opening (they are local after it).
+waits for them (``carried`` lets a product ride only where they exist by then, so that wait never
+holds a truncation up); the products it carries are made at its opening (local after it).
 
 What does not depend on the client's input (``input_independent``: weights, and local maps of
 them) can be done before the online phase: a Beaver product of a weight opens the weight's half
