@@ -32,7 +32,13 @@ def test_a_plan_from_statistics_holds_for_the_weights_they_came_from(model_type)
     plan.program.weights.update({k: v.double() for k, v in weights.items()})
     windows = tokenize_windows(real.tokenizer, real.heldout_text, 16, limit=3)
     result = emulate(real.model, plan, windows)
-    assert result.bound_violations == 0 and result.metrics["top1_agreement"] >= 0.98
+    assert result.bound_violations == 0 and result.metrics["max_abs_logit_error"] <= 0.01
+    # random weights leave near-tied logits: the top-1 may flip only where the float model's top
+    # two are closer than twice the largest logit error
+    with torch.no_grad():
+        top2 = torch.cat([real.model(w[None]).logits[0].topk(2, -1).values for w in windows])
+    decided = (top2[:, 0] - top2[:, 1] > 2 * result.metrics["max_abs_logit_error"]).double().mean().item()
+    assert result.metrics["top1_agreement"] >= decided > 0.9
 
 
 def test_weight_statistics_bound_what_the_analysis_reads():

@@ -83,7 +83,7 @@ def test_report_under_protocols(plan_file, tmp_path, capsys):
     crypten = json.loads(out.read_text())
     assert crypten["expected_truncation_failures"] > 0  # a 64-bit faithful plan is too full for local truncation
     printed = capsys.readouterr().out
-    assert "per layer" in printed and "truncations per recipe" in printed
+    assert "per layer" in printed and "rounds on the critical path" in printed
 
 
 def test_a_network_by_name_or_by_its_round_trip_and_bandwidth(plan_file, tmp_path, capsys):
