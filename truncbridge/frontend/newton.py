@@ -82,15 +82,17 @@ def _newton_split(c: float, r: float, steps: int, tol: float) -> tuple[int, int]
     steps (``_coupled_newton_steps``), then the rest as they are. A coupled step's rounding of v
     costs y about that error / (2 v), relative, which the coupled steps never correct; the plain
     step after them does, squaring it (1.5 e^2). So couple all steps but the last, starting as
-    soon as the error they leave, squared, is within tol / 8 over [r, 1]."""
+    soon as the error they leave, squared, is within one rounding over [r, 1]. v1 as a polynomial
+    in u (``_first_v``) may carry the roundings of u^2 and u^3 times their coefficients."""
     us = np.geomspace(r, 1.0, 4000)
     ys = c * (1.5 - 0.5 * c * c * us)
     for plain in range(steps - 1):
-        vs, error = us * ys * ys, 0.0
+        vs = us * ys * ys
+        error = ROUNDING * tol * (1.5 * c**4 + 0.25 * c**6 if plain == 0 else 1) / (2 * np.min(vs))
         for _ in range(steps - 1 - plain):
             error += ROUNDING * tol / (2 * np.min(vs))
             vs = vs * (1.5 - 0.5 * vs) ** 2
-        if 1.5 * error**2 <= tol / 8:
+        if 1.5 * error**2 <= ROUNDING * tol:
             return plain, steps - 1 - plain
         ys = ys * (1.5 - 0.5 * us * ys * ys)
     return steps, 0
