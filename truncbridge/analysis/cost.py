@@ -43,7 +43,6 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     static = input_independent(plan.program) if weights_apart else set()
     depth: dict[int, float] = {}
     came_from: dict[int, int | None] = {}  # the input whose depth a node's depth extends
-    own_rounds: dict[int, float] = {}
     rounds_sequential = bits_total = failures = weights_bits = 0.0  # sequential: one operation at a time
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
@@ -71,12 +70,11 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
         waits = fused[n.id].others if n.id in fused else ()  # its message opens them: they come first
         came_from[n.id] = max((*n.inputs, *waits), key=depth.__getitem__, default=None)
         depth[n.id] = rounds + (depth[came_from[n.id]] if came_from[n.id] is not None else 0.0)
-        own_rounds[n.id] = rounds
         rounds_sequential += rounds
         bits_total += bits
         layer["bytes"] += bits / 8
     rounds_total = max(depth.values(), default=0.0)
-    _book_critical_path(plan, depth, came_from, own_rounds, by_recipe)
+    _book_critical_path(plan, depth, came_from, by_recipe)
     bytes_total = bits_total / 8
     latency = network_seconds(network, rounds_total, bytes_total)
     return {"protocol": protocol.name, "fused_products": len(riding), "rounds": rounds_total,
@@ -85,14 +83,16 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
             "by_layer": {k: dict(v) for k, v in by_layer.items()}, "by_recipe": {k: dict(v) for k, v in by_recipe.items()}}
 
 
-def _book_critical_path(plan: Plan, depth: dict, came_from: dict, own_rounds: dict, by_recipe: dict) -> None:
+def _book_critical_path(plan: Plan, depth: dict, came_from: dict, by_recipe: dict) -> None:
     """Each recipe's share of the rounds on the critical path (``critical_rounds``): what a
     cheaper recipe would save end to end."""
     node = max(depth, key=depth.__getitem__, default=None)
     while node is not None:
-        if own_rounds[node]:
-            by_recipe[plan.program[node].recipe or "(linear)"]["critical_rounds"] += own_rounds[node]
-        node = came_from[node]
+        before = came_from[node]
+        own = depth[node] - (depth[before] if before is not None else 0.0)
+        if own:
+            by_recipe[plan.program[node].recipe or "(linear)"]["critical_rounds"] += own
+        node = before
 
 
 def _book_truncation(plan: Plan, protocol: Protocol, n, layer: dict, recipe: dict) -> float:

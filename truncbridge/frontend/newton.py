@@ -62,16 +62,24 @@ def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     with recipe(b, "rsqrt", method="newton", start=c, iterations=iters, coupled=coupled, shift=k, lo=lo, hi=hi):
         u = b.pow2(x, -2 * k)
         y = b.add_public(b.mul_public(u, -0.5 * c**3), 1.5 * c)  # first step from the public start c
-        for i in range(iters - 1):
-            if i == plain and coupled:
-                y = _coupled_newton_steps(b, b.mul(u, b.mul(y, y)) if plain else _first_v(b, u, c), y, coupled)
-            if plain <= i < plain + coupled:
-                continue
-            half_uy2 = b.pow2(b.mul(u, b.mul(y, y)), -1)
-            y = b.mul(y, b.add_public(b.neg(half_uy2), 1.5))
+        for _ in range(plain):
+            y = _newton_step(b, u, y)
+        if coupled:
+            y = _coupled_newton_steps(b, _uy2(b, u, y) if plain else _first_v(b, u, c), y, coupled)
+        for _ in range(iters - 1 - plain - coupled):
+            y = _newton_step(b, u, y)
         out = b.pow2(y, -k)
     declare_by_grid(b, first, x, np.geomspace(lo, hi, GRID_POINTS))
     return out
+
+
+def _uy2(b: Builder, u: int, y: int) -> int:
+    return b.mul(u, b.mul(y, y))
+
+
+def _newton_step(b: Builder, u: int, y: int) -> int:
+    """y (1.5 - u y^2 / 2): the plain step, self-correcting."""
+    return b.mul(y, b.add_public(b.neg(b.pow2(_uy2(b, u, y), -1)), 1.5))
 
 
 ROUNDING = 2.0**-5  # a truncation's rounding error, in units of a recipe's tol (lower.RECIPE_TOL_SLACK_BITS + 1)
