@@ -211,55 +211,63 @@ def test_a_large_program_is_solved_a_layer_at_a_time(default_converted, default_
     assert result.bound_violations == 0 and result.metrics["top1_agreement"] >= 0.95
 
 
-def test_the_milp_takes_up_its_start(default_converted):
-    """The start (lazy improved by the local search) is a feasible point of the MILP, so a
-    time-limited solve returns it or better — values below 1 may sit at scales above the budget
-    (regression: their q was capped at the budget, the start was refused and every solve of the
-    default model under a 2-bit headroom kept it)."""
+@pytest.mark.parametrize("objective", ["elements", "mid"])
+def test_the_milp_takes_up_its_start(default_converted, objective):
+    """The start (lazy improved by the local search) is a feasible point of the MILP, rides and
+    rounds included, so a time-limited solve returns it or better — values below 1 may sit at
+    scales above the budget (regression: their q was capped at the budget, the start was refused
+    and every solve of the default model under a 2-bit headroom kept it)."""
+    import dataclasses
+
     import numpy as np
 
-    from truncbridge.analysis.milp import _milp_model, _with_rides
-    from truncbridge.analysis.objective import Objective
-    from truncbridge.analysis.scales import placement_vector
+    from truncbridge.analysis.milp_model import milp_model, start_vector
+    from truncbridge.analysis.objective import objective_for
 
     program, bounds = default_converted.program, static_bounds(default_converted.program)
-    plan = build_plan(default_converted, plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5))
-    model = _milp_model(program, 16, bounds, plan.budget_bits, Objective())
-    x = _with_rides(placement_vector(program, 16, set(plan.sites)), Objective())
+    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5, objective=objective)
+    plan = build_plan(default_converted, config)
+    goal = objective_for(program, config)
+    model = milp_model(program, 16, bounds, plan.budget_bits, goal)
+    x = start_vector(program, 16, set(plan.sites), goal)
     assert np.all(x >= model.var_lo) and np.all(x <= model.var_hi)
     ax = model.A @ x
     assert np.all(ax >= model.row_lo - 1e-9) and np.all(ax <= model.row_hi + 1e-9)
-    assert not plan.solver.get("kept_start")
+    if objective == "elements":
+        assert not plan.solver.get("kept_start")
+    lazy = build_plan(default_converted, dataclasses.replace(config, policy="lazy"))
+    n = len(program.nodes)
+    assert model.cost[2 * n:] @ start_vector(program, 16, set(lazy.sites), goal)[2 * n:] == \
+        pytest.approx(sum(program[i].numel for i in lazy.sites) + goal.round_elements * _milp_last_round(program, goal, lazy))
 
 
-def test_a_network_objective_counts_rounds_the_way_the_milp_does(default_converted):
-    """The local search's objective (set-based, recursive riding) equals the MILP's objective at
-    the same point; and optimal under the mid network's time has no more fused rounds than optimal
-    under truncated elements (the cost model, on the placed plans, judges)."""
+def _milp_last_round(program, goal, plan) -> float:
+    from truncbridge.analysis.milp_model import milp_rounds
+
+    return max(milp_rounds(program, goal, set(plan.sites))[0], default=0.0) if goal.counts_rounds else 0.0
+
+
+def test_a_network_objective_counts_the_rounds_the_cost_model_counts(default_converted):
+    """The local search's objective counts the rounds on the critical path of a placement exactly
+    as the cost model counts them on the placed plan (riding products included), for every
+    policy; and optimal under the mid network's time has no more of them than optimal under
+    truncated elements, nor than lazy."""
     import dataclasses
 
     from truncbridge.analysis.cost import plan_costs
-    from truncbridge.analysis.milp import _milp_model, _with_rides
     from truncbridge.analysis.objective import objective_for
-    from truncbridge.analysis.scales import placement_vector
     from truncbridge.core.protocols import load_network, load_protocol
 
-    program, bounds = default_converted.program, static_bounds(default_converted.program)
-    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5)
-    objective = objective_for(program, dataclasses.replace(config, objective="mid"))
-    assert objective.round_elements == pytest.approx(0.01 * 1e9 / 128) and objective.rides
-    check = Checker(program, 16, bounds, config.budget_bits, objective)
-    lazy = build_plan(default_converted, dataclasses.replace(config, policy="lazy"))
-    n = len(program.nodes)
-    x = _with_rides(placement_vector(program, 16, set(lazy.sites)), objective)
-    model = _milp_model(program, 16, bounds, config.budget_bits, objective)
-    milp_value = model.cost[2 * n:] @ x[2 * n:] + objective.round_elements * len(objective.rides)
-    assert check.cost(set(lazy.sites)) == pytest.approx(milp_value)
+    program = default_converted.program
+    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5, objective="mid")
+    goal = objective_for(program, config)
+    assert goal.round_elements == pytest.approx(0.01 * 1e9 / 128) and goal.rides and goal.shared
     rounds = {}
-    for kind in ("elements", "mid"):
-        plan = build_plan(default_converted, dataclasses.replace(config, objective=kind))
-        rounds[kind] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))["rounds_sequential"]
-    assert rounds["mid"] <= rounds["elements"], rounds
+    for policy, objective in (("eager", "mid"), ("lazy", "mid"), ("optimal", "mid"), ("optimal", "elements")):
+        plan = build_plan(default_converted, dataclasses.replace(config, policy=policy, objective=objective))
+        rounds[policy, objective] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))["rounds"]
+        assert goal.rounds(program, set(plan.sites)) == rounds[policy, objective], (policy, objective)
+    assert rounds["optimal", "mid"] <= min(rounds["optimal", "elements"], rounds["lazy", "mid"]) < rounds["eager", "mid"]
 
 
 @pytest.mark.parametrize("limit", [0.05, 2.0])

@@ -8,15 +8,13 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.ir import Program
-from ..core.ops import spec
 from ..core.types import Bound
+from .milp_model import BLOCKS, MilpModel, Q, T, Z, milp_model, start_vector
 from .objective import TRUNCATED_ELEMENTS, Objective
-from .scales import const_scale, effective_bits, placement_vector, source_scale
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
 MIN_BLOCK_TIME_S = 0.5  # each layer's share of the time limit, at least
@@ -26,13 +24,15 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
                   start: set[int], objective: Objective = TRUNCATED_ELEMENTS,
                   progress=None) -> tuple[set[int] | None, dict]:
-    """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), and whether
-    a product rides on a placed truncation (y = 1, ``core.fusion``).
+    """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), whether a
+    product rides on a placed truncation with one input's side truncated (ya, yb:
+    ``core.fusion``), and the round the node's value is ready after (t); then the last round.
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
     (any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
-    it can ride on is placed, and the objective is ``objective``'s (ties: lower scales). HiGHS is
+    it can ride on is placed, t follows the rounds (``objective.critical_path``), and the
+    objective is ``objective``'s: truncated elements, plus R per round (ties: lower scales). HiGHS is
     given ``start``, a feasible set of truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
     the caller keeps the better of the two.
 
@@ -46,32 +46,22 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     """
     n = len(src.nodes)
     deadline = time.perf_counter() + time_limit  # building the model counts too
-    model = _milp_model(src, f, bounds, budget, objective)
-    x0 = _with_rides(placement_vector(src, f, start), objective)
+    model = milp_model(src, f, bounds, budget, objective)
+    x0 = start_vector(src, f, start, objective)
     t = time.perf_counter()
-    report = {"solver": "HiGHS MILP", "variables": 4 * n, "constraints": len(model.row_lo),
+    report = {"solver": "HiGHS MILP", "variables": len(model.cost), "constraints": len(model.row_lo),
               "start_elements": int(sum(src.nodes[i].numel for i in start))}
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
-        x, status, gap = _solve_by_blocks(src, model, x0, blocks, deadline, report, progress)
+        x, status, gap = _solve_by_blocks(src, f, model, objective, x0, blocks, deadline, report, progress)
     else:
         x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
                                 x0, max(deadline - time.perf_counter(), 0.01), progress)
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
-    z = x[2 * n:3 * n]
-    return {v.id for v in src.nodes if z[v.id]}, {
-        **report, "mip_gap": gap, "objective_elements": int(sum(v.numel for v in src.nodes if z[v.id])),
-        "objective": float(model.cost[2 * n:] @ x[2 * n:]) + objective.round_elements * len(objective.rides)}
-
-
-def _with_rides(x: np.ndarray, objective: Objective) -> np.ndarray:
-    """[p | q | z] -> [p | q | z | y]: y = 1 for the products a truncation in z lets ride."""
-    n = len(x) // 3
-    y = np.zeros(n)
-    for m, (sites, carriers) in objective.rides.items():  # in program order: carriers come first
-        y[m] = float(any(x[2 * n + u] for u in sites) or any(y[u] for u in carriers))
-    return np.concatenate([x, y])
+    chosen = {v.id for v in src.nodes if x[Z * n + v.id]}
+    return chosen, {**report, "mip_gap": gap, "objective_elements": int(sum(src[i].numel for i in chosen)),
+                    "objective": objective.cost(src, chosen)}
 
 
 def _layer_blocks(src: Program) -> dict[str, list[int]]:
@@ -83,8 +73,11 @@ def _layer_blocks(src: Program) -> dict[str, list[int]]:
     return blocks
 
 
-def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dict[str, list[int]],
-                     deadline: float, report: dict, progress=None):
+def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objective, x0: np.ndarray,
+                     blocks: dict[str, list[int]], deadline: float, report: dict, progress=None):
+    """One MILP per layer, in program order; what crosses a layer boundary keeps the start's
+    scales, and each layer starts from (and ends no worse than) the rounds the layers before it
+    left (the whole point is re-derived after each: ``start_vector``)."""
     n = len(src.nodes)
     block_of = {i: key for key, ids in blocks.items() for i in ids}
     read_elsewhere = {j for v in src.nodes for j in v.inputs if block_of[j] != block_of[v.id]}
@@ -96,12 +89,14 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
     for k, (key, ids) in enumerate(blocks.items()):
         outside = sorted({j for i in ids for j in src.nodes[i].inputs if block_of[j] != key})
         local = sorted(set(ids) | set(outside))
-        cols = np.concatenate([np.array(local) + b * n for b in range(4)])
+        cols = np.concatenate([np.array(local) + b * n for b in range(BLOCKS)] + [[len(model.cost) - 1]])
         lo_v, hi_v = model.var_lo[cols].copy(), model.var_hi[cols].copy()
-        fixed = [c for c, i in enumerate(local) if i in outside] + \
-                [len(local) + c for c, i in enumerate(local) if i in outside or i in read_elsewhere]
-        fixed += [b * len(local) + c for b in (2, 3) for c, i in enumerate(local) if i in outside]
-        lo_v[fixed] = hi_v[fixed] = x0[cols][fixed]  # the boundary keeps the start's scales
+        at = {i: c for c, i in enumerate(local)}
+        fixed = [b * len(local) + at[i] for b in range(BLOCKS) for i in outside]
+        fixed += [Q * len(local) + at[i] for i in ids if i in read_elsewhere]
+        lo_v[fixed] = hi_v[fixed] = x[cols][fixed]  # the boundary keeps the start's scales
+        start = x[cols].copy()
+        start[-1] = x[T * n + np.array(local)].max(initial=0)  # the last round so far
         rows = rows_of.get(key, [])
         remaining = deadline - time.perf_counter()
         if remaining <= 0:  # out of time: this layer keeps the start
@@ -110,10 +105,11 @@ def _solve_by_blocks(src: Program, model: MilpModel, x0: np.ndarray, blocks: dic
         share = min(max(remaining / (len(blocks) - k), MIN_BLOCK_TIME_S), remaining)
         said = progress and (lambda text, k=k: progress(f"layer {k + 1}/{len(blocks)}: {text}"))
         got, status, g = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
-                                model.row_hi[rows], x0[cols], share, said)
+                                model.row_hi[rows], start, share, said)
         statuses.append(status)
-        if got is not None and model.cost[cols] @ got <= model.cost[cols] @ x0[cols]:  # never worse
+        if got is not None and model.cost[cols] @ got <= model.cost[cols] @ start:  # never worse
             x[cols], gap = got, max(gap, g)
+            x = start_vector(src, f, {i for i in range(n) if x[Z * n + i]}, objective)
     report.update(blocks=len(blocks), blocks_proven_optimal=statuses.count("Optimal"))
     status = "Optimal per layer" if all(s == "Optimal" for s in statuses) else \
         ", ".join(sorted(set(statuses))) + " (per layer)"
@@ -175,89 +171,6 @@ def _report_progress(h, progress, time_limit: float) -> None:
     h.setCallback(said, None)
     for kind in (kinds.kCallbackMipImprovingSolution, kinds.kCallbackMipInterrupt):
         h.startCallback(kind)
-
-
-@dataclass
-class MilpModel:
-    cost: np.ndarray
-    var_lo: np.ndarray
-    var_hi: np.ndarray
-    A: object  # scipy.sparse CSC, rows x [p | q | z | y]
-    row_lo: np.ndarray
-    row_hi: np.ndarray
-    row_owner: list[int]  # the node whose op each row constrains
-
-
-def _milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective) -> MilpModel:
-    """Cost, variable bounds, constraint matrix and row bounds; variables are [p | q | z | y] per node."""
-    from scipy.sparse import coo_matrix
-
-    nodes = src.nodes
-    n = len(nodes)
-    P, Q, Z, Y = 0, n, 2 * n, 3 * n  # variable blocks
-    m_eff = effective_bits(src, bounds, f)
-    smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
-    with np.errstate(over="ignore"):  # with nothing truncated, scales double at each square: inf is a fine cap
-        untruncated = placement_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
-    rows, lo, hi, owner = [], [], [], []
-
-    def con(coefs: dict[int, float], low: float, high: float) -> None:
-        rows.append(coefs)
-        lo.append(low)
-        hi.append(high)
-        owner.append(i)
-
-    var_lo = np.full(4 * n, -float(budget))  # scales below -budget would be pointless
-    var_hi = np.full(4 * n, float(budget))
-    var_lo[Z:], var_hi[Z:] = 0, 1
-    var_hi[Y:] = 0  # y: only products that can ride
-    for i, coefs in _ride_rows(objective, Z, Y):
-        var_hi[Y + i] = 1
-        con(coefs, -np.inf, 0)
-    for v in nodes:
-        i, ins = v.id, v.inputs
-        var_hi[P + i] = var_hi[Q + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
-        scaling = spec(v).scaling
-        if scaling in ("source", "integer"):
-            var_lo[P + i] = var_hi[P + i] = source_scale(v, f) if scaling == "source" else 0
-        elif spec(v).aligned(v):
-            for j in ins:
-                con({P + i: 1, Q + j: -1}, 0, np.inf)  # p >= q_j
-                con({P + i: 1}, -np.inf, budget - 1 - m_eff[j])  # operand j shifted to p fits
-        elif scaling == "sum":  # p = q_a + q_b (a square x * x counts q_x twice)
-            coefs = {P + i: 1}
-            for j in ins:
-                coefs[Q + j] = coefs.get(Q + j, 0) - 1
-            con(coefs, 0, 0)
-        else:  # p = q + c: c the public multiplier's scale, minus a relabel's exponent, or 0
-            c = const_scale(src, v, f) if scaling == "public" else -v.attrs["exp"] if scaling == "relabel" else 0
-            con({P + i: 1, Q + ins[0]: -1}, c, c)
-        # truncation: 0 <= p - q <= z * (highest p - f), and q = f exactly when z = 1
-        big = max(min(smax[i], untruncated[i]) - f, 0)
-        con({P + i: 1, Q + i: -1}, 0, np.inf)
-        con({P + i: 1, Q + i: -1, Z + i: -big}, -np.inf, 0)
-        con({Q + i: 1, Z + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
-        con({Q + i: 1, Z + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f
-        if not spec(v).site(v, src) or big == 0:
-            var_hi[Z + i] = 0
-
-    weight = np.array([objective.site_weight(v.numel) for v in nodes], dtype=float)
-    eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
-    cost = np.concatenate([np.full(2 * n, eps), weight, np.full(n, -objective.round_elements)])
-    A = coo_matrix(([c for r in rows for c in r.values()],
-                    ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
-                   shape=(len(rows), 4 * n)).tocsc()
-    return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
-
-
-def _ride_rows(objective: Objective, Z: int, Y: int):
-    """(product, row): y_m <= sum of z over the sites it can ride on + y of the products that would
-    carry it along (``core.fusion.ride_sites``)."""
-    for i, (sites, carriers) in objective.rides.items():
-        coefs = {Y + i: 1, **{Z + u: -1 for u in sites}}
-        for u in carriers:
-            coefs[Y + u] = coefs.get(Y + u, 0) - 1
-        yield i, coefs
 
 
 @contextmanager

@@ -1,19 +1,28 @@
 """What the optimal placement minimises (``PlanConfig.objective``).
 
 ``elements``  truncated elements: the bytes of the truncations' openings (TruncFormer's count).
-a network     ``lan``, ``mid``, ``wan`` or ``rtt=MS,bw=MBIT``: the online time the plan's
-              truncations and products cost on it, in units of one truncated element's transfer
-              time. A truncation site costs its elements plus one round, R = round trip /
-              (wire bits per truncated element / bandwidth). Where the protocol's truncation
-              carries products (``core.fusion``), an elementwise product costs a round of its own
-              unless a truncation it can ride on is placed: such sites earn R back.
+a network     ``lan``, ``mid``, ``wan`` or ``rtt=MS,bw=MBIT``: the online time the plan costs on
+              it, in units of one truncated element's transfer time: the truncated elements, plus
+              R per round on the critical path, R = round trip / (wire bits per truncated element
+              / bandwidth). A truncation costs its round on every path through it; a product
+              (``mul``, ``matmul``) and a comparison their rounds, except where the protocol's
+              truncation carries products (``core.fusion``): an elementwise product that rides on
+              a truncation placed on one of its inputs' sides is done in that truncation's round,
+              provided its other input was there a round before.
+
+``Objective.rounds`` counts them as the cost model does (``core.fusion.ride_schedule``), on the
+source program for a set of truncated nodes: the local search (``search.py``) uses it. The
+MILP (``milp.py``) states a linear model of the same rounds: it takes the input a riding product
+opens with the truncation to be opened there, where the placed plan may find both inputs
+hanging off one truncation (no opening) or may refuse the ride (powers of S above 3).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.fusion import ride_sites
+from ..core.fusion import ride_schedule, ride_sites, shared_sites
 from ..core.ir import Program
+from ..core.ops import spec
 from ..core.protocols import load_network, load_protocol, network_seconds
 from ..core.types import PlanConfig
 
@@ -23,10 +32,27 @@ ELEMENTS = "elements"
 @dataclass(frozen=True)
 class Objective:
     round_elements: float = 0.0  # one round's cost in truncated elements (0: elements alone)
-    rides: dict = field(default_factory=dict)  # mul id -> (sites, riding products) that let it ride (core.fusion)
+    rides: dict = field(default_factory=dict)  # mul id -> per input side: (sites, riding products) (core.fusion)
+    op_rounds: dict = field(default_factory=dict)  # node id -> rounds its own op costs (products, comparisons)
+    truncation_rounds: float = 1.0
+    shared: dict = field(default_factory=dict)  # mul id -> sites both its inputs could hang off (core.fusion)
 
-    def site_weight(self, numel: int) -> float:
-        return numel + self.round_elements
+    @property
+    def counts_rounds(self) -> bool:
+        return self.round_elements > 0
+
+    def cost(self, program: Program, truncated: set[int]) -> float:
+        elements = sum(program[i].numel for i in truncated)
+        if not self.counts_rounds:
+            return float(elements)
+        return elements + self.round_elements * self.rounds(program, truncated)
+
+    def rounds(self, program: Program, truncated: set[int]) -> float:
+        """Rounds on the critical path of the placement that truncates ``truncated``: the cost
+        model's count (``core.fusion.ride_schedule``), on the source program."""
+        at = ride_schedule(program, truncated, lambda v: self.op_rounds.get(v.id, 0.0), self.truncation_rounds,
+                           fuse=bool(self.rides))[1]
+        return max(at.values(), default=0.0)
 
 
 TRUNCATED_ELEMENTS = Objective()
@@ -36,8 +62,11 @@ def objective_for(program: Program, config: PlanConfig) -> Objective:
     if config.objective == ELEMENTS:
         return TRUNCATED_ELEMENTS
     protocol, network = load_protocol(config.protocol), load_network(config.objective)
-    element_s = network_seconds(network, 0, protocol.bits("truncation", config.wire_bits) / 8)
-    round_s = network_seconds(network, protocol.rounds("truncation", config.wire_bits), 0)
+    l = config.wire_bits
+    element_s = network_seconds(network, 0, protocol.bits("truncation", l) / 8)
     if element_s == 0:  # a local truncation (CrypTen's 2PC): free online, so elements are all there is to count
         return TRUNCATED_ELEMENTS
-    return Objective(round_s / element_s, ride_sites(program) if protocol.fuses_products else {})
+    op_rounds = {v.id: protocol.rounds(spec(v).cost, l) for v in program.nodes if spec(v).cost in ("mul", "comparison")}
+    rides = ride_sites(program) if protocol.fuses_products else {}
+    return Objective(network_seconds(network, 1, 0) / element_s, rides, op_rounds, protocol.rounds("truncation", l),
+                     shared_sites(program, rides))

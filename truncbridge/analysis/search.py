@@ -39,18 +39,7 @@ class Checker:
         return self.objective_of([i for i in sites if x[2 * n + i]])
 
     def objective_of(self, truncated: list[int]) -> float:
-        cut = set(truncated)
-        return sum(self.objective.site_weight(self.src[i].numel) for i in cut) + self.grounded_cost(cut)
-
-    def grounded_cost(self, cut: set[int]) -> float:
-        """One round for every product that cannot ride on a truncation in ``cut`` (``objective.py``)."""
-        if not self.objective.rides:
-            return 0.0
-        riding: set[int] = set()
-        for m, (sites, carriers) in self.objective.rides.items():  # program order: carriers first
-            if sites & cut or carriers & riding:
-                riding.add(m)
-        return self.objective.round_elements * (len(self.objective.rides) - len(riding))
+        return self.objective.cost(self.src, set(truncated))
 
 
 class Placement:
@@ -66,8 +55,7 @@ class Placement:
         self.p, self.q, self.z = list(x[:n]), list(x[n:2 * n]), list(x[2 * n:])
         self.users = check.src.users()
         self.truncated = {i for i in self.sites if self.z[i]}
-        self.site_cost = sum(check.objective.site_weight(check.src[i].numel) for i in self.truncated)
-        self.cost = self.site_cost + check.grounded_cost(self.truncated)
+        self.cost = check.objective_of(self.truncated)
 
     def trial(self, sites: set[int], floors: dict[int, int] | None = None) -> bool:
         """Move to ``sites`` (and these floors) if every value still fits; else stay. Returns
@@ -75,14 +63,14 @@ class Placement:
         floors = floors or {}
         touched = (sites ^ self.sites) | set(floors)
         undo = {"sites": self.sites, "floors": {v: self.floors[v] for v in floors}, "cost": self.cost,
-                "site_cost": self.site_cost, "truncated": set(self.truncated), "nodes": {}}
+                "truncated": set(self.truncated), "nodes": {}}
         self.sites = sites
         for v, f in floors.items():
             self.floors[v] = f
         if self._propagate(sorted(touched), undo["nodes"]):
-            self.cost = self.site_cost + self.check.grounded_cost(self.truncated)
+            self.cost = self.check.objective_of(self.truncated)
             return True
-        self.sites, self.cost, self.site_cost, self.truncated = (undo[k] for k in ("sites", "cost", "site_cost", "truncated"))
+        self.sites, self.cost, self.truncated = (undo[k] for k in ("sites", "cost", "truncated"))
         for v, f in undo["floors"].items():
             self.floors[v] = f
         for i, (p, q, z) in undo["nodes"].items():
@@ -103,7 +91,6 @@ class Placement:
                 continue
             saved.setdefault(i, (self.p[i], self.q[i], self.z[i]))
             if (i in self.sites or saved[i][2]) and z != self.z[i]:
-                self.site_cost += self.check.objective.site_weight(node.numel) * (int(z) - int(self.z[i]))
                 (self.truncated.add if z else self.truncated.discard)(i)
             self.p[i], self.q[i], self.z[i] = p, q, z
             if p > cap[i]:

@@ -74,31 +74,49 @@ def carried(program: Program) -> dict[int, Carried]:
     truncation could open in: riding it would hold the truncation, and all that follows from it,
     up a round, where opening on its own costs the product nothing later (``at``: the round a
     node is done in, one per opening, as ``core.waves`` schedules them)."""
+    return ride_schedule(program)[0]
+
+
+def ride_schedule(program: Program, truncated: frozenset[int] | set[int] = frozenset(),
+                  own_rounds=lambda node: float(spec(node).cost is not None),
+                  truncation_rounds: float = 1.0, fuse: bool = True) -> tuple[dict[int, Carried], dict[int, float]]:
+    """``carried``'s walk, and the round each node is done in (nothing rides unless ``fuse``).
+    ``truncated``: on a program without truncation nodes (a placement's source), the nodes
+    truncated right after they are made — the node's id then stands for its truncation's, and
+    its round includes it."""
     shapes: dict[int, _Shape] = {}
     out: dict[int, Carried] = {}
-    at: dict[int, int] = {}
+    at: dict[int, float] = {}
     for node in program.nodes:
-        ready = max((at[i] for i in node.inputs), default=0)
-        at[node.id] = ready + (spec(node).cost is not None)
+        ready = max((at[i] for i in node.inputs), default=0.0)
+        at[node.id] = ready + own_rounds(node)
         if node.op == "trunc":
             shapes[node.id] = _Shape(node.id, 1)
         elif node.op in AFFINE and node.inputs[0] in shapes:
             shapes[node.id] = shapes[node.inputs[0]]
-        elif node.op == "mul":
-            shape = _product_shape(program, node, shapes)
-            if shape is None or any(at[z] >= at[shape.trunc] for z, _ in shape.others):
-                continue
-            shapes[node.id], at[node.id] = shape, at[shape.trunc]
-            c = out.setdefault(shape.trunc, Carried(shape.trunc))
-            c.products.append(node.id)
-            c.degree = max(c.degree, shape.degree)
-            for z, d in shape.others:
-                if z not in c.others:
-                    c.others.append(z)
-                    c.other_degrees.append(0)
-                j = c.others.index(z)
-                c.other_degrees[j] = max(c.other_degrees[j], d)
-    return out
+        elif node.op == "mul" and fuse:
+            _ride(program, node, shapes, out, at)
+        if node.id in truncated:
+            shapes[node.id] = _Shape(node.id, 1)
+            at[node.id] += truncation_rounds
+    return out, at
+
+
+def _ride(program: Program, node, shapes: dict, out: dict[int, Carried], at: dict) -> None:
+    """Let product ``node`` ride on a truncation if it can without holding it up."""
+    shape = _product_shape(program, node, shapes)
+    if shape is None or any(at[z] >= at[shape.trunc] for z, _ in shape.others):
+        return
+    shapes[node.id], at[node.id] = shape, at[shape.trunc]
+    c = out.setdefault(shape.trunc, Carried(shape.trunc))
+    c.products.append(node.id)
+    c.degree = max(c.degree, shape.degree)
+    for z, d in shape.others:
+        if z not in c.others:
+            c.others.append(z)
+            c.other_degrees.append(0)
+        j = c.others.index(z)
+        c.other_degrees[j] = max(c.other_degrees[j], d)
 
 
 def carried_products(program: Program) -> set[int]:
@@ -113,20 +131,45 @@ def _affine_chain(program: Program, i: int) -> list[int]:
     return chain
 
 
-def ride_sites(program: Program) -> dict[int, tuple[frozenset[int], frozenset[int]]]:
-    """For placement, on a program without truncations: mul id -> (the nodes whose truncation would
-    let it ride, the products that would carry it along if they ride). A truncation placed after a
-    node heads an affine chain to one input, or a riding product does, and the other input is made
-    before it or hangs off the same chain. (``carried``'s limits on powers of S and on operands per
-    term are left out: the cost model, run on the placed plan, counts.)"""
-    out: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+def ride_sites(program: Program) -> dict[int, tuple[tuple[frozenset[int], frozenset[int]], ...]]:
+    """For placement, on a program without truncations: mul id -> per input side (one for a
+    square), (the nodes whose truncation would let it ride with that input as the truncated one,
+    the products on that side that would carry it along if they ride). A truncation placed after
+    a node heads an affine chain to the input, or a riding product does, and the other input is
+    made before it or hangs off the same chain. (``carried``'s limits on powers of S and on
+    operands per term are left out: the cost model, run on the placed plan, counts.)"""
+    out: dict[int, tuple[tuple[frozenset[int], frozenset[int]], ...]] = {}
     for node in program.nodes:
         if node.op != "mul":
             continue
         a, b = node.inputs
         ca, cb = _affine_chain(program, a), _affine_chain(program, b)
-        heads = {u for u in ca if b < u or u in cb} | {u for u in cb if a < u or u in ca}
-        carriers = {u for u in heads if u in out}  # a riding product carries this one along
-        if heads:
-            out[node.id] = (frozenset(heads), frozenset(carriers))
+        sides = []
+        for mine, other, theirs in ((ca, b, cb), (cb, a, ca))[:1 if a == b else 2]:
+            heads = frozenset(u for u in mine if other < u or u in theirs)
+            sides.append((heads, frozenset(u for u in heads if u in out)))  # riding products carry it along
+        if any(heads for heads, _ in sides):
+            out[node.id] = tuple(sides)
+    return out
+
+
+def shared_sites(program: Program, rides: dict) -> dict[int, frozenset[int]]:
+    """For placement: mul id -> the nodes whose truncation both its inputs could hang off (each a
+    public affine map of it or a product riding on it: ``ride_sites``), so that riding on it opens
+    neither. (Whether the products between do ride is left to the cost model, as above.)"""
+    hang: dict[int, frozenset[int]] = {}
+    out: dict[int, frozenset[int]] = {}
+    for node in program.nodes:
+        h = {node.id}
+        if node.op in AFFINE:
+            h |= hang[node.inputs[0]]
+        elif node.id in rides:
+            a, b = node.inputs
+            if a != b and (common := hang[a] & hang[b]):
+                out[node.id] = common
+            for heads, carriers in rides[node.id]:
+                h |= heads
+                for c in carriers:
+                    h |= hang[c]
+        hang[node.id] = frozenset(h)
     return out

@@ -1,0 +1,179 @@
+"""The optimal placement's integer program (``milp.py`` solves it): variables, constraints and
+cost for a program under an objective (``objective.py``), and the point a placement stands for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.ir import Program
+from ..core.ops import spec
+from ..core.types import Bound
+from .objective import Objective
+from .scales import const_scale, effective_bits, placement_vector, source_scale
+
+
+def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict[int, int]]:
+    """The rounds as the MILP's rows count them (``_round_rows``): per node, the round its value
+    is ready after (its truncation included), and per riding product the input side it rides
+    with (2: both). A product rides wherever it can: that never makes it later."""
+    t: list[float] = []
+    side_of: dict[int, int] = {}
+    riding: set[int] = set()
+    for node in program.nodes:
+        ins = [t[j] for j in node.inputs]
+        own = objective.op_rounds.get(node.id, 0.0)
+        ready = max(ins, default=0.0) + own
+        for s, (heads, carriers) in enumerate(objective.rides.get(node.id, ())):
+            if heads & truncated or carriers & riding:  # input s is truncated: done in its round
+                riding.add(node.id)
+                at = max([ins[s]] + [x + own for k, x in enumerate(ins) if node.inputs[k] != node.inputs[s]])
+                if node.id not in side_of or at < ready:
+                    side_of[node.id], ready = s, at
+        if objective.shared.get(node.id, frozenset()) & truncated:  # both inputs hang off one truncation
+            side_of[node.id], ready = 2, max(ins)
+            riding.add(node.id)
+        t.append(ready + objective.truncation_rounds * (node.id in truncated))
+    return t, side_of
+
+
+P, Q, Z, YA, YB, W, T = range(7)  # per-node variable blocks: scales before / after, truncated, rides
+# with input 0 / input 1 truncated / both hanging off one truncation, the round the value is ready
+# after; then one column: the last round
+BLOCKS = 7
+
+
+def start_vector(src: Program, f: int, truncated: set[int], objective: Objective) -> np.ndarray:
+    """The MILP point of the placement that truncates ``truncated`` (down to f): scales, rides
+    and rounds as ``objective.critical_path`` gives them."""
+    n = len(src.nodes)
+    pqz = placement_vector(src, f, truncated)
+    y, t = np.zeros((3, n)), np.zeros(n)
+    if objective.counts_rounds:
+        rounds, side_of = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
+        t[:] = rounds
+        for m, side in side_of.items():
+            y[side, m] = 1
+    return np.concatenate([pqz, *y, t, [t.max(initial=0)]])
+
+
+@dataclass
+class MilpModel:
+    cost: np.ndarray
+    var_lo: np.ndarray
+    var_hi: np.ndarray
+    A: object  # scipy.sparse CSC, rows x [p | q | z | y]
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    row_owner: list[int]  # the node whose op each row constrains
+
+
+def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective) -> MilpModel:
+    """Cost, variable bounds, constraint matrix and row bounds; the variables are the blocks
+    [p | q | z | ya | yb | t] per node, then the last round."""
+    from scipy.sparse import coo_matrix
+
+    nodes = src.nodes
+    n = len(nodes)
+    m_eff = effective_bits(src, bounds, f)
+    smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
+    with np.errstate(over="ignore"):  # with nothing truncated, scales double at each square: inf is a fine cap
+        untruncated = placement_vector(src, f, set())[:n]  # scales if nothing were truncated: caps p
+    rows, lo, hi, owner = [], [], [], []
+
+    def con(coefs: dict[int, float], low: float, high: float) -> None:
+        rows.append(coefs)
+        lo.append(low)
+        hi.append(high)
+        owner.append(i)
+
+    var_lo = np.full(BLOCKS * n + 1, -float(budget))  # scales below -budget would be pointless
+    var_hi = np.full(BLOCKS * n + 1, float(budget))
+    var_lo[Z * n:], var_hi[Z * n:T * n] = 0, 1
+    var_hi[YA * n:T * n] = 0  # y: only products that can ride
+    var_hi[T * n:] = _round_cap(objective, n) if objective.counts_rounds else 0
+    for i, coefs, high in _ride_rows(objective, n):
+        var_hi[[b * n + i for b, _ in zip((YA, YB), objective.rides[i])] + [W * n + i] * (i in objective.shared)] = 1
+        con(coefs, -np.inf, high)
+    for v in nodes:
+        i = v.id
+        var_hi[P * n + i] = var_hi[Q * n + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
+        _scale_rows(src, v, f, budget, m_eff, var_lo, var_hi, con)
+        # truncation: 0 <= p - q <= z * (highest p - f), and q = f exactly when z = 1
+        big = max(min(smax[i], untruncated[i]) - f, 0)
+        con({P * n + i: 1, Q * n + i: -1}, 0, np.inf)
+        con({P * n + i: 1, Q * n + i: -1, Z * n + i: -big}, -np.inf, 0)
+        con({Q * n + i: 1, Z * n + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
+        con({Q * n + i: 1, Z * n + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f
+        if not spec(v).site(v, src) or big == 0:
+            var_hi[Z * n + i] = 0
+        if objective.counts_rounds:
+            for coefs, low in _round_rows(objective, v, n):
+                con(coefs, low, np.inf)
+
+    eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
+    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(4 * n),
+                           [objective.round_elements]])
+    A = coo_matrix(([c for r in rows for c in r.values()],
+                    ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
+                   shape=(len(rows), BLOCKS * n + 1)).tocsc()
+    return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
+
+
+def _scale_rows(src: Program, v, f: int, budget: int, m_eff: list[int], var_lo, var_hi, con) -> None:
+    """p follows the op: a source's scale is fixed, aligned operands take the highest scale (and
+    fit at it), products add scales, a public multiplier or a relabel shifts it."""
+    n, i, ins = len(src.nodes), v.id, v.inputs
+    scaling = spec(v).scaling
+    if scaling in ("source", "integer"):
+        var_lo[P * n + i] = var_hi[P * n + i] = source_scale(v, f) if scaling == "source" else 0
+    elif spec(v).aligned(v):
+        for j in ins:
+            con({P * n + i: 1, Q * n + j: -1}, 0, np.inf)  # p >= q_j
+            con({P * n + i: 1}, -np.inf, budget - 1 - m_eff[j])  # operand j shifted to p fits
+    elif scaling == "sum":  # p = q_a + q_b (a square x * x counts q_x twice)
+        coefs = {P * n + i: 1}
+        for j in ins:
+            coefs[Q * n + j] = coefs.get(Q * n + j, 0) - 1
+        con(coefs, 0, 0)
+    else:  # p = q + c: c the public multiplier's scale, minus a relabel's exponent, or 0
+        c = const_scale(src, v, f) if scaling == "public" else -v.attrs["exp"] if scaling == "relabel" else 0
+        con({P * n + i: 1, Q * n + ins[0]: -1}, c, c)
+
+
+def _round_cap(objective: Objective, n: int) -> float:
+    return sum(objective.op_rounds.values()) + objective.truncation_rounds * n
+
+
+def _round_rows(objective: Objective, v, n: int):
+    """(row, lower bound): the node is ready after each input, plus its own rounds unless it rides
+    with that input's side truncated (``objective.critical_path``), plus its truncation's; and
+    the last round is no earlier."""
+    i, own = v.id, objective.op_rounds.get(v.id, 0.0)
+    sides = objective.rides.get(i, ())
+    for k, j in enumerate(v.inputs):
+        coefs = {T * n + i: 1, T * n + j: -1, Z * n + i: -objective.truncation_rounds}
+        if sides:
+            side = k if len(sides) == 2 else 0  # a square has one side
+            coefs[(YA, YB)[side] * n + i] = own
+        if i in objective.shared:
+            coefs[W * n + i] = own
+        yield coefs, own
+    if not v.inputs:
+        yield {T * n + i: 1, Z * n + i: -objective.truncation_rounds}, 0
+    yield {BLOCKS * n: 1, T * n + i: -1}, 0
+
+
+def _ride_rows(objective: Objective, n: int):
+    """(product, row, upper bound): it rides with side s truncated only if a site on that side is truncated or
+    a product there that would carry it rides (``core.fusion.ride_sites``); on one side at most."""
+    for i, sides in objective.rides.items():
+        for s, (heads, carriers) in enumerate(sides):
+            coefs = {(YA, YB)[s] * n + i: 1, **{Z * n + u: -1 for u in heads}}
+            for u in carriers:
+                for b in (YA, YB, W):
+                    coefs[b * n + u] = coefs.get(b * n + u, 0) - 1
+            yield i, coefs, 0
+        yield i, {YA * n + i: 1, YB * n + i: 1, W * n + i: 1}, 1
+    for i, heads in objective.shared.items():
+        yield i, {W * n + i: 1, **{Z * n + u: -1 for u in heads}}, 0
