@@ -153,8 +153,8 @@ def test_a_schema_v1_file_loads_and_runs_as_saved():
     (got,), _ = RingExecutor(old).run(inputs)
     assert torch.equal(RingExecutor(again).run(inputs)[0][0], got)
     (want,), violations = RingExecutor(new).run(inputs, check=True)
-    scale = new.program[new.program.outputs[0]].scale
-    assert violations == 0 and (got - want).abs().max().item() < 2.0 ** (scale - 4)  # the same function, to 2^-4
+    real = [x.double() / 2.0 ** p.program[p.program.outputs[0]].scale for x, p in ((got, old), (want, new))]
+    assert violations == 0 and (real[0] - real[1]).abs().max().item() < 2.0 ** -4  # the same function, to 2^-4
 
 
 def test_a_plan_with_another_seq_len_is_refused_not_ignored(tmp_path, capsys):

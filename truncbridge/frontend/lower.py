@@ -24,6 +24,7 @@ from .calibrate import Range
 from .capture import Captured
 from .lower_functions import FUNCTION_RULES, is_pointwise, on_pointwise, registered_rule
 from .lower_rules import LINEAR_RULES, Secret
+from .reassociate import reassociate_products
 from .registry import USER_RECIPES
 from .walk import GraphWalk, aten_name
 
@@ -132,4 +133,4 @@ def _substitute(args, secret: Secret, tensor: torch.Tensor):
 
 
 def lower(captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison") -> Program:
-    return Lowerer(captured, ranges, frac_bits, relu).run()
+    return reassociate_products(Lowerer(captured, ranges, frac_bits, relu).run())
