@@ -110,6 +110,25 @@ def test_optimal_is_exact_on_a_chain_where_lazy_is_greedy():
     assert plans["optimal"].solver["proven_optimal"]
 
 
+def test_eager_truncates_an_input_relabelled_too_far_up_for_its_product():
+    """A mean over 4096 columns and a rescale by 4^-2 relabel a value from 16 to 32 fraction bits
+    (a 7B model's RMSNorm feeding rsqrt's u·u): the square would need 64 bits of a 62-bit budget.
+    Eager truncates that input first, as lazy does, and the result is exact within its bound.
+    (Regression: eager refused the field for llama-7b's --fake-weights plan.)"""
+    b = Builder()
+    x = b.input("x", (4,))
+    u = b.pow2(b.pow2(x, -12), -4)
+    b.output(b.mul(u, u))
+    inputs = {"x": torch.linspace(1e3, 3e4, 4, dtype=torch.float64)}  # u up to 0.46, u·u up to 0.21
+    node_bounds = calibrated_bounds(b.program, float_maxabs(b.program, inputs), 1)
+    plan = place(b.program, node_bounds, plan_config("eager", 64, 16, protocol="crypten-exact-3pc"))
+    assert plan.budget_bits == 62 and [n.op for n in plan.program.nodes].count("trunc") == 2  # u, then u·u
+    (got,), violations = RingExecutor(plan).run(inputs, check=True)
+    want = run_float(b.program, inputs)[0]
+    scale = plan.program[plan.program.outputs[0]].scale
+    assert violations == 0 and torch.allclose(got.double() / 2.0**scale, want, atol=2.0**-10)
+
+
 MAX_BRUTE_FORCE_SITES = 11
 
 

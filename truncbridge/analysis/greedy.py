@@ -1,6 +1,7 @@
 """Eager and lazy placement, and emitting a chosen set of truncations.
 
-    eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
+    eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule);
+             an input relabelled so far up that the next product would not fit is truncated first
     lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
              budget, truncate its highest-scale input back to frac_bits, and repeat
 """
@@ -15,8 +16,9 @@ def place_greedy(e: Emitter, lazy: bool) -> None:
         ins = [e.current[i] for i in node.inputs]
         scale, extra = e.natural_scale(node, ins)
         tried: set[int] = set()  # inputs already truncated for this node, and their truncations
-        while lazy and not e.fits(node, ins, scale):
-            # TruncFormer: truncate the highest-scale input that is still above frac_bits
+        while not e.fits(node, ins, scale):
+            # TruncFormer: truncate the highest-scale input that is still above frac_bits (eager
+            # too, where divisions relabelled an input so far up that its product would not fit)
             above = [i for i in dict.fromkeys(ins) if e.scale(i) > e.f and i not in tried]
             if not above:
                 break
