@@ -45,7 +45,7 @@ BLOCKS = 7
 
 def start_vector(src: Program, f: int, truncated: set[int], objective: Objective) -> np.ndarray:
     """The MILP point of the placement that truncates ``truncated`` (down to f): scales, rides
-    and rounds as ``objective.critical_path`` gives them."""
+    and rounds as ``milp_rounds`` counts them."""
     n = len(src.nodes)
     pqz = placement_vector(src, f, truncated)
     y, t = np.zeros((3, n)), np.zeros(n)
@@ -147,7 +147,7 @@ def _round_cap(objective: Objective, n: int) -> float:
 
 def _round_rows(objective: Objective, v, n: int):
     """(row, lower bound): the node is ready after each input, plus its own rounds unless it rides
-    with that input's side truncated (``objective.critical_path``), plus its truncation's; and
+    with that input's side truncated (``milp_rounds``), plus its truncation's; and
     the last round is no earlier."""
     i, own = v.id, objective.op_rounds.get(v.id, 0.0)
     sides = objective.rides.get(i, ())

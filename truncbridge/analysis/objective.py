@@ -12,9 +12,10 @@ a network     ``lan``, ``mid``, ``wan`` or ``rtt=MS,bw=MBIT``: the online time t
 
 ``Objective.rounds`` counts them as the cost model does (``core.fusion.ride_schedule``), on the
 source program for a set of truncated nodes: the local search (``search.py``) uses it. The
-MILP (``milp.py``) states a linear model of the same rounds: it takes the input a riding product
-opens with the truncation to be opened there, where the placed plan may find both inputs
-hanging off one truncation (no opening) or may refuse the ride (powers of S above 3).
+MILP (``milp_model.py``) states a linear model of the same rounds, which can be off either way:
+it does not see the limits of what rides (powers of S above 3, one opened operand per term), and
+it sees both inputs of a product hanging off one truncation only through the sites they share
+(``core.fusion.shared_sites``).
 """
 from __future__ import annotations
 
