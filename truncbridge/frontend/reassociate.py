@@ -20,8 +20,8 @@ import dataclasses
 
 import torch
 
+from ..core.fusion import ride_schedule
 from ..core.ir import Facts, Node, Program
-from ..core.ops import spec
 
 
 def reassociate_products(program: Program) -> Program:
@@ -46,11 +46,10 @@ def order_by_depth(program: Program) -> Program:
     return program
 
 
-def _depths(program: Program) -> list[int]:
-    depth: list[int] = []
-    for node in program.nodes:
-        depth.append(max((depth[i] for i in node.inputs), default=0) + (spec(node).cost is not None))
-    return depth
+def _depths(program: Program) -> list[float]:
+    """Per node, the rounds of the longest path to it with nothing truncated and nothing riding."""
+    at = ride_schedule(program, fuse=False)[1]
+    return [at[v.id] for v in program.nodes]
 
 
 def _rewrites(program: Program) -> dict[int, tuple[int, int, int, Facts]]:
@@ -88,8 +87,8 @@ def _carried_facts(program: Program, inner: Node, a: int, outer: Facts) -> Facts
         return None
     scale = float(value.detach().abs().max().double())
     merged = dataclasses.replace(outer)
-    if known.bound is not None:
-        merged.bound, merged.bound_source = _least(outer.bound, known.bound * scale), inner.facts.bound_source
+    if known.bound is not None and (outer.bound is None or known.bound * scale < outer.bound):
+        merged.bound, merged.bound_source = known.bound * scale, inner.facts.bound_source
     if known.row_l2 is not None:
         merged.row_l2 = _least(outer.row_l2, known.row_l2 * scale)
     return merged
