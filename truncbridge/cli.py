@@ -55,7 +55,8 @@ def _config(args, policy: str | None = None, field_bits: int | None = None, prim
         field_bits, prime = args.field_bits, args.prime
     return plan_config(policy or args.policy, field_bits, args.frac_bits, protocol=args.protocol,
                        headroom_bits=args.headroom, bounds=args.bounds, margin_bits=args.margin_bits,
-                       time_limit_s=args.time_limit, prime=prime, objective=args.objective)
+                       time_limit_s=args.time_limit, prime=prime, objective=args.objective,
+                       precision_tolerance_bits=args.precision_tolerance)
 
 
 def _emulation_record(name, plan, result, check: bool, truncation: str = "nearest") -> dict:

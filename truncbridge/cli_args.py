@@ -20,6 +20,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def tolerance_bits(text: str) -> int | None:
+    """--precision-tolerance: bits below eager's scale a value may go, or off (None)."""
+    if text == "off":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits or off, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 bits or off, got {value}")
+    return value
+
+
+def add_precision_tolerance(p) -> None:
+    from .core.types import PRECISION_TOLERANCE_BITS
+
+    p.add_argument("--precision-tolerance", type=tolerance_bits, default=PRECISION_TOLERANCE_BITS, metavar="BITS|off",
+                   help="lazy, optimal: keep every value's scale at least eager's minus BITS (default "
+                        f"{PRECISION_TOLERANCE_BITS}; off: truncate to frac bits wherever that is cheaper; README, "
+                        "\"Precision floor\")")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -80,6 +102,7 @@ def _add_numeric_args(p, lists=False):
     p.add_argument("--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
     p.add_argument("--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
                    help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
+    add_precision_tolerance(p)
     p.add_argument("--objective", default="elements",
                    help="optimal: minimise truncated elements (default), or the online time on a network: lan, mid, wan "
                         "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (README, \"Placement objective\")")

@@ -14,7 +14,7 @@ from .core.fields import check_prime, prime_capacity_bits
 from .core.ir import Program
 from .core.planfile import model_hash
 from .core.protocols import load_protocol
-from .core.types import OPTIMAL_TIME_LIMIT_S, Plan, PlanConfig
+from .core.types import OPTIMAL_TIME_LIMIT_S, PRECISION_TOLERANCE_BITS, Plan, PlanConfig
 from .frontend.calibrate import calibrate
 from .frontend.capture import Captured, capture
 from .frontend.data import split_pydoc_text
@@ -137,18 +137,21 @@ def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> 
 def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, protocol: str | None = None,
                 headroom_bits: int | None = None, bounds: str = "static", margin_bits: int = 1,
                 time_limit_s: float = OPTIMAL_TIME_LIMIT_S, prime: int | None = None,
-                objective: str = "elements") -> PlanConfig:
+                objective: str = "elements",
+                precision_tolerance_bits: int | None = PRECISION_TOLERANCE_BITS) -> PlanConfig:
     """A checked ``PlanConfig``; the protocol profile (default: faithful-2pc) gives the headroom
     unless ``headroom_bits`` says otherwise. ``prime``: compute in F_prime (``field_bits`` is then
     the prime's capacity, ``core.fields``). ``objective``: what optimal minimises
-    (``analysis.objective``)."""
+    (``analysis.objective``). ``precision_tolerance_bits``: lazy and optimal keep every value's
+    scale at least eager's less this (None: no floor; ``analysis.greedy.precision_floors``)."""
     if prime is not None:
         field_bits = prime_capacity_bits(check_prime(prime))
     proto = load_protocol(protocol)
     proto.check_ring(field_bits, prime)
     headroom = proto.headroom_bits if headroom_bits is None else headroom_bits
     return PlanConfig(field_bits, frac_bits, policy, proto.name, headroom, bounds,
-                      margin_bits if bounds == "calibrated" else None, time_limit_s, prime, objective).validate()
+                      margin_bits if bounds == "calibrated" else None, time_limit_s, prime, objective,
+                      precision_tolerance_bits).validate()
 
 
 def build_plan(converted: Converted, config: PlanConfig, hints: tuple = (), progress=None) -> Plan:

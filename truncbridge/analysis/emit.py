@@ -12,13 +12,15 @@ from .scales import is_small_integer, scale_rule
 class Emitter:
     """Rebuilds the node list in order with scales, remapping ids as trunc / shl nodes are inserted."""
 
-    def __init__(self, src: Program, frac_bits: int, bounds: dict[int, Bound], budget: int):
+    def __init__(self, src: Program, frac_bits: int, bounds: dict[int, Bound], budget: int,
+                 floors: list[int] | None = None):
         self.src, self.f, self.src_bounds, self.budget = src, frac_bits, bounds, budget
+        self.floors = floors  # per source node, the lowest scale a truncation may take (default f)
         self.out = Program(consts=src.consts, weights=src.weights)
         self.bounds: dict[int, Bound] = {}
         self.current: dict[int, int] = {}  # source id -> placed id users read now
         self.source_of: dict[int, int] = {}  # placed id -> source id, for emitted (not inserted) nodes
-        self.truncated: dict[int, int] = {}  # placed id -> its truncation to frac_bits (lazy reuse)
+        self.truncated: dict[int, int] = {}  # placed id -> its truncation to its floor (lazy reuse)
 
     def scale(self, nid: int) -> int:
         return self.out[nid].scale
@@ -46,19 +48,26 @@ class Emitter:
             return self.derived(nid, "shl", scale, shift=scale - have)
         return nid
 
-    def truncate_to_f(self, nid: int) -> int:
-        """A frac_bits version of placed node ``nid`` (made once). The truncation is hoisted above
+    def floor(self, nid: int) -> int:
+        """The lowest scale placed node ``nid`` may be truncated to: frac_bits, or its source
+        node's precision floor."""
+        if self.floors is None or nid not in self.source_of:
+            return self.f
+        return self.floors[self.source_of[nid]]
+
+    def truncate_down(self, nid: int) -> int:
+        """A version of placed node ``nid`` at its floor (made once). The truncation is hoisted above
         negations, public additions, relabels and non-shrinking moves, which are then re-emitted
         on the truncated value: it touches no more elements, and sits where optimal may put one."""
         if nid in self.truncated:
             return self.truncated[nid]
         node = self.src[self.source_of[nid]] if nid in self.source_of else None
         if node is not None and len(node.inputs) == 1 and spec(node).hoistable and not spec(node).site(node, self.src):
-            base = self.truncate_to_f(self.out[nid].inputs[0])
+            base = self.truncate_down(self.out[nid].inputs[0])
             scale, extra = self.natural_scale(node, [base])
             out = self.emit(node, [base], scale, extra)
         else:
-            out = self.to_scale(nid, min(self.f, self.scale(nid)))
+            out = self.to_scale(nid, min(self.floor(nid), self.scale(nid)))
         self.truncated[nid] = out
         return out
 

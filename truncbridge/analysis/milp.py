@@ -23,14 +23,14 @@ LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, time_limit: float,
                   start: set[int], objective: Objective = TRUNCATED_ELEMENTS,
-                  progress=None) -> tuple[set[int] | None, dict]:
+                  progress=None, floors: list[int] | None = None) -> tuple[set[int] | None, dict]:
     """MILP: per node, scale before (p) and after (q) an optional truncation (z = 1), whether a
     product rides on a placed truncation with one input's side truncated (ya, yb:
     ``core.fusion``), and the round the node's value is ready after (t); then the last round.
 
     p follows the op (products add scales, additions take the max of their operands), every
-    value and every aligned operand fits the budget at its scale, a truncation ends at exactly f
-    (any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
+    value and every aligned operand fits the budget at its scale, a truncation ends at exactly its
+    floor (f, or the precision floor; any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
     it can ride on is placed, t follows the rounds (``milp_model.milp_rounds``), and the
     objective is ``objective``'s: truncated elements, plus R per round (ties: lower scales). HiGHS is
     given ``start``, a feasible set of truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
@@ -46,13 +46,13 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     """
     n = len(src.nodes)
     deadline = time.perf_counter() + time_limit  # building the model counts too
-    model = milp_model(src, f, bounds, budget, objective)
-    x0 = start_vector(src, f, start, objective)
+    model = milp_model(src, f, bounds, budget, objective, floors)
+    x0 = start_vector(src, f, start, objective, floors)
     t = time.perf_counter()
     report = {"solver": "HiGHS MILP", "variables": len(model.cost), "constraints": len(model.row_lo),
               "start_elements": int(sum(src.nodes[i].numel for i in start))}
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
-        x, status, gap = _solve_by_blocks(src, f, model, objective, x0, blocks, deadline, report, progress)
+        x, status, gap = _solve_by_blocks(src, f, model, objective, x0, blocks, deadline, report, progress, floors)
     else:
         x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
                                 x0, max(deadline - time.perf_counter(), 0.01), progress)
@@ -74,7 +74,7 @@ def _layer_blocks(src: Program) -> dict[str, list[int]]:
 
 
 def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objective, x0: np.ndarray,
-                     blocks: dict[str, list[int]], deadline: float, report: dict, progress=None):
+                     blocks: dict[str, list[int]], deadline: float, report: dict, progress=None, floors=None):
     """One MILP per layer, in program order; what crosses a layer boundary keeps the start's
     scales, and each layer starts from (and ends no worse than) the rounds the layers before it
     left (the whole point is re-derived after each: ``start_vector``)."""
@@ -109,7 +109,7 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
         statuses.append(status)
         if got is not None and model.cost[cols] @ got <= model.cost[cols] @ start:  # never worse
             x[cols], gap = got, max(gap, g)
-            x = start_vector(src, f, {i for i in range(n) if x[Z * n + i]}, objective)
+            x = start_vector(src, f, {i for i in range(n) if x[Z * n + i]}, objective, floors)
     report.update(blocks=len(blocks), blocks_proven_optimal=statuses.count("Optimal"))
     status = "Optimal per layer" if all(s == "Optimal" for s in statuses) else \
         ", ".join(sorted(set(statuses))) + " (per layer)"

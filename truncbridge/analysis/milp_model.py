@@ -43,11 +43,12 @@ P, Q, Z, YA, YB, W, T = range(7)  # per-node variable blocks: scales before / af
 BLOCKS = 7
 
 
-def start_vector(src: Program, f: int, truncated: set[int], objective: Objective) -> np.ndarray:
-    """The MILP point of the placement that truncates ``truncated`` (down to f): scales, rides
-    and rounds as ``milp_rounds`` counts them."""
+def start_vector(src: Program, f: int, truncated: set[int], objective: Objective,
+                 floors: list[int] | None = None) -> np.ndarray:
+    """The MILP point of the placement that truncates ``truncated`` (down to its floors, default
+    f): scales, rides and rounds as ``milp_rounds`` counts them."""
     n = len(src.nodes)
-    pqz = placement_vector(src, f, truncated)
+    pqz = placement_vector(src, f, truncated, floors)
     y, t = np.zeros((3, n)), np.zeros(n)
     if objective.counts_rounds:
         rounds, side_of = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
@@ -68,9 +69,11 @@ class MilpModel:
     row_owner: list[int]  # the node whose op each row constrains
 
 
-def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective) -> MilpModel:
+def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, objective: Objective,
+               floors: list[int] | None = None) -> MilpModel:
     """Cost, variable bounds, constraint matrix and row bounds; the variables are the blocks
-    [p | q | z | ya | yb | t] per node, then the last round."""
+    [p | q | z | ya | yb | t] per node, then the last round. A truncation ends at the node's floor
+    (default f)."""
     from scipy.sparse import coo_matrix
 
     nodes = src.nodes
@@ -99,12 +102,13 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
         i = v.id
         var_hi[P * n + i] = var_hi[Q * n + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
         _scale_rows(src, v, f, budget, m_eff, var_lo, var_hi, con)
-        # truncation: 0 <= p - q <= z * (highest p - f), and q = f exactly when z = 1
-        big = max(min(smax[i], untruncated[i]) - f, 0)
+        # truncation: 0 <= p - q <= z * (highest p - floor), and q = floor exactly when z = 1
+        low = f if floors is None else floors[i]
+        big = max(min(smax[i], untruncated[i]) - low, 0)
         con({P * n + i: 1, Q * n + i: -1}, 0, np.inf)
         con({P * n + i: 1, Q * n + i: -1, Z * n + i: -big}, -np.inf, 0)
-        con({Q * n + i: 1, Z * n + i: -(f + budget)}, -budget, np.inf)  # z = 1  =>  q >= f
-        con({Q * n + i: 1, Z * n + i: big}, -np.inf, f + big)  # z = 1  =>  q <= f
+        con({Q * n + i: 1, Z * n + i: -(low + budget)}, -budget, np.inf)  # z = 1  =>  q >= floor
+        con({Q * n + i: 1, Z * n + i: big}, -np.inf, low + big)  # z = 1  =>  q <= floor
         if not spec(v).site(v, src) or big == 0:
             var_hi[Z * n + i] = 0
         if objective.counts_rounds:

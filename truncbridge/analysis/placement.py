@@ -2,13 +2,14 @@
 
 Every value's integer must stay within the budget: field bits minus the protocol's statistical
 headroom (``scales.py`` says what a value costs in bits). A truncation lowers the scale, never
-below ``frac_bits``; where the field allows, lazy and optimal truncate a value only down to the
-scale eager gives it (higher where a division relabelled it up), so they keep at least eager's
-precision there at no extra cost.
+below ``frac_bits``. The precision floor: lazy and optimal truncate a value no lower than the
+lowest scale eager holds it at, less a tolerance (``config.precision_tolerance_bits``, default 2;
+eager's scale is above frac_bits where a division relabelled the value up), so every value keeps
+eager's precision within the tolerance; where the field allows, they truncate to eager's scale.
 
     eager    every product above frac_bits is truncated back to frac_bits at once (CrypTen's rule)
     lazy     TruncFormer's rule: keep products at full scale; when an operation would leave the
-             budget, truncate its highest-scale input back to frac_bits, and repeat (``greedy.py``)
+             budget, truncate its highest-scale input back to its floor, and repeat (``greedy.py``)
     optimal  an integer program over every node's scale and truncation: the minimum of the
              objective — truncated elements, or a network's time (``objective.py``) — under the
              same budget and precision constraints (``milp.py``), started from lazy's placement
@@ -25,7 +26,7 @@ from ..core.ir import Program
 from ..core.ops import check_node
 from ..core.types import Bound, Plan, PlanConfig
 from .emit import Emitter, too_small
-from .greedy import place_fixed, place_greedy
+from .greedy import place_fixed, place_greedy, precision_floors
 from .milp import solve_optimal
 from .objective import TRUNCATED_ELEMENTS, objective_for
 from .scales import eager_scales
@@ -41,24 +42,38 @@ def place(program: Program, bounds: dict[int, Bound], config: PlanConfig, hints:
         check_node(node)
     f, budget = config.frac_bits, config.budget_bits
     if config.policy == "eager":
-        e = Emitter(program, f, bounds, budget)
-        place_greedy(e, lazy=False)
-        return _finish(e, config, {})
+        return _finish(_eager(program, bounds, config), config, {})
     # lazy fails only where a value does not fit even with its inputs at frac_bits: then no
     # placement fits, and lazy's error names the value
-    greedy = Emitter(program, f, bounds, budget)
+    lowest = truncation_floors(program, bounds, config)
+    greedy = Emitter(program, f, bounds, budget, lowest)
     place_greedy(greedy, lazy=True)
     sites = set(_finish(greedy, config, {}).sites)
     check = Checker(program, f, bounds, budget,
-                    objective_for(program, config) if config.policy == "optimal" else TRUNCATED_ELEMENTS)
+                    objective_for(program, config) if config.policy == "optimal" else TRUNCATED_ELEMENTS, lowest)
     solver: dict = {}
     if config.policy == "optimal":
         sites, solver = _optimal_sites(program, bounds, config, check, sites, hints, progress)
     floors = raise_precision(check, sites, eager_scales(program, f))
     e = Emitter(program, f, bounds, budget)
     place_fixed(e, {v: floors[v] for v in sites})
-    solver["precision_raised"] = sum(floors[v] > f for v in sites)
+    solver["precision_raised"] = sum(floors[v] > lowest[v] for v in sites)
+    solver["precision_floored"] = sum(lowest[v] > f for v in sites)
     return _finish(e, config, solver)
+
+
+def _eager(program: Program, bounds: dict[int, Bound], config: PlanConfig) -> Emitter:
+    e = Emitter(program, config.frac_bits, bounds, config.budget_bits)
+    place_greedy(e, lazy=False)
+    return e
+
+
+def truncation_floors(program: Program, bounds: dict[int, Bound], config: PlanConfig) -> list[int]:
+    """Per source node, the lowest scale lazy and optimal truncate it to under ``config``'s
+    precision tolerance (``greedy.precision_floors``)."""
+    if config.precision_tolerance_bits is None:
+        return [config.frac_bits] * len(program.nodes)
+    return precision_floors(_eager(program, bounds, config), config.precision_tolerance_bits)
 
 
 def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int], hints,
@@ -72,7 +87,7 @@ def _optimal_sites(program, bounds, config, check: Checker, lazy_sites: set[int]
     left = deadline - time.perf_counter()
     if left > 0:
         sites, solver = solve_optimal(program, config.frac_bits, bounds, config.budget_bits, left, start, check.objective,
-                                      progress)
+                                      progress, check.floors)
     else:
         sites, solver = None, {"solver": "local search", "status": "Time limit reached before the MILP",
                                "start_elements": int(sum(program[i].numel for i in start))}
@@ -88,6 +103,7 @@ def _finish(e: Emitter, config: PlanConfig, solver: dict) -> Plan:
     plan = Plan(e.finish(), config, e.bounds, solver)
     plan.sites = sorted({e.source_of[t.inputs[0]] for t in plan.program.nodes
                          if t.op == "trunc" and t.inputs[0] in e.source_of})
+    plan.source_of = dict(e.source_of)
     for node in plan.program.nodes:
         need = plan.bound_bits(node)
         if need > plan.budget_bits:

@@ -19,8 +19,9 @@ class Checker:
     does it cost? (The same constraints as the MILP, checked directly.)"""
 
     def __init__(self, src: Program, f: int, bounds: dict[int, Bound], budget: int,
-                 objective: Objective = TRUNCATED_ELEMENTS):
+                 objective: Objective = TRUNCATED_ELEMENTS, floors: list[int] | None = None):
         self.src, self.f, self.objective = src, f, objective
+        self.floors = list(floors) if floors is not None else [f] * len(src.nodes)  # a truncation's end
         m_eff = effective_bits(src, bounds, f)
         cap = [budget - 1 - m for m in m_eff]
         for v in src.nodes:
@@ -33,7 +34,7 @@ class Checker:
         """The objective (truncated elements, or a network's time: ``objective.py``), or None if
         some value would not fit."""
         n = len(self.src.nodes)
-        x = placement_vector(self.src, self.f, sites, floors)
+        x = placement_vector(self.src, self.f, sites, floors or self.floors)
         if np.any(x[:n] > self.cap):
             return None
         return self.objective_of([i for i in sites if x[2 * n + i]])
@@ -49,7 +50,7 @@ class Placement:
 
     def __init__(self, check: Checker, sites: set[int], floors: list[int] | None = None):
         self.check, self.sites = check, set(sites)
-        self.floors = list(floors) if floors is not None else [check.f] * len(check.src.nodes)
+        self.floors = list(floors if floors is not None else check.floors)
         n = len(check.src.nodes)
         x = placement_vector(check.src, check.f, self.sites, self.floors)
         self.p, self.q, self.z = list(x[:n]), list(x[n:2 * n]), list(x[2 * n:])
@@ -130,10 +131,10 @@ def improve(check: Checker, sites: set[int], deadline: float = float("inf"), pro
 
 
 def raise_precision(check: Checker, sites: set[int], eager_floors: list[int]) -> list[int]:
-    """Per-node truncation targets: frac_bits, raised to the node's eager scale wherever that
-    still fits. Same truncations, same cost; at least eager's precision where the field allows."""
+    """Per-node truncation targets: the checker's floors, raised to the node's eager scale wherever
+    that still fits. Same truncations, same cost; eager's precision where the field allows."""
     state = Placement(check, sites)
     for v in sorted(sites):
-        if eager_floors[v] > check.f:
+        if eager_floors[v] > state.floors[v]:
             state.trial(state.sites, {v: eager_floors[v]})
     return state.floors

@@ -171,7 +171,7 @@ def plan_from_json(doc: dict, where: str = "plan") -> Plan:
                         f"this truncbridge reads 1 and {SCHEMA_VERSION}")
     try:
         doc = upgrade(doc)
-        config = PlanConfig(**doc["config"])
+        config = PlanConfig(**{"precision_tolerance_bits": None, **doc["config"]})  # made before the floor: none
         redacted = bool(doc.get("redacted", False))  # then bound_bits is the authority, bound its stand-in
         prog, bounds = _program_from_json(doc, config.frac_bits, redacted)
         return Plan(prog, config, bounds, doc.get("solver", {}), model=doc["model"], weights=doc["weights"],

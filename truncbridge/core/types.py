@@ -19,6 +19,7 @@ ROUNDING_FLOOR_BITS = 8  # no real bound is below 2^8 LSBs of frac_bits: tiny va
 POLICIES = ("eager", "lazy", "optimal")
 BOUNDS_MODES = ("static", "calibrated")
 OPTIMAL_TIME_LIMIT_S = 120.0
+PRECISION_TOLERANCE_BITS = 2  # lazy, optimal: bits below eager's scale a value may go (README, "Precision floor")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class PlanConfig:
     time_limit_s: float = OPTIMAL_TIME_LIMIT_S  # optimal: the MILP's time limit
     prime: int | None = None  # a prime field F_p (field_bits is then its capacity, ``core.fields``)
     objective: str = "elements"  # optimal: truncated elements, or a network's time (``analysis.objective``)
+    precision_tolerance_bits: int | None = PRECISION_TOLERANCE_BITS  # lazy, optimal: no value below eager's
+    # scale less this many bits (None: no floor)
 
     def validate(self) -> PlanConfig:
         """The config, if a plan can be made under it (one clear error otherwise)."""
@@ -59,6 +62,8 @@ class PlanConfig:
             raise UserError(f"unknown bounds mode {self.bounds!r}: choose static or calibrated")
         if self.headroom_bits < 0:
             raise UserError(f"--headroom must be >= 0 bits, got {self.headroom_bits}")
+        if self.precision_tolerance_bits is not None and self.precision_tolerance_bits < 0:
+            raise UserError(f"--precision-tolerance must be >= 0 bits or off, got {self.precision_tolerance_bits}")
         if self.margin_bits is not None and self.margin_bits < 0:
             raise UserError(f"calibration margin must be >= 0 bits, got {self.margin_bits}")
         if self.objective != "elements":
@@ -104,6 +109,7 @@ class Plan:
     bounds: dict[int, Bound] = field(default_factory=dict)  # plan node id -> bound of its real value
     solver: dict = field(default_factory=dict)  # optimal: status, objective, wall time
     sites: list[int] = field(default_factory=list)  # source (IR) nodes whose value is truncated
+    source_of: dict[int, int] = field(default_factory=dict)  # plan node id -> source node id (not kept in files)
     model: dict = field(default_factory=dict)  # identity of the model it was made for (planfile)
     weights: list[str] = field(default_factory=list)  # names of the weights it reads
     redacted: bool = False  # the version for parties other than the owner: bounds are stand-ins

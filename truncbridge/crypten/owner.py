@@ -55,7 +55,8 @@ def make_plans(args, converted, parties: int, progress) -> dict:
         headroom = 0 if policy == "eager" and args.truncation == "crypten" else None
         config = plan_config(policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
                              headroom_bits=headroom, time_limit_s=args.time_limit,
-                             objective=args.network["name"] if args.network else "elements")
+                             objective=args.network["name"] if args.network else "elements",
+                             precision_tolerance_bits=args.precision_tolerance)
         plans[policy] = build_plan(converted, config, hints, progress=_every(PROGRESS_EVERY_S, progress))
         if policy == "lazy":
             hints = (plans[policy].sites,)

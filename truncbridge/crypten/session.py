@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_args import add_precision_tolerance
 from ..core.errors import ArgumentParser, UserError
 from ..core.protocols import load_network
 from ..core.types import POLICIES as PLAN_POLICIES
@@ -56,6 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
     p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
+    add_precision_tolerance(p)
     p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
                    "wall_s is the median (default 1)")
     p.add_argument("--threads", type=int, default=0,
