@@ -58,12 +58,10 @@ def lowest_scales(program: Program, source_of: dict[int, int]) -> list[float]:
     return lowest
 
 
-def precision_floors(e: Emitter, tolerance: int | None) -> list[int]:
+def precision_floors(e: Emitter, tolerance: int) -> list[int]:
     """Per source node, the lowest scale lazy and optimal may truncate it to: the lowest scale
-    eager's plan (placed by ``e``) holds it at, less ``tolerance`` bits, never below frac_bits
-    (None: frac_bits everywhere). Every value then keeps at least eager's precision less the
-    tolerance, since scales only grow along untruncated ops; and whatever eager fits, lazy fits:
-    with every input truncated to its floor, an op's scale is at most eager's."""
-    if tolerance is None:
-        return [e.f] * len(e.src.nodes)
+    eager's plan (placed by ``e``) holds it at, less ``tolerance`` bits, never below frac_bits.
+    Every value then keeps at least eager's precision less the tolerance, since scales only grow
+    along untruncated ops; and whatever eager fits, lazy fits: with every input truncated to its
+    floor, an op's scale is at most eager's."""
     return [max(e.f, int(s) - tolerance) for s in lowest_scales(e.out, e.source_of)]

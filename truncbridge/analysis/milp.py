@@ -30,11 +30,12 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
 
     p follows the op (products add scales, additions take the max of their operands), every
     value and every aligned operand fits the budget at its scale, a truncation ends at exactly its
-    floor (f, or the precision floor; any higher end is no cheaper and leaves fewer bits), a product rides only if a truncation
-    it can ride on is placed, t follows the rounds (``milp_model.milp_rounds``), and the
-    objective is ``objective``'s: truncated elements, plus R per round (ties: lower scales). HiGHS is
-    given ``start``, a feasible set of truncated nodes; stopped by its time limit it may return nothing (None) or a worse set, so
-    the caller keeps the better of the two.
+    floor (``floors``: f, or the precision floor; any higher end is no cheaper and leaves fewer
+    bits), a product rides only if a truncation it can ride on is placed, t follows the rounds
+    (``milp_model.milp_rounds``), and the objective is ``objective``'s: truncated elements, plus R
+    per round (ties: lower scales). HiGHS is given ``start``, a feasible set of truncated nodes;
+    stopped by its time limit it may return nothing (None) or a worse set, so the caller keeps
+    the better of the two.
 
     A large program (a full-size model) is solved a layer at a time: every value that crosses
     a layer boundary keeps the start's scale, so each layer's MILP is small and independent and

@@ -34,7 +34,7 @@ class Checker:
         """The objective (truncated elements, or a network's time: ``objective.py``), or None if
         some value would not fit."""
         n = len(self.src.nodes)
-        x = placement_vector(self.src, self.f, sites, floors or self.floors)
+        x = placement_vector(self.src, self.f, sites, self.floors if floors is None else floors)
         if np.any(x[:n] > self.cap):
             return None
         return self.objective_of([i for i in sites if x[2 * n + i]])
