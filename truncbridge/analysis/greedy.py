@@ -44,7 +44,6 @@ def place_fixed(e: Emitter, target: dict[int, int]) -> None:
             e.current[node.id] = e.to_scale(nid, target[node.id])
 
 
-
 def lowest_scales(program: Program, source_of: dict[int, int]) -> list[float]:
     """Per source node, the lowest scale a placed ``program`` holds its value at (its truncations
     and rescales included; inf where it is never placed)."""
