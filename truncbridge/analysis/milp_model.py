@@ -10,37 +10,50 @@ from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
 from .objective import Objective
-from .scales import const_scale, effective_bits, placement_vector, source_scale
+from .scales import const_scale, effective_bits, lowest_possible_scales, placement_vector, source_scale
 
 
-def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict[int, int]]:
+def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict[int, int], set]:
     """The rounds as the MILP's rows count them (``_round_rows``): per node, the round its value
-    is ready after (its truncation included), and per riding product the input side it rides
-    with (2: both). A product rides wherever it can: that never makes it later."""
+    is ready after (its truncation included); per riding product the input side it rides with
+    (2: both); and the riding products that hold an opened operand (``_ride_rows``). A product
+    rides wherever it can: that never makes it later."""
     t: list[float] = []
     side_of: dict[int, int] = {}
-    riding: set[int] = set()
+    riding, holding = set(), set()
     for node in program.nodes:
         ins = [t[j] for j in node.inputs]
         own = objective.op_rounds.get(node.id, 0.0)
         ready = max(ins, default=0.0) + own
+        opened = objective.opened.get(node.id, ())
         for s, (heads, carriers) in enumerate(objective.rides.get(node.id, ())):
-            if heads & truncated or carriers & riding:  # input s is truncated: done in its round
+            if heads & truncated or carriers & riding - (holding if opened[s] else set()):  # input s truncated
                 riding.add(node.id)
                 at = max([ins[s]] + [x + own for k, x in enumerate(ins) if node.inputs[k] != node.inputs[s]])
                 if node.id not in side_of or at < ready:
                     side_of[node.id], ready = s, at
-        if objective.shared.get(node.id, frozenset()) & truncated:  # both inputs hang off one truncation
+        if _hangs_off_shared(objective, node.id, truncated, riding):  # both inputs hang off one truncation
             side_of[node.id], ready = 2, max(ins)
             riding.add(node.id)
+        if node.id in side_of and side_of[node.id] < 2 and opened[side_of[node.id]]:
+            holding.add(node.id)
         t.append(ready + objective.truncation_rounds * (node.id in truncated))
-    return t, side_of
+    return t, side_of, holding
 
 
-P, Q, Z, YA, YB, W, T = range(7)  # per-node variable blocks: scales before / after, truncated, rides
-# with input 0 / input 1 truncated / both hanging off one truncation, the round the value is ready
-# after; then one column: the last round
-BLOCKS = 7
+def _hangs_off_shared(objective: Objective, m: int, truncated: set[int], riding: set[int]) -> bool:
+    """Each input's chain: its first truncated site is a shared one, or none is and its base rides."""
+    for chain, base in objective.shared_chains.get(m, ()):
+        first = next((is_shared for u, is_shared in chain if u in truncated), None)
+        if not (first or first is None and base in riding):
+            return False
+    return m in objective.shared_chains
+
+
+P, Q, Z, YA, YB, W, H, T = range(8)  # per-node variable blocks: scales before / after, truncated,
+# rides with input 0 / input 1 truncated / both hanging off one truncation, holds an opened
+# operand, the round the value is ready after; then one column: the last round
+BLOCKS = 8
 
 
 def start_vector(src: Program, f: int, truncated: set[int], objective: Objective,
@@ -49,13 +62,14 @@ def start_vector(src: Program, f: int, truncated: set[int], objective: Objective
     f): scales, rides and rounds as ``milp_rounds`` counts them."""
     n = len(src.nodes)
     pqz = placement_vector(src, f, truncated, floors)
-    y, t = np.zeros((3, n)), np.zeros(n)
+    y, h, t = np.zeros((3, n)), np.zeros(n), np.zeros(n)
     if objective.counts_rounds:
-        rounds, side_of = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
+        rounds, side_of, holding = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
         t[:] = rounds
         for m, side in side_of.items():
             y[side, m] = 1
-    return np.concatenate([pqz, *y, t, [t.max(initial=0)]])
+        h[list(holding)] = 1
+    return np.concatenate([pqz, *y, h, t, [t.max(initial=0)]])
 
 
 @dataclass
@@ -63,7 +77,7 @@ class MilpModel:
     cost: np.ndarray
     var_lo: np.ndarray
     var_hi: np.ndarray
-    A: object  # scipy.sparse CSC, rows x [p | q | z | y]
+    A: object  # scipy.sparse CSC, rows x [p | q | z | ya | yb | w | h | t | last round]
     row_lo: np.ndarray
     row_hi: np.ndarray
     row_owner: list[int]  # the node whose op each row constrains
@@ -97,26 +111,30 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
     var_hi[T * n:] = _round_cap(objective, n) if objective.counts_rounds else 0
     for i, coefs, high in _ride_rows(objective, n):
         var_hi[[b * n + i for b, _ in zip((YA, YB), objective.rides[i])] + [W * n + i] * (i in objective.shared)] = 1
+        var_hi[H * n + i] = any(objective.opened[i])
         con(coefs, -np.inf, high)
+    floor = [f] * n if floors is None else floors
+    big = [max(min(smax[i], untruncated[i]) - floor[i], 0) for i in range(n)]  # the most a truncation drops
+    truncatable = {v.id for v in nodes if spec(v).site(v, src) and big[v.id] > 0}
+    low_p, low_q = lowest_possible_scales(src, f, floor, truncatable)
     for v in nodes:
         i = v.id
+        var_lo[P * n + i], var_lo[Q * n + i] = max(low_p[i], -budget), max(low_q[i], -budget)
         var_hi[P * n + i] = var_hi[Q * n + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
         _scale_rows(src, v, f, budget, m_eff, var_lo, var_hi, con)
         # truncation: 0 <= p - q <= z * (highest p - floor), and q = floor exactly when z = 1
-        low = f if floors is None else floors[i]
-        big = max(min(smax[i], untruncated[i]) - low, 0)
         con({P * n + i: 1, Q * n + i: -1}, 0, np.inf)
-        con({P * n + i: 1, Q * n + i: -1, Z * n + i: -big}, -np.inf, 0)
-        con({Q * n + i: 1, Z * n + i: -(low + budget)}, -budget, np.inf)  # z = 1  =>  q >= floor
-        con({Q * n + i: 1, Z * n + i: big}, -np.inf, low + big)  # z = 1  =>  q <= floor
-        if not spec(v).site(v, src) or big == 0:
+        con({P * n + i: 1, Q * n + i: -1, Z * n + i: -big[i]}, -np.inf, 0)
+        con({Q * n + i: 1, Z * n + i: -(floor[i] - var_lo[Q * n + i])}, var_lo[Q * n + i], np.inf)  # z = 1 => q >= floor
+        con({Q * n + i: 1, Z * n + i: big[i]}, -np.inf, floor[i] + big[i])  # z = 1  =>  q <= floor
+        if i not in truncatable:
             var_hi[Z * n + i] = 0
         if objective.counts_rounds:
             for coefs, low in _round_rows(objective, v, n):
                 con(coefs, low, np.inf)
 
     eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
-    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(4 * n),
+    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(5 * n),
                            [objective.round_elements]])
     A = coo_matrix(([c for r in rows for c in r.values()],
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
@@ -169,15 +187,31 @@ def _round_rows(objective: Objective, v, n: int):
 
 
 def _ride_rows(objective: Objective, n: int):
-    """(product, row, upper bound): it rides with side s truncated only if a site on that side is truncated or
-    a product there that would carry it rides (``core.fusion.ride_sites``); on one side at most."""
+    """(product, row, upper bound): it rides with side s truncated only if a site on that side is
+    truncated or a product there that would carry it rides (``core.fusion.ride_sites``); on one
+    side at most. Riding on a side that opens the other input (``core.fusion.opened_sides``), it
+    holds an opened operand (h), and no carrier there may hold one already."""
     for i, sides in objective.rides.items():
         for s, (heads, carriers) in enumerate(sides):
+            opened = objective.opened[i][s]
             coefs = {(YA, YB)[s] * n + i: 1, **{Z * n + u: -1 for u in heads}}
             for u in carriers:
                 for b in (YA, YB, W):
                     coefs[b * n + u] = coefs.get(b * n + u, 0) - 1
+                if opened:
+                    coefs[H * n + u] = 1
             yield i, coefs, 0
+            if opened:
+                yield i, {(YA, YB)[s] * n + i: 1, H * n + i: -1}, 0
         yield i, {YA * n + i: 1, YB * n + i: 1, W * n + i: 1}, 1
+        yield i, {H * n + i: 1, YA * n + i: -1, YB * n + i: -1, W * n + i: -1}, 0  # only a riding product holds one
     for i, heads in objective.shared.items():
         yield i, {W * n + i: 1, **{Z * n + u: -1 for u in heads}}, 0
+        for chain, base in objective.shared_chains[i]:  # each input hangs off a shared site (_hangs_off_shared)
+            coefs = {W * n + i: 1, **{Z * n + u: -1 for u, is_shared in chain if is_shared}}
+            for b in (YA, YB, W) if base is not None else ():
+                coefs[b * n + base] = coefs.get(b * n + base, 0) - 1
+            yield i, coefs, 0
+            for k, (u, is_shared) in enumerate(chain):  # a truncation off the shared sites, unless one nearer
+                if not is_shared:
+                    yield i, {W * n + i: 1, Z * n + u: 1, **{Z * n + w: -1 for w, s in chain[:k] if s}}, 1

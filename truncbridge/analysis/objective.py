@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.fusion import ride_schedule, ride_sites, shared_sites
+from ..core.fusion import opened_sides, ride_schedule, ride_sites, shared_chains, shared_sites
 from ..core.ir import Program
 from ..core.ops import spec
 from ..core.protocols import load_network, load_protocol, network_seconds
@@ -37,6 +37,8 @@ class Objective:
     op_rounds: dict = field(default_factory=dict)  # node id -> rounds its own op costs (products, comparisons)
     truncation_rounds: float = 1.0
     shared: dict = field(default_factory=dict)  # mul id -> sites both its inputs could hang off (core.fusion)
+    opened: dict = field(default_factory=dict)  # mul id -> per side: riding on it opens the other input (core.fusion)
+    shared_chains: dict = field(default_factory=dict)  # mul id in shared -> its inputs' chains (core.fusion)
 
     @property
     def counts_rounds(self) -> bool:
@@ -69,5 +71,6 @@ def objective_for(program: Program, config: PlanConfig) -> Objective:
         return TRUNCATED_ELEMENTS
     op_rounds = {v.id: protocol.rounds(spec(v).cost, l) for v in program.nodes if spec(v).cost in ("mul", "comparison")}
     rides = ride_sites(program) if protocol.fuses_products else {}
+    shared = shared_sites(program, rides)
     return Objective(network_seconds(network, 1, 0) / element_s, rides, op_rounds, protocol.rounds("truncation", l),
-                     shared_sites(program, rides))
+                     shared, opened_sides(program, rides), shared_chains(program, rides, shared))

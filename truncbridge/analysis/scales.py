@@ -76,6 +76,18 @@ def placement_vector(src: Program, f: int, truncated: set[int], floors: list[int
     return np.concatenate([p, q, z])
 
 
+def lowest_possible_scales(src: Program, f: int, floors: list[int], truncatable: set[int]) -> tuple[list, list]:
+    """Per node, the lowest scale any placement can give it before (p) and after (q) its
+    truncation: a scale never falls as its inputs' rise (``scale_rule``), and a truncation ends at
+    its floor. Bounds the MILP's scales from below: without them its relaxation lets a sliver of a
+    truncation lower a scale at will, and proves little."""
+    low_p, low_q = [0] * len(src.nodes), [0] * len(src.nodes)
+    for v in src.nodes:
+        low_p[v.id] = scale_rule(src, v, [low_q[j] for j in v.inputs], f)[0]
+        low_q[v.id] = min(low_p[v.id], floors[v.id]) if v.id in truncatable else low_p[v.id]
+    return low_p, low_q
+
+
 def products(src: Program) -> set[int]:
     """Nodes whose scales add (private and public products): eager truncates after each."""
     return {v.id for v in src.nodes if spec(v).product}

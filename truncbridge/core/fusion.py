@@ -153,6 +153,18 @@ def ride_sites(program: Program) -> dict[int, tuple[tuple[frozenset[int], frozen
     return out
 
 
+def opened_sides(program: Program, rides: dict) -> dict[int, tuple[bool, ...]]:
+    """For placement: mul id -> per side in ``rides``, whether riding with that side truncated
+    always opens the other input (it hangs off none of the side's sites). The product then holds
+    an opened operand, and the side's value must not hold one already (``_Shape.times``)."""
+    out = {}
+    for m, sides in rides.items():
+        a, b = program[m].inputs
+        chains = set(_affine_chain(program, a)), set(_affine_chain(program, b))
+        out[m] = tuple(not heads & chains[1 - s] for s, (heads, _) in enumerate(sides))
+    return out
+
+
 def shared_sites(program: Program, rides: dict) -> dict[int, frozenset[int]]:
     """For placement: mul id -> the nodes whose truncation both its inputs could hang off (each a
     public affine map of it or a product riding on it: ``ride_sites``), so that riding on it opens
@@ -172,4 +184,19 @@ def shared_sites(program: Program, rides: dict) -> dict[int, frozenset[int]]:
                 for c in carriers:
                     h |= hang[c]
         hang[node.id] = frozenset(h)
+    return out
+
+
+def shared_chains(program: Program, rides: dict, shared: dict) -> dict[int, tuple]:
+    """For placement: mul id in ``shared`` -> per distinct input, (its affine chain from the input
+    back, each site with whether it is one of the mul's shared sites; the product at the chain's
+    base if it can ride, else None). The input hangs off a shared site only if the first
+    truncated site on its chain is one, or none is and the base rides."""
+    out = {}
+    for m, sites in shared.items():
+        chains = []
+        for x in dict.fromkeys(program[m].inputs):
+            chain = _affine_chain(program, x)
+            chains.append((tuple((u, u in sites) for u in chain), chain[-1] if chain[-1] in rides else None))
+        out[m] = tuple(chains)
     return out
