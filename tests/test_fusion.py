@@ -30,8 +30,8 @@ def test_newton_steps_ride_on_the_previous_truncation():
 
 
 def test_what_does_not_ride():
-    """A matrix product; a product whose other operand is made after the truncation; products of
-    two opened operands; powers of S beyond MAX_DEGREE."""
+    """A matrix product; a product whose other operand is made after the truncation; a term of
+    three opened operands (two ride: the dealer deals b·b'); powers of S beyond MAX_DEGREE."""
     b = Builder()
     x = b.input("x", (4, 4))
     w = b.weight("w", torch.eye(4, dtype=torch.float64))
@@ -41,6 +41,7 @@ def test_what_does_not_ride():
     late = b.mul(y, later)
     yx = b.mul(y, x)  # rides: x was there before
     yxx = b.mul(yx, x)  # x·x·y: two opened operands in one term
+    yxxx = b.mul(yxx, x)  # three
     z = b.input("z", (4, 4))  # made after the truncation
     yz = b.mul(yx, z)
     power = y
@@ -48,7 +49,8 @@ def test_what_does_not_ride():
         power = b.mul(power, y)
     riding = carried_products(b.program)
     assert mm not in riding and late not in riding and yz not in riding
-    assert yx in riding and yxx not in riding
+    assert yx in riding and yxx in riding and yxxx not in riding
+    assert carried(b.program)[y].pairs == [[0, 0, 1]]  # x·x·S: b_x² up to S^1
     powers = [n.id for n in b.program.nodes if n.op == "mul" and n.id > yz]
     assert [p in riding for p in powers] == [True] * (MAX_DEGREE - 1) + [False, False]
 

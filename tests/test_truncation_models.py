@@ -156,8 +156,8 @@ def one_party_material(monkeypatch, r: torch.Tensor, bs: list[torch.Tensor] = ()
     chosen masks, handed to one party (whose shares are the values)."""
     from truncbridge.crypten import material, truncation
 
-    def deal(size, k, others=(), degree=1, other_degrees=()):
-        req = material.request_key("trunc", size, k, others, degree, other_degrees)
+    def deal(size, k, others=(), degree=1, other_degrees=(), pairs=()):
+        req = material.request_key("trunc", size, k, others, degree, other_degrees, pairs)
         plain = {"r": r, **{f"b{j}": b for j, b in enumerate(bs)}}
         return {**plain, **material.derive(req, plain, {})}
 
@@ -180,29 +180,38 @@ def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
 def test_products_carried_by_a_truncation_are_exact(monkeypatch, shift):
     """Values an exact truncation's opening carries (truncation.py) equal the ring products of its
     result y, mod 2^64, with the dealer's own derivation of the material and wrapping and
-    non-wrapping openings alike: y·z (z broadcast), (a·y + p)·z, y², (a1·y + p1)(a2·y + p2), y³ and
-    y²·z. Negative control: without its m·h^0·b term (dropped from the material) y·z differs."""
+    non-wrapping openings alike: y·z (z broadcast), (a·y + p)·z, y², (a1·y + p1)(a2·y + p2), y³,
+    y²·z, and terms with two opened operands: y·z·v, (y·z)·(y·v), y·z². Negative controls:
+    without its m·h^0·b term (dropped from the material) y·z differs, and without b0·b1 y·z·v does;
+    a third operand in one term is refused."""
     from truncbridge.crypten import truncation
 
     gen = torch.Generator().manual_seed(shift)
     x = torch.cat([torch.tensor(EDGES), randint(-LIMIT, LIMIT, 4000, shift)])[:4000].view(-1, 8)  # edges first
     z = randint(-(2**63), 2**63 - 1, 8, shift + 1)  # broadcast along the rows
-    r, b = uniform_ring64(x.shape, gen, x.device), uniform_ring64(z.shape, gen, x.device)
-    one_party_material(monkeypatch, r, [b])
-    opened = truncation.open_truncation(OneParty(x), shift, OneParty, 0, others=(OneParty(z),), degree=3,
-                                        other_degrees=(2,))
-    y, Y, Z = opened.result(), opened.y(), opened.operand(0)
+    v = randint(-(2**63), 2**63 - 1, 500, shift + 2).view(-1, 1)  # broadcast along the columns
+    r, b, bv = (uniform_ring64(s, gen, x.device) for s in (x.shape, z.shape, v.shape))
+    one_party_material(monkeypatch, r, [b, bv])
+    opened = truncation.open_truncation(OneParty(x), shift, OneParty, 0, others=(OneParty(z), OneParty(v)), degree=3,
+                                        other_degrees=(2, 2), pairs=((0, 1, 2), (0, 0, 1)))
+    y, Y, Z, V = opened.result(), opened.y(), opened.operand(0), opened.operand(1)
     assert torch.equal(y, truncation.exact_truncate(OneParty(x), shift, OneParty, 0).share)
     assert bool((opened.w != 0).any()) and bool((opened.w == 0).any())  # both wrap cases occur
     a1, p1 = randint(-(2**20), 2**20, 8, 3), randint(-(2**40), 2**40, 8, 4)
     a2, p2 = -3, 12345
     cases = [(Y * Z, y * z), (Y.scaled(a1).plus_public(p1) * Z, (a1 * y + p1) * z), (Y * Y, y * y),
              (Y.scaled(a1).plus_public(p1) * Y.scaled(a2).plus_public(p2), (a1 * y + p1) * (a2 * y + p2)),
-             (Y * Y * Y, y * y * y), (Y * Z * Y, y * z * y)]
+             (Y * Y * Y, y * y * y), (Y * Z * Y, y * z * y), (Y * Z * V, y * z * v), ((Y * Z) * (Y * V), y * z * y * v),
+             (Y.plus_public(p2) * Z * Z, (y + p2) * z * z)]
     for carried, want in cases:
         assert torch.equal(opened.share(carried), want)
-    opened.m = {**opened.m, "mh0b0": torch.zeros_like(opened.m["mh0b0"])}
+    with pytest.raises(ValueError, match="three opened operands"):
+        Y * Z * V * Z
+    dropped = dict(opened.m)
+    opened.m = {**dropped, "mh0b0": torch.zeros_like(dropped["mh0b0"])}
     assert not torch.equal(opened.share(Y * Z), y * z)
+    opened.m = {**dropped, "b0b1": torch.zeros_like(dropped["b0b1"])}
+    assert not torch.equal(opened.share(Y * Z * V), y * z * v)
 
 
 # -- seeds, fields, the protocol mapping -------------------------------------------------------

@@ -13,21 +13,21 @@ from .objective import Objective
 from .scales import const_scale, effective_bits, lowest_possible_scales, placement_vector, source_scale
 
 
-def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict[int, int], set]:
+def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict, set, set]:
     """The rounds as the MILP's rows count them (``_round_rows``): per node, the round its value
     is ready after (its truncation included); per riding product the input side it rides with
-    (2: both); and the riding products that hold an opened operand (``_ride_rows``). A product
-    rides wherever it can: that never makes it later."""
+    (2: both); and the riding products that hold an opened operand, and those that hold two in a
+    term (``_ride_rows``). A product rides wherever it can: that never makes it later."""
     t: list[float] = []
     side_of: dict[int, int] = {}
-    riding, holding = set(), set()
+    riding, holding, paired = set(), set(), set()
     for node in program.nodes:
         ins = [t[j] for j in node.inputs]
         own = objective.op_rounds.get(node.id, 0.0)
         ready = max(ins, default=0.0) + own
         opened = objective.opened.get(node.id, ())
         for s, (heads, carriers) in enumerate(objective.rides.get(node.id, ())):
-            if heads & truncated or carriers & riding - (holding if opened[s] else set()):  # input s truncated
+            if heads & truncated or carriers & riding - (paired if opened[s] else set()):  # input s truncated
                 riding.add(node.id)
                 at = max([ins[s]] + [x + own for k, x in enumerate(ins) if node.inputs[k] != node.inputs[s]])
                 if node.id not in side_of or at < ready:
@@ -35,10 +35,14 @@ def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> 
         if _hangs_off_shared(objective, node.id, truncated, riding):  # both inputs hang off one truncation
             side_of[node.id], ready = 2, max(ins)
             riding.add(node.id)
-        if node.id in side_of and side_of[node.id] < 2 and opened[side_of[node.id]]:
+        side = side_of.get(node.id, 2)
+        if side < 2 and opened[side]:  # it opens its other input, and holds a pair unless a fresh ride is there
             holding.add(node.id)
+            heads, carriers = objective.rides[node.id][side]
+            if not heads & truncated and not carriers & riding - holding:
+                paired.add(node.id)
         t.append(ready + objective.truncation_rounds * (node.id in truncated))
-    return t, side_of, holding
+    return t, side_of, holding, paired
 
 
 def _hangs_off_shared(objective: Objective, m: int, truncated: set[int], riding: set[int]) -> bool:
@@ -50,10 +54,10 @@ def _hangs_off_shared(objective: Objective, m: int, truncated: set[int], riding:
     return m in objective.shared_chains
 
 
-P, Q, Z, YA, YB, W, H, T = range(8)  # per-node variable blocks: scales before / after, truncated,
-# rides with input 0 / input 1 truncated / both hanging off one truncation, holds an opened
-# operand, the round the value is ready after; then one column: the last round
-BLOCKS = 8
+P, Q, Z, YA, YB, W, H, G, T = range(9)  # per-node variable blocks: scales before / after,
+# truncated, rides with input 0 / input 1 truncated / both hanging off one truncation, holds an
+# opened operand / two in a term, the round the value is ready after; then one column: the last round
+BLOCKS = 9
 
 
 def start_vector(src: Program, f: int, truncated: set[int], objective: Objective,
@@ -62,14 +66,15 @@ def start_vector(src: Program, f: int, truncated: set[int], objective: Objective
     f): scales, rides and rounds as ``milp_rounds`` counts them."""
     n = len(src.nodes)
     pqz = placement_vector(src, f, truncated, floors)
-    y, h, t = np.zeros((3, n)), np.zeros(n), np.zeros(n)
+    y, h, t = np.zeros((3, n)), np.zeros((2, n)), np.zeros(n)
     if objective.counts_rounds:
-        rounds, side_of, holding = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
+        rounds, side_of, holding, paired = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
         t[:] = rounds
         for m, side in side_of.items():
             y[side, m] = 1
-        h[list(holding)] = 1
-    return np.concatenate([pqz, *y, h, t, [t.max(initial=0)]])
+        h[0, list(holding)] = 1
+        h[1, list(paired)] = 1
+    return np.concatenate([pqz, *y, *h, t, [t.max(initial=0)]])
 
 
 @dataclass
@@ -77,7 +82,7 @@ class MilpModel:
     cost: np.ndarray
     var_lo: np.ndarray
     var_hi: np.ndarray
-    A: object  # scipy.sparse CSC, rows x [p | q | z | ya | yb | w | h | t | last round]
+    A: object  # scipy.sparse CSC, rows x [p | q | z | ya | yb | w | h | g | t | last round]
     row_lo: np.ndarray
     row_hi: np.ndarray
     row_owner: list[int]  # the node whose op each row constrains
@@ -111,7 +116,7 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
     var_hi[T * n:] = _round_cap(objective, n) if objective.counts_rounds else 0
     for i, coefs, high in _ride_rows(objective, n):
         var_hi[[b * n + i for b, _ in zip((YA, YB), objective.rides[i])] + [W * n + i] * (i in objective.shared)] = 1
-        var_hi[H * n + i] = any(objective.opened[i])
+        var_hi[H * n + i] = var_hi[G * n + i] = any(objective.opened[i])
         con(coefs, -np.inf, high)
     floor = [f] * n if floors is None else floors
     big = [max(min(smax[i], untruncated[i]) - floor[i], 0) for i in range(n)]  # the most a truncation drops
@@ -134,7 +139,7 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
                 con(coefs, low, np.inf)
 
     eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
-    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(5 * n),
+    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(6 * n),
                            [objective.round_elements]])
     A = coo_matrix(([c for r in rows for c in r.values()],
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
@@ -190,21 +195,23 @@ def _ride_rows(objective: Objective, n: int):
     """(product, row, upper bound): it rides with side s truncated only if a site on that side is
     truncated or a product there that would carry it rides (``core.fusion.ride_sites``); on one
     side at most. Riding on a side that opens the other input (``core.fusion.opened_sides``), it
-    holds an opened operand (h), and no carrier there may hold one already."""
+    holds an opened operand (h), and two in a term (g) if no site there is truncated and every
+    carrier there holds one; no carrier there may hold two (``core.fusion._Shape.times``)."""
     for i, sides in objective.rides.items():
         for s, (heads, carriers) in enumerate(sides):
-            opened = objective.opened[i][s]
-            coefs = {(YA, YB)[s] * n + i: 1, **{Z * n + u: -1 for u in heads}}
+            y = (YA, YB)[s] * n + i
+            coefs = {y: 1, **{Z * n + u: -1 for u in heads}}
             for u in carriers:
                 for b in (YA, YB, W):
                     coefs[b * n + u] = coefs.get(b * n + u, 0) - 1
-                if opened:
-                    coefs[H * n + u] = 1
+            if objective.opened[i][s]:
+                yield i, {y: 1, H * n + i: -1}, 0
+                yield i, {**coefs, G * n + i: -1, **{H * n + u: 1 for u in carriers}}, 0
+                coefs |= {G * n + u: 1 for u in carriers}
             yield i, coefs, 0
-            if opened:
-                yield i, {(YA, YB)[s] * n + i: 1, H * n + i: -1}, 0
         yield i, {YA * n + i: 1, YB * n + i: 1, W * n + i: 1}, 1
         yield i, {H * n + i: 1, YA * n + i: -1, YB * n + i: -1, W * n + i: -1}, 0  # only a riding product holds one
+        yield i, {G * n + i: 1, H * n + i: -1}, 0
     for i, heads in objective.shared.items():
         yield i, {W * n + i: 1, **{Z * n + u: -1 for u in heads}}, 0
         for chain, base in objective.shared_chains[i]:  # each input hangs off a shared site (_hangs_off_shared)

@@ -3,8 +3,9 @@
 The exact truncation (``crypten/truncation.py``) opens c = x + 2^62 + r; its result is y = P + S
 with P public (a function of c) and S = w·msb(r) − (r >> k), w public: every share of y is public
 data plus dealt material. In the same message it can open z − b for operands z computed before
-it. Then any polynomial in S whose terms hold at most one such z is a public combination of
-dealt shares of S^i and S^i·b, which the dealer makes from powers of r >> k, msb(r) and b. So a
+it. Then any polynomial in S whose terms hold at most two such z (e = z − b is public, so
+z·z'·S^i = (e + b)(e' + b')·S^i) is a public combination of dealt shares of S^i, S^i·b and
+S^i·b·b', which the dealer makes from powers of r >> k, msb(r) and the b. So a
 product of such values — elementwise (``mul``; a matrix product would need material for every
 public pattern of wraps), of public affine maps of y (negation, shift, public sum or product,
 scale relabel), of earlier operands and of products carried already — needs no opening of its
@@ -30,22 +31,33 @@ class Carried:
     others: list[int] = field(default_factory=list)  # operands z opened with it (z − b), first use first
     degree: int = 1  # highest power of S in any carried value
     other_degrees: list[int] = field(default_factory=list)  # per operand: highest power of S multiplying it
+    pairs: list[list[int]] = field(default_factory=list)  # [j, l, degree]: operands j <= l (indices into
+    # others) in one term, and the highest power of S multiplying them
 
 
 @dataclass(frozen=True)
 class _Shape:
     """A value riding on truncation ``trunc``: the highest power of S it holds, and per opened
-    operand (by node id) the highest power of S multiplying it."""
+    operand (by node id), and per pair of them in one term, the highest power of S multiplying it."""
     trunc: int
     degree: int
     others: tuple = ()  # ((operand id, degree), ...)
+    pairs: tuple = ()  # ((operand id, operand id, degree), ...), ids in order
 
     def times(self, other: _Shape) -> _Shape | None:
-        if self.others and other.others:
-            return None  # a product of two opened operands: material for b·b' is not dealt
-        others = tuple((z, d + other.degree) for z, d in self.others) + tuple((z, d + self.degree) for z, d in other.others)
-        shape = _Shape(self.trunc, self.degree + other.degree, others)
-        return shape if max([shape.degree, *(d for _, d in others)]) <= MAX_DEGREE else None
+        if self.pairs and (other.others or other.pairs) or other.pairs and self.others:
+            return None  # three opened operands in one term: material for b·b'·b'' is not dealt
+        others: dict = {}
+        for z, d in [(z, d + other.degree) for z, d in self.others] + [(z, d + self.degree) for z, d in other.others]:
+            others[z] = max(others.get(z, 0), d)
+        pairs: dict = {}
+        for z, y, d in ([(*sorted((z, y)), d + e) for z, d in self.others for y, e in other.others]
+                        + [(z, y, d + other.degree) for z, y, d in self.pairs]
+                        + [(z, y, d + self.degree) for z, y, d in other.pairs]):
+            pairs[z, y] = max(pairs.get((z, y), 0), d)
+        shape = _Shape(self.trunc, self.degree + other.degree, tuple(others.items()),
+                       tuple((z, y, d) for (z, y), d in pairs.items()))
+        return shape if max([shape.degree, *others.values(), *pairs.values()]) <= MAX_DEGREE else None
 
 
 def _product_shape(program: Program, node, shapes: dict) -> _Shape | None:
@@ -117,6 +129,13 @@ def _ride(program: Program, node, shapes: dict, out: dict[int, Carried], at: dic
             c.other_degrees.append(0)
         j = c.others.index(z)
         c.other_degrees[j] = max(c.other_degrees[j], d)
+    for z, y, d in shape.pairs:
+        j, l = sorted((c.others.index(z), c.others.index(y)))
+        known = next((p for p in c.pairs if p[:2] == [j, l]), None)
+        if known is None:
+            c.pairs.append([j, l, d])
+        else:
+            known[2] = max(known[2], d)
 
 
 def carried_products(program: Program) -> set[int]:

@@ -148,9 +148,10 @@ class DealtProvider:
         s = self._take(request_key("B2A", size))
         return _arith(s["rA"]), _binary(s["rB"])
 
-    def truncation_material(self, size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = ()) -> dict:
+    def truncation_material(self, size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = (),
+                            pairs: tuple = ()) -> dict:
         """Shares of the exact truncation's material (``truncation.truncation_material``)."""
-        return self._take(request_key("trunc", size, k, others, degree, other_degrees))
+        return self._take(request_key("trunc", size, k, others, degree, other_degrees, pairs))
 
 
 def _arith(share: torch.Tensor):

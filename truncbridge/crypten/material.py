@@ -2,7 +2,7 @@
 
 A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
 ``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
-five provider functions) and ``("trunc", size, k, others, degree, other_degrees)`` (the exact
+five provider functions) and ``("trunc", size, k, others, degree, other_degrees, pairs)`` (the exact
 truncation's r, powers of r >> k and msb(r), and the material of the products its opening carries:
 ``truncation.py``).
 This is all the dealer ever receives.
@@ -64,17 +64,23 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
         return [Component("r", req[1])], [Component("theta_r", req[1])]
     if fn == "B2A":
         return [Component("rB", req[1], xor=True, bits=1)], [Component("rA", req[1])]
-    if fn == "trunc":  # h = r >> k, m = msb(r): h{q} (q >= 1), mh{q} = m·h^q, and times each b{j}
-        _, size, _, others, degree, other_degrees = req
+    if fn == "trunc":  # h = r >> k, m = msb(r): h{q} (q >= 1), mh{q} = m·h^q, times each b{j} and b{j}b{l}
+        _, size, _, others, degree, other_degrees, pairs = req
         randoms = [Component("r", size)] + [Component(f"b{j}", other) for j, other in enumerate(others)]
-        deriveds = [Component(f"h{q}", size) for q in range(1, degree + 1)]
-        deriveds += [Component(f"mh{q}", size) for q in range(degree)]
+        deriveds = _powers_times("", size, degree)
         for j, (other, d) in enumerate(zip(others, other_degrees)):
-            product = tuple(torch.broadcast_shapes(size, other))
-            deriveds += [Component(f"h{q}b{j}", product) for q in range(1, d + 1)]
-            deriveds += [Component(f"mh{q}b{j}", product) for q in range(d)]
+            deriveds += _powers_times(f"b{j}", tuple(torch.broadcast_shapes(size, other)), d)
+        for j, l, d in pairs:
+            both = tuple(torch.broadcast_shapes(others[j], others[l]))
+            deriveds += [Component(f"b{j}b{l}", both)]
+            deriveds += _powers_times(f"b{j}b{l}", tuple(torch.broadcast_shapes(size, both)), d)
         return randoms, deriveds
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
+
+
+def _powers_times(suffix: str, size: tuple, degree: int) -> list[Component]:
+    return [Component(f"h{q}{suffix}", size) for q in range(1, degree + 1)] + \
+        [Component(f"mh{q}{suffix}", size) for q in range(degree)]
 
 
 def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -93,15 +99,22 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
     if fn == "B2A":
         return {"rA": plain["rB"]}
     if fn == "trunc":
-        r, k, degree, other_degrees = plain["r"], req[2], req[4], req[5]
+        r, k, degree, other_degrees, pairs = plain["r"], req[2], req[4], req[5], req[6]
         h, m = logical_shift(r, k), (r < 0).long()
         powers = [torch.ones_like(h)]  # h^0, h^1, ... (wrapping mod 2^64)
-        for _ in range(max([degree, *other_degrees])):
+        for _ in range(max([degree, *other_degrees, *(d for *_, d in pairs)])):
             powers.append(powers[-1] * h)
-        out = {f"h{q}": powers[q] for q in range(1, degree + 1)} | {f"mh{q}": m * powers[q] for q in range(degree)}
+
+        def times(suffix: str, b, d: int) -> dict:
+            return {f"h{q}{suffix}": powers[q] * b for q in range(1, d + 1)} | \
+                {f"mh{q}{suffix}": m * powers[q] * b for q in range(d)}
+
+        out = times("", 1, degree)
         for j, d in enumerate(other_degrees):
-            b = plain[f"b{j}"]
-            out |= {f"h{q}b{j}": powers[q] * b for q in range(1, d + 1)} | {f"mh{q}b{j}": m * powers[q] * b for q in range(d)}
+            out |= times(f"b{j}", plain[f"b{j}"], d)
+        for j, l, d in pairs:
+            out[f"b{j}b{l}"] = plain[f"b{j}"] * plain[f"b{l}"]
+            out |= times(f"b{j}b{l}", out[f"b{j}b{l}"], d)
         return out
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 

@@ -16,10 +16,11 @@
 The result is y = P + S: P = (c >> k) − 2^(62−k) is public and S = w·msb(r) − (r >> k), with
 w = 2^(64−k) if msb(c) = 0 else 0 public, is dealt material. So the exact truncation's opening can
 carry products (``core.fusion``): in the same message it opens e_j = z_j − b_j for operands z_j
-computed before it, and any polynomial in S whose terms hold at most one z_j is then linear in
-dealt shares of S^i and S^i·b_j with public coefficients. With h = r >> k and m = msb(r) (so
+computed before it, and any polynomial in S whose terms hold at most two z_j is then linear in
+dealt shares of S^i, S^i·b_j and S^i·b_j·b_l with public coefficients. With h = r >> k and m = msb(r) (so
 m^l = m), S^i = (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^{i−l} m: the dealer deals h^q and m·h^q (and
-their products with b_j), and the products cost no round of their own (``Poly``, ``Opened.share``).
+their products with b_j and b_j·b_l), and the products cost no round of their own (``Poly``,
+``Opened.share``).
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ from .shares import add_public
 PROTOCOLS = ("crypten", "exact")
 
 
-def truncation_material(size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = ()) -> dict:
+def truncation_material(size, k: int, others: tuple = (), degree: int = 1, other_degrees: tuple = (),
+                        pairs: tuple = ()) -> dict:
     """This party's shares of the exact truncation's material, from the dealer (``dealer.py``):
     r, h^q = (r >> k)^q for q = 1..degree, m·h^q (m = msb(r)) for q = 0..degree−1; per operand
-    z_j of size ``others[j]``, b{j} and h^q·b{j}, m·h^q·b{j} up to ``other_degrees[j]``
-    (``material.layout``). The parties that open x + 2^62 + r and z − b must not know r or b."""
+    z_j of size ``others[j]``, b{j} and h^q·b{j}, m·h^q·b{j} up to ``other_degrees[j]``; per
+    (j, l, d) in ``pairs``, b{j}b{l} and its products with h^q, m·h^q up to d (``material.layout``).
+    The parties that open x + 2^62 + r and z − b must not know r or b."""
     import crypten.mpc
 
     provider = crypten.mpc.get_default_provider()
@@ -49,7 +52,7 @@ def truncation_material(size, k: int, others: tuple = (), degree: int = 1, other
         raise RuntimeError("the exact truncation needs truncbridge's dealer: start the parties with "
                            "truncbridge.crypten.init() (or run_pi.py), not plain crypten.init()")
     return provider.truncation_material(torch.Size(size), k, tuple(torch.Size(s) for s in others), degree,
-                                        tuple(other_degrees))
+                                        tuple(other_degrees), tuple(map(tuple, pairs)))
 
 
 def masked_for_opening(x, r: torch.Tensor, ast_cls, rank: int):
@@ -63,8 +66,9 @@ def masked_operand(z, b: torch.Tensor, ast_cls):
 
 
 class Poly(dict):
-    """A value carried by a truncation's opening: public coefficients of S^i (key i) and of
-    S^i·b_j (key (j, i)). Products keep at most one b_j per term (``core.fusion``)."""
+    """A value carried by a truncation's opening: public coefficients of S^i (key i), of S^i·b_j
+    (key (j, i)) and of S^i·b_j·b_l (key ((j, l), i), j <= l). Products keep at most two b per
+    term (``core.fusion``)."""
 
     def __add__(self, other: Poly) -> Poly:
         out = Poly(self)
@@ -82,15 +86,22 @@ class Poly(dict):
         out = Poly()
         for ka, ca in self.items():
             for kb, cb in other.items():
-                if isinstance(ka, tuple) and isinstance(kb, tuple):
-                    raise ValueError("a product of two opened operands is not carried (core.fusion)")
-                if isinstance(ka, tuple) or isinstance(kb, tuple):
-                    (j, i), d = (ka, kb) if isinstance(ka, tuple) else (kb, ka)
-                    key = (j, i + d)
-                else:
-                    key = ka + kb
-                out = out + Poly({key: ca * cb})
+                out = out + Poly({_term_key(ka, kb): ca * cb})
         return out
+
+
+def _term_key(ka, kb):
+    """The key of the product of two terms: operands gathered, powers of S added."""
+    def split(key):
+        if not isinstance(key, tuple):
+            return (), key
+        return (key[0] if isinstance(key[0], tuple) else (key[0],)), key[1]
+
+    (oa, ia), (ob, ib) = split(ka), split(kb)
+    operands = tuple(sorted(oa + ob))
+    if len(operands) > 2:
+        raise ValueError("a term with three opened operands is not carried (core.fusion)")
+    return ia + ib if not operands else (operands[0] if len(operands) == 1 else operands, ia + ib)
 
 
 @dataclass
@@ -134,7 +145,8 @@ class Opened:
             if key == 0:
                 out = out + (c if self.rank == 0 else 0)
             elif isinstance(key, tuple):
-                out = out + c * self._power(key[1], f"b{key[0]}")
+                suffix = "".join(f"b{j}" for j in key[0]) if isinstance(key[0], tuple) else f"b{key[0]}"
+                out = out + c * self._power(key[1], suffix)
             else:
                 out = out + c * self._power(key)
         return out
@@ -145,19 +157,19 @@ class Opened:
 
 
 def prepare_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree: int = 1,
-                       other_degrees: tuple = ()) -> Pending:
+                       other_degrees: tuple = (), pairs: tuple = ()) -> Pending:
     """The exact truncation's step, ready to open with others (``openings.reveal_together``):
     x + 2^62 + r, and z_j − b_j for every ``others`` operand; its result is the ``Opened``."""
-    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees)
+    m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees, pairs)
     masked = [masked_for_opening(x, m["r"], ast_cls, rank)]  # uniform: hides x
     masked += [masked_operand(z, m[f"b{j}"], ast_cls) for j, z in enumerate(others)]
     return Pending("trunc", (x, *others), masked, lambda opened: Opened(rank, k, opened[0], list(opened[1:]), m))
 
 
 def open_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree: int = 1,
-                    other_degrees: tuple = ()) -> Opened:
+                    other_degrees: tuple = (), pairs: tuple = ()) -> Opened:
     """One opening of x + 2^62 + r, and of z_j − b_j for every ``others`` operand, in one message."""
-    step = prepare_truncation(x, k, ast_cls, rank, others, degree, other_degrees)
+    step = prepare_truncation(x, k, ast_cls, rank, others, degree, other_degrees, pairs)
     openings.reveal_together([step])  # looked up here: the audit wraps it
     return step.result
 
