@@ -18,6 +18,7 @@ from .objective import TRUNCATED_ELEMENTS, Objective
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
 MIN_BLOCK_TIME_S = 0.5  # each layer's share of the time limit, at least
+TIE_BREAK_MAX = 0.25  # the most the scales' tie-breaking costs add (milp_model: eps)
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.\d+(?=[.:]|$)")
 
 
@@ -55,8 +56,9 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     if n >= BLOCK_SOLVE_MIN_NODES and len(blocks := _layer_blocks(src)) > 1:
         x, status, gap = _solve_by_blocks(src, f, model, objective, x0, blocks, deadline, report, progress, floors)
     else:
-        x, status, gap = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
-                                x0, max(deadline - time.perf_counter(), 0.01), progress)
+        x, status, gap, bound = _highs(model.cost, model.var_lo, model.var_hi, model.A, model.row_lo, model.row_hi,
+                                       x0, max(deadline - time.perf_counter(), 0.01), progress)
+        report["lower_bound"] = bound - TIE_BREAK_MAX  # of the objective, over every placement
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
@@ -105,7 +107,7 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
             continue
         share = min(max(remaining / (len(blocks) - k), MIN_BLOCK_TIME_S), remaining)
         said = progress and (lambda text, k=k: progress(f"layer {k + 1}/{len(blocks)}: {text}"))
-        got, status, g = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
+        got, status, g, _ = _highs(model.cost[cols], lo_v, hi_v, A[rows][:, cols].tocsc(), model.row_lo[rows],
                                 model.row_hi[rows], start, share, said)
         statuses.append(status)
         if got is not None and model.cost[cols] @ got <= model.cost[cols] @ start:  # never worse
@@ -118,7 +120,7 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
 
 
 def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limit: float, progress=None):
-    """One integer program: (solution or None, status, relative gap)."""
+    """One integer program: (solution or None, status, relative gap, proven lower bound)."""
     import highspy
 
     lp = highspy.HighsLp()
@@ -147,8 +149,8 @@ def _highs(cost, var_lo, var_hi, A, row_lo, row_hi, start: np.ndarray, time_limi
     x = np.round(np.array(h.getSolution().col_value)).astype(int)
     info = h.getInfo()
     if len(x) != len(cost) or info.primal_solution_status == 0:
-        return None, status, float("inf")
-    return x, status, float(info.mip_gap)
+        return None, status, float("inf"), float(info.mip_dual_bound)
+    return x, status, float(info.mip_gap), float(info.mip_dual_bound)
 
 
 PROGRESS_EVERY_S = 1.0

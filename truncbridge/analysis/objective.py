@@ -12,10 +12,11 @@ a network     ``lan``, ``mid``, ``wan`` or ``rtt=MS,bw=MBIT``: the online time t
 
 ``Objective.rounds`` counts them as the cost model does (``core.fusion.ride_schedule``), on the
 source program for a set of truncated nodes: the local search (``search.py``) uses it. The
-MILP (``milp_model.py``) states a linear model of the same rounds, which can be off either way:
-it does not see the limits of what rides (powers of S above 3, one opened operand per term), and
-it sees both inputs of a product hanging off one truncation only through the sites they share
-(``core.fusion.shared_sites``).
+MILP (``milp_model.py``) states a linear model of the same rounds. It never counts more than the
+cost model — every ride it refuses, the cost model refuses too (at most two opened operands per
+term, both inputs hanging off one truncation only if each one's first truncated site is that one)
+— so its proven bound holds for the real cost; it can count fewer, as it does not see the limit on
+powers of S (``core.fusion.MAX_DEGREE``).
 """
 from __future__ import annotations
 
