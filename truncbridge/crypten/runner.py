@@ -69,6 +69,7 @@ class PlanRunner(Batched):
         self.ring = Ring(64)
         self.rank = self.crypten.communicator.get().get_rank()
         self.consts = plan.program.consts
+        self._encoded: dict[tuple[str, int], torch.Tensor] = {}  # public constants in the ring, made once
         self.truncations_executed = 0
         self.comparisons_executed = 0
         self.inputs, self.shared = None, None
@@ -128,10 +129,15 @@ class PlanRunner(Batched):
         return self.beaver.square(xs[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(*xs)
 
     def public(self, node, op, xs):
-        c = self.consts[node.attrs["const"]]
         if op.product:
-            return self._local(xs[0].share * self.ring.encode_public(c, node.attrs["const_scale"]))
-        return add_public(self.AST, xs[0], self.ring.encode_public(c, node.scale), self.rank)
+            return self._local(xs[0].share * self.encoded(node.attrs["const"], node.attrs["const_scale"]))
+        return add_public(self.AST, xs[0], self.encoded(node.attrs["const"], node.scale), self.rank)
+
+    def encoded(self, const: str, scale: int) -> torch.Tensor:
+        """A public constant in the ring at ``scale`` (encoded once: every run uses it alike)."""
+        if (const, scale) not in self._encoded:
+            self._encoded[const, scale] = self.ring.encode_public(self.consts[const], scale)
+        return self._encoded[const, scale]
 
     def relabel(self, node, op, xs):
         return xs[0]
@@ -188,9 +194,9 @@ class PlanRunner(Batched):
             elif n.op == "shl":
                 v = v.scaled(1 << n.attrs["shift"])
             elif n.op == "add_public":
-                v = v.plus_public(self.ring.encode_public(self.consts[n.attrs["const"]], n.scale))
+                v = v.plus_public(self.encoded(n.attrs["const"], n.scale))
             elif n.op == "mul_public":
-                v = v.scaled(self.ring.encode_public(self.consts[n.attrs["const"]], n.attrs["const_scale"]))
+                v = v.scaled(self.encoded(n.attrs["const"], n.attrs["const_scale"]))
             values[i] = v  # pow2 relabels: the same value
         return values[i]
 

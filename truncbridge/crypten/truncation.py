@@ -25,7 +25,7 @@ their products with b_j and b_j·b_l), and the products cost no round of their o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -86,7 +86,8 @@ class Poly(dict):
         out = Poly()
         for ka, ca in self.items():
             for kb, cb in other.items():
-                out = out + Poly({_term_key(ka, kb): ca * cb})
+                key, c = _term_key(ka, kb), ca * cb
+                out[key] = out[key] + c if key in out else c
         return out
 
 
@@ -112,14 +113,19 @@ class Opened:
     c: torch.Tensor
     e: list
     m: dict  # this party's material shares
+    _made: dict = field(default_factory=dict)  # P, w and shares of S^i·b made so far: every product reuses them
 
     @property
     def public(self) -> torch.Tensor:  # P
-        return logical_shift(self.c, self.k) - (1 << (EXACT_LIMIT_BITS - self.k))
+        if "P" not in self._made:
+            self._made["P"] = logical_shift(self.c, self.k) - (1 << (EXACT_LIMIT_BITS - self.k))
+        return self._made["P"]
 
     @property
     def w(self) -> torch.Tensor:  # msb(c) = 0: the sum wrapped iff msb(r) = 1
-        return (self.c >= 0).long() << (64 - self.k)
+        if "w" not in self._made:
+            self._made["w"] = (self.c >= 0).long() << (64 - self.k)
+        return self._made["w"]
 
     def y(self) -> Poly:
         return Poly({0: self.public, 1: 1})
@@ -131,11 +137,14 @@ class Opened:
     def _power(self, i: int, suffix: str = ""):
         """This party's share of S^i, times b_j with ``suffix`` "b{j}" (material names of
         ``material.layout``): (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m."""
+        if (i, suffix) in self._made:
+            return self._made[i, suffix]
         share = (-1) ** i * (self.m[suffix] if i == 0 else self.m[f"h{i}{suffix}"])
         w_l = 1
         for l in range(1, i + 1):
             w_l = w_l * self.w  # w^l, wrapping mod 2^64 like every share
             share = share + math.comb(i, l) * (-1) ** (i - l) * w_l * self.m[f"mh{i - l}{suffix}"]
+        self._made[i, suffix] = share
         return share
 
     def share(self, value: Poly) -> torch.Tensor:
