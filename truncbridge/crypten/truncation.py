@@ -142,6 +142,8 @@ class Opened:
         share = (-1) ** i * (self.m[suffix] if i == 0 else self.m[f"h{i}{suffix}"])
         w_l = 1
         for l in range(1, i + 1):
+            if l * (64 - self.k) >= 64:
+                break  # w^l = 2^(l(64−k))·[msb(c) = 0] is 0 mod 2^64 from here on
             w_l = w_l * self.w  # w^l, wrapping mod 2^64 like every share
             share = share + math.comb(i, l) * (-1) ** (i - l) * w_l * self.m[f"mh{i - l}{suffix}"]
         self._made[i, suffix] = share
