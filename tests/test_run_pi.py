@@ -71,6 +71,8 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
         assert row["weights_rounds"] == 1 and row["weights_bytes"] == row["predicted"]["weights_bytes"] > 0, policy
         if network:
             assert 0.6 <= row["predicted"]["wall_s"] / row["wall_s"] <= 1.25, policy
+    # terms with two opened operands were carried (the dealer's b·b'·S^i) and matched the emulator
+    assert rows["lazy"]["predicted"]["fused_pairs"] > 0
     assert rows["lazy"]["truncations_executed"] < rows["eager"]["truncations_executed"]
     assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
     audit = result["audit"]

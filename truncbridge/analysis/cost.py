@@ -77,7 +77,8 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     _book_critical_path(plan, depth, came_from, by_recipe)
     bytes_total = bits_total / 8
     latency = network_seconds(network, rounds_total, bytes_total)
-    return {"protocol": protocol.name, "fused_products": len(riding), "rounds": rounds_total,
+    return {"protocol": protocol.name, "fused_products": len(riding),
+            "fused_pairs": sum(len(c.pairs) for c in fused.values()), "rounds": rounds_total,
             "rounds_sequential": rounds_sequential, "bytes": bytes_total, "weights_bytes": weights_bits / 8,
             "latency_s": latency, "expected_truncation_failures": failures,
             "by_layer": {k: dict(v) for k, v in by_layer.items()}, "by_recipe": {k: dict(v) for k, v in by_recipe.items()}}

@@ -77,7 +77,7 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
            "rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
            "bytes": c["bytes"], "weights_bytes": c["weights_bytes"],
            "expected_truncation_failures": c["expected_truncation_failures"],
-           "fused_products": c["fused_products"]}
+           "fused_products": c["fused_products"], "fused_pairs": c["fused_pairs"]}
     if network is not None:
         out["network_s"] = network_seconds(network, out["rounds"] + 1, c["bytes"])
     return out
