@@ -175,7 +175,7 @@ def ride_sites(program: Program) -> dict[int, tuple[tuple[frozenset[int], frozen
 def opened_sides(program: Program, rides: dict) -> dict[int, tuple[bool, ...]]:
     """For placement: mul id -> per side in ``rides``, whether riding with that side truncated
     always opens the other input (it hangs off none of the side's sites). The product then holds
-    an opened operand, and the side's value must not hold one already (``_Shape.times``)."""
+    an opened operand, and the side's value must not hold two already (``_Shape.times``)."""
     out = {}
     for m, sides in rides.items():
         a, b = program[m].inputs

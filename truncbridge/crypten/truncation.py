@@ -135,8 +135,8 @@ class Opened:
         return Poly({0: self.e[j], (j, 0): 1})
 
     def _power(self, i: int, suffix: str = ""):
-        """This party's share of S^i, times b_j with ``suffix`` "b{j}" (material names of
-        ``material.layout``): (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m."""
+        """This party's share of S^i, times b_j with ``suffix`` "b{j}" or b_j·b_l with "b{j}b{l}"
+        (material names of ``material.layout``): (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m."""
         if (i, suffix) in self._made:
             return self._made[i, suffix]
         share = (-1) ** i * (self.m[suffix] if i == 0 else self.m[f"h{i}{suffix}"])
