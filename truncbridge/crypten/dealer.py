@@ -5,10 +5,12 @@ know ``a``. So Beaver triples, squares, exact-truncation masks and the material 
 comparisons (binary triples, B2A bits, wraps) come from a **dealer** that is not a computing party:
 
 * ``separate`` (default): its own process, the last rank (CrypTen's TTP slot:
-  ``crypten.cfg.mpc.provider = "TTP"`` makes the communicator create it). It shares a seeded
-  generator with each party (CrypTen's TTP set-up) and receives only request *sizes* from party 0,
-  which gets back its corrections (``material.py``). No opening, no share of data reaches it.
-* ``owner-insecure``: party 0 — the model owner — holds every generator and deals. It then knows
+  ``crypten.cfg.mpc.provider = "TTP"`` makes the communicator create it). It shares a stream key
+  with each party (``randomness.py``: AES-256-CTR, 256-bit keys) and receives only requests from
+  party 0 — kinds, sizes, shifts, polynomial degrees and which operands a truncation's opening
+  carries (``material.validate`` refuses anything else) — and party 0 gets back its corrections
+  (``material.py``). No opening, no share of data reaches it.
+* ``owner-insecure``: party 0 — the model owner — holds every stream key and deals. It then knows
   every mask and so every opened value, the client's tokens included. A benchmark setting only
   (CrypTen's default TFP provider works this way).
 
@@ -19,7 +21,6 @@ that does not match the queue is an error; one beyond it is answered on demand a
 """
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -27,35 +28,27 @@ from dataclasses import dataclass
 
 import torch
 
-from .material import corrections, expand, request_key
+from . import randomness
+from .material import corrections, expand, request_key, validate
 
 DEALERS = ("separate", "owner-insecure")
 
 
-def _seeded(seed: int) -> torch.Generator:
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return gen
-
-
-def fresh_seed() -> int:
-    return secrets.randbits(64) - 2 ** 63
-
-
 class DealerCore:
-    """Holds every party's generator; answers requests with party 0's corrections. With
+    """Holds every party's stream; answers requests with party 0's corrections. With
     ``audit``, it keeps every mask it dealt (by dealing index) for the receipt audit."""
 
-    def __init__(self, seeds: dict[int, int], audit: bool = False):
-        self.gens = {p: _seeded(s) for p, s in seeds.items()}
-        self.parties = len(seeds)
+    def __init__(self, keys: dict[int, bytes], audit: bool = False):
+        self.streams = {p: randomness.stream(key) for p, key in keys.items()}
+        self.parties = len(keys)
         self.dealt = 0
         self.masks: dict[int, tuple] | None = {} if audit else None
 
     def deal(self, requests: list[tuple]) -> list[dict[str, torch.Tensor]]:
         out = []
         for req in requests:
-            fixes, masks = corrections(req, expand(req, self.gens), self.parties)
+            validate(req)
+            fixes, masks = corrections(req, expand(req, self.streams), self.parties)
             if self.masks is not None:
                 self.masks[self.dealt] = (req, masks)
             self.dealt += 1
@@ -76,8 +69,8 @@ class DealtProvider:
 
     NAME = "dealt"
 
-    def __init__(self, rank: int, gen: torch.Generator, fetch):
-        self.rank, self.gen = rank, gen
+    def __init__(self, rank: int, stream, fetch):
+        self.rank, self.stream = rank, stream  # this party's stream, shared with the dealer
         self.fetch = fetch  # rank 0: requests -> (its corrections, bytes that travelled for them)
         self.ready: deque[Dealt] = deque()
         self.issued = 0  # dealing index of the next request
@@ -92,7 +85,7 @@ class DealtProvider:
         t = time.perf_counter()
         fixes, travelled = self.fetch(requests) if self.rank == 0 else ([None] * len(requests), 0)
         for req, fix in zip(requests, fixes):
-            drawn = expand(req, {self.rank: self.gen})
+            drawn = expand(req, {self.rank: self.stream})
             shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
             shares.update(fix or {})
             self.ready.append(Dealt(self.issued, req, shares))

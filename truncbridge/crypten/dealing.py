@@ -1,11 +1,12 @@
 """Connecting the parties to the dealer (see ``dealer.py`` for who deals and why).
 
 ``configure(dealer)`` before ``crypten.init()``: a separate dealer takes CrypTen's TTP slot (the
-communicator then makes one more process, rank = world size, outside the computing group, and
-CrypTen's TTP client receives a generator seed from it). ``install_provider`` after
-``crypten.init()`` on each computing party makes a ``DealtProvider`` CrypTen's default provider.
-``serve`` is the dealer's dealing: hand out seeds, then answer party 0's batches of requests until
-CrypTen's shutdown says "terminate"; ``run_dealer`` is the dealer process's whole life around it.
+communicator then makes one more process, rank = world size, outside the computing group).
+``install_provider`` after ``crypten.init()`` on each computing party re-keys CrypTen's own
+generators (``randomness.secure_crypten``), receives this party's 256-bit stream key from whoever
+deals, and makes a ``DealtProvider`` CrypTen's default provider. ``serve`` is the dealer's dealing:
+hand out keys, then answer party 0's batches of requests until CrypTen's shutdown says
+"terminate"; ``run_dealer`` is the dealer process's whole life around it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from datetime import timedelta
 import torch
 
 from ..core.errors import first_line
-from .dealer import DEALERS, DealerCore, DealtProvider, _seeded, fresh_seed
+from . import randomness
+from .dealer import DEALERS, DealerCore, DealtProvider
 from .roles import role, stop_process
 
 WATCH_S = 0.2  # how often the dealer looks for an abort in the rendezvous store
@@ -32,51 +34,61 @@ def configure(crypten, dealer: str) -> None:
 
 
 def install_provider(crypten, dealer: str, audit: bool = False) -> DealtProvider:
-    """This computing party's provider, registered as CrypTen's default. With ``owner-insecure``
-    party 0 keeps a ``DealerCore`` (``provider.core``) holding every party's generator."""
-    import torch.distributed as dist
-
+    """This computing party's provider, registered as CrypTen's default, after re-keying CrypTen's
+    own generators. With ``owner-insecure`` party 0 keeps a ``DealerCore`` (``provider.core``)
+    holding every party's stream key."""
     comm = crypten.communicator.get()
     rank, core = comm.get_rank(), None
+    randomness.secure_crypten(crypten)
     if dealer == "separate":
-        from crypten.mpc.provider.ttp_provider import TTPClient
-
-        gen = TTPClient.get().get_generator()  # seeded by the dealer during crypten.init()
+        key = randomness.recv_key(comm.get_ttp_rank(), comm.ttp_group)  # sent by serve()
 
         def fetch(requests):
             sent = _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
-            fixes, received = _recv(comm.get_ttp_rank(), comm.ttp_group)
+            try:
+                fixes, received = _recv(comm.get_ttp_rank(), comm.ttp_group)
+            except RuntimeError as exc:  # name the dealer, not this party, as the one lost
+                raise DealerLost(f"{role(comm.get_ttp_rank(), comm.get_world_size())} was lost: {first_line(exc)}") from exc
             return fixes, sent + received
-    elif rank == 0:  # owner-insecure: the owner holds every generator
-        seeds = {p: fresh_seed() for p in range(comm.get_world_size())}
+    elif rank == 0:  # owner-insecure: the owner holds every stream key
+        keys = {p: randomness.new_key() for p in range(comm.get_world_size())}
         for p in range(1, comm.get_world_size()):
-            dist.send(torch.tensor(seeds[p]), dst=p, group=comm.main_group)
-        core = DealerCore(seeds, audit=audit)
-        gen, fetch = _seeded(seeds[0]), lambda requests: (core.deal(requests), 0)  # nothing travels
+            randomness.send_key(keys[p], p, comm.main_group).wait()
+        core = DealerCore(keys, audit=audit)
+        key, fetch = keys[0], lambda requests: (core.deal(requests), 0)  # nothing travels
     else:
-        seed = torch.empty((), dtype=torch.long)
-        dist.recv(seed, src=0, group=comm.main_group)
-        gen, fetch = _seeded(int(seed)), None
-    provider = DealtProvider(rank, gen, fetch)
+        key, fetch = randomness.recv_key(0, comm.main_group), None
+    provider = DealtProvider(rank, randomness.stream(key), fetch)
     provider.core = core
     vars(crypten.mpc)["__SUPPORTED_PROVIDERS"][crypten.cfg.mpc.provider] = provider
     return provider
 
 
-def serve(crypten, audit: bool = False) -> DealerCore:
-    """The dealer process, after ``crypten.init()``: seed every party's generator (CrypTen's TTP
-    set-up), then deal on request until party 0 says "terminate". Waiting is a blocking gloo
-    receive (idle, not spinning): set a long process-group timeout for this process, since the
-    parties may compute for minutes between requests; a party that dies resets the connection."""
+class DealerLost(RuntimeError):
+    """Party 0's link to the dealer broke while it fetched material."""
+
+
+def serve(crypten, audit: bool = False, started=None) -> DealerCore:
+    """The dealer process, after ``crypten.init()``: complete CrypTen's TTP hand-shake (its client
+    waits for a 64-bit seed it would give an MT19937 generator: it gets 0, and the provider that
+    would draw from it is replaced), send every party its 256-bit stream key, then deal on request
+    until party 0 says "terminate". ``started`` is called once every party has its key. Waiting is
+    a blocking gloo receive (idle, not spinning): set a long process-group timeout for this
+    process, since the parties may compute for minutes between requests; a party that dies resets
+    the connection."""
     import torch.distributed as dist
 
     comm = crypten.communicator.get()
-    seeds = {p: fresh_seed() for p in range(comm.get_world_size())}
-    sends = [dist.isend(torch.tensor(seeds[p]), dst=p, group=comm.ttp_group) for p in seeds]
-    for s in sends:
-        s.wait()
+    parties = range(comm.get_world_size())
+    for send in [dist.isend(torch.zeros((), dtype=torch.long), dst=p, group=comm.ttp_group) for p in parties]:
+        send.wait()
     dist.barrier(group=comm.ttp_group)
-    core = DealerCore(seeds, audit=audit)
+    keys = {p: randomness.new_key() for p in parties}
+    for send in [randomness.send_key(keys[p], p, comm.ttp_group) for p in parties]:
+        send.wait()
+    if started is not None:
+        started()
+    core = DealerCore(keys, audit=audit)
     while True:
         message, _ = _recv(0, comm.ttp_group)
         if message == "terminate":
@@ -113,10 +125,12 @@ def _recv(src: int, group) -> tuple[object, int]:
 DEALER_WAIT = timedelta(days=7)  # the dealer idles while the parties compute; deaths reset its link
 
 
-def run_dealer(audit: bool = False, linger_s: float = 5.0):
+def run_dealer(audit: bool = False, linger_s: float = 5.0, startup_s: float = 60.0):
     """The separate dealer's process (the rank after the computing parties): start CrypTen in
     its TTP slot, deal until party 0 shuts down, return its ``DealerCore`` (masks kept when
-    ``audit``). It holds no data and receives only sizes. A thread watches the rendezvous store:
+    ``audit``). It holds no data and receives only sizes. If the computing parties have not all
+    joined and taken their keys within ``startup_s`` (one died before ``crypten.init()``), it says
+    so and ends instead of waiting out its week-long receive timeout. A thread watches the rendezvous store:
     if a party posts an abort, or party 0's store disappears while dealing is not over, it says
     so and ends the process with ``EXIT_LOST`` instead of waiting — ``linger_s`` (the parties'
     ``silence_s``) after its line, as a computing party does (``Party._linger``)."""
@@ -127,13 +141,16 @@ def run_dealer(audit: bool = False, linger_s: float = 5.0):
     crypten = import_crypten()
     c10d.default_pg_timeout = DEALER_WAIT
     configure(crypten, "separate")
-    crypten.init()
     me, done = role(int(os.environ.get("RANK", 0))), threading.Event()
     stop = functools.partial(_stop_process, me, linger_s=linger_s)
+    starting = threading.Timer(startup_s, stop, args=(f"the computing parties did not all start within {startup_s:g} s",))
+    starting.daemon = True
+    starting.start()
+    crypten.init()
     store = c10d._get_default_store()
     threading.Thread(target=_watch_store, args=(store, stop, done), name="truncbridge-dealer-watch", daemon=True).start()
     try:
-        core = serve(crypten, audit=audit)
+        core = serve(crypten, audit=audit, started=starting.cancel)
     except RuntimeError as exc:  # the link to a party broke
         if not done.is_set():
             stop(f"{role(0)} was lost: {first_line(exc)}")

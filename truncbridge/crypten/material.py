@@ -1,4 +1,4 @@
-"""Correlated randomness: what each request is, and how a seeded dealer splits it into shares.
+"""Correlated randomness: what each request is, and how the dealer splits it into shares.
 
 A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
 ``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
@@ -7,12 +7,13 @@ truncation's r, powers of r >> k and msb(r), and the material of the products it
 ``truncation.py``).
 This is all the dealer ever receives.
 
-Sharing follows CrypTen's TTP design: the dealer and each computing party share a seeded
-generator. A *random* component (a mask: a, b, r) is the sum (or XOR) of every party's draw from
-its generator, so no party knows it. A *derived* component (c = a·b, r², wraps, r >> k, ...) is
-drawn by parties 1.. from their generators; party 0's share is the dealer's *correction*
-``value − Σ others`` — the only thing that travels. Party and dealer expand a request with the
-same code (``expand``), so their generators stay in step as long as the request sequence agrees.
+Sharing follows CrypTen's TTP design: the dealer and each computing party share a stream
+(``randomness.py``: AES-256-CTR under a key only the two of them hold). A *random* component (a
+mask: a, b, r) is the sum (or XOR) of every party's draw from its stream, so no party knows it.
+A *derived* component (c = a·b, r², wraps, r >> k, ...) is drawn by parties 1.. from their
+streams; party 0's share is the dealer's *correction* ``value − Σ others`` — the only thing that
+travels. Party and dealer expand a request with the
+same code (``expand``), so their streams stay in step as long as the request sequence agrees.
 """
 from __future__ import annotations
 
@@ -42,18 +43,63 @@ def request_key(fn: str, *parts) -> tuple:
     return (fn, *plain(parts))
 
 
-def _result_size(op: str, size0, size1, args, kwargs) -> tuple:
+# the products a Beaver triple may be for: a request names one, the dealer never looks a name up
+PRODUCTS = {"mul": torch.mul, "matmul": torch.matmul}
+KINDS = ("additive", "square", "binary", "wraps", "B2A", "trunc")
+MAX_ELEMENTS = 1 << 28  # per component (2 GiB of int64): far above any plan run here, far below harm
+MAX_DEGREE = 8  # powers of r >> k a truncation's opening carries (core.fusion carries at most a few)
+MAX_SHIFT = 62
+
+
+def validate(req: tuple) -> None:
+    """Refuse a request that is not one the protocol makes: an unknown kind or product, extra
+    arguments, sizes that are not shapes or exceed ``MAX_ELEMENTS``, a shift or degree out of
+    range. The dealer checks every request before it draws anything."""
+    def fail(why: str):
+        raise ValueError(f"refused correlated-randomness request {str(req)[:120]}: {why}")
+
+    if not isinstance(req, tuple) or not req or req[0] not in KINDS:
+        fail(f"the kind must be one of {', '.join(KINDS)}")
+    arity = {"additive": 6, "square": 2, "binary": 3, "wraps": 2, "B2A": 2, "trunc": 7}[req[0]]
+    if len(req) != arity:
+        fail(f"{req[0]} takes {arity - 1} fields")
+    if req[0] == "additive" and (req[3] not in PRODUCTS or req[4] != () or req[5] != ()):
+        fail(f"a triple is for one of {', '.join(PRODUCTS)}, with no further arguments")
+    if req[0] == "trunc":
+        _, _, k, others, degree, other_degrees, pairs = req
+        if not (isinstance(k, int) and 1 <= k <= MAX_SHIFT):
+            fail(f"shift {k!r} outside 1..{MAX_SHIFT}")
+        if not isinstance(others, tuple) or not isinstance(other_degrees, tuple) or len(other_degrees) != len(others):
+            fail("one degree per carried operand")
+        if not all(isinstance(d, int) and 0 <= d <= MAX_DEGREE for d in (degree, *other_degrees)):
+            fail(f"degrees must lie in 0..{MAX_DEGREE}")
+        if not isinstance(pairs, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 3 and all(isinstance(v, int) for v in p)
+                and 0 <= p[0] < len(others) and 0 <= p[1] < len(others) and 0 <= p[2] <= MAX_DEGREE for p in pairs):
+            fail("pairs name two carried operands and a degree")
+    try:
+        randoms, deriveds = layout(req)
+    except (TypeError, ValueError, RuntimeError) as exc:  # shapes that do not broadcast or multiply
+        fail(f"inconsistent sizes ({exc})")
+    for c in randoms + deriveds:
+        if not (isinstance(c.size, tuple) and len(c.size) <= 8 and all(isinstance(d, int) and d >= 0 for d in c.size)):
+            fail(f"{c.name}'s size {c.size!r} is not a shape")
+        if torch.Size(c.size).numel() > MAX_ELEMENTS:
+            fail(f"{c.name} would hold {torch.Size(c.size).numel()} elements (at most {MAX_ELEMENTS})")
+
+
+def _result_size(op: str, size0, size1) -> tuple:
     a = torch.empty(size0, dtype=torch.long, device="meta")
     b = torch.empty(size1, dtype=torch.long, device="meta")
-    return tuple(getattr(torch, op)(a, b, *args, **dict(kwargs)).shape)
+    return tuple(PRODUCTS[op](a, b).shape)
 
 
 def layout(req: tuple) -> tuple[list[Component], list[Component]]:
     """(random components, derived components) of a request."""
     fn = req[0]
     if fn == "additive":
-        _, s0, s1, op, args, kwargs = req
-        return [Component("a", s0), Component("b", s1)], [Component("c", _result_size(op, s0, s1, args, kwargs))]
+        _, s0, s1, op, _, _ = req
+        return [Component("a", s0), Component("b", s1)], [Component("c", _result_size(op, s0, s1))]
     if fn == "square":
         return [Component("r", req[1])], [Component("r2", req[1])]
     if fn == "binary":
@@ -88,8 +134,7 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
     shares of them (``shares``: the wraps count needs those)."""
     fn = req[0]
     if fn == "additive":
-        _, _, _, op, args, kwargs = req
-        return {"c": getattr(torch, op)(plain["a"], plain["b"], *args, **dict(kwargs))}
+        return {"c": PRODUCTS[req[3]](plain["a"], plain["b"])}
     if fn == "square":
         return {"r2": plain["r"] * plain["r"]}
     if fn == "binary":
@@ -135,24 +180,22 @@ def count_wraps(shares: list[torch.Tensor]) -> torch.Tensor:
     return crypten_count_wraps(shares)
 
 
-def draw(gen: torch.Generator, comp: Component) -> torch.Tensor:
-    """One party's pseudo-random draw for a component (its share, or part of a mask)."""
-    if comp.bits == 64:
-        return torch.randint(-(2 ** 63), 2 ** 63 - 1, comp.size, generator=gen, dtype=torch.long)
-    return torch.randint(0, 2 ** comp.bits, comp.size, generator=gen, dtype=torch.long)
+def draw(stream, comp: Component) -> torch.Tensor:
+    """One party's draw for a component (its share, or part of a mask) from its stream."""
+    return stream.bits(comp.size, comp.bits)
 
 
-def expand(req: tuple, gens: dict[int, torch.Generator]) -> dict[str, dict[int, torch.Tensor]]:
-    """Draw, for every party whose generator is given, its seeded shares of a request: random
-    components for every party, derived ones for parties 1.. (party 0 gets a correction)."""
+def expand(req: tuple, streams: dict) -> dict[str, dict[int, torch.Tensor]]:
+    """Draw, for every party whose stream is given, its shares of a request: random components
+    for every party, derived ones for parties 1.. (party 0 gets a correction)."""
     randoms, deriveds = layout(req)
     out: dict[str, dict[int, torch.Tensor]] = {c.name: {} for c in randoms + deriveds}
-    for p, gen in sorted(gens.items()):
+    for p, stream in sorted(streams.items()):
         for c in randoms:
-            out[c.name][p] = draw(gen, c)
+            out[c.name][p] = draw(stream, c)
         if p != 0:
             for c in deriveds:
-                out[c.name][p] = draw(gen, Component(c.name, c.size, c.xor))
+                out[c.name][p] = draw(stream, Component(c.name, c.size, c.xor))
     return out
 
 

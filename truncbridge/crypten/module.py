@@ -38,7 +38,7 @@ def init(dealer: str = "separate", timeout_s: float = 60.0):
     if dealer == "separate" and rank == world:
         from .dealing import run_dealer
 
-        run_dealer()
+        run_dealer(startup_s=timeout_s)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # no C++ static destructors: gloo's can abort after a clean shutdown

@@ -37,7 +37,7 @@ from datetime import timedelta
 from ..core.errors import first_line
 from .audit import OpeningLog, instrument
 from .compat import import_crypten
-from .dealing import configure, install_provider
+from .dealing import DealerLost, configure, install_provider
 from .link import Link
 from .roles import role, stop_process
 
@@ -105,7 +105,10 @@ class Party(Link):
 
     def fail(self, exc: BaseException) -> None:
         """The main thread hit an error: name the party responsible, tell the others, exit. An
-        error of this party's own (not a failed receive) is reported as its own, at once."""
+        error of this party's own (not a failed receive) is reported as its own, at once; a lost
+        dealer by its name."""
+        if isinstance(exc, DealerLost):
+            self._exit(str(exc))
         if not _is_link_error(exc):
             self._exit(f"{role(self.rank)} failed: {type(exc).__name__}: {first_line(exc)}")
         self._check_dead_here()
