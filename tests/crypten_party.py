@@ -74,8 +74,11 @@ def main() -> None:
     import truncbridge.crypten as tbc
 
     crypten = tbc.import_crypten()
-    tbc.init(timeout_s=60)  # the dealer's process deals here and exits
+    provider = tbc.init(timeout_s=60)  # the dealer's process deals here and exits
     rank = crypten.communicator.get().get_rank()
+    # every generator this party draws from: CrypTen's own (re-keyed) and its dealer stream
+    generators = sorted({type(g).__name__ for by_device in crypten.generators.values() for g in by_device.values()}
+                        | {type(provider.stream).__name__})
     if mode == "module":
         model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
         x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
@@ -89,7 +92,7 @@ def main() -> None:
         opened = runner.open_outputs(runner.run((COMPARE_INPUTS if compare else INPUTS) if rank == 1 else None), dst=1)
         results = [None] if opened is None else [o.tolist() for o in opened]
         result, executed, compared = results[0], runner.truncations_executed, runner.comparisons_executed
-    out.write_text(json.dumps({"rank": rank, "truncations": executed, "comparisons": compared,
+    out.write_text(json.dumps({"rank": rank, "truncations": executed, "comparisons": compared, "generators": generators,
                                "output": result, "outputs": results}))
     crypten.uninit()
     exit_now(0)

@@ -50,6 +50,7 @@ def test_crypten_parties_match_the_emulator(parties, truncation, tmp_path):
     for policy in ("eager", "lazy"):
         results = run_parties(parties, policy, truncation, tmp_path / policy)
         assert all(results[r]["output"] is None for r in results if r != 1)  # only the client sees it
+        assert all(results[r]["generators"] == ["AesCtrStream"] for r in results)  # no torch generator left
         plan = plan_for(policy)
         ex = RingExecutor(plan)
         want = ex.decode_outputs(ex.run(INPUTS)[0])[0]
