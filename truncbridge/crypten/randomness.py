@@ -148,8 +148,9 @@ def secure_crypten(crypten) -> None:
     else:
         keys["prev"] = keys["next"]
     for name, by_device in crypten.generators.items():
+        shared = stream(keys[name])  # one stream for every device: a draw on one never repeats on another
         for device in list(by_device) or [torch.device("cpu")]:
-            by_device[device] = stream(keys[name])
+            by_device[device] = shared
     for module in _CRYPTEN_DRAWERS:
         module = importlib.import_module(module)
         module.generate_random_ring_element = ring_element
