@@ -206,23 +206,84 @@ def seed_of_first_outputs(outputs) -> int:
     return word
 
 
-def seed_array(seeds: np.ndarray, length: int) -> np.ndarray:
-    """The first ``length`` words of the seeding array of every seed (vectorised over seeds)."""
-    s = _u32(seeds).copy()
-    out = np.empty((length, s.size), dtype=np.uint32)
-    out[0] = s
-    for j in range(1, length):
-        s = np.uint32(INIT_MULT) * (s ^ (s >> np.uint32(30))) + np.uint32(j)
-        out[j] = s
-    return out
-
-
 def first_int64_of_seeds(seeds) -> np.ndarray:
     """The first ``randint(-2^63, 2^63 - 1)`` draw after ``manual_seed(s)`` for every seed ``s``
-    (vectorised): outputs 0 and 1 need only seeding words 0, 1, 2, 397 and 398 — the unit cost of
-    a seed-guessing (meet-in-the-middle) attack."""
+    (vectorised over seeds): outputs 0 and 1 need only seeding words 0, 1, 2, 397 and 398 — the
+    unit cost of a seed-guessing (meet-in-the-middle) attack: 399 steps of the seeding recurrence."""
+    s = _u32(seeds).copy()
+    kept = {0: s}
     with np.errstate(over="ignore"):
-        x = seed_array(seeds, M + 2)
-    o0 = temper(x[M] ^ _twist(x[0], x[1]))
-    o1 = temper(x[M + 1] ^ _twist(x[1], x[2]))
+        for j in range(1, M + 2):
+            s = np.uint32(INIT_MULT) * (s ^ (s >> np.uint32(30))) + np.uint32(j)
+            if j in (1, 2, M, M + 1):
+                kept[j] = s
+    o0 = temper(kept[M] ^ _twist(kept[0], kept[1]))
+    o1 = temper(kept[M + 1] ^ _twist(kept[1], kept[2]))
     return int64_of_words(np.stack([o0, o1], axis=1).reshape(-1))
+
+
+# -- cloning from draws a few of which are off -------------------------------------------------------
+
+def recover_draws(observed, tail: int = 0, fixes=(1,), verify: int = 2048, max_off: float = 0.02) -> torch.Tensor | None:
+    """The raw draws behind ``observed`` — consecutive int64 draws of one MT19937 stream, except
+    that at a few unknown positions ``raw = observed + fix`` (``fix`` in ``fixes``) — followed by the
+    ``tail`` draws the stream makes next; ``None`` if the observations are not such a stream.
+
+    The attack's primitive: an opening ε = onehot − a_0 − a_1 gives party 0, who knows a_0,
+    ``−(ε + a_0) = a_1 − onehot``: party 1's raw draws except −1 where a token sits. A clone is
+    taken from the first 312 observations, as they are or with one of them fixed (so at most one
+    token may sit among the first 312 entries: true when the vocabulary is larger than 312), and
+    accepted when, over the next ``verify`` observations, every prediction it gets wrong is off by
+    one of ``fixes`` and at most ``max_off`` of them are. A mis-fixed window is not accepted on
+    agreement alone: one wrong state word spoils only a few later words (x[j] depends on
+    x[j − 624], x[j − 623] and x[j − 227]), so most predictions still agree, but the spoilt ones
+    are off by a random amount within the next 624 words."""
+    flat = _numpy(observed).reshape(-1).astype(np.int64)
+    if flat.size < DRAWS_FOR_STATE + 16:
+        return None
+    check = flat[DRAWS_FOR_STATE:DRAWS_FOR_STATE + verify]
+    allowed = np.array([f % 2**64 for f in fixes], dtype=np.uint64)
+    window = flat[:DRAWS_FOR_STATE]
+    for j, fix in [(None, 0)] + [(j, f) for j in range(DRAWS_FOR_STATE) for f in fixes]:
+        tried = window.copy()
+        if j is not None:
+            tried[j] = (tried[j].view(np.uint64) + np.uint64(fix % 2**64)).view(np.int64)
+        off = clone(tried).next_int64(check.size).numpy().view(np.uint64) - check.view(np.uint64)
+        wrong = off[off != 0]
+        if wrong.size <= max_off * check.size and np.isin(wrong, allowed).all():
+            rest = clone(tried).next_int64(flat.size - DRAWS_FOR_STATE + tail)
+            return torch.cat([torch.from_numpy(tried), rest])
+    return None
+
+
+# -- the sum of two streams: meet in the middle over 32-bit seeds ------------------------------------
+
+def seeds_of_a_sum(total, candidates, confirm: int = 4) -> list[tuple[int, int]]:
+    """The seed pairs (s_1, s_2) among ``candidates`` (uint32 seeds, for both streams) whose streams'
+    first draws add up to ``total`` (int64, mod 2^64): ``total[i] = draw_i(s_1) + draw_i(s_2)`` —
+    the owner's view −(ε + a_0) = a_1 + a_2 in 3PC where the one-hot is 0, when a_1 and a_2 are
+    the first draws of their streams. Meet in the middle: sort draw_0 of every candidate, look up
+    total_0 − draw_0(s_2) for every s_2 (one table serves both: len(candidates) seed expansions
+    and one sort), and
+    confirm each hit on ``total[1:confirm]``. With all 2^32 seeds this is 2^32 expansions
+    (``first_int64_of_seeds``) and a 2^32-entry table: hours of CPU, so tests run it on a
+    candidate set that contains the true seeds."""
+    seeds = _u32(candidates)
+    total = _numpy(total).reshape(-1).astype(np.int64).view(np.uint64)
+    first = first_int64_of_seeds(seeds).view(np.uint64)
+    order = np.argsort(first, kind="stable")
+    ranked = first[order]
+    with np.errstate(over="ignore"):
+        wanted = total[0] - first  # draw_0(s_1) for each s_2
+    at = np.minimum(np.searchsorted(ranked, wanted), ranked.size - 1)
+    found = []
+    for j in np.nonzero(ranked[at] == wanted)[0]:
+        k = at[j]
+        while k < ranked.size and ranked[k] == wanted[j]:
+            s1, s2 = int(seeds[order[k]]), int(seeds[j])
+            both = (torch.randint(-(2**63), 2**63 - 1, (confirm,), generator=torch.Generator().manual_seed(s1))
+                    + torch.randint(-(2**63), 2**63 - 1, (confirm,), generator=torch.Generator().manual_seed(s2)))
+            if (both.numpy().view(np.uint64) == total[:confirm]).all():
+                found.append((s1, s2))
+            k += 1
+    return found

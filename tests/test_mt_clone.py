@@ -17,7 +17,9 @@ from mt_clone import (
     clone,
     first_int64_of_seeds,
     int64_of_words,
+    recover_draws,
     seed_of_first_outputs,
+    seeds_of_a_sum,
     temper,
     untemper,
     words_of_int64,
@@ -178,3 +180,44 @@ def test_draws_that_are_not_mt19937_predict_nothing():
     words = words_of_int64(draws(g, DRAWS_FOR_STATE + 1))
     shifted = Clone.from_outputs(words[1:625])  # 624 consecutive outputs, but pairs split the wrong way
     assert int((shifted.next_int64(n) == draws(g, n)).sum()) == 0
+
+
+# -- recover_draws: the attack's primitive ----------------------------------------------------------
+
+def one_hot_rows(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(ids, vocab).long()
+
+
+@pytest.mark.parametrize("first_token", [0, 1, 10, 311, 312, 900])
+def test_draws_off_by_one_where_a_token_sits_are_recovered_with_what_follows(first_token):
+    """The owner's view in 2PC: a_1 − onehot. Every a_1 entry comes back, the token positions
+    included (wherever the first token sits, even inside the 312-draw window), and the draws
+    the stream makes next (the client's next masks)."""
+    g = generator(first_token + 1000)
+    a1, following = draws(g, 16, 1024), draws(g, 1024, 64)
+    ids = torch.randint(0, 1024, (16,), generator=torch.Generator().manual_seed(first_token))
+    ids[0] = first_token
+    raw = recover_draws(a1 - one_hot_rows(ids, 1024), tail=following.numel())
+    assert raw is not None
+    assert torch.equal(raw[:a1.numel()].view(16, 1024), a1) and torch.equal(raw[a1.numel():].view(1024, 64), following)
+
+
+def test_recover_draws_refuses_what_is_not_one_mt_stream():
+    """Negative controls: OS randomness, and the sum of two MT streams (the owner's view in 3PC,
+    −(a_1 + a_2)), give no clone at all — not a wrong one."""
+    fake = torch.from_numpy(np.frombuffer(os.urandom(8 * 16384), dtype=np.int64).copy())
+    assert recover_draws(fake) is None
+    assert recover_draws(draws(generator(1), 16384) + draws(generator(2), 16384)) is None
+
+
+def test_meet_in_the_middle_finds_the_two_seeds_behind_a_sum():
+    """The 3PC owner's view −(ε + a_0) = a_1 + a_2 where the one-hot is 0: when a_1 and a_2 are
+    their streams' first draws, the two 32-bit seeds come back by meeting in the middle. Run on
+    2^16 candidate seeds that contain the true ones (all 2^32 take hours: see mt_attack.py);
+    negative control: seeds outside the candidates are not found, and no pair is made up."""
+    candidates = np.random.default_rng(1).choice(2**32, 2**16, replace=False).astype(np.uint32)
+    s1, s2 = int(candidates[12345]), int(candidates[999])
+    total = draws(generator(s1), 64) + draws(generator(s2), 64)
+    assert set(seeds_of_a_sum(total, candidates)) == {(s1, s2), (s2, s1)}
+    outside = total + draws(generator(int(candidates.max()) + 1), 64)  # a third stream in the sum
+    assert seeds_of_a_sum(outside, candidates) == []
