@@ -150,3 +150,20 @@ def test_rsqrt_coupled_steps_take_newtons_iterates_at_one_round_each(monkeypatch
     plain_rounds, plain_params, plain_got = rounds_and_params()
     assert plain_params["coupled"] == 0 and np.max(np.abs(plain_got / got - 1)) <= 1e-12
     assert plain_rounds >= 2 * (params["iterations"] - 1), plain_rounds
+
+
+def test_public_range_rounds_outward_to_quarter_octaves():
+    """Recipes fit on [lo, hi] rounded out to {0, +-2^(k/4)}: outward, by less than a quarter octave,
+    onto the grid, and a second rounding changes nothing."""
+    from truncbridge.frontend.recipe_base import public_range
+
+    rng = np.random.default_rng(0)
+    ends = np.concatenate([rng.uniform(-50, 50, 4000), np.exp(rng.uniform(-30, 30, 4000)), [0.0, 1.0, 2.0, -0.5]])
+    for lo, hi in zip(np.sort(ends.reshape(-1, 2), axis=1)[:, 0], np.sort(ends.reshape(-1, 2), axis=1)[:, 1]):
+        glo, ghi = public_range(float(lo), float(hi))
+        assert glo <= lo <= hi <= ghi and public_range(glo, ghi) == (glo, ghi)
+        for v, g in ((lo, glo), (hi, ghi)):
+            assert (g == 0) == (v == 0) and (v == 0 or max(g / v, v / g) < 2**0.25)
+            assert g == 0 or 4 * math.log2(abs(g)) == pytest.approx(round(4 * math.log2(abs(g))), abs=1e-9)
+    assert public_range(-3.1, 2.9) == pytest.approx((-(2**1.75), 2**1.75), rel=1e-15)
+    assert public_range(1.0, 2.0) == (1.0, 2.0)

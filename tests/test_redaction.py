@@ -2,16 +2,19 @@
 declared norm, recipe parameter or weights hash, and still runs bit-identically."""
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from truncbridge.backends import RingExecutor
 from truncbridge.core.errors import UserError
 from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_json, redact_plan_json
+from truncbridge.frontend.lower import lower
 from truncbridge.pipeline import build_plan, one_hot, plan_config
 
 SECRET_KEYS = {"row_l2", "recipe_params", "hash"}
@@ -114,3 +117,101 @@ def test_tampered_redacted_bound_is_corrupt(plans):
     bad["nodes"][-1]["bound"] *= 4.0
     with pytest.raises(UserError, match="bound_bits"):
         plan_from_json(bad)
+
+
+# -- the constants a non-owner receives: functions of bit widths, not of the owner's exact ranges --------
+PROBE = 1.0 + 2.0**-20  # every weight times this: each exact range moves, no bit width does (checked)
+
+
+@pytest.fixture(scope="module")
+def probed_converted():
+    """random-llama with every parameter scaled by PROBE: other weights, other calibrated ranges."""
+    from truncbridge.frontend.models import load_model
+    from truncbridge.pipeline import convert
+
+    loaded = load_model("random-llama")
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.mul_(PROBE)
+    return convert(loaded, 16, 16)
+
+
+def _public_numbers(red: dict) -> list:
+    """What a redacted plan says besides its constants: structure, shapes, scales, bit widths, shifts."""
+    return [(n["op"], n["inputs"], n["shape"], n["scale"], n["bound_bits"]) for n in red["nodes"]] + \
+        [(t["node"], t["shift"]) for t in red["truncations"]]
+
+
+def _decoded_consts(red: dict) -> dict[str, np.ndarray]:
+    return {k: np.frombuffer(base64.b64decode(v["data"]), dtype=np.dtype(v["dtype"])).reshape(v["shape"])
+            for k, v in red["consts"].items()}
+
+
+def _differing_constants(red: dict, other: dict) -> list[str]:
+    """Every constant of ``red`` (decoded) and every node attr, against ``other``'s: those that differ."""
+    users = {n["attrs"]["const"]: n for n in red["nodes"] if "const" in n["attrs"]}
+    mine, theirs = _decoded_consts(red), _decoded_consts(other)
+    out = []
+    for name, value in mine.items():
+        got = theirs.get(name)
+        if got is None or got.dtype != value.dtype or got.shape != value.shape or got.tobytes() != value.tobytes():
+            user = users.get(name, {})
+            diff = float(np.max(np.abs(got - value))) if got is not None and got.shape == value.shape else math.nan
+            out.append(f"const {name} ({user.get('recipe') or user.get('op')} at {user.get('origin')}): "
+                       f"{value.ravel()[:2].tolist()} vs {None if got is None else got.ravel()[:2].tolist()}, "
+                       f"max |diff| {diff:.3g}")
+    out += [f"node {a['id']} attrs {a['attrs']} vs {b['attrs']}" for a, b in zip(red["nodes"], other["nodes"])
+            if a["attrs"] != b["attrs"]]
+    return out
+
+
+def test_every_constant_a_non_owner_receives_is_a_function_of_bit_widths(plans, probed_converted):
+    """Two models whose redacted plans agree on every bit width, shift and scale, but whose weights and
+    calibrated ranges differ (all weights x (1 + 2^-20)), must send byte-identical constants (every
+    base64 table decoded, every attr): the constants reveal nothing finer than the bit widths. Recipes
+    fitted on ranges rounded out to the grid 2^(k/4) pass; fitted on the exact ranges they fail it
+    (the negative control below)."""
+    plan, _, red, _ = plans
+    probed = plan_to_json(build_plan(probed_converted, plan.config), redacted=True)
+    assert all(not torch.equal(w, probed_converted.program.weights[k]) for k, w in plan.program.weights.items())
+    assert _public_numbers(probed) == _public_numbers(red), "the probe moved a bit width: choose a smaller one"
+    assert len(red["consts"]) > 0 and any(n["recipe"] for n in red["nodes"] if "const" in n["attrs"])
+    differing = _differing_constants(red, probed)
+    assert not differing, f"{len(differing)} of {len(red['consts'])} constants differ:\n" + "\n".join(differing[:8])
+    assert probed == red  # and so the whole redacted plan is the same document
+
+
+def _on_a_fine_grid(converted, monkeypatch):
+    """``converted`` lowered again with a grid of 2^40 steps per octave: its recipes fitted, in effect,
+    on the exact calibrated ranges (what they were before the grid)."""
+    from truncbridge.frontend import recipe_base
+    from truncbridge.frontend.calibrate import calibrate
+    from truncbridge.pipeline import Converted, calibration_windows
+
+    monkeypatch.setattr(recipe_base, "RANGE_GRID_STEPS", 2**40)
+    windows = calibration_windows(converted.loaded.tokenizer, converted.captured.seq_len)
+    ranges = calibrate(converted.captured, [w[None] for w in windows])
+    return Converted(converted.loaded, converted.captured, lower(converted.captured, ranges, 16))
+
+
+def test_the_constants_check_fails_without_the_grid(random_converted, probed_converted, monkeypatch):
+    """Negative control: on a grid finer than the probe, the same two models send other constants,
+    and the check above names them (the SiLU's Chebyshev fits); bit widths still agree."""
+    config = plan_config("lazy", 64, 16)
+    red, probed = (plan_to_json(build_plan(_on_a_fine_grid(c, monkeypatch), config), redacted=True)
+                   for c in (random_converted, probed_converted))
+    assert _public_numbers(probed) == _public_numbers(red)
+    differing = _differing_constants(red, probed)
+    assert differing and all("sigmoid" in d for d in differing), differing
+
+
+def test_every_recipe_of_the_owners_plan_was_fitted_on_the_grid(plans):
+    """The ranges the owner's plan records for its recipes (``recipe_params``) are grid points."""
+    from truncbridge.frontend.recipe_base import RANGE_GRID_STEPS as q
+
+    plan = plans[0]
+    ends = [v for n in plan.program.nodes for k, v in (n.facts.recipe_params or {}).items()
+            if k in ("lo", "hi", "zlo", "zhi")]
+    assert len(ends) >= 20
+    assert all(v == 0 or q * math.log2(abs(v)) == pytest.approx(round(q * math.log2(abs(v))), abs=1e-9)
+               for v in ends), ends

@@ -12,11 +12,16 @@ The owner gives the other parties (client, helpers) a *redacted* plan (``plan_to
 redacted=True)`` or ``redact_plan_json``): it keeps what they need to compute and drops what is
 a fact about the owner's weights or calibration: float bounds (a weight node's bound is max|W|),
 bound sources, declared bounds and row norms, recipe parameters, the weights hash and the solver
-block. A redacted plan still reveals: the op structure and shapes (the architecture), every
-node's scale and the truncation sites and shifts, each node's integer bit width (derived from
-weight norms, and with calibrated bounds from the owner's calibration text; its stand-in bound is
-the power of two of those bits), and the public constants the plan reads (rotary tables, masks,
-and recipe coefficients, whose fitting ranges come from calibration).
+block. Its leak budget — all a non-owner learns (README, "Who holds what"): the config, the op
+structure and shapes (the architecture, with its public hyperparameters and buffers: rotary
+tables, masks, a norm's epsilon), every node's scale, the truncation sites and shifts, each node's
+integer bit width (derived from weight norms, and with calibrated bounds from the owner's
+calibration text; its stand-in bound is the power of two of those bits), and each recipe's input
+range rounded outward to the public grid {0, +-2^(k/4)} (``frontend.recipe_base.public_range``).
+The constants the plan reads (``consts``, base64) and its node attrs are functions of these
+alone: recipes fit coefficients, centres, Newton starts and shifts on the rounded range, never on
+an exact weight-derived or calibrated one (``tests/test_redaction.py`` decodes every constant and
+checks it).
 """
 from __future__ import annotations
 

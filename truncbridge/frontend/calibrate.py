@@ -13,6 +13,7 @@ import torch
 
 from ..core.errors import UserError
 from .capture import Captured, LazyWeight
+from .recipe_base import public_range
 
 MASK_VALUE = -1e4
 
@@ -116,11 +117,14 @@ POSITIVE_MARGIN = 4.0  # positive ranges (rsqrt, reciprocal inputs): lo / 4, hi 
 
 
 def widened(r: Range, margin: float = RANGE_MARGIN) -> tuple[float, float]:
+    """A recipe's input range: the calibrated one widened by ``margin`` of its span on each side,
+    then rounded out to the public grid (``recipe_base.public_range``)."""
     pad = margin * max(r.hi - r.lo, 1e-3)
-    return r.lo - pad, r.hi + pad
+    return public_range(r.lo - pad, r.hi + pad)
 
 
 def positive_range(r: Range, name: str) -> tuple[float, float]:
+    """A positive recipe input's range: lo / 4, hi * 4, rounded out to the public grid."""
     if r.lo <= 0:
         raise UserError(f"{name} input was not strictly positive in calibration (min {r.lo:.4g})")
-    return r.lo / POSITIVE_MARGIN, r.hi * POSITIVE_MARGIN
+    return public_range(r.lo / POSITIVE_MARGIN, r.hi * POSITIVE_MARGIN)

@@ -27,7 +27,9 @@ def smooth_relu(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     """max(x, 0) without a comparison: (x + sqrt(y)) / 2, y = x^2 + eps^2, sqrt(y) = y rsqrt(y).
     sqrt(x^2 + eps^2) - |x| lies in [0, eps], so the smoothing is off by at most eps / 2 (at x = 0);
     rsqrt's relative error tol adds tol sqrt(B^2 + eps^2) / 2 (B = max|x|). eps is at least
-    2 sqrt(tol), so eps^2 is many units of the last fixed-point place."""
+    2 sqrt(tol), so eps^2 is many units of the last fixed-point place. [lo, hi] is first rounded
+    out to the public grid (``recipes.public_range``)."""
+    lo, hi = recipes.public_range(lo, hi)
     bound = max(-lo, hi, 0.0)
     eps = max(bound * 2.0**-SMOOTH_RELU_BITS, 2 * math.sqrt(tol))
     y_hi = bound * bound + eps * eps

@@ -138,7 +138,7 @@ def registered_rule(recipe):
             return on_pointwise(lw, node, x, *rest, **kw)
         name = aten_name(node.target).split(".")[-2]
         _check_elementwise(node.target, name)
-        lo, hi = widened(lw.range_of(node.args[0]))
+        lo, hi = widened(lw.range_of(node.args[0]))  # on the public grid: the user's constants are too
         x_id = lw.plain(x, name)
         first = len(lw.b.program.nodes)
         with recipes.recipe(lw.b, name, method="user", lo=lo, hi=hi):

@@ -1,6 +1,6 @@
 """Newton–Raphson recipes: reciprocal and rsqrt from a public start, iteration count and start
-chosen by simulating them over the input range; rsqrt's steps coupled so that one truncation
-carries each (``core.fusion``)."""
+chosen by simulating them over the input range (rounded out to the public grid first); rsqrt's
+steps coupled so that one truncation carries each (``core.fusion``)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.ir import Builder
-from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, recipe
+from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, public_range, recipe
 
 MAX_NEWTON_ITERS = 40
 NEWTON_STARTS = (0.75, 1.0, 1.25, 1.5, 1.75)
@@ -35,6 +35,7 @@ def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[fl
 
 def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     positive_range("reciprocal", lo, hi)
+    lo, hi = public_range(lo, hi)
     b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi))
     r = lo / 2.0**k
@@ -52,6 +53,7 @@ def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
 
 def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     positive_range("rsqrt", lo, hi)
+    lo, hi = public_range(lo, hi)
     b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi) / 2)  # may be negative: small inputs are scaled up, for free
     r = lo / 4.0**k

@@ -1,8 +1,10 @@
 """Recipes: nonlinear functions as additions, multiplications and free power-of-two rescales.
 
 Each recipe is range-aware: it is given the interval its input lies in (calibrated, widened by a
-safety margin) and an absolute tolerance, and picks its parameters — normalisation shifts,
-iteration counts, polynomial degree — by simulating itself in float64 over that interval. The
+safety margin) and an absolute tolerance, rounds the interval outward to the public grid
+(``recipe_base.public_range``: 0 and +-2^(k/4)), and picks its parameters — normalisation shifts,
+iteration counts, polynomial degree, coefficients — by simulating itself in float64 over that
+rounded interval, so that they depend on the owner's exact ranges only through the integers k. The
 parameters it picked are written on the nodes it emits (``facts.recipe_params`` on the first
 one) so a plan says exactly what was computed. No recipe uses a comparison.
 
@@ -25,7 +27,7 @@ import torch
 from ..core.errors import UserError
 from ..core.ir import Builder
 from .newton import reciprocal, rsqrt  # noqa: F401 (recipes.rsqrt, recipes.reciprocal)
-from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, recipe  # noqa: F401
+from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, public_range, recipe  # noqa: F401
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
 MAX_CHEBYSHEV_DEGREE = 96
@@ -65,6 +67,7 @@ def exp_base(b: Builder, z: int, squarings: int) -> int:
 
 
 def exp(b: Builder, x: int, lo: float, hi: float) -> int:
+    lo, hi = public_range(lo, hi)
     n = exp_iterations(lo)
     b.declare(x, max(-lo, hi), "range")
     first = len(b.program.nodes)
@@ -107,6 +110,7 @@ def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[floa
 
 
 def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str) -> int:
+    lo, hi = public_range(lo, hi)
     m, K, coef = chebyshev_fit(fn, lo, hi, tol, name)
     b.declare(x, max(-lo, hi), "range")
     degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
@@ -162,6 +166,7 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
     ``keep`` is the public 0/1 mask of entries that are not -inf;
     [zlo, zhi] is the calibrated (widened) range of the centred scores.
     """
+    zlo, zhi = public_range(zlo, zhi)
     shape = b.shape(x)
     n = shape[dim]
     live = torch.ones(shape, dtype=torch.float64) if keep is None else keep.to(torch.float64)
