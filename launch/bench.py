@@ -8,7 +8,8 @@ GPT-2-small-shaped Llama (``bench_emulation.py``): emulated / float time and pea
 Z_2^64, Z_2^128 and F_p (p = 2^127 - 1). Private inference: the default
 model run by real CrypTen parties and a separate dealer under mpirun (3PC, then 2PC), every policy
 and vanilla CrypTen in one run, online (after all dealing) and offline (the dealing) apart, with
-the ratios to eager beside what the cost model (``truncbridge report``) predicts. Scale: Llama-7B-
+the ratios to eager beside what the cost model (``truncbridge report``) predicts — with
+``--benchmark-reveal`` (INSECURE, and its tables say so) for the accuracy columns. Scale: Llama-7B-
 and Gemma-2B-shaped plans built without the model (``plan --fake-weights``), each policy's wall
 time and peak memory against 2 minutes / 4 GB, and their costs side by side.
 
@@ -110,7 +111,8 @@ def bench_pi(seq_len: int, time_limit: float, json_dir: Path) -> None:
         out = json_dir / f"pi-{parties}pc-{truncation}.json"
         cmd = [str(mpirun), "-n", str(parties + 1), "--oversubscribe", sys.executable, str(run_pi),  # + the dealer
                "--seq-len", str(seq_len), "--truncation", truncation, "--bounds", bounds, "--time-limit", str(time_limit),
-               "--vanilla-rsqrt-scale", "4", "--repeat", str(PI_REPEAT), "--network", PI_NETWORK, "--json", str(out)]
+               "--vanilla-rsqrt-scale", "4", "--repeat", str(PI_REPEAT), "--network", PI_NETWORK, "--json", str(out),
+               "--benchmark-reveal"]  # INSECURE: the accuracy columns need the client's ids and logits at the owner
         print(f"\nprivate inference: {' '.join(cmd[1:3])} run_pi.py {' '.join(cmd[6:])}", flush=True)
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
         print(done.stdout.strip())

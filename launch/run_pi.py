@@ -1,13 +1,16 @@
 """Private inference with real CrypTen parties, one process per party, started by mpirun.
 
-    mpirun -n 2 python launch/run_pi.py [--model default] [--policy eager,lazy,optimal,vanilla] [--json out.json]
-    mpirun -n 3 python launch/run_pi.py ...          # rank 2 only helps
-    mpirun -H hostA,hostB -n 2 python launch/run_pi.py ...   # across machines (see README)
+    mpirun -n 3 python launch/run_pi.py [--model default] [--policy eager,lazy,optimal,vanilla] [--json out.json]
+    mpirun -n 4 python launch/run_pi.py ...          # rank 2 only helps; the last rank deals
+    mpirun -H hostA,hostB,hostC -n 3 python launch/run_pi.py ...   # across machines (see README)
+    mpirun -n 3 python launch/run_pi.py --text prompt.txt --client-output out.json   # the client's input
 
 As root, Open MPI also wants --allow-run-as-root, and --oversubscribe when ranks exceed cores.
-Rank 0 owns the weights, rank 1 is the client; only rank 1 learns the logits. Prints one row per
-policy (wall_s, rounds, bytes, truncations_executed, max_abs_diff_vs_emulator,
-top1_agreement_vs_float) and the lazy/eager, optimal/eager ratios. See truncbridge/crypten/session.py.
+Rank 0 owns the weights, rank 1 is the client: only rank 1 reads --prompt / --text and learns the
+logits; it prints its top tokens and writes them with --client-output. Rank 0 prints one row per
+policy (wall_s, rounds, bytes, truncations_executed: statistics only) and the lazy/eager,
+optimal/eager ratios; --benchmark-reveal (INSECURE) adds max_abs_diff_vs_emulator and
+top1_agreement_vs_float. See truncbridge/crypten/session.py and client.py.
 """
 import os
 

@@ -7,6 +7,8 @@ VARIANT:
   unmasked-beaver  a batched Beaver product opens x itself, not x − a
   unmasked-operand  a product carried by a truncation's opening opens its other operand z, not z − b
   reused     a Beaver triple is handed out again for the next request of the same shape
+  gather-logits  the old run_pi: every party's statistics go to rank 0 with its logits (the
+             client's revealed output too), without --benchmark-reveal — the MPI audit must flag it
   attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
              ids from its own view: the first opening of one_hot @ embedding, plus the masks it
              knows — all of them when it deals (--dealer owner-insecure), none otherwise.
@@ -107,6 +109,8 @@ def main() -> int:
         openings.beaver = unmasked_beaver
     elif variant == "reused":
         reuse_material()
+    elif variant == "gather-logits":
+        session.statistics = lambda mine: mine  # the logits stay in what each party sends rank 0
     elif variant == "attack":
         digest = audit.digest
         audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash

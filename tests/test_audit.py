@@ -160,3 +160,45 @@ def test_a_triples_two_halves_may_be_opened_apart_once_each():
     assert findings(joined(halves, online), masks, set()) == []
     assert findings(joined(halves, online, again), masks, set()) == ["opening 2 (batch): mask 0 was already used by opening 0"]
     assert findings(joined(online, again), masks, set()) == ["opening 1 (batch): mask 0 was already used by opening 0"]
+
+
+# -- MPI, the side channel -----------------------------------------------------------------------
+def receipt(kind: str, what, setup: bool = False, rank: int = 0, source: int = 1) -> dict:
+    return {"rank": rank, "source": source, "kind": kind, "setup": setup, "what": what}
+
+
+def test_mpi_describe_keeps_shapes_not_values():
+    from truncbridge.crypten.mpi import describe
+
+    assert describe({"rounds": 5, "wall_s": 0.1, "logits": torch.zeros(16, 8)}, "stats") == \
+        {"rounds": "int", "wall_s": "float", "logits": "tensor(16, 8)"}
+    assert describe({"eager": {"redacted": True}, "lazy": {"nodes": []}}, "plans") == \
+        {"eager": "redacted plan", "lazy": {"nodes": []}}
+    assert describe({"log": [torch.zeros(3)]}, "audit") == "audit"
+
+
+def test_mpi_receipts_are_set_up_material_statistics_or_announced():
+    from truncbridge.crypten.audit import mpi_findings
+
+    fine = [receipt("hosts", "str", setup=True), receipt("address", "str", setup=True, rank=1, source=0),
+            receipt("plans", {"eager": "redacted plan"}, setup=True, rank=2, source=0),
+            receipt("stats", {"wall_s": "float", "rounds": "int", "online_dealer_requests": "int"}),
+            receipt("notice", "str"), receipt("audit", "audit")]
+    assert mpi_findings([fine]) == []
+    revealed = receipt("reveal", {"ids": "tensor(16,)", "logits": {"eager": ["tensor(16, 1024)"]}})
+    assert mpi_findings([[revealed]], reveal=True) == []
+    broken = [receipt("stats", {"wall_s": "float", "logits": "tensor(16, 1024)"}),  # the old logits gather
+              receipt("stats", {"rounds": "tensor(3,)"}),  # a statistic's name on a tensor
+              receipt("stats", ["int"]),
+              receipt("plans", {"eager": {"nodes": [], "redacted": "bool"}}, setup=True, rank=1, source=0),
+              receipt("plans", {"eager": "redacted plan"}, rank=1, source=0),  # after set-up
+              revealed,  # without --benchmark-reveal
+              receipt("hosts", "str"),  # after set-up
+              receipt("audit", "audit", rank=1, source=0),
+              receipt("ids", "tensor(16,)")]
+    found = mpi_findings([broken[:4], broken[4:]])
+    assert len(found) == len(broken), found
+    assert found[0] == ("party 0 received over MPI from party 1 after set-up: 'logits' (tensor(16, 1024)) among "
+                        "its statistics, which are numbers only")
+    to_the_helper = receipt("reveal", {"ids": "tensor(16,)"}, rank=2)  # only the owner, only from the client
+    assert len(mpi_findings([[to_the_helper]], reveal=True)) == 1

@@ -81,7 +81,7 @@ def test_parties_in_separate_network_namespaces(namespaces, tmp_path):
     out = tmp_path / "pi.json"
     cmd = [str(MPIRUN), "-n", "4", "--oversubscribe", "-x", "TRUNCBRIDGE_MASTER_ADDR=10.77.0.1",
            "-x", f"GLOO_SOCKET_IFNAME={IFNAME}", "-x", f"TRUNCBRIDGE_TEST_NETNS={namespaces}",
-           sys.executable, str(PARTY), *TINY, "--policy", "eager", "--json", str(out)]
+           sys.executable, str(PARTY), *TINY, "--policy", "eager", "--benchmark-reveal", "--json", str(out)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     row = json.loads(out.read_text())["rows"][0]

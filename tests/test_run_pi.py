@@ -1,5 +1,6 @@
 """launch/run_pi.py under mpirun: real CrypTen parties and a separate dealer, one process each, on a
-tiny random Llama; the privacy audit, its negative controls and the owner's attack."""
+tiny random Llama; the privacy audit (over MPI too), its negative controls, the owner's attack, and
+the client's input and output kept at the client."""
 from __future__ import annotations
 
 import json
@@ -44,9 +45,11 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
     """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too;
     with 2 parties on an emulated network whose round trips every online pass must wait."""
     network = ["--network", f"rtt={RTT_MS},bw=10000"] if parties == 2 else []  # 3PC: loopback (suite time)
-    result, _ = run_json(tmp_path, parties + 1, *TINY, "--policy", "eager,lazy,optimal,vanilla",
-                         "--time-limit", "5", "--audit", *network)
+    result, output = run_json(tmp_path, parties + 1, *TINY, "--policy", "eager,lazy,optimal,vanilla",
+                              "--time-limit", "5", "--audit", "--benchmark-reveal", *network)
     rows = {r["policy"]: r for r in result["rows"]}
+    # the accuracy columns pool the client's ids and logits with the weights: an insecure benchmark, and said so
+    assert len(result["insecure"]) == 2 and output.count("INSECURE: ") == 2, output[-3000:]
     assert result["parties"] == parties and result["dealer"] == "separate"
     for policy, row in rows.items():
         assert row["parties"] == parties
@@ -77,6 +80,8 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(parties, 
     assert rows["lazy"]["rounds"] < rows["eager"]["rounds"]
     audit = result["audit"]
     assert audit["findings"] == [] and audit["finding_count"] == 0, audit["findings"]
+    # over MPI: set-up, statistics after each run, the revealed data (--benchmark-reveal), the audit's pool
+    assert audit["mpi_receipts"] >= parties + 2 * len(rows) * (parties - 1)
     assert audit["output_receivers"] == [1]  # only the client
     assert audit["openings"] > 100 and audit["masks_used"] == audit["masks_dealt"]
     assert audit["opened_steps"] > audit["openings"]  # several steps in one message
@@ -97,6 +102,99 @@ def test_the_audit_fails_on_a_broken_opening(variant, finding, tmp_path):
     assert audit["finding_count"] > 0 and any(finding in f for f in audit["findings"]), audit["findings"][:5]
 
 
+def test_the_mpi_audit_flags_logits_sent_to_the_owner(tmp_path):
+    """Negative control of the MPI audit: the old run_pi, whose statistics carried every party's
+    logits to rank 0 (the client's revealed output among them), without --benchmark-reveal."""
+    result, _ = run_json(tmp_path, 3, "gather-logits", *TINY, "--policy", "eager", "--audit", script=VARIANTS)
+    audit = result["audit"]
+    leak = "party 0 received over MPI from party 1 after set-up: 'logits' (tensor(16, 1024)) among its statistics"
+    assert audit["finding_count"] == 1 and audit["findings"][0].startswith(leak), audit["findings"][:5]
+
+
+PROMPT = "def add(a, b):\n    return a + b\n"  # 14 tokens: right-padded to 16
+TEXT = ('import os\nimport sys\n\ndef main(argv):\n    """Print where this process runs, then every argument it '
+        'was given."""\n    print(os.getcwd(), argv)\n')  # 67 tokens: its last 16 kept
+TIMING = re.compile(r"\d+\.\d+|pid \d+")  # what may differ between two runs of the owner: timings, its pid
+
+
+def owner_lines(output: str) -> list[str]:
+    """What rank 0 printed (mpirun --tag-output), timings and pid masked."""
+    return [TIMING.sub("#", line.split(":", 1)[1]) for line in output.splitlines()
+            if re.match(r"\[\d+,0\]<std(out|err)>:", line)]
+
+
+def masked_json(doc):
+    """The owner's JSON with every float masked (timings, sizes in MB: numbers only, never ids)."""
+    if isinstance(doc, dict):
+        return {k: masked_json(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [masked_json(v) for v in doc]
+    return "#" if isinstance(doc, float) else doc
+
+
+def client_run(tmp_path, name: str, owner_args: list[str], client_args: list[str]) -> tuple[dict, list[str]]:
+    """One run with each rank's own arguments (mpirun's MPMD form): the owner's JSON and lines."""
+    out = tmp_path / f"{name}.json"
+    common = [sys.executable, str(RUN_PI), *TINY, "--policy", "eager", "--json", str(out)]
+    ranks = [[*common, *owner_args], [*common, *client_args], [*common, *owner_args]]  # owner, client, dealer
+    cmd = [str(MPIRUN), "--oversubscribe", "--tag-output"]
+    for k, argv in enumerate(ranks):
+        cmd += ([":"] if k else []) + ["-n", "1", *argv]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), owner_lines(done.stdout + done.stderr)
+
+
+def test_the_client_alone_reads_its_input_and_holds_its_output(tmp_path):
+    """The client's prompt is read, tokenized and fitted to --seq-len on its rank only, and only the
+    client holds the result. Two runs with different inputs — a --prompt on the command line
+    every rank gets (14 tokens, padded), and a --text file that exists only where the client's
+    rank reads it (67 tokens, cut to its last 16; the owner and dealer are given a path that
+    does not exist, so had they opened it, the run would fail) — leave the owner's JSON and
+    everything it printed the same but for decimals (timings, sizes) and its pid: no token id,
+    token count or text of the client's input reaches it; nor does a logit or an accuracy figure
+    (no such key or column; the MPI audit shows the owner receives numbers only). Negative
+    control, by hand: the same two runs with --benchmark-reveal fail here — the owner's rows gain
+    the four accuracy keys, its table the vs emu / top1 columns and an INSECURE line. The client's
+    own output matches the float model, recomputed here."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from truncbridge.crypten.results import ACCURACY, STATISTICS
+    from truncbridge.frontend.models import DEFAULT_MODEL_DIR, load_model
+
+    text, absent = tmp_path / "client-text.txt", tmp_path / "not-on-this-host.txt"
+    text.write_text(TEXT)
+    first, second = tmp_path / "client-a.json", tmp_path / "client-b.json"
+    a, owner_a = client_run(tmp_path, "a", ["--prompt", PROMPT],
+                            ["--prompt", PROMPT, "--client-output", str(first), "--client-output-logits"])
+    b, owner_b = client_run(tmp_path, "b", ["--text", str(absent)], ["--text", str(text), "--client-output", str(second)])
+    assert not absent.exists()
+    # the owner: the same JSON and lines for both inputs, statistics only
+    assert masked_json(a) == masked_json(b) and owner_a == owner_b, (owner_a, owner_b)
+    assert a["insecure"] == [] and "INSECURE" not in "\n".join(owner_a)
+    row = a["rows"][0]
+    assert not set(ACCURACY) & set(row) and "logits" not in json.dumps(a)
+    assert all(set(party) <= STATISTICS for party in row["per_party"])
+    assert not any("top1" in line or "vs emu" in line for line in owner_a)
+    assert any(line.lstrip().startswith("eager") for line in owner_a)  # the table was printed, masked alike
+    # the client: its input as it tokenized it, and its output close to the float model's
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    mine, cut = json.loads(first.read_text()), json.loads(second.read_text())
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert mine["input_ids"] == ids and mine["tokens"] == len(ids) == 14 and mine["source"] == "--prompt"
+    assert cut["input_ids"] == tokenizer(TEXT)["input_ids"][-16:] and cut["tokens"] == 16 and cut["dropped"] == 51
+    assert "logits" not in cut["policies"]["eager"]  # only when asked
+    model = load_model("random-llama").model
+    with torch.no_grad():
+        floats = model(torch.tensor([ids + [mine["pad_id"]] * 2])).logits[0, :14].double()
+    got = mine["policies"]["eager"]
+    logits = torch.tensor(got["logits"], dtype=torch.float64)
+    assert logits.shape == floats.shape and (logits - floats).abs().max().item() < 0.01
+    assert (torch.tensor(got["top1"]) == floats.argmax(-1)).double().mean().item() >= 0.8
+    assert got["next_token"] == logits[-1].argmax().item() and got["top"][0]["text"] == tokenizer.decode([got["next_token"]])
+
+
 @pytest.mark.parametrize("dealer,processes", [("owner-insecure", 2), ("separate", 3)])
 def test_the_owner_reads_the_client_tokens_only_when_it_deals(dealer, processes, tmp_path):
     """The attack: from the first opening of one_hot @ embedding, the owner adds the mask if it
@@ -107,7 +205,7 @@ def test_the_owner_reads_the_client_tokens_only_when_it_deals(dealer, processes,
     step opens on its own, and the weights' halves go online with their products."""
     owner_deals = dealer == "owner-insecure"
     result, output = run_json(tmp_path, processes, "attack", *TINY, "--policy", "eager", "--audit", "--dealer", dealer,
-                              *(["--no-batch"] if owner_deals else []), script=VARIANTS)
+                              "--benchmark-reveal", *(["--no-batch"] if owner_deals else []), script=VARIANTS)
     recovered, total = map(int, re.search(r"owner recovered (\d+) of (\d+) token ids", output).groups())
     assert total == 16
     if not owner_deals:
@@ -138,6 +236,23 @@ def test_a_set_up_failure_on_one_rank_ends_every_rank(tmp_path):
     assert "error: model directory not found" in done.stderr
     assert "stops: party 1 (client) failed during set-up" in done.stderr  # the others say who failed
     assert "Traceback" not in done.stderr
+
+
+def test_the_client_keeps_the_reason_its_input_failed(tmp_path):
+    """A --text file the client cannot read stops every party; the client says why, the others
+    only that it failed — not the path, which is the client's."""
+    absent = tmp_path / "the-clients-own-file.txt"
+    common = [sys.executable, str(RUN_PI), *TINY, "--policy", "eager", "--timeout", "20"]
+    cmd = [str(MPIRUN), "--oversubscribe", "--tag-output", "-n", "1", *common, ":", "-n", "1", *common, "--text",
+           str(absent), ":", "-n", "1", *common]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert re.search(r"\[\d+,1\]<stderr>: error: cannot read --text .*the-clients-own-file", output), output[-3000:]
+    for rank in (0, 2):
+        assert re.search(rf"\[\d+,{rank}\]<stderr>: truncbridge: party {rank} \(\w[\w ]*\) stops: party 1 \(client\) "
+                         r"failed during set-up \(its reason stays with it\)", output), output[-3000:]
+    assert not any("the-clients-own-file" in line for line in output.splitlines() if re.match(r"\[\d+,[02]\]", line))
 
 
 def test_a_plan_with_an_impossible_shift_is_refused_up_front():
@@ -243,6 +358,8 @@ def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_pa
     (["--policy", "bogus"], "unknown policy bogus"),
     (["--seq-len", "1"], "--seq-len must be at least 2"),
     (["--network", "rtt=10"], "unknown network 'rtt=10': choose lan, mid, wan or rtt=MS,bw=MBIT"),
+    (["--prompt", "x", "--text", "y"], "argument --text: not allowed with argument --prompt"),
+    (["--client-output-logits"], "--client-output-logits needs --client-output PATH"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     done = subprocess.run(mpirun(3, *args), env=ENV, capture_output=True, text=True, timeout=120)

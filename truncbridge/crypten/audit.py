@@ -17,6 +17,12 @@ the exact truncation, ``x xor a`` for binary steps, ``x_i + r_i`` for a wraps ga
 each mask was used by one step only; no receiver knows the mask in the clear (the owner does,
 when it deals: ``owner-insecure``); and no receipt is left unexplained. Any broken opening (mask
 removed, reused, known) is a finding.
+
+MPI, the launcher's side channel, is checked too (``mpi_findings`` on every rank's
+``mpi.RECEIPTS``): at set-up a party may receive host names, the rendezvous address and redacted
+plans; after set-up only statistics (numbers under the names ``results.STATISTICS`` lists) and
+failure notices — and what an announced insecure mode sends: the client's ids and logits to the
+owner under ``--benchmark-reveal``, the pooled views of this audit itself.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .material import combine
+from .results import STATISTICS
+from .roles import CLIENT, OWNER
 from .truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 
 
@@ -230,3 +238,39 @@ def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
 def _pool(kind: str, per_party: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """The hidden secrets from every party's shares (XOR for binary steps)."""
     return [combine([shares[i] for shares in per_party], xor=kind in ("and", "b2a")) for i in range(len(per_party[0]))]
+
+
+# -- MPI, the side channel (on the pooled receipt logs, ``mpi.RECEIPTS``) ------------------------
+NUMBERS = ("int", "float", "bool", "NoneType")  # mpi.describe's names of the values a statistic may take
+AT_SETUP = {"hosts": "str", "address": "str"}  # the rendezvous: host names, then rank 0's address
+
+
+def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:
+    """Every MPI receipt (each rank's log) that is neither set-up material, a statistic, a
+    failure notice, nor data an announced insecure mode sends (``reveal``: --benchmark-reveal)."""
+    out = []
+    for r in (r for log in receipts for r in log):
+        where = f"party {r['rank']} received over MPI from party {r['source']} {'at' if r['setup'] else 'after'} set-up"
+        kind, what = r["kind"], r["what"]
+        if kind == "notice":
+            bad = [] if what == "str" else [f"a failure notice that is a {what}"]
+        elif kind in AT_SETUP:
+            bad = [] if r["setup"] and what == AT_SETUP[kind] else [f"{kind}: {what}"]
+        elif kind == "plans":
+            bad = (["plans after set-up"] if not r["setup"] else
+                   [f"plan {k}: {v}" for k, v in what.items() if v != "redacted plan"] if isinstance(what, dict) else
+                   [f"plans: {what}"])
+        elif kind == "stats":
+            bad = ([f"statistics that are a {what}"] if not isinstance(what, dict) else
+                   [f"{k!r} ({v}) among its statistics, which are numbers only" for k, v in what.items()
+                    if k not in STATISTICS or v not in NUMBERS])
+        elif kind == "reveal":
+            allowed = reveal and r["rank"] == OWNER and r["source"] == CLIENT and not r["setup"]
+            bad = [] if allowed else [f"the client's revealed data ({what}) without --benchmark-reveal"]
+        elif kind == "audit":  # this audit's own pool: an --audit run is insecure by itself (and says so)
+            bad = [] if r["rank"] == OWNER and not r["setup"] else ["the audit's pooled views, not at the owner"]
+        else:
+            bad = [f"an unexpected {kind}: {what}"]
+        out += [f"{where}: {b}" for b in bad]
+    return out
+

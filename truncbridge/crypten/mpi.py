@@ -8,6 +8,13 @@ notices. Two rules keep a run from hanging before the parties' own watchdogs exi
 * every wait also listens for a *failure notice*: a rank whose set-up fails prints its own error
   and sends a notice to every other rank before it exits non-zero, and a rank that receives one
   says who failed and exits non-zero too — within one poll, not at some timeout.
+
+Every receipt is logged (``RECEIPTS``): who sent it, what the receiver expected (``kind``:
+``hosts``, ``address``, ``plans``, ``stats``, ``reveal``, ``audit``, ``notice``), whether set-up
+was over (``setup_done``), and the receipt's shape — types, keys, tensor shapes, never values.
+``audit.mpi_findings`` checks the log like the communicator's receipts: after set-up a party may
+receive statistics and failure notices only, plus what an insecure mode announces (the
+client's revealed ids and logits under ``--benchmark-reveal``, the pooled views of ``--audit``).
 """
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ DATA_TAG = 11
 FAIL_TAG = 13
 POLL_S = 0.05
 EXIT_SETUP = 1  # a set-up failure that is not the user's (UserError exits 2)
+RECEIPTS: list[dict] = []  # this rank's receipts over MPI (see the module docstring)
+_PHASE = {"setup": True}
+OPAQUE = ("audit",)  # kinds logged without their shape: the --audit pool (whole views)
 
 
 class PeerFailed(Exception):
@@ -33,38 +43,76 @@ class PeerFailed(Exception):
         self.rank = rank
 
 
+def setup_done() -> None:
+    """From now on every receipt is checked as one after set-up."""
+    _PHASE["setup"] = False
+
+
+def describe(obj, kind: str = "") -> object:
+    """A receipt's shape without its values: type names, dict keys, tensor shapes; a plan
+    document as whether it is redacted."""
+    if kind in OPAQUE:
+        return kind
+    if kind == "plans" and isinstance(obj, dict):
+        return {str(k): "redacted plan" if isinstance(d, dict) and d.get("redacted") is True else describe(d)
+                for k, d in obj.items()}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return type(obj).__name__
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a torch tensor or numpy array
+        return f"tensor{tuple(obj.shape)}"
+    if isinstance(obj, dict):
+        return {str(k): describe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    return type(obj).__name__
+
+
+def _log(comm, source: int, kind: str, obj) -> None:
+    RECEIPTS.append({"rank": comm.Get_rank(), "source": source, "kind": kind, "setup": _PHASE["setup"],
+                     "what": describe(obj, kind)})
+
+
 def _check_notices(comm) -> None:
     from mpi4py import MPI
 
     status = MPI.Status()
     if comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAIL_TAG, status=status):
-        raise PeerFailed(status.Get_source(), comm.recv(source=status.Get_source(), tag=FAIL_TAG))
+        notice = comm.recv(source=status.Get_source(), tag=FAIL_TAG)
+        _log(comm, status.Get_source(), "notice", notice)
+        raise PeerFailed(status.Get_source(), notice)
 
 
-def wait_for(comm, source: int, tag: int = DATA_TAG):
-    """Receive from ``source`` without spinning, raising ``PeerFailed`` on any failure notice."""
+def wait_for(comm, source: int, kind: str, tag: int = DATA_TAG):
+    """Receive a ``kind`` from ``source`` without spinning (logged), raising ``PeerFailed`` on any
+    failure notice."""
     while not comm.Iprobe(source=source, tag=tag):
         _check_notices(comm)
         time.sleep(POLL_S)
-    return comm.recv(source=source, tag=tag)
+    obj = comm.recv(source=source, tag=tag)
+    _log(comm, source, kind, obj)
+    return obj
 
 
-def bcast(comm, obj, root: int = 0, ranks=None):
+def bcast(comm, obj, kind: str, root: int = 0, ranks=None):
     """``obj`` from ``root`` to ``ranks`` (default: all), idle-waiting."""
     ranks = range(comm.Get_size()) if ranks is None else ranks
     if comm.Get_rank() == root:
         for request in [comm.isend(obj, dest=r, tag=DATA_TAG) for r in ranks if r != root]:
             request.wait()
         return obj
-    return wait_for(comm, root) if comm.Get_rank() in ranks else None
+    return wait_for(comm, root, kind) if comm.Get_rank() in ranks else None
 
 
-def gather(comm, obj, root: int = 0) -> list | None:
+def gather(comm, obj, kind: str, root: int = 0) -> list | None:
     """Every rank's ``obj`` at ``root`` (a list by rank; None elsewhere), idle-waiting."""
     if comm.Get_rank() != root:
         comm.isend(obj, dest=root, tag=DATA_TAG).wait()
         return None
-    return [obj if r == root else wait_for(comm, r) for r in range(comm.Get_size())]
+    return [obj if r == root else wait_for(comm, r, kind) for r in range(comm.Get_size())]
+
+
+def send(comm, obj, dest: int) -> None:
+    comm.isend(obj, dest=dest, tag=DATA_TAG).wait()
 
 
 def notify_failure(comm, message: str) -> None:
@@ -83,7 +131,8 @@ def fail_setup(comm, who: str, exc: BaseException) -> int:
     own = f"{who} failed during set-up: {type(exc).__name__}: {first}"
     line = f"error: {first}" if isinstance(exc, UserError) else f"error: {own}"
     print(line, file=sys.stderr, flush=True)
-    notify_failure(comm, f"{who} failed during set-up: {first}")
+    private = getattr(exc, "private", False)  # e.g. the client's input: its reason stays on its rank
+    notify_failure(comm, f"{who} failed during set-up" + (" (its reason stays with it)" if private else f": {first}"))
     return 2 if isinstance(exc, UserError) else EXIT_SETUP
 
 
@@ -103,7 +152,7 @@ def threads_per_party(comm) -> int:
 
 def rendezvous(comm) -> str:
     """Rank 0 picks a free TCP port on its host; everyone learns tcp://host:port."""
-    hosts = gather(comm, socket.gethostname())
+    hosts = gather(comm, socket.gethostname(), "hosts")
     address = None
     if comm.Get_rank() == 0:
         host = os.environ.get("TRUNCBRIDGE_MASTER_ADDR") or socket.gethostname()
@@ -112,7 +161,7 @@ def rendezvous(comm) -> str:
         with socket.socket() as s:
             s.bind(("", 0))
             address = f"tcp://{host}:{s.getsockname()[1]}"
-    return bcast(comm, address)
+    return bcast(comm, address, "address")
 
 
 def leave(status: int):

@@ -1,9 +1,9 @@
-"""The model owner's side of run_pi: plans, and the references every run is measured against.
+"""The model owner's side of run_pi: plans, predictions, and the references a benchmark measures against.
 
-Measurement only: the references (float logits, the emulator's exact and protocol-sampled
-logits) need the weights *and* the client's window, which no party holds in a real deployment.
-The harness on rank 0 computes them from the same held-out text the client reads; nothing of
-this reaches the protocol.
+The references (float logits, the emulator's exact and protocol-sampled logits) need the weights
+*and* the client's token ids, which no party holds in a private run: rank 0 computes them only
+under ``--benchmark-reveal`` (INSECURE), from the ids the client sends it after the timed runs;
+nothing of this reaches the protocol.
 """
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ SPREAD_SEEDS = 16  # emulator runs with the protocol's truncation model: the spr
 
 def protocol_profile(truncation: str, parties: int) -> str:
     return f"crypten-exact-{parties}pc" if truncation == "exact" else f"crypten-{parties}pc"
-
-
-def client_window(loaded, seq_len: int) -> torch.Tensor:
-    """The client's token ids: the first held-out window, or seeded random ids for random models."""
-    from ..pipeline import tokenize_windows, vocab_size
-
-    if loaded.heldout_text is None:
-        return torch.randint(0, vocab_size(loaded.model), (seq_len,), generator=torch.Generator().manual_seed(0))
-    return tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, limit=1, what="held-out text")[0]
 
 
 PROGRESS_EVERY_S = 10.0  # run_pi prints lines, not a live display: the search's progress this often

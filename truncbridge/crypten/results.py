@@ -1,4 +1,9 @@
-"""run_pi's results: one row per policy from every party's measurements, ratios, the table."""
+"""run_pi's results: one row per policy from every party's measurements, ratios, the table.
+
+The measurements are statistics only (``STATISTICS``: what each party sends rank 0 over MPI). The
+accuracy columns need the client's ids and logits at the owner: they exist only in
+``--benchmark-reveal`` runs, which every table marks INSECURE (as ``--audit`` and the owner as
+dealer)."""
 from __future__ import annotations
 
 import statistics
@@ -6,19 +11,24 @@ import statistics
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
 PER_PARTY = MEASURED + ("comm_s",)
+# what a computing party sends rank 0 after each timed run (numbers only; the audit checks it)
+STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_bytes", "dealt_requests",
+                                    "online_dealer_requests", "truncations_executed"))
+ACCURACY = ("max_abs_diff_vs_emulator", "emulated_protocol_spread", "top1_agreement_vs_float", "max_abs_diff_vs_float")
 
 
-def policy_row(policy: str, parties: int, runs: list[list[dict]], references: dict) -> dict:
+def policy_row(policy: str, parties: int, runs: list[list[dict]], references: dict | None = None,
+               logits: list | None = None) -> dict:
     """One policy's row from its repetitions (each: every computing party's measurements): median
-    online and offline wall time (each run's slowest party), the worst error over runs; rounds,
-    bytes and dealt bytes do not vary between runs."""
+    online and offline wall time (each run's slowest party); rounds, bytes and dealt bytes do not
+    vary between runs. With the client's revealed ``logits`` (one per run) and the ``references``
+    (``--benchmark-reveal`` only), the worst error over runs against the emulator and the float model."""
     walls = [max(m["wall_s"] for m in everyone) for everyone in runs]
     local = [max(m["wall_s"] - m["comm_s"] for m in everyone) for everyone in runs]  # outside communicator calls
     loopback = [max(m.get("loopback_s", m["wall_s"]) for m in everyone) for everyone in runs]
     offline = [max(m["offline_s"] for m in everyone) for everyone in runs]
-    logits = [everyone[1]["logits"].double() for everyone in runs]
-    first, refs = runs[0], references
-    return {"policy": policy, "parties": parties,
+    first = runs[0]
+    row = {"policy": policy, "parties": parties,
             "wall_s": statistics.median(walls), "wall_s_runs": walls, "local_s": statistics.median(local),
             "loopback_s": statistics.median(loopback),
             "rounds": max(m["rounds"] for m in first),
@@ -31,13 +41,33 @@ def policy_row(policy: str, parties: int, runs: list[list[dict]], references: di
             "dealt_requests": first[0]["dealt_requests"],
             "online_dealer_requests": max(m["online_dealer_requests"] for everyone in runs for m in everyone),
             "truncations_executed": first[0]["truncations_executed"],
-            "max_abs_diff_vs_emulator": (max((x - refs[policy]).abs().max().item() for x in logits)
+            "per_party": [{k: m[k] for k in PER_PARTY} for m in first]}
+    if references is not None and logits is not None:
+        row.update(accuracy(policy, [x.double() for x in logits], references))
+    return row
+
+
+def accuracy(policy: str, logits: list, refs: dict) -> dict:
+    """The revealed logits against the emulator's (exact and protocol-sampled) and the float model's."""
+    return {"max_abs_diff_vs_emulator": (max((x - refs[policy]).abs().max().item() for x in logits)
                                          if policy in refs else None),
             "emulated_protocol_spread": refs.get(f"{policy}/spread"),
             "top1_agreement_vs_float": min((x.argmax(-1) == refs["float"].argmax(-1)).double().mean().item()
                                            for x in logits),
-            "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits),
-            "per_party": [{k: m[k] for k in PER_PARTY} for m in first]}
+            "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits)}
+
+
+def insecure_modes(result: dict, audit: bool) -> list[str]:
+    """Why this run is not a private one (empty: it is): every table says so."""
+    out = []
+    if result["dealer"] == INSECURE:
+        out.append("the model owner deals and can read the client's data (--dealer owner-insecure)")
+    if result.get("benchmark_reveal"):
+        out.append("the client sent its token ids and logits to the model owner after the timed runs, for the "
+                   "accuracy columns (--benchmark-reveal)")
+    if audit:
+        out.append("every party's shares and the dealer's masks were pooled at the model owner (--audit)")
+    return out
 
 
 def add_predictions(row: dict, plan, predicted: dict) -> dict:
@@ -73,11 +103,14 @@ def _format_row(r: dict) -> str:
         return "-" if v is None else f"{v:.3g}"
 
     predicted = r.get("predicted", {}).get("wall_s")
-    return (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
+    line = (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
             f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
             f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / 1e6:>10.2f} "
-            f"{r['truncations_executed']:>6} {num(r['max_abs_diff_vs_emulator']):>10} "
-            f"{num(r['emulated_protocol_spread']):>10} {r['top1_agreement_vs_float']:>6.3f}")
+            f"{r['truncations_executed']:>6}")
+    if "top1_agreement_vs_float" not in r:
+        return line
+    return (f"{line} {num(r['max_abs_diff_vs_emulator']):>10} {num(r['emulated_protocol_spread']):>10} "
+            f"{r['top1_agreement_vs_float']:>6.3f}")
 
 
 def _network(network: dict | None) -> str:
@@ -90,6 +123,7 @@ def _network(network: dict | None) -> str:
 def format_table(result: dict) -> str:
     dealer = ("dealer: INSECURE, the model owner deals and can read the client's data" if result["dealer"] == INSECURE
               else "a separate dealer")
+    revealed = any("top1_agreement_vs_float" in r for r in result["rows"])
     lines = [f"{result['model']}, {result['parties']} computing parties and {dealer}, seq {result['seq_len']}, "
              f"{result['truncation']} truncation, {result['bounds']} bounds, "
              f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
@@ -97,17 +131,20 @@ def format_table(result: dict) -> str:
              + ("" if result.get("fuse", True) else "; products not fused with truncations")
              + ("; openings batched per round, weights' halves opened before the online phase (weights_MB)"
                 if result.get("batch", True) else "; one step at a time"),
+             *(f"INSECURE: {why}" for why in result.get("insecure", ())),
              f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} "
-             f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>6} {'vs emu':>10} "
-             f"{'emu spread':>10} {'top1':>6}"]
+             f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>6}"
+             + (f" {'vs emu':>10} {'emu spread':>10} {'top1':>6}" if revealed else "")]
     lines += [_format_row(r) for r in result["rows"]]
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
         lines.append(f"{name}: {parts}")
     if "audit" in result:
         a = result["audit"]
-        verdict = "; ".join(a["findings"][:3]) or "every receipt is a share, a fresh-masked opening or the client's output"
+        mpi = "statistics and the revealed data" if result.get("benchmark_reveal") else "statistics only"
+        verdict = "; ".join(a["findings"][:3]) or ("every receipt is a share, a fresh-masked opening or the client's "
+                                                   f"output; over MPI after set-up, {mpi}")
         more = f" (+{a['finding_count'] - 3} more)" if a["finding_count"] > 3 else ""
-        lines.append(f"audit: {a['openings']} openings, {a['masks_used']} masks, "
-                     f"output received by {a['output_receivers']}: {verdict}{more}")
+        lines.append(f"audit: {a['openings']} openings, {a['masks_used']} masks, {a.get('mpi_receipts', 0)} MPI "
+                     f"receipts, output received by {a['output_receivers']}: {verdict}{more}")
     return "\n".join(lines)

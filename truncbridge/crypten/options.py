@@ -1,0 +1,107 @@
+"""run_pi's command line (``session.py`` runs it): the same argv on every rank, checked alike, so
+rank 0 speaks for all on a usage error. The client's own arguments (``--prompt``, ``--text``,
+``--client-output``) are read on the client's rank only."""
+from __future__ import annotations
+
+import argparse
+
+from ..cli_args import add_precision_tolerance
+from ..core.errors import ArgumentParser, UserError
+from ..core.protocols import load_network
+from ..core.types import POLICIES as PLAN_POLICIES
+from .dealer import DEALERS
+from .results import INSECURE
+from .truncation import PROTOCOLS
+
+POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from ..frontend.models import MODEL_NAMES
+
+    p = ArgumentParser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
+                "(mpirun -n 3: owner, client, dealer; -n 4: owner, client, helper, dealer).")
+    p.add_argument("--model", default="default", help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory")
+    p.add_argument("--seq-len", type=int, default=32,
+                   help="tokens in the client's input, public (default 32): a longer prompt keeps its last ones, a "
+                        "shorter one is right-padded")
+    _client_arguments(p)
+    p.add_argument("--policy", default="eager,lazy,optimal,vanilla", help="comma-separated subset of " + ",".join(POLICIES))
+    p.add_argument("--truncation", default="exact", choices=PROTOCOLS,
+                   help="exact: truncbridge's 1-round exact protocol (default); crypten: CrypTen's own div")
+    p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
+    p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
+    add_precision_tolerance(p)
+    p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
+                   "wall_s is the median (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per party (default: this host's cores / parties on it, at least 1)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a party waits on a peer before giving up (default 30)")
+    p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
+    p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
+                   help="vanilla only: rsqrt(x) = s * inv_sqrt(s^2 x), the hand-made workaround for CrypTen's "
+                        "inv_sqrt range (default 1: CrypTen as is)")
+    p.add_argument("--network", default=None,
+                   help="emulate a network in software: lan, mid, wan (protocols/networks.json) or rtt=MS,bw=MBIT; each "
+                        "communicator call of the online phase waits its round trip and bytes (default: none, as is)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="exact truncation: open every product on its own instead of letting it ride on a "
+                        "truncation's opening (to measure what fusing buys)")
+    p.add_argument("--no-batch", dest="batch", action="store_false",
+                   help="open one step at a time, as CrypTen does, instead of every opening ready in the same "
+                        "round in one message (to measure what batching buys)")
+    p.add_argument("--dealer", default="separate", choices=DEALERS,
+                   help="separate: the last rank deals and receives only sizes (default); owner-insecure: the model "
+                        "owner deals and can read the client's data (a benchmark setting, marked in every table)")
+    p.add_argument("--audit", action="store_true",
+                   help="INSECURE test/debug: pool every party's view and the dealer's masks at rank 0 and check that every "
+                        "receipt is a share, a fresh-masked opening or the client's output, and every MPI receipt after "
+                        "set-up a statistic (reveals everything to rank 0; marked in every table)")
+    p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
+    return _checked(p.parse_args(argv))
+
+
+def _checked(args: argparse.Namespace) -> argparse.Namespace:
+    args.policies = list(dict.fromkeys(x.strip() for x in args.policy.split(",") if x.strip()))
+    bad = [x for x in args.policies if x not in POLICIES]
+    if bad or not args.policies:
+        raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")
+    if args.seq_len < 2:
+        raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.client_output_logits and not args.client_output:
+        raise UserError("--client-output-logits needs --client-output PATH")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.timeout <= 0 or args.silence <= 0:
+        raise UserError("--timeout and --silence must be positive")
+    if args.network is not None:
+        args.network = load_network(args.network)
+    return args
+
+
+
+def computing_parties(size: int, dealer: str) -> int:
+    parties = size - 1 if dealer == "separate" else size
+    if parties not in (2, 3):
+        raise UserError(f"run_pi needs 2 or 3 computing parties and a dealer: mpirun -n 3 or -n 4 "
+                        f"(or -n 2|3 with --dealer {INSECURE}); got {size} process{'es' if size != 1 else ''}")
+    return parties
+
+
+def _client_arguments(p) -> None:
+    """The client's input and output (``client.py``), and the benchmark that pools them."""
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--prompt", help="the client's input text, read on the client's rank only (default: the model's "
+                       "held-out text). mpirun's one command line gives every rank the same argv: see --text")
+    given.add_argument("--text", metavar="FILE", help="the client's input, a UTF-8 file read on the client's rank "
+                       "only (it need not exist on other hosts)")
+    p.add_argument("--client-output", metavar="PATH",
+                   help="the client writes its result here (JSON, on its own rank): input ids, top tokens")
+    p.add_argument("--client-output-logits", action="store_true", help="--client-output also holds the logits")
+    p.add_argument("--benchmark-reveal", action="store_true",
+                   help="INSECURE benchmark: after the timed runs the client sends its token ids and logits to the "
+                        "model owner, which measures them against the emulator and the float model (the accuracy "
+                        "columns; marked in every table)")
