@@ -354,6 +354,15 @@ def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_pa
         assert re.search(rf"party {survivor} \(\w+\) stops: party 0 \(model owner\) was lost", log), log[-3000:]
 
 
+def test_a_killed_dealer_is_named_as_the_dealer(tmp_path):
+    """The dealer dies between the timed runs: party 0, whose next dealing fails, names the dealer
+    (not itself, not a computing peer), and the others stop on its report."""
+    status, log, seconds = start_and_hurt(tmp_path, 3, signal.SIGKILL, "--enable-recovery")
+    assert status != 0 and seconds < 60
+    assert re.search(r"party 0 \(model owner\) stops: party 3 \(dealer\) was lost", log), log[-3000:]
+    assert "party 0 (model owner) failed" not in log and "party 0 (model owner) was lost" not in log, log[-3000:]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--policy", "bogus"], "unknown policy bogus"),
     (["--seq-len", "1"], "--seq-len must be at least 2"),

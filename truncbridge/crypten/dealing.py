@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -44,8 +45,8 @@ def install_provider(crypten, dealer: str, audit: bool = False) -> DealtProvider
         key = randomness.recv_key(comm.get_ttp_rank(), comm.ttp_group)  # sent by serve()
 
         def fetch(requests):
-            sent = _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
             try:
+                sent = _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
                 fixes, received = _recv(comm.get_ttp_rank(), comm.ttp_group)
             except RuntimeError as exc:  # name the dealer, not this party, as the one lost
                 raise DealerLost(f"{role(comm.get_ttp_rank(), comm.get_world_size())} was lost: {first_line(exc)}") from exc
@@ -147,6 +148,7 @@ def run_dealer(audit: bool = False, linger_s: float = 5.0, startup_s: float = 60
     starting.daemon = True
     starting.start()
     crypten.init()
+    print(f"truncbridge: {me} pid {os.getpid()} started", file=sys.stderr, flush=True)
     store = c10d._get_default_store()
     threading.Thread(target=_watch_store, args=(store, stop, done), name="truncbridge-dealer-watch", daemon=True).start()
     try:
