@@ -33,4 +33,4 @@ def test_a_dealer_whose_parties_never_start_says_so_and_ends(tmp_path):
 def test_without_its_start_up_limit_the_dealer_would_wait(tmp_path):
     """Negative control: a limit longer than the test's patience keeps it waiting."""
     with pytest.raises(subprocess.TimeoutExpired):
-        start_dealer_alone(tmp_path, 600, 10)
+        start_dealer_alone(tmp_path, 600, 5)

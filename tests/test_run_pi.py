@@ -195,24 +195,18 @@ def test_the_client_alone_reads_its_input_and_holds_its_output(tmp_path):
     assert got["next_token"] == logits[-1].argmax().item() and got["top"][0]["text"] == tokenizer.decode([got["next_token"]])
 
 
-@pytest.mark.parametrize("dealer,processes", [("owner-insecure", 2), ("separate", 3)])
-def test_the_owner_reads_the_client_tokens_only_when_it_deals(dealer, processes, tmp_path):
-    """The attack: from the first opening of one_hot @ embedding, the owner adds the mask if it
-    knows it. As dealer it recovers every token id; with a separate dealer, chance level.
+def test_the_owner_reads_the_client_tokens_when_it_deals(tmp_path):
+    """The owner as dealer (--dealer owner-insecure) adds the mask it dealt to the first opening of
+    one_hot @ embedding and recovers every token id. With the separate dealer the owner has no
+    mask to add; a stronger attacker, who models the generator, is tests/test_attacks.py's.
 
-    The owner-insecure run is also the audit's control (party 0 receives openings whose masks it
-    dealt) and, one step at a time (--no-batch), the control for the batched rounds above: every
-    step opens on its own, and the weights' halves go online with their products."""
-    owner_deals = dealer == "owner-insecure"
-    result, output = run_json(tmp_path, processes, "attack", *TINY, "--policy", "eager", "--audit", "--dealer", dealer,
-                              "--benchmark-reveal", *(["--no-batch"] if owner_deals else []), script=VARIANTS)
+    This run is also the audit's control (party 0 receives openings whose masks it dealt) and,
+    one step at a time (--no-batch), the control for the batched rounds above: every step opens on
+    its own, and the weights' halves go online with their products."""
+    result, output = run_json(tmp_path, 2, "attack", *TINY, "--policy", "eager", "--audit", "--dealer", "owner-insecure",
+                              "--benchmark-reveal", "--no-batch", script=VARIANTS)
     recovered, total = map(int, re.search(r"owner recovered (\d+) of (\d+) token ids", output).groups())
-    assert total == 16
-    if not owner_deals:
-        assert recovered <= 2  # 16 guesses among 1024 ids
-        assert result["audit"]["findings"] == []
-        return
-    assert recovered == total
+    assert recovered == total == 16
     audit = result["audit"]
     assert any("party 0 receives an opening whose mask it knows" in f for f in audit["findings"]), audit["findings"][:5]
     assert "INSECURE" in output  # the table says so
