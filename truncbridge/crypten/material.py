@@ -48,7 +48,7 @@ PRODUCTS = {"mul": torch.mul, "matmul": torch.matmul}
 KINDS = ("additive", "square", "binary", "wraps", "B2A", "trunc")
 MAX_ELEMENTS = 1 << 28  # per component (2 GiB of int64): far above any plan run here, far below harm
 MAX_DEGREE = 8  # powers of r >> k a truncation's opening carries (core.fusion carries at most a few)
-MAX_SHIFT = 62
+MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 
 def validate(req: tuple) -> None:

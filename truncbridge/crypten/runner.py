@@ -37,11 +37,10 @@ from . import openings
 from . import truncation as protocols
 from .batched import Batched
 from .compat import import_crypten
+from .material import MAX_SHIFT
 from .roles import CLIENT, OWNER
 from .shares import add_public, share_from
 from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
-
-MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 
 class PlanRunner(Batched):
