@@ -72,7 +72,7 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import torch  # noqa: E402
 from mt_clone import recover_draws  # noqa: E402
 
-from truncbridge.crypten import audit, mpi, randomness, session  # noqa: E402
+from truncbridge.crypten import audit, client, mpi, options, randomness, session  # noqa: E402
 
 HELD: dict[int, dict[str, torch.Tensor]] = {}  # this process's own dealt shares of each triple, by dealing index
 
@@ -165,7 +165,7 @@ def attacks(pooled: list[dict], parties: int, model) -> None:
     start = time.perf_counter()
     ids, cloned, index = owner_reads_tokens(logs[0], vocab)
     seconds = time.perf_counter() - start
-    truth = session.client_window(model, len(ids))  # scoring only
+    truth = client.client_window(model, len(ids))  # scoring only
     say(f"owner recovered {int((ids == truth).sum())} of {len(ids)} token ids "
         f"({'cloned the client stream' if cloned else 'no clone'}, {seconds:.2f} s; triple #{index} of the run)")
 
@@ -183,7 +183,7 @@ def main() -> None:
         randomness.select(argv[1])
         argv = argv[2:]
     print(f"mt_attack: generator {randomness.selected()}", file=sys.stderr, flush=True)
-    args = session.parse_args(argv)
+    args = options.parse_args(argv)
     if not args.audit:
         raise SystemExit("mt_attack needs --audit (it keeps each party's view)")
     digest = audit.digest

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-from truncbridge.crypten import audit, dealer, mpi, openings, session, truncation  # noqa: E402
+from truncbridge.crypten import audit, client, dealer, mpi, openings, options, session, truncation  # noqa: E402
 from truncbridge.crypten.shares import add_public  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def attack(pooled: list[dict], vocab: int) -> None:
     known = pooled[0]["masks"]  # the masks party 0 dealt itself (owner-insecure), else None
     guess = epsilon + known[first.masks[0]][1]["a"] if known is not None else epsilon
     ids = guess.reshape(-1, vocab).argmax(-1)
-    truth = session.client_window(session_model(), len(ids))
+    truth = client.client_window(session_model(), len(ids))
     print(f"owner recovered {int((ids == truth).sum())} of {len(ids)} token ids", file=sys.stderr, flush=True)
 
 
@@ -114,7 +114,7 @@ def main() -> int:
     elif variant == "attack":
         digest = audit.digest
         audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash
-        ARGS = session.parse_args(argv)
+        ARGS = options.parse_args(argv)
         summary = session.audit_summary
 
         def summary_and_attack(pooled, parties, dealer_mode):

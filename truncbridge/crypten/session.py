@@ -29,10 +29,10 @@ import torch
 from ..core.errors import UserError
 from . import mpi
 from .audit import findings, mpi_findings
-from .client import client_input, client_window  # noqa: F401 - client_window: the attack test's ground truth
+from .client import client_input
 from .client import report as client_report
 from .dealing import run_dealer
-from .options import POLICIES, computing_parties, parse_args  # noqa: F401 - POLICIES, parse_args: for callers
+from .options import computing_parties, parse_args
 from .owner import make_plans, predictions, references
 from .party import Party
 from .results import INSECURE, add_predictions, format_table, insecure_modes, policy_row, ratios
