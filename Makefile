@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) torch==$(TORCH_VERSION)
 	$(PIP) -e '.[test,mpc]' transformers==$(TRANSFORMERS_VERSION)
 	# crypten 0.4.1 declares the dead `sklearn` package: install it without deps (its real needs
-	# come from the `mpc` extra above); truncbridge.crypten.compat makes it import on this torch.
+	# come from the `mpc` extra above); truncbridge.backends.crypten.compat makes it import on this torch.
 	$(PIP) --no-deps crypten==0.4.1
 	touch $(STAMP)
 

@@ -10,14 +10,14 @@ Rank 0 owns the weights, rank 1 is the client: only rank 1 reads --prompt / --te
 logits; it prints its top tokens and writes them with --client-output. Rank 0 prints one row per
 policy (wall_s, rounds, bytes, truncations_executed: statistics only) and the lazy/eager,
 optimal/eager ratios; --benchmark-reveal (INSECURE) adds max_abs_diff_vs_emulator and
-top1_agreement_vs_float. See truncbridge/crypten/session.py and client.py.
+top1_agreement_vs_float. See truncbridge/pi/session.py and client.py.
 """
 import os
 
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # a lost peer is reported by truncbridge in one line
 
-from truncbridge.crypten.mpi import leave  # noqa: E402
-from truncbridge.crypten.session import main  # noqa: E402
+from truncbridge.pi.mpi import leave  # noqa: E402
+from truncbridge.pi.session import main  # noqa: E402
 
 if __name__ == "__main__":
     leave(main())

@@ -3,7 +3,7 @@ own views (start it under mpirun like run_pi.py; ``--audit`` is required, it kee
 
     mpirun -n 3 python tests/mt_attack.py [--generator mt19937-insecure|aes-ctr] [run_pi arguments] --audit
 
-``--generator`` picks ``truncbridge.crypten.randomness``'s stream kind in every process (default:
+``--generator`` picks ``truncbridge.backends.crypten.randomness``'s stream kind in every process (default:
 the package's default, AES-256-CTR); ``mt19937-insecure`` is the generator the protocol used
 before (torch's MT19937 seeded with 64 bits of which it keeps 32), kept only for this test.
 
@@ -72,7 +72,8 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import torch  # noqa: E402
 from mt_clone import recover_draws  # noqa: E402
 
-from truncbridge.crypten import audit, client, mpi, options, randomness, session  # noqa: E402
+from truncbridge.backends.crypten import randomness  # noqa: E402
+from truncbridge.pi import audit, client, mpi, options, session  # noqa: E402
 
 HELD: dict[int, dict[str, torch.Tensor]] = {}  # this process's own dealt shares of each triple, by dealing index
 

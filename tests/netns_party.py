@@ -37,7 +37,7 @@ def main() -> None:
 
     rank = MPI.COMM_WORLD.Get_rank()
     enter_namespace(f"{os.environ['TRUNCBRIDGE_TEST_NETNS']}-{rank}")
-    from truncbridge.crypten import mpi, session
+    from truncbridge.pi import mpi, session
 
     mpi.leave(session.main(sys.argv[1:]))
 

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-from truncbridge.crypten import audit, client, dealer, mpi, openings, options, session, truncation  # noqa: E402
-from truncbridge.crypten.shares import add_public  # noqa: E402
+from truncbridge.backends.crypten import dealer, openings, truncation  # noqa: E402
+from truncbridge.backends.crypten.shares import add_public  # noqa: E402
+from truncbridge.pi import audit, client, mpi, options, session  # noqa: E402
 
 
 def unmasked(x, r, ast_cls, rank):

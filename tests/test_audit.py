@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from truncbridge.crypten.audit import OFFSET_BITS, Opening, digest, findings
+from truncbridge.pi.audit import OFFSET_BITS, Opening, digest, findings
 
 GEN = torch.Generator().manual_seed(7)
 
@@ -168,7 +168,7 @@ def receipt(kind: str, what, setup: bool = False, rank: int = 0, source: int = 1
 
 
 def test_mpi_describe_keeps_shapes_not_values():
-    from truncbridge.crypten.mpi import describe
+    from truncbridge.pi.mpi import describe
 
     assert describe({"rounds": 5, "wall_s": 0.1, "logits": torch.zeros(16, 8)}, "stats") == \
         {"rounds": "int", "wall_s": "float", "logits": "tensor(16, 8)"}
@@ -178,7 +178,7 @@ def test_mpi_describe_keeps_shapes_not_values():
 
 
 def test_mpi_receipts_are_set_up_material_statistics_or_announced():
-    from truncbridge.crypten.audit import mpi_findings
+    from truncbridge.pi.audit import mpi_findings
 
     fine = [receipt("hosts", "str", setup=True), receipt("address", "str", setup=True, rank=1, source=0),
             receipt("plans", {"eager": "redacted plan"}, setup=True, rank=2, source=0),

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from truncbridge.crypten.client import ClientInputError, client_input, fit, report
-from truncbridge.crypten.results import ACCURACY, STATISTICS, format_table, insecure_modes, policy_row
 from truncbridge.frontend.models import DEFAULT_MODEL_DIR
+from truncbridge.pi.client import ClientInputError, client_input, fit, report
+from truncbridge.pi.results import ACCURACY, STATISTICS, format_table, insecure_modes, policy_row
 
 
 def test_fit_keeps_the_last_tokens_or_pads_on_the_right():

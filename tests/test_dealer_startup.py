@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from truncbridge.crypten.roles import EXIT_LOST
+from truncbridge.backends.crypten.roles import EXIT_LOST
 
-DEALER = "import sys; from truncbridge.crypten.dealing import run_dealer; run_dealer(startup_s=float(sys.argv[1]), linger_s=0)"
+DEALER = ("import sys; from truncbridge.backends.crypten.dealing import run_dealer; "
+          "run_dealer(startup_s=float(sys.argv[1]), linger_s=0)")
 
 
 def start_dealer_alone(tmp_path, startup_s: float, wait_s: float) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ SUB = ops.OpSpec("sub", "local", 2, "max", real=lambda xs, n, p: xs[0] - xs[1], 
 
 
 def test_every_backend_serves_every_kind():
-    from truncbridge.crypten.runner import PlanRunner  # imports CrypTen, runs nothing
+    from truncbridge.backends.crypten.runner import PlanRunner  # imports CrypTen, runs nothing
 
     for backend in (RealBackend, RingBackend, PlanRunner):
         assert [k for k in ops.KINDS if not callable(getattr(backend, k, None))] == [], backend.__name__

@@ -160,8 +160,8 @@ def test_the_client_alone_reads_its_input_and_holds_its_output(tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from truncbridge.crypten.results import ACCURACY, STATISTICS
     from truncbridge.frontend.models import DEFAULT_MODEL_DIR, load_model
+    from truncbridge.pi.results import ACCURACY, STATISTICS
 
     text, absent = tmp_path / "client-text.txt", tmp_path / "not-on-this-host.txt"
     text.write_text(TEXT)
@@ -250,8 +250,8 @@ def test_the_client_keeps_the_reason_its_input_failed(tmp_path):
 
 
 def test_a_plan_with_an_impossible_shift_is_refused_up_front():
+    from truncbridge.backends.crypten.runner import PlanRunner
     from truncbridge.core.errors import UserError
-    from truncbridge.crypten.runner import PlanRunner
 
     from crypten_party import plan_for
 
@@ -397,7 +397,7 @@ class FakeStore:
 
 
 def watchdog(rank: int, world: int, monkeypatch):
-    from truncbridge.crypten.party import Party
+    from truncbridge.pi.party import Party
 
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world))
@@ -463,8 +463,8 @@ def test_a_stopping_party_lingers_until_the_launchers_sigterm(monkeypatch):
 def test_a_party_that_cannot_print_its_line_still_ends(monkeypatch):
     """mpirun gone, stderr a broken pipe: the stop line raises, and the process must end all the
     same — the other thread may be asleep in ``_exit``, waiting for this one to end it."""
-    from truncbridge.crypten import roles as module
-    from truncbridge.crypten.roles import EXIT_LOST
+    from truncbridge.backends.crypten import roles as module
+    from truncbridge.backends.crypten.roles import EXIT_LOST
 
     party, ended = watchdog(1, 3, monkeypatch), []
 

@@ -156,7 +156,7 @@ class OneParty:  # an ArithmeticSharedTensor of one party: its share is the valu
 def one_party_material(monkeypatch, r: torch.Tensor, bs: list[torch.Tensor] = ()):
     """The dealer's own derivation (``material.derive``) of the exact truncation's material from
     chosen masks, handed to one party (whose shares are the values)."""
-    from truncbridge.crypten import material, truncation
+    from truncbridge.backends.crypten import material, truncation
 
     def deal(size, k, others=(), degree=1, other_degrees=(), pairs=()):
         req = material.request_key("trunc", size, k, others, degree, other_degrees, pairs)
@@ -167,9 +167,9 @@ def one_party_material(monkeypatch, r: torch.Tensor, bs: list[torch.Tensor] = ()
 
 
 def test_exact_msb_matches_the_protocol_code_bit_for_bit(monkeypatch):
-    """Drift guard: truncbridge.crypten.truncation.exact_truncate on one party, fed the same r
+    """Drift guard: truncbridge.backends.crypten.truncation.exact_truncate on one party, fed the same r
     (what the dealer deals: r, r >> k unsigned, msb(r))."""
-    from truncbridge.crypten import truncation
+    from truncbridge.backends.crypten import truncation
 
     x = torch.cat([randint(-(2**63), 2**63 - 1, 5000, 14), randint(-LIMIT, LIMIT, 5000, 15), torch.tensor(EDGES)])
     for shift in (1, 8, K, 40, 62):
@@ -186,7 +186,7 @@ def test_products_carried_by_a_truncation_are_exact(monkeypatch, shift):
     y²·z, and terms with two opened operands: y·z·v, (y·z)·(y·v), y·z². Negative controls:
     without its m·h^0·b term (dropped from the material) y·z differs, and without b0·b1 y·z·v does;
     a third operand in one term is refused."""
-    from truncbridge.crypten import truncation
+    from truncbridge.backends.crypten import truncation
 
     gen = torch.Generator().manual_seed(shift)
     x = torch.cat([torch.tensor(EDGES), randint(-LIMIT, LIMIT, 4000, shift)])[:4000].view(-1, 8)  # edges first

@@ -108,7 +108,7 @@ def trunc_crypten_wraps(x: torch.Tensor, shift: int, generator: torch.Generator)
 
 
 def trunc_exact_msb(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """truncbridge.crypten.truncation.exact_truncate: open c = x + 2^62 + r for a dealer's uniform r
+    """truncbridge.backends.crypten.truncation.exact_truncate: open c = x + 2^62 + r for a dealer's uniform r
     (shared with r >> k and msb(r)), the wrap of c is msb(r) AND NOT msb(c). Equal to
     floor(x / 2^k) + [x mod 2^k + r mod 2^k >= 2^k] (stochastic rounding) for |x| < 2^62 — no
     2^(k-1) offset — and, like the protocol, wrong outside that range."""

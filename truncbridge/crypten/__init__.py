@@ -18,14 +18,14 @@ inside an authenticated, encrypted network (a VPN or TLS tunnel).
     model = tbc.PlanModule(plan).encrypt(src=0)
     y = model(crypten.cryptensor(x, src=1))     # an MPCTensor in CrypTen's own encoding
 
-Modules: ``compat`` (import alias), ``material`` / ``dealer`` / ``dealing`` (the dealer),
-``truncation`` (truncation protocols on shares), ``runner`` (the plan as CrypTen computation),
-``module`` (the plan as a ``crypten.nn.Module``), ``vanilla`` (the same model with CrypTen's own
-functions), ``audit`` (mask accounting), ``party`` / ``mpi`` / ``session`` (run_pi under mpirun).
+This package is what a CrypTen program imports: ``module`` (the plan as a ``crypten.nn.Module``) and
+``vanilla`` (the same model with CrypTen's own functions, for comparison). The protocol itself lives in
+``truncbridge.backends.crypten`` (on ``core`` alone: runner, truncations, openings, dealer,
+randomness); the mpirun driver of ``launch/run_pi.py`` in ``truncbridge.pi``.
 """
-from .compat import import_crypten
+from ..backends.crypten.compat import import_crypten
+from ..backends.crypten.runner import PlanRunner
 from .module import PlanModule, init
-from .runner import PlanRunner
 from .vanilla import VanillaRunner
 
 __all__ = ["import_crypten", "init", "PlanModule", "PlanRunner", "VanillaRunner"]

@@ -21,9 +21,9 @@ import os
 import sys
 from datetime import timedelta
 
-from .compat import import_crypten
-from .dealing import configure, install_provider
-from .roles import CLIENT, OWNER
+from ..backends.crypten.compat import import_crypten
+from ..backends.crypten.dealing import configure, install_provider
+from ..backends.crypten.roles import CLIENT, OWNER
 
 crypten = import_crypten()
 
@@ -36,7 +36,7 @@ def init(dealer: str = "separate", timeout_s: float = 60.0):
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if dealer == "separate" and rank == world:
-        from .dealing import run_dealer
+        from ..backends.crypten.dealing import run_dealer
 
         run_dealer(startup_s=timeout_s)
         sys.stdout.flush()
@@ -53,8 +53,8 @@ class PlanModule(crypten.nn.Module):
 
     def __init__(self, plan, truncation: str = "exact", client: int = CLIENT):
         super().__init__()
+        from ..backends.crypten.runner import PlanRunner
         from ..core.errors import UserError
-        from .runner import PlanRunner
 
         if len(plan.program.inputs) != 1 or len(plan.program.outputs) != 1:
             raise UserError("PlanModule takes a plan with one input and one output")
@@ -89,7 +89,7 @@ def _rescale(ast, have: int, want: int):
     truncation down."""
     from crypten.mpc.primitives import ArithmeticSharedTensor as AST
 
-    from . import truncation
+    from ..backends.crypten import truncation
 
     share = AST.from_shares(ast.share, precision=0)
     if want > have:

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backends.crypten.compat import import_crypten
+from ..backends.crypten.roles import OWNER
 from ..core.errors import UserError
 from ..frontend.calibrate import MASK_VALUE
 from ..frontend.capture import Captured
 from ..frontend.recipes import power
 from ..frontend.walk import GraphWalk, TokenIds, aten_name, flatten_args
-from .compat import import_crypten
-from .roles import OWNER
 
 aten = torch.ops.aten
 # Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.ring import logical_shift
+from ...core.ring import logical_shift
 
 
 @dataclass(frozen=True)

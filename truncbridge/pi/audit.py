@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .material import combine
+from ..backends.crypten.material import combine
+from ..backends.crypten.roles import CLIENT, OWNER
+from ..backends.crypten.truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 from .results import STATISTICS
-from .roles import CLIENT, OWNER
-from .truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 
 
 def digest(t: torch.Tensor) -> str:
@@ -103,7 +103,7 @@ def instrument(log: OpeningLog) -> None:
     """Route CrypTen's opening steps and truncbridge's exact truncation through ``log``."""
     from crypten.mpc.primitives import beaver
 
-    from . import openings, truncation
+    from ..backends.crypten import openings, truncation
 
     def wrap(module, name, kind, secret_args, more=lambda kwargs: (), part=False):
         original = vars(module)[name]

@@ -164,7 +164,7 @@ def _stream_for(generator, device):
         device = torch.device(device or "cpu")
         generator = crypten.generators["local"][device]
     if not hasattr(generator, "ring"):
-        raise TypeError(f"protocol randomness must come from truncbridge.crypten.randomness, not {type(generator).__name__}")
+        raise TypeError(f"protocol randomness must come from backends/crypten/randomness.py, not {type(generator).__name__}")
     return generator
 
 

@@ -26,18 +26,18 @@ from pathlib import Path
 
 import torch
 
+from ..backends.crypten.dealing import run_dealer
+from ..backends.crypten.roles import CLIENT, OWNER, role
 from ..core.errors import UserError
+from ..crypten.vanilla import CountDivisions
 from . import mpi
 from .audit import findings, mpi_findings
 from .client import client_input
 from .client import report as client_report
-from .dealing import run_dealer
 from .options import computing_parties, parse_args
 from .owner import make_plans, predictions, references
 from .party import Party
 from .results import INSECURE, add_predictions, format_table, insecure_modes, policy_row, ratios
-from .roles import CLIENT, OWNER, role
-from .vanilla import CountDivisions
 
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
 
@@ -109,8 +109,8 @@ def _setup(comm, args, parties: int, say) -> dict:
 
 
 def _runner(policy: str, setup: dict, args):
-    from .runner import PlanRunner
-    from .vanilla import VanillaRunner
+    from ..backends.crypten.runner import PlanRunner
+    from ..crypten.vanilla import VanillaRunner
 
     if policy == "vanilla":
         return VanillaRunner(setup["captured"], rsqrt_scale=args.vanilla_rsqrt_scale)

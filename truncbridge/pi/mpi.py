@@ -23,8 +23,8 @@ import socket
 import sys
 import time
 
+from ..backends.crypten.roles import announce_stop
 from ..core.errors import UserError, first_line
-from .roles import announce_stop
 
 DATA_TAG = 11
 FAIL_TAG = 13

@@ -34,12 +34,12 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ..backends.crypten.compat import import_crypten
+from ..backends.crypten.dealing import DealerLost, configure, install_provider
+from ..backends.crypten.roles import role, stop_process
 from ..core.errors import first_line
 from .audit import OpeningLog, instrument
-from .compat import import_crypten
-from .dealing import DealerLost, configure, install_provider
 from .link import Link
-from .roles import role, stop_process
 
 HEARTBEAT_S = 0.2
 QUICK_SILENCE_S = 2.0  # silence that names a peer once a receive has already failed

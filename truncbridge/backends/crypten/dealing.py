@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import torch
 
-from ..core.errors import first_line
+from ...core.errors import first_line
 from . import randomness
 from .dealer import DEALERS, DealerCore, DealtProvider
 from .roles import role, stop_process

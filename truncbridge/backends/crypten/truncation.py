@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
-from ..core.ring import logical_shift
+from ...core.ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
+from ...core.ring import logical_shift
 from . import openings
 from .openings import Pending
 from .shares import add_public

@@ -8,8 +8,8 @@ of the Beaver products they enter (``openings.half_opened``), in one message.
 """
 from __future__ import annotations
 
-from ..core.ops import spec
-from ..core.waves import LOCAL, OPENS, STEPS, waves, weight_side
+from ...core.ops import spec
+from ...core.waves import LOCAL, OPENS, STEPS, waves, weight_side
 from . import openings
 from . import truncation as protocols
 

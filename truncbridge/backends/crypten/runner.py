@@ -27,12 +27,12 @@ from collections import Counter
 
 import torch
 
-from ..core.errors import UserError
-from ..core.fusion import AFFINE, carried
-from ..core.interpret import interpret
-from ..core.ring import Ring
-from ..core.types import Plan
-from ..core.waves import input_independent
+from ...core.errors import UserError
+from ...core.fusion import AFFINE, carried
+from ...core.interpret import interpret
+from ...core.ring import Ring
+from ...core.types import Plan
+from ...core.waves import input_independent
 from . import openings
 from . import truncation as protocols
 from .batched import Batched

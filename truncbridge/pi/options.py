@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..backends.crypten.dealer import DEALERS
+from ..backends.crypten.truncation import PROTOCOLS
 from ..cli_args import add_precision_tolerance
 from ..core.errors import ArgumentParser, UserError
 from ..core.protocols import load_network
 from ..core.types import POLICIES as PLAN_POLICIES
-from .dealer import DEALERS
 from .results import INSECURE
-from .truncation import PROTOCOLS
 
 POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
 
