@@ -70,6 +70,62 @@ class Program:
                 out[i].append(n.id)
         return out
 
+    def __str__(self) -> str:
+        return self.text()
+
+    def text(self, bits: dict[int, int] | None = None) -> str:
+        """One line per node, in order, for reading a program and stating a pass's before and after:
+
+            %3 = trunc %2 [4,4] scale=12 bits=17 shift=12
+            %5 = mul_public %4 [4,4] scale=24 const_scale=12 value=0.37  # layers.0.mlp:mul [gelu]
+            %6 = move %5 [4,4] scale=12 permute($0,[1,0])
+
+        the node's op, inputs, shape, scale once placed, ``bits[id]`` where given (e.g. a plan's
+        ``bound_bits``), its attrs in name order (those at their default left out: a truncation's
+        nearest rounding, an input's integer=False; a public constant by its value when it is one
+        number, else by its name and shape; a data move as its ATen call), a declared bound, and
+        its origin and recipe as a comment."""
+        return "\n".join(self._line(n, bits) for n in self.nodes)
+
+    def _line(self, node: Node, bits: dict[int, int] | None) -> str:
+        head = f"%{node.id} = {node.op}" + "".join(f"{',' if k else ''} %{i}" for k, i in enumerate(node.inputs))
+        fields = ["[" + ",".join(map(str, node.shape)) + "]"]
+        if node.scale is not None:
+            fields.append(f"scale={node.scale}")
+        if bits is not None and node.id in bits:
+            fields.append(f"bits={bits[node.id]}")
+        attrs = {k: v for k, v in node.attrs.items() if _DEFAULT_ATTRS.get(k, _NO_DEFAULT) != v}
+        if node.op == "move":
+            kwargs = ",".join(f"{k}={_compact(v)}" for k, v in sorted(attrs.pop("kwargs", {}).items()))
+            call = _compact(attrs.pop("args"))[1:-1] + (f",{kwargs}" if kwargs else "")
+            fields.append(f"{attrs.pop('fn').split('.')[-2]}({call})")
+        fields += [self._attr(k, v) for k, v in sorted(attrs.items())]
+        if node.facts.bound is not None:
+            fields.append(f"bound={node.facts.bound:.6g}")
+        where = node.origin + (f" [{node.recipe}]" if node.recipe else "")
+        return " ".join([head, *fields]) + (f"  # {where}" if where else "")
+
+    def _attr(self, key: str, value: Any) -> str:
+        if key == "const":
+            c = self.consts[value]
+            return f"value={c.item():.6g}" if c.numel() == 1 else f"const={value}[{','.join(map(str, c.shape))}]"
+        return f"{key}={_compact(value)}"
+
+
+_NO_DEFAULT = object()
+_DEFAULT_ATTRS = {"rounding": "nearest", "integer": False}  # left out of a node's text
+
+
+def _compact(value: Any) -> str:
+    """An attribute value without spaces: lists as [a,b], floats to 6 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_compact(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_compact(v)}" for k, v in sorted(value.items())) + "}"
+    return str(value)
+
 
 def resolve_args(template: Any, tensors: list[Any], consts: dict[str, Any]) -> Any:
     """Replace "$i" by ``tensors[i]`` and "@name" by ``consts[name]`` inside a nested arg template."""
