@@ -50,7 +50,7 @@ def bench_placement(converted, time_limit: float) -> None:
     base = None
     for policy in ("eager", "lazy", "optimal"):
         t = time.perf_counter()
-        plan = build_plan(converted, plan_config(policy, 64, 16, time_limit_s=time_limit))
+        plan = build_plan(converted, plan_config(policy, time_limit_s=time_limit))
         wall = time.perf_counter() - t
         c = plan.counts()
         base = base or c
@@ -64,7 +64,7 @@ def bench_placement(converted, time_limit: float) -> None:
 
 
 def bench_emulator(loaded, converted, seq_len: int, windows: int, repeat: int, convert_s: float) -> None:
-    plan = build_plan(converted, plan_config("eager", 64, 16))
+    plan = build_plan(converted, plan_config("eager"))
     w = tokenize_windows(loaded.tokenizer, loaded.heldout_text, seq_len, windows)
     runs = [emulate(loaded.model, plan, w, check=False) for _ in range(repeat)]
     fl = min(r.time_float for r in runs)

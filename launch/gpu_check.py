@@ -51,7 +51,7 @@ def check_model(name: str, args, device: torch.device) -> bool:
     inputs = [{"tokens": one_hot(w[None], vocab_size(loaded.model))} for w in windows]
     ok = True
     for policy, bits, prime in CONFIGS:
-        plan = build_plan(converted, plan_config(policy, bits or 64, 16, time_limit_s=30, prime=prime))
+        plan = build_plan(converted, plan_config(policy, field_bits=bits or 64, frac_bits=16, time_limit_s=30, prime=prime))
         cpu, gpu = RingExecutor(plan, "cpu"), RingExecutor(plan, device)
         same = all(integers(cpu.backend.field, cpu.run(x)[0][0]) == integers(gpu.backend.field, gpu.run(x)[0][0])
                    for x in inputs)
@@ -62,7 +62,7 @@ def check_model(name: str, args, device: torch.device) -> bool:
     model = loaded.model.to(device)
     with torch.no_grad():
         floats = timed(lambda: [model_output(model, w[None].to(device)) for w in windows], device, args.repeat)
-    eager = RingExecutor(build_plan(converted, plan_config("eager", 64, 16)), device)
+    eager = RingExecutor(build_plan(converted, plan_config("eager")), device)
     emulated = timed(lambda: [eager.run(x) for x in inputs], device, args.repeat)
     print(f"  {name:12s} float32 on GPU {floats:.3f} s, eager Z_2^64 emulation {emulated:.3f} s: "
           f"{emulated / floats:.1f} x float", flush=True)

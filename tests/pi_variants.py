@@ -111,7 +111,7 @@ def main() -> int:
     elif variant == "reused":
         reuse_material()
     elif variant == "gather-logits":
-        session.statistics = lambda mine: mine  # the logits stay in what each party sends rank 0
+        session.statistics = lambda mine: {**mine.statistics(), "logits": mine.logits}  # the logits go to rank 0 too
     elif variant == "attack":
         digest = audit.digest
         audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash

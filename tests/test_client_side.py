@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from truncbridge.frontend.models import DEFAULT_MODEL_DIR
 from truncbridge.pi.client import ClientInputError, client_input, fit, report
-from truncbridge.pi.results import ACCURACY, STATISTICS, format_table, insecure_modes, policy_row
+from truncbridge.pi.results import ACCURACY, STATISTICS, RunMeasurement, format_table, insecure_modes, policy_row
 
 
 def test_fit_keeps_the_last_tokens_or_pads_on_the_right():
@@ -56,15 +56,15 @@ def test_the_client_reports_its_real_positions_only(loaded, tmp_path, capsys):
     assert (tmp_path / "c.json").exists()
 
 
-def stats(wall: float) -> dict:
-    return {"wall_s": wall, "rounds": 10, "bytes": 100, "comm_s": 0.1, "offline_s": 0.2, "offline_bytes": 50,
-            "weights_rounds": 1, "weights_bytes": 7, "dealt_requests": 3, "online_dealer_requests": 0,
-            "truncations_executed": 4}
+def stats(wall: float) -> RunMeasurement:
+    return RunMeasurement(wall_s=wall, rounds=10, bytes=100, comm_s=0.1, offline_s=0.2, offline_bytes=50,
+                          weights_rounds=1, weights_bytes=7, dealt_requests=3, online_dealer_requests=0,
+                          truncations_executed=4)
 
 
 def test_rows_hold_accuracy_only_with_revealed_logits():
     runs = [[stats(1.0), stats(1.1)]]
-    assert set(runs[0][0]) <= STATISTICS
+    assert set(runs[0][0].statistics()) <= STATISTICS
     row = policy_row("eager", 2, runs)
     assert not set(ACCURACY) & set(row)
     logits = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -64,8 +64,8 @@ def test_carried_products_cost_no_round_on_the_default_model(default_converted):
 
     protocol = load_protocol("crypten-exact-3pc")
     for policy in ("eager", "lazy"):
-        plan = build_plan(default_converted, plan_config(policy, 64, 16, protocol="crypten-exact-3pc"))
+        plan = build_plan(default_converted, plan_config(policy, protocol="crypten-exact-3pc"))
         fused, plain = (plan_costs(plan, protocol, load_network("lan"), fuse=f) for f in (True, False))
-        assert fused["rounds_sequential"] == plain["rounds_sequential"] - fused["fused_products"]
-        assert fused["rounds"] < plain["rounds"] and fused["bytes"] < plain["bytes"]
+        assert fused.rounds_sequential == plain.rounds_sequential - fused.fused_products
+        assert fused.rounds < plain.rounds and fused.bytes < plain.bytes
         assert all(plan.program[p].op == "mul" for p in carried_products(plan.program))

@@ -56,7 +56,7 @@ def test_a_new_op_is_one_table_entry(monkeypatch):
         assert violations == 0 and torch.equal(got, want), policy  # exact: a - b is a + (-b) in the ring
         assert plans[0].counts() == plans[1].counts()
         costs = [plan_costs(p, load_protocol(None), load_network("lan")) for p in plans]
-        assert costs[0]["rounds"] == costs[1]["rounds"] and costs[0]["bytes"] == costs[1]["bytes"]
+        assert costs[0].rounds == costs[1].rounds and costs[0].bytes == costs[1].bytes
 
 
 def test_an_unknown_op_is_named():

@@ -31,7 +31,7 @@ def test_public_structure_is_folded(random_converted):
 
 
 def test_eager_truncates_every_product_back_to_frac_bits(random_converted):
-    plan = build_plan(random_converted, plan_config("eager", 64, 16))
+    plan = build_plan(random_converted, plan_config("eager"))
     nodes = plan.program.nodes
     users = plan.program.users()
     products = [n for n in nodes if n.op in ("mul", "matmul", "mul_public") and n.scale > 16]
@@ -45,7 +45,7 @@ def test_eager_truncates_every_product_back_to_frac_bits(random_converted):
 
 def test_default_model_emulates_exactly_within_bounds(default_converted):
     c = default_converted
-    plan = build_plan(c, plan_config("eager", 64, 16))
+    plan = build_plan(c, plan_config("eager"))
     windows = tokenize_windows(c.loaded.tokenizer, c.loaded.heldout_text, 32, 3)
     result = emulate(c.loaded.model, plan, windows)
     assert result.bound_violations == 0
@@ -61,7 +61,7 @@ def test_default_model_emulates_exactly_within_bounds(default_converted):
 
 def test_frac_bits_must_fit_the_field(default_converted):
     with pytest.raises(UserError, match="frac bits"):
-        build_plan(default_converted, plan_config("eager", 16, 16))
+        build_plan(default_converted, plan_config("eager", field_bits=16, frac_bits=16))
 
 
 class _CumsumLM(torch.nn.Module):
@@ -97,7 +97,7 @@ def test_the_trained_gpt2_emulates_like_float_under_every_policy():
     converted = convert(loaded, 64, 16)
     windows = tokenize_windows(loaded.tokenizer, loaded.heldout_text, 64, 4)
     for policy in ("eager", "lazy", "optimal"):
-        result = emulate(loaded.model, build_plan(converted, plan_config(policy, 64, 16, time_limit_s=20)), windows)
+        result = emulate(loaded.model, build_plan(converted, plan_config(policy, time_limit_s=20)), windows)
         assert result.bound_violations == 0, policy
         assert result.metrics["top1_agreement"] >= 0.99, policy
         assert abs(result.metrics["ppl_emulated"] / result.metrics["ppl_float"] - 1) <= 0.02, policy

@@ -144,7 +144,7 @@ def test_eager_truncates_an_input_relabelled_too_far_up_for_its_product():
     b.output(b.mul(u, u))
     inputs = {"x": torch.linspace(1e3, 3e4, 4, dtype=torch.float64)}  # u up to 0.46, u·u up to 0.21
     node_bounds = calibrated_bounds(b.program, float_maxabs(b.program, inputs), 1)
-    plan = place(b.program, node_bounds, plan_config("eager", 64, 16, protocol="crypten-exact-3pc"))
+    plan = place(b.program, node_bounds, plan_config("eager", protocol="crypten-exact-3pc"))
     assert plan.budget_bits == 62 and [n.op for n in plan.program.nodes].count("trunc") == 2  # u, then u·u
     (got,), violations = RingExecutor(plan).run(inputs, check=True)
     want = run_float(b.program, inputs)[0]
@@ -196,7 +196,7 @@ def test_optimal_finds_the_known_optimum_of_small_programs(case, field_bits, obj
 
 @pytest.fixture(scope="module")
 def default_plans(default_converted):
-    return {p: build_plan(default_converted, plan_config(p, 64, 16, time_limit_s=10)) for p in ("eager", "lazy", "optimal")}
+    return {p: build_plan(default_converted, plan_config(p, time_limit_s=10)) for p in ("eager", "lazy", "optimal")}
 
 
 @pytest.mark.slow
@@ -221,15 +221,15 @@ def test_static_bounds_hold_on_real_text(default_converted):
 
 def test_field_too_small_names_the_value(default_converted):
     with pytest.raises(UserError, match=r"field too small: .* needs \d+ bits .* but the budget is 24 bits"):
-        build_plan(default_converted, plan_config("lazy", 24, 16))
+        build_plan(default_converted, plan_config("lazy", field_bits=24, frac_bits=16))
 
 
 def test_protocol_headroom_shrinks_the_budget(default_converted):
-    plan = build_plan(default_converted, plan_config("lazy", 64, 16, protocol="crypten-2pc", bounds="calibrated"))
+    plan = build_plan(default_converted, plan_config("lazy", protocol="crypten-2pc", bounds="calibrated"))
     assert plan.budget_bits == 64 - 16
     assert all(plan.bound_bits(n) <= 48 for n in plan.program.nodes)
     with pytest.raises(UserError, match="works in Z_2\\^64 only"):
-        build_plan(default_converted, plan_config("lazy", 48, 16, protocol="crypten-2pc"))
+        build_plan(default_converted, plan_config("lazy", field_bits=48, frac_bits=16, protocol="crypten-2pc"))
 
 
 @pytest.mark.slow
@@ -238,7 +238,8 @@ def test_optimal_truncations_never_grow_with_the_field(default_converted):
     prev, hints = math.inf, ()
     for fb in (48, 56, 64):
         try:
-            plan = build_plan(default_converted, plan_config("optimal", fb, 16, bounds="calibrated", time_limit_s=5), hints)
+            plan = build_plan(default_converted, plan_config("optimal", field_bits=fb, bounds="calibrated", time_limit_s=5),
+                              hints)
         except UserError:
             continue
         te = plan.counts()["truncated_elements"]
@@ -253,8 +254,8 @@ def test_the_precision_floor_keeps_every_value_within_its_tolerance_of_eager(def
     where lazy truncated it to frac_bits), and lazy's KL to the float model was 4x eager's; with the
     floor it is within 1.5x (measured: 0.95x)."""
     config = {"protocol": "crypten-exact-3pc", "objective": "mid", "time_limit_s": 3}
-    eager = build_plan(default_converted, plan_config("eager", 64, 16, **config))
-    plans = {(p, tol): build_plan(default_converted, plan_config(p, 64, 16, **config, precision_tolerance_bits=tol))
+    eager = build_plan(default_converted, plan_config("eager", **config))
+    plans = {(p, tol): build_plan(default_converted, plan_config(p, **config, precision_tolerance_bits=tol))
              for p in ("lazy", "optimal") for tol in (tolerance, None)}
     for policy in ("lazy", "optimal"):
         assert _below_eager(plans[policy, tolerance], eager, tolerance) == [], policy
@@ -279,7 +280,7 @@ def test_a_large_program_is_solved_a_layer_at_a_time(default_converted, default_
     sites, _ = milp.solve_optimal(program, 16, bounds, 64, 10, start)
     # the layers' solutions together fit (a layer that moved a value another layer reads would not)
     assert sites is not None and check.cost(sites) is not None and check.cost(sites) <= check.cost(start)
-    plan = build_plan(default_converted, plan_config("optimal", 64, 16, time_limit_s=5))
+    plan = build_plan(default_converted, plan_config("optimal", time_limit_s=5))
     assert plan.solver["blocks"] == 5 and "per layer" in plan.solver["status"]
     assert not plan.solver["proven_optimal"]  # optimal per layer at best, never claimed overall
     assert plan.counts()["truncated_elements"] <= default_plans["lazy"].counts()["truncated_elements"]
@@ -302,7 +303,7 @@ def test_the_milp_takes_up_its_start(default_converted, objective):
     from truncbridge.analysis.objective import objective_for
 
     program, bounds = default_converted.program, static_bounds(default_converted.program)
-    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5, objective=objective)
+    config = plan_config("optimal", protocol="crypten-exact-3pc", time_limit_s=5, objective=objective)
     plan = build_plan(default_converted, config)
     goal = objective_for(program, config)
     floors = truncation_floors(program, bounds, config)
@@ -335,13 +336,13 @@ def test_a_network_objective_counts_the_rounds_the_cost_model_counts(default_con
     from truncbridge.core.protocols import load_network, load_protocol
 
     program = default_converted.program
-    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=5, objective="mid")
+    config = plan_config("optimal", protocol="crypten-exact-3pc", time_limit_s=5, objective="mid")
     goal = objective_for(program, config)
     assert goal.round_elements == pytest.approx(0.01 * 1e9 / 128) and goal.rides and goal.shared
     rounds = {}
     for policy, objective in (("eager", "mid"), ("lazy", "mid"), ("optimal", "mid"), ("optimal", "elements")):
         plan = build_plan(default_converted, dataclasses.replace(config, policy=policy, objective=objective))
-        rounds[policy, objective] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))["rounds"]
+        rounds[policy, objective] = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid")).rounds
         assert goal.rounds(program, set(plan.sites)) == rounds[policy, objective], (policy, objective)
     assert rounds["optimal", "mid"] <= min(rounds["optimal", "elements"], rounds["lazy", "mid"]) < rounds["eager", "mid"]
 
@@ -356,7 +357,7 @@ def test_the_default_model_is_solved_to_a_proven_gap_of_one_percent(default_conv
     from truncbridge.analysis.objective import objective_for
 
     program = default_converted.program
-    config = plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=60, objective="mid")
+    config = plan_config("optimal", protocol="crypten-exact-3pc", time_limit_s=60, objective="mid")
     plan = build_plan(default_converted, config)
     goal = objective_for(program, config)
     cost = goal.cost(program, set(plan.sites))
@@ -375,7 +376,7 @@ def test_the_time_limit_bounds_the_whole_optimal_search(default_converted, monke
 
     monkeypatch.setattr(milp, "BLOCK_SOLVE_MIN_NODES", 0)
     said: list[str] = []
-    plan = build_plan(default_converted, plan_config("optimal", 64, 16, protocol="crypten-exact-3pc", time_limit_s=limit),
+    plan = build_plan(default_converted, plan_config("optimal", protocol="crypten-exact-3pc", time_limit_s=limit),
                       progress=said.append)
     assert plan.solver["wall_s"] <= limit + 0.2, plan.solver  # 0.4 s over when each layer had a floor
     # its progress: each local-search pass, and (given the time) every layer's MILP with its gap

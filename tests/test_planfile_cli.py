@@ -139,7 +139,7 @@ def test_a_schema_v1_file_loads_and_runs_as_saved():
     from truncbridge.pipeline import build_plan, convert, one_hot, plan_config
 
     old = plan_from_json(json.loads(gzip.decompress(V1_PLAN.read_bytes())), "v1 plan")
-    assert old.config == plan_config("lazy", 64, 16, precision_tolerance_bits=None) and not old.redacted  # made before the floor
+    assert old.config == plan_config("lazy", precision_tolerance_bits=None) and not old.redacted  # made before the floor
     assert not any(set(n.attrs) & {"declared_bound", "declared_row_l2", "recipe_params", "row_stochastic"}
                    for n in old.program.nodes)
     assert any(n.facts.row_stochastic for n in old.program.nodes) and any(n.facts.recipe_params for n in old.program.nodes)
@@ -148,7 +148,7 @@ def test_a_schema_v1_file_loads_and_runs_as_saved():
     again = plan_from_json(json.loads(json.dumps(plan_to_json(old))), "re-saved plan")
     attach_weights(again, loaded.model, "random-llama")
     assert plan_to_json(again) == plan_to_json(old)
-    new = build_plan(convert(loaded, 8, 16), plan_config("lazy", 64, 16))
+    new = build_plan(convert(loaded, 8, 16), plan_config("lazy"))
     inputs = {"tokens": one_hot(torch.arange(8)[None] * 5 % new.model["vocab"], new.model["vocab"])}
     (got,), _ = RingExecutor(old).run(inputs)
     assert torch.equal(RingExecutor(again).run(inputs)[0][0], got)

@@ -135,7 +135,7 @@ def test_rsqrt_coupled_steps_take_newtons_iterates_at_one_round_each(monkeypatch
         prog = unary_program(lambda b, x: recipes.rsqrt(b, x, lo, hi, TOL), len(xs))
         (_,), plan, _ = emulate_program(prog, {"x": torch.tensor(xs)}, policy="lazy")
         cost = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("lan"))
-        return cost["rounds"], prog.nodes[1].facts.recipe_params, run_float(prog, {"x": torch.tensor(xs)})[0].numpy()
+        return cost.rounds, prog.nodes[1].facts.recipe_params, run_float(prog, {"x": torch.tensor(xs)})[0].numpy()
 
     rounds, params, got = rounds_and_params()
     plain = params["iterations"] - 2 - params["coupled"]  # plain steps before the coupled ones

@@ -25,7 +25,7 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 @pytest.fixture(scope="module", params=["static", "calibrated"])
 def plans(request, random_converted):
     """(original plan, its JSON, the redacted JSON after a trip through text, the loaded redacted plan)."""
-    plan = build_plan(random_converted, plan_config("lazy", 64, 16, bounds=request.param))
+    plan = build_plan(random_converted, plan_config("lazy", bounds=request.param))
     doc = json.loads(json.dumps(plan_to_json(plan)))
     red = json.loads(json.dumps(plan_to_json(plan, redacted=True)))
     return plan, doc, red, plan_from_json(red)
@@ -197,7 +197,7 @@ def _on_a_fine_grid(converted, monkeypatch):
 def test_the_constants_check_fails_without_the_grid(random_converted, probed_converted, monkeypatch):
     """Negative control: on a grid finer than the probe, the same two models send other constants,
     and the check above names them (the SiLU's Chebyshev fits); bit widths still agree."""
-    config = plan_config("lazy", 64, 16)
+    config = plan_config("lazy")
     red, probed = (plan_to_json(build_plan(_on_a_fine_grid(c, monkeypatch), config), redacted=True)
                    for c in (random_converted, probed_converted))
     assert _public_numbers(probed) == _public_numbers(red)

@@ -91,9 +91,9 @@ def test_messages_on_the_default_model_equal_the_cost_models_critical_path(defau
     from truncbridge.core.protocols import load_network, load_protocol
     from truncbridge.pipeline import build_plan, plan_config
 
-    plan = build_plan(default_converted, plan_config("lazy", 64, 16, protocol="crypten-exact-3pc"))
+    plan = build_plan(default_converted, plan_config("lazy", protocol="crypten-exact-3pc"))
     fused = carried(plan.program)
     riding = {p for c in fused.values() for p in c.products}
     schedule = waves(plan.program, lambda n: LOCAL if n.id in riding else how(n), {t: c.others for t, c in fused.items()})
     costs = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))
-    assert messages(schedule) == costs["rounds"] < costs["rounds_sequential"]
+    assert messages(schedule) == costs.rounds < costs.rounds_sequential

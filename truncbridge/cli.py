@@ -53,7 +53,7 @@ def _config(args, policy: str | None = None, field_bits: int | None = None, prim
 
     if field_bits is None:  # emulate and plan: one field from the flags
         field_bits, prime = args.field_bits, args.prime
-    return plan_config(policy or args.policy, field_bits, args.frac_bits, protocol=args.protocol,
+    return plan_config(policy or args.policy, field_bits=field_bits, frac_bits=args.frac_bits, protocol=args.protocol,
                        headroom_bits=args.headroom, bounds=args.bounds, margin_bits=args.margin_bits,
                        time_limit_s=args.time_limit, prime=prime, objective=args.objective,
                        precision_tolerance_bits=args.precision_tolerance)
@@ -154,7 +154,7 @@ def cmd_plan(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .analysis.cost import plan_costs
+    from .analysis.cost import plan_costs, protocol_fit
     from .core.planfile import load_plan
     from .core.protocols import load_network, load_protocol
     from .report import print_report
@@ -165,16 +165,17 @@ def cmd_report(args) -> None:
     plan = load_plan(args.plan[0])
     protocol = load_protocol(args.protocol or plan.protocol)
     costs = plan_costs(plan, protocol, load_network(args.network))
-    print_report(plan, costs, args.network)
+    fit = protocol_fit(plan, protocol)
+    print_report(plan, costs, args.network, fit.warning)
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": args.plan[0], "network": args.network, "counts": plan.counts(),
-                                               **costs}, indent=2) + "\n")
+                                               **costs.to_json(), "fit": fit.to_json()}, indent=2) + "\n")
 
 
 def _report_side_by_side(args) -> None:
     """Several plans (eager / lazy / optimal of one model): counts per forward pass and per token,
     and rounds, bytes and LAN / WAN latency under every protocol profile (or --protocol)."""
-    from .analysis.cost import plan_costs
+    from .analysis.cost import plan_costs, protocol_fit
     from .core.planfile import load_plan
     from .core.protocols import load_network, load_protocol, protocol_names
     from .report import print_side_by_side
@@ -185,11 +186,13 @@ def _report_side_by_side(args) -> None:
         protocol = load_protocol(name)
         for path, plan in plans:
             lan, wan = (plan_costs(plan, protocol, load_network(n)) for n in ("lan", "wan"))
+            fit = protocol_fit(plan, protocol)
             rows.append({"plan": path, "model": plan.model["name"], "preset": plan.model.get("preset"),
                          "seq_len": plan.model["seq_len"], "policy": plan.policy, "protocol": name,
-                         "counts": plan.counts(), "rounds": lan["rounds"], "bytes": lan["bytes"],
-                         "latency_lan_s": lan["latency_s"], "latency_wan_s": wan["latency_s"],
-                         "expected_truncation_failures": lan["expected_truncation_failures"]})
+                         "counts": plan.counts(), "rounds": lan.rounds, "bytes": lan.bytes,
+                         "latency_lan_s": lan.latency_s, "latency_wan_s": wan.latency_s,
+                         "expected_truncation_failures": lan.expected_truncation_failures,
+                         "made_for": plan.protocol, "runnable": fit.runnable, "fit_warning": fit.warning})
     print_side_by_side(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
@@ -240,7 +243,7 @@ def cmd_compare(args) -> list[dict]:
                     continue
                 result = emulate(loaded.model, plan, windows, device=args.device, check=True)
                 rows.append({**_emulation_record(loaded.name, plan, result, True), "feasible": True, "reason": ""})
-                rounds.append(plan_costs(plan, protocol, network)["rounds"])
+                rounds.append(plan_costs(plan, protocol, network).rounds)
                 advance()
     print_compare(rows, rounds, protocol.name, source, len(windows))
     if args.json:

@@ -134,7 +134,7 @@ def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> 
     return maxabs
 
 
-def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, protocol: str | None = None,
+def plan_config(policy: str, *, field_bits: int = 64, frac_bits: int = 16, protocol: str | None = None,
                 headroom_bits: int | None = None, bounds: str = "static", margin_bits: int = 1,
                 time_limit_s: float = OPTIMAL_TIME_LIMIT_S, prime: int | None = None,
                 objective: str = "elements",
@@ -149,9 +149,10 @@ def plan_config(policy: str, field_bits: int = 64, frac_bits: int = 16, *, proto
     proto = load_protocol(protocol)
     proto.check_ring(field_bits, prime)
     headroom = proto.headroom_bits if headroom_bits is None else headroom_bits
-    return PlanConfig(field_bits, frac_bits, policy, proto.name, headroom, bounds,
-                      margin_bits if bounds == "calibrated" else None, time_limit_s, prime, objective,
-                      precision_tolerance_bits).validate()
+    return PlanConfig(field_bits=field_bits, frac_bits=frac_bits, policy=policy, protocol=proto.name,
+                      headroom_bits=headroom, bounds=bounds, margin_bits=margin_bits if bounds == "calibrated" else None,
+                      time_limit_s=time_limit_s, prime=prime, objective=objective,
+                      precision_tolerance_bits=precision_tolerance_bits).validate()
 
 
 def build_plan(converted: Converted, config: PlanConfig, hints: tuple = (), progress=None) -> Plan:

@@ -156,23 +156,27 @@ def print_side_by_side(rows: list[dict]) -> None:
     console.print(t)
 
 
-def print_report(plan, costs: dict, network: str) -> None:
+def print_report(plan, costs, network: str, warning: str = "") -> None:
+    """``costs``: ``analysis.cost.PlanCosts``; ``warning``: ``ProtocolFit.warning``, printed first
+    (the plan costed under a protocol it was not made for, or one that cannot run it)."""
+    if warning:
+        console.print(f"note: {warning}", highlight=False, soft_wrap=True)
     c = plan.counts()
     console.print(two_column([
         ("private multiplications", f"{c['mul_private']:,}"),
         ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
-        ("rounds (critical path)", f"{costs['rounds']:,.0f}"),
-        ("rounds (one operation at a time, as CrypTen runs)", f"{costs['rounds_sequential']:,.0f}"),
-        ("communication per party", _fmt_bytes(costs["bytes"])),
-        ("estimated latency", f"{costs['latency_s']:.3f} s"),
-        ("expected truncation failures per forward pass", f"{costs['expected_truncation_failures']:.3g}"),
+        ("rounds (critical path)", f"{costs.rounds:,.0f}"),
+        ("rounds (one operation at a time, as CrypTen runs)", f"{costs.rounds_sequential:,.0f}"),
+        ("communication per party", _fmt_bytes(costs.bytes)),
+        ("estimated latency", f"{costs.latency_s:.3f} s"),
+        ("expected truncation failures per forward pass", f"{costs.expected_truncation_failures:.3g}"),
     ], title=f"truncbridge report — {plan.model['name']}, {plan.policy}, {plan.field_name}, "
-             f"{plan.frac_bits} fraction bits; costs under {costs['protocol']} on {network}"))
+             f"{plan.frac_bits} fraction bits; costs under {costs.protocol} on {network}"))
 
     layers = Table(title="per layer", title_justify="left")
     for col in ("layer", "private muls", "scalar products", "truncations", "truncated elements", "bytes"):
         layers.add_column(col, justify="left" if col == "layer" else "right")
-    for name, v in costs["by_layer"].items():
+    for name, v in costs.by_layer.items():
         if not any(v.values()):
             continue
         layers.add_row(name, f"{v.get('mul_private', 0):,.0f}", f"{v.get('private_products', 0):,.0f}",
@@ -196,7 +200,7 @@ def print_report(plan, costs: dict, network: str) -> None:
     rec = Table(title="per recipe: truncations, and rounds on the critical path", title_justify="left")
     for col in ("recipe", "truncations", "truncated elements", "expected failures", "critical rounds"):
         rec.add_column(col, justify="left" if col == "recipe" else "right")
-    for name, v in sorted(costs["by_recipe"].items()):
+    for name, v in sorted(costs.by_recipe.items()):
         rec.add_row(name, f"{v.get('truncations', 0):,.0f}", f"{v.get('truncated_elements', 0):,.0f}",
                     f"{v.get('expected_failures', 0):.3g}", f"{v.get('critical_rounds', 0):,.0f}")
     console.print(rec)

@@ -3,6 +3,7 @@ number of truncation failures of a probabilistic truncation protocol."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 
 from ..core.fusion import carried
 from ..core.ops import spec
@@ -27,7 +28,28 @@ def opened_elements(plan: Plan, node) -> int:
     return sum(plan.program[i].numel for i in dict.fromkeys(node.inputs))
 
 
-def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True, weights_apart: bool = False) -> dict:
+@dataclass(frozen=True)
+class PlanCosts:
+    """A plan's costs under one protocol profile and network (``plan_costs``); ``to_json`` keeps
+    the keys report's --json has always written."""
+
+    protocol: str
+    fused_products: int  # products carried by a truncation's opening
+    fused_pairs: int
+    rounds: float  # critical path
+    rounds_sequential: float  # one operation at a time
+    bytes: float  # per party, online
+    weights_bytes: float  # weights' halves opened before the online phase (``weights_apart``)
+    latency_s: float
+    expected_truncation_failures: float
+    by_layer: dict[str, dict[str, float]]
+    by_recipe: dict[str, dict[str, float]]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True, weights_apart: bool = False) -> PlanCosts:
     """Products ride on truncations' openings (``core.fusion``) where the protocol's truncation
     can carry them, unless ``fuse`` is False (as with ``run_pi.py --no-fuse``). With
     ``weights_apart`` a product of a weight opens the weight's half before the online phase
@@ -77,11 +99,12 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     _book_critical_path(plan, depth, came_from, by_recipe)
     bytes_total = bits_total / 8
     latency = network_seconds(network, rounds_total, bytes_total)
-    return {"protocol": protocol.name, "fused_products": len(riding),
-            "fused_pairs": sum(len(c.pairs) for c in fused.values()), "rounds": rounds_total,
-            "rounds_sequential": rounds_sequential, "bytes": bytes_total, "weights_bytes": weights_bits / 8,
-            "latency_s": latency, "expected_truncation_failures": failures,
-            "by_layer": {k: dict(v) for k, v in by_layer.items()}, "by_recipe": {k: dict(v) for k, v in by_recipe.items()}}
+    return PlanCosts(protocol=protocol.name, fused_products=len(riding),
+                     fused_pairs=sum(len(c.pairs) for c in fused.values()), rounds=rounds_total,
+                     rounds_sequential=rounds_sequential, bytes=bytes_total, weights_bytes=weights_bits / 8,
+                     latency_s=latency, expected_truncation_failures=failures,
+                     by_layer={k: dict(v) for k, v in by_layer.items()},
+                     by_recipe={k: dict(v) for k, v in by_recipe.items()})
 
 
 def _book_critical_path(plan: Plan, depth: dict, came_from: dict, by_recipe: dict) -> None:
@@ -104,3 +127,54 @@ def _book_truncation(plan: Plan, protocol: Protocol, n, layer: dict, recipe: dic
     recipe["truncated_elements"] += n.numel
     recipe["expected_failures"] += n.numel * p_fail
     return n.numel * p_fail
+
+
+FAILURE_TEXT = {"abs_over_ring": "|x|/2^{l}", "twice_abs_over_ring": "2^(bits + 1 - {l})"}
+
+
+@dataclass(frozen=True)
+class ProtocolFit:
+    """Whether ``protocol`` can run a plan, whichever profile the plan was made for (``protocol_fit``)."""
+
+    made_for: str  # the plan's profile
+    costed_under: str
+    headroom_bits: int  # the headroom the plan was made with
+    widest_bits: int  # the widest value a truncation takes (bits, sign included)
+    runnable: bool  # False: the protocol's truncation is wrong on some value the plan truncates
+    short_of_headroom: bool  # a probabilistic truncation on values wider than the profile's headroom allows
+    expected_failures: float  # per forward pass
+    reason: str  # one line: the verdict
+
+    @property
+    def warning(self) -> str:
+        """The verdict, when the plan is costed under a profile it was not made for or cannot run
+        under its own ('' otherwise)."""
+        return self.reason if self.made_for != self.costed_under or not self.runnable else ""
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "warning": self.warning}
+
+
+def protocol_fit(plan: Plan, protocol: Protocol) -> ProtocolFit:
+    """A failure-free truncation (exact, faithful) with headroom H is correct only on |x| < 2^(l - H):
+    a plan with a wider truncated value cannot run. A probabilistic one runs anything but fails
+    with its failure model's probability: short of headroom when the widest truncated value leaves
+    fewer than H bits free."""
+    protocol.check_ring(plan.field_bits, plan.prime)
+    l, h, need = plan.wire_bits, plan.config.headroom_bits, protocol.headroom_bits
+    truncated = [plan.program[n.inputs[0]] for n in plan.program.nodes if n.op == "trunc"]
+    widest = max((plan.bound_bits(x) for x in truncated), default=0)
+    failures = sum(x.numel * protocol.failure_probability(plan.bound_bits(x), l) for x in truncated)
+    made = f"plan made for {plan.protocol} (headroom {h} bits); costed under {protocol.name}"
+    kind = protocol.truncation_kind
+    if protocol.data["truncation"]["failure"] == "none":
+        runnable = widest <= l - need + 1
+        reason = (f"{made}: its {kind} truncation needs |x| < 2^{l - need}, and this plan truncates values up to "
+                  f"2^{widest - 1} → cannot run" if not runnable else f"{made}, which runs it (failure-free truncation)")
+        return ProtocolFit(plan.protocol, protocol.name, h, widest, runnable, False, failures, reason)
+    short = widest > l - need + 1
+    chance = FAILURE_TEXT.get(protocol.data["truncation"]["failure"], "its failure model").format(l=l)
+    reason = (f"{made}: its truncations take values up to 2^{widest - 1}; {protocol.name}'s {kind} truncation fails "
+              f"with probability about {chance} per element and wants {need} bits of headroom → "
+              f"{failures:.3g} expected failures per forward pass")
+    return ProtocolFit(plan.protocol, protocol.name, h, widest, True, short, failures, reason)

@@ -18,6 +18,7 @@ client's revealed ids and logits under ``--benchmark-reveal``, the pooled views 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -28,6 +29,7 @@ from ..core.errors import UserError, first_line
 
 DATA_TAG = 11
 FAIL_TAG = 13
+USAGE_FAIL_TAG = 14  # a failure notice for the user's error (UserError): every rank exits 2
 POLL_S = 0.05
 EXIT_SETUP = 1  # a set-up failure that is not the user's (UserError exits 2)
 RECEIPTS: list[dict] = []  # this rank's receipts over MPI (see the module docstring)
@@ -36,11 +38,11 @@ OPAQUE = ("audit",)  # kinds logged without their shape: the --audit pool (whole
 
 
 class PeerFailed(Exception):
-    """Another rank sent a failure notice."""
+    """Another rank sent a failure notice; ``status``: the exit status this rank then ends with."""
 
-    def __init__(self, rank: int, message: str):
+    def __init__(self, rank: int, message: str, status: int = 1):
         super().__init__(message)
-        self.rank = rank
+        self.rank, self.status = rank, status
 
 
 def setup_done() -> None:
@@ -62,6 +64,8 @@ def describe(obj, kind: str = "") -> object:
         return f"tensor{tuple(obj.shape)}"
     if isinstance(obj, dict):
         return {str(k): describe(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # its fields, as a dict's keys
+        return {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [describe(v) for v in obj]
     return type(obj).__name__
@@ -76,10 +80,11 @@ def _check_notices(comm) -> None:
     from mpi4py import MPI
 
     status = MPI.Status()
-    if comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAIL_TAG, status=status):
-        notice = comm.recv(source=status.Get_source(), tag=FAIL_TAG)
-        _log(comm, status.Get_source(), "notice", notice)
-        raise PeerFailed(status.Get_source(), notice)
+    for tag, exit_status in ((USAGE_FAIL_TAG, 2), (FAIL_TAG, EXIT_SETUP)):
+        if comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
+            notice = comm.recv(source=status.Get_source(), tag=tag)
+            _log(comm, status.Get_source(), "notice", notice)
+            raise PeerFailed(status.Get_source(), notice, exit_status)
 
 
 def wait_for(comm, source: int, kind: str, tag: int = DATA_TAG):
@@ -115,9 +120,11 @@ def send(comm, obj, dest: int) -> None:
     comm.isend(obj, dest=dest, tag=DATA_TAG).wait()
 
 
-def notify_failure(comm, message: str) -> None:
-    """Tell every other rank this one failed (best effort: eager sends of a short message)."""
-    for request in [comm.isend(message, dest=r, tag=FAIL_TAG) for r in range(comm.Get_size()) if r != comm.Get_rank()]:
+def notify_failure(comm, message: str, usage: bool = False) -> None:
+    """Tell every other rank this one failed (best effort: eager sends of a short message);
+    ``usage``: the user's error, which every rank ends with exit status 2."""
+    tag = USAGE_FAIL_TAG if usage else FAIL_TAG
+    for request in [comm.isend(message, dest=r, tag=tag) for r in range(comm.Get_size()) if r != comm.Get_rank()]:
         try:
             request.wait()
         except Exception:  # noqa: BLE001 - a rank that is already gone
@@ -126,19 +133,20 @@ def notify_failure(comm, message: str) -> None:
 
 def fail_setup(comm, who: str, exc: BaseException) -> int:
     """This rank's set-up failed: print its own error (one line), tell the others, give the exit
-    status (2 for the user's error, 1 otherwise)."""
+    status (2 for the user's error, on every rank; 1 otherwise)."""
     first = first_line(exc)
     own = f"{who} failed during set-up: {type(exc).__name__}: {first}"
     line = f"error: {first}" if isinstance(exc, UserError) else f"error: {own}"
     print(line, file=sys.stderr, flush=True)
     private = getattr(exc, "private", False)  # e.g. the client's input: its reason stays on its rank
-    notify_failure(comm, f"{who} failed during set-up" + (" (its reason stays with it)" if private else f": {first}"))
+    notify_failure(comm, f"{who} failed during set-up" + (" (its reason stays with it)" if private else f": {first}"),
+                   usage=isinstance(exc, UserError))
     return 2 if isinstance(exc, UserError) else EXIT_SETUP
 
 
 def peer_failed(who: str, exc: PeerFailed) -> int:
     announce_stop(who, str(exc))
-    return EXIT_SETUP
+    return exc.status
 
 
 def threads_per_party(comm) -> int:

@@ -1,9 +1,11 @@
 """run_pi's command line (``session.py`` runs it): the same argv on every rank, checked alike, so
 rank 0 speaks for all on a usage error. The client's own arguments (``--prompt``, ``--text``,
-``--client-output``) are read on the client's rank only."""
+``--client-output``) are read on the client's rank only. ``parse_args`` returns a frozen
+``PiConfig``: nothing below the command line reads argparse's Namespace."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from ..backends.crypten.dealer import DEALERS
 from ..backends.crypten.truncation import PROTOCOLS
@@ -11,12 +13,55 @@ from ..cli_args import add_precision_tolerance
 from ..core.errors import ArgumentParser, UserError
 from ..core.protocols import load_network
 from ..core.types import POLICIES as PLAN_POLICIES
+from ..core.types import PRECISION_TOLERANCE_BITS
 from .results import INSECURE
 
 POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+@dataclass(frozen=True)
+class ClientOptions:
+    """The client's input and output: read and written on the client's rank only (``client.py``)."""
+
+    prompt: str | None = None
+    text: str | None = None  # a file holding the prompt
+    output: str | None = None  # --client-output: where the client writes its result
+    output_logits: bool = False
+
+
+@dataclass(frozen=True)
+class PiConfig:
+    """One run_pi session, as the command line asked for it (``parse_args``), checked."""
+
+    model: str = "default"
+    seq_len: int = 32
+    policies: tuple[str, ...] = POLICIES  # with --plan: () or ("vanilla",), the plans name theirs
+    plan_files: tuple[str, ...] = ()  # --plan: the owner's plans, instead of planning here
+    truncation: str = "exact"  # backends.crypten.truncation.PROTOCOLS
+    bounds: str = "static"
+    frac_bits: int = 16
+    time_limit_s: float = 60.0  # the optimal placement's MILP
+    precision_tolerance_bits: int | None = PRECISION_TOLERANCE_BITS
+    repeat: int = 1
+    threads: int = 0  # 0: this host's cores / parties on it
+    timeout_s: float = 30.0  # a party waits this long on a peer
+    silence_s: float = 5.0  # without a heartbeat, a peer is lost
+    vanilla_rsqrt_scale: int = 1
+    network: dict | None = None  # core.protocols.load_network's dict; None: loopback as is
+    fuse: bool = True
+    batch: bool = True
+    dealer: str = "separate"  # dealer.DEALERS
+    audit: bool = False  # INSECURE
+    benchmark_reveal: bool = False  # INSECURE
+    json_path: str | None = None  # rank 0's --json
+    client: ClientOptions = ClientOptions()
+
+    @property
+    def vanilla(self) -> bool:
+        return "vanilla" in self.policies
+
+
+def parse_args(argv: list[str]) -> PiConfig:
     from ..frontend.models import MODEL_NAMES
 
     p = ArgumentParser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
@@ -26,7 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="tokens in the client's input, public (default 32): a longer prompt keeps its last ones, a "
                         "shorter one is right-padded")
     _client_arguments(p)
-    p.add_argument("--policy", default="eager,lazy,optimal,vanilla", help="comma-separated subset of " + ",".join(POLICIES))
+    p.add_argument("--policy", default=None, help="comma-separated subset of " + ",".join(POLICIES) + " (default: all; "
+                   "with --plan, the plan files' policies: --policy may add vanilla)")
+    p.add_argument("--plan", nargs="+", metavar="FILE",
+                   help="run these plan files (truncbridge plan -o FILE, one per policy; read by the model owner, "
+                        "the others get their redacted copies) instead of planning here: each must be made for this "
+                        "--model and --seq-len, and be one the chosen --truncation can run")
     p.add_argument("--truncation", default="exact", choices=PROTOCOLS,
                    help="exact: truncbridge's 1-round exact protocol (default); crypten: CrypTen's own div")
     p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
@@ -59,14 +109,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "receipt is a share, a fresh-masked opening or the client's output, and every MPI receipt after "
                         "set-up a statistic (reveals everything to rank 0; marked in every table)")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
-    return _checked(p.parse_args(argv))
+    return pi_config(p.parse_args(argv))
 
 
-def _checked(args: argparse.Namespace) -> argparse.Namespace:
-    args.policies = list(dict.fromkeys(x.strip() for x in args.policy.split(",") if x.strip()))
-    bad = [x for x in args.policies if x not in POLICIES]
-    if bad or not args.policies:
-        raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")
+def pi_config(args: argparse.Namespace) -> PiConfig:
+    """The checked ``PiConfig`` of parsed arguments: the one place a Namespace is read."""
+    policies = _policies(args.policy, args.plan)
     if args.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.client_output_logits and not args.client_output:
@@ -77,10 +125,30 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
-    if args.network is not None:
-        args.network = load_network(args.network)
-    return args
+    return PiConfig(
+        model=args.model, seq_len=args.seq_len, policies=policies, plan_files=tuple(args.plan or ()),
+        truncation=args.truncation, bounds=args.bounds, frac_bits=args.frac_bits, time_limit_s=args.time_limit,
+        precision_tolerance_bits=args.precision_tolerance, repeat=args.repeat, threads=args.threads,
+        timeout_s=args.timeout, silence_s=args.silence, vanilla_rsqrt_scale=args.vanilla_rsqrt_scale,
+        network=None if args.network is None else load_network(args.network), fuse=args.fuse, batch=args.batch,
+        dealer=args.dealer, audit=args.audit, benchmark_reveal=args.benchmark_reveal, json_path=args.json,
+        client=ClientOptions(prompt=args.prompt, text=args.text, output=args.client_output,
+                             output_logits=args.client_output_logits))
 
+
+
+def _policies(text: str | None, plan_files: list[str] | None) -> tuple[str, ...]:
+    """--policy's policies; with --plan the files name theirs, and --policy may add only vanilla."""
+    if text is None:
+        return () if plan_files else POLICIES
+    policies = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [x for x in policies if x not in POLICIES]
+    if bad or not policies:
+        raise UserError(f"unknown policy {', '.join(bad) or '(none)'}: choose from {', '.join(POLICIES)}")
+    if plan_files and set(policies) != {"vanilla"}:
+        raise UserError(f"--plan runs the plan files' own policies: --policy may add vanilla only, not "
+                        f"{', '.join(p for p in policies if p != 'vanilla')}")
+    return policies
 
 
 def computing_parties(size: int, dealer: str) -> int:

@@ -11,6 +11,9 @@ import time
 
 import torch
 
+from ..core.errors import UserError
+from .options import PiConfig
+
 SPREAD_SEEDS = 16  # emulator runs with the protocol's truncation model: the spread MPC should stay within
 
 
@@ -33,25 +36,69 @@ def _every(seconds: float, say):
     return throttled
 
 
-def make_plans(args, converted, parties: int, progress) -> dict:
+def make_plans(config: PiConfig, converted, parties: int, progress) -> dict:
     """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
     lazy / optimal fill the budget, so they get the profile's headroom. On an emulated network,
     optimal minimises the time there (``analysis.objective``), else truncated elements."""
     from ..pipeline import build_plan, plan_config
 
-    profile = protocol_profile(args.truncation, parties)
+    profile = protocol_profile(config.truncation, parties)
     plans, hints = {}, ()
-    for policy in [p for p in ("eager", "lazy", "optimal") if p in args.policies]:
-        progress(f"planning {policy} for {profile} ({args.bounds} bounds)")
-        headroom = 0 if policy == "eager" and args.truncation == "crypten" else None
-        config = plan_config(policy, 64, args.frac_bits, bounds=args.bounds, protocol=profile,
-                             headroom_bits=headroom, time_limit_s=args.time_limit,
-                             objective=args.network["name"] if args.network else "elements",
-                             precision_tolerance_bits=args.precision_tolerance)
-        plans[policy] = build_plan(converted, config, hints, progress=_every(PROGRESS_EVERY_S, progress))
+    for policy in [p for p in ("eager", "lazy", "optimal") if p in config.policies]:
+        progress(f"planning {policy} for {profile} ({config.bounds} bounds)")
+        headroom = 0 if policy == "eager" and config.truncation == "crypten" else None
+        plan_settings = plan_config(policy, field_bits=64, frac_bits=config.frac_bits, bounds=config.bounds,
+                                    protocol=profile, headroom_bits=headroom, time_limit_s=config.time_limit_s,
+                                    objective=config.network["name"] if config.network else "elements",
+                                    precision_tolerance_bits=config.precision_tolerance_bits)
+        plans[policy] = build_plan(converted, plan_settings, hints, progress=_every(PROGRESS_EVERY_S, progress))
         if policy == "lazy":
             hints = (plans[policy].sites,)
     return plans
+
+
+def read_plans(config: PiConfig, loaded, parties: int, progress) -> dict:
+    """Policy -> plan, from the owner's own plan files (``--plan``): each refused in one line
+    unless it was made for this model (name, weights, vocabulary) and ``--seq-len``, and the
+    chosen truncation can run it with ``parties`` parties (``runnable``)."""
+    from ..core.planfile import attach_weights, load_plan
+    from ..pipeline import vocab_size
+
+    plans, files = {}, {}
+    for path in config.plan_files:
+        plan = load_plan(path)
+        made = plan.model
+        if plan.redacted:
+            raise UserError(f"--plan {path} is a redacted plan: the model owner runs its full plan")
+        if made.get("name") != loaded.name:
+            raise UserError(f"--plan {path} was made for model {made.get('name')}, this run's --model is {loaded.name}")
+        if made.get("seq_len") != config.seq_len:
+            raise UserError(f"--plan {path} was made for {made.get('seq_len')} tokens, this run's --seq-len is "
+                            f"{config.seq_len}")
+        if made.get("vocab", vocab_size(loaded.model)) != vocab_size(loaded.model):
+            raise UserError(f"--plan {path} was made for a vocabulary of {made.get('vocab')}, {loaded.name} has "
+                            f"{vocab_size(loaded.model)}")
+        if plan.policy in plans:
+            raise UserError(f"--plan {files[plan.policy]} and {path} are both {plan.policy} plans: one plan per policy")
+        attach_weights(plan, loaded.model, loaded.name)
+        runnable(plan, config.truncation, parties, f"--plan {path}")
+        progress(f"{path}: {plan.policy}, made for {plan.protocol} (headroom {plan.config.headroom_bits} bits)")
+        plans[plan.policy], files[plan.policy] = plan, path
+    return plans
+
+
+def runnable(plan, truncation: str, parties: int, what: str = "this plan") -> None:
+    """Refuse, in one line, a plan that ``truncation`` cannot run here: its profile's verdict
+    (``analysis.cost.protocol_fit``) under the profile run_pi runs; a plan that defers its
+    truncations on a smaller headroom than CrypTen's own truncation needs (eager's rule places
+    its truncations whatever the headroom: it runs as CrypTen runs)."""
+    from ..analysis.cost import protocol_fit
+    from ..core.protocols import load_protocol
+
+    profile = load_protocol(protocol_profile(truncation, parties))
+    fit = protocol_fit(plan, profile)
+    if not fit.runnable or (fit.short_of_headroom and plan.policy != "eager"):
+        raise UserError(f"{what}: {fit.reason}: make it with --protocol {profile.name}")
 
 
 def predictions(plan, parties: int, truncation: str, fuse: bool = True, network: dict | None = None,
@@ -64,13 +111,13 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
 
     c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"), fuse=fuse,
                    weights_apart=batch)
-    out = {"rounds": c["rounds" if batch else "rounds_sequential"],  # as run_pi runs it, output opening aside
-           "rounds_critical_path": c["rounds"], "rounds_sequential": c["rounds_sequential"],
-           "bytes": c["bytes"], "weights_bytes": c["weights_bytes"],
-           "expected_truncation_failures": c["expected_truncation_failures"],
-           "fused_products": c["fused_products"], "fused_pairs": c["fused_pairs"]}
+    out = {"rounds": c.rounds if batch else c.rounds_sequential,  # as run_pi runs it, output opening aside
+           "rounds_critical_path": c.rounds, "rounds_sequential": c.rounds_sequential,
+           "bytes": c.bytes, "weights_bytes": c.weights_bytes,
+           "expected_truncation_failures": c.expected_truncation_failures,
+           "fused_products": c.fused_products, "fused_pairs": c.fused_pairs}
     if network is not None:
-        out["network_s"] = network_seconds(network, out["rounds"] + 1, c["bytes"])
+        out["network_s"] = network_seconds(network, out["rounds"] + 1, c.bytes)
     return out
 
 

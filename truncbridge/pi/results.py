@@ -7,6 +7,7 @@ dealer)."""
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict, dataclass, fields
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
@@ -17,31 +18,64 @@ STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_byt
 ACCURACY = ("max_abs_diff_vs_emulator", "emulated_protocol_spread", "top1_agreement_vs_float", "max_abs_diff_vs_float")
 
 
-def policy_row(policy: str, parties: int, runs: list[list[dict]], references: dict | None = None,
+@dataclass(frozen=True)
+class RunMeasurement:
+    """One party's measurements of one timed run (``session.run_once``). Only ``statistics()``
+    leaves the party; the logits are the client's alone."""
+
+    wall_s: float  # the online phase
+    rounds: int
+    bytes: int
+    comm_s: float  # inside communicator calls
+    offline_s: float  # dealing
+    offline_bytes: int
+    weights_rounds: int  # the weights' halves, opened between dealing and the online phase
+    weights_bytes: int
+    dealt_requests: int
+    online_dealer_requests: int  # requests the dealer answered during the online phase (0: all dealt before)
+    truncations_executed: int
+    loopback_s: float | None = None  # with --network: the same pass on loopback, just before
+    logits: object = None  # the revealed output, at the client only (a tensor)
+
+    def statistics(self) -> dict:
+        """What a party sends rank 0: numbers only (``STATISTICS``; ``--audit`` checks)."""
+        out = {k: v for k, v in asdict(self).items() if k != "logits"}
+        if out["loopback_s"] is None:
+            del out["loopback_s"]
+        return out
+
+    @classmethod
+    def from_statistics(cls, received: dict) -> RunMeasurement:
+        """A party's measurements as rank 0 received them (``statistics``)."""
+        names = {f.name for f in fields(cls)} - {"logits"}
+        return cls(**{k: v for k, v in received.items() if k in names})
+
+
+def policy_row(policy: str, parties: int, runs: list[list[RunMeasurement]], references: dict | None = None,
                logits: list | None = None) -> dict:
     """One policy's row from its repetitions (each: every computing party's measurements): median
     online and offline wall time (each run's slowest party); rounds, bytes and dealt bytes do not
     vary between runs. With the client's revealed ``logits`` (one per run) and the ``references``
     (``--benchmark-reveal`` only), the worst error over runs against the emulator and the float model."""
-    walls = [max(m["wall_s"] for m in everyone) for everyone in runs]
-    local = [max(m["wall_s"] - m["comm_s"] for m in everyone) for everyone in runs]  # outside communicator calls
-    loopback = [max(m.get("loopback_s", m["wall_s"]) for m in everyone) for everyone in runs]
-    offline = [max(m["offline_s"] for m in everyone) for everyone in runs]
+    walls = [max(m.wall_s for m in everyone) for everyone in runs]
+    local = [max(m.wall_s - m.comm_s for m in everyone) for everyone in runs]  # outside communicator calls
+    loopback = [max(m.wall_s if m.loopback_s is None else m.loopback_s for m in everyone) for everyone in runs]
+    offline = [max(m.offline_s for m in everyone) for everyone in runs]
     first = runs[0]
     row = {"policy": policy, "parties": parties,
             "wall_s": statistics.median(walls), "wall_s_runs": walls, "local_s": statistics.median(local),
             "loopback_s": statistics.median(loopback),
-            "rounds": max(m["rounds"] for m in first),
-            "bytes": max(m["bytes"] for m in first),
+            "rounds": max(m.rounds for m in first),
+            "bytes": max(m.bytes for m in first),
             "offline_s": statistics.median(offline),
-            "offline_bytes": sum(m["offline_bytes"] for m in first),  # what the dealer sent
+            "offline_bytes": sum(m.offline_bytes for m in first),  # what the dealer sent
             # input-independent openings between dealing and the online phase (weights' halves)
-            "weights_rounds": max(m.get("weights_rounds", 0) for m in first),
-            "weights_bytes": max(m.get("weights_bytes", 0) for m in first),
-            "dealt_requests": first[0]["dealt_requests"],
-            "online_dealer_requests": max(m["online_dealer_requests"] for everyone in runs for m in everyone),
-            "truncations_executed": first[0]["truncations_executed"],
-            "per_party": [{k: m[k] for k in PER_PARTY} for m in first]}
+            "weights_rounds": max(m.weights_rounds for m in first),
+            "weights_bytes": max(m.weights_bytes for m in first),
+            "dealt_requests": first[0].dealt_requests,
+            "online_dealer_requests": max(m.online_dealer_requests for everyone in runs for m in everyone),
+            "truncations_executed": first[0].truncations_executed,
+            "per_party": [{k: getattr(m, k) for k in PER_PARTY} for m in first]}
     if references is not None and logits is not None:
         row.update(accuracy(policy, [x.double() for x in logits], references))
     return row

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,12 +35,26 @@ from . import mpi
 from .audit import findings, mpi_findings
 from .client import client_input
 from .client import report as client_report
-from .options import computing_parties, parse_args
-from .owner import make_plans, predictions, references
+from .options import PiConfig, computing_parties, parse_args
+from .owner import make_plans, predictions, read_plans, references
 from .party import Party
-from .results import INSECURE, add_predictions, format_table, insecure_modes, policy_row, ratios
+from .results import INSECURE, RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
 
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
+
+
+@dataclass
+class Setup:
+    """What a computing party holds once set up (``_setup``): the owner its full plans and the
+    weights, the others the redacted plans; the client its input."""
+
+    policies: tuple[str, ...]  # in the order they run: the plans', then vanilla if asked
+    plans: dict = field(default_factory=dict)  # policy -> Plan (redacted but at the owner)
+    captured: object = None  # the captured graph, where vanilla runs or at the owner
+    loaded: object = None  # the owner's model (weights); the client's architecture and tokenizer
+    given: object = None  # the client's ``ClientInput``
+    ids: object = None  # the client's token ids, (1, seq_len)
+    inputs: dict | None = None  # the client's one-hot tokens: the plans' input
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        parties = computing_parties(size, args.dealer)
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+        parties = computing_parties(size, config.dealer)
     except UserError as exc:  # the same on every rank: rank 0 speaks for all
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
@@ -59,62 +74,72 @@ def main(argv: list[str] | None = None) -> int:
     computing = comm.Split(0 if rank < parties else MPI.UNDEFINED, rank)
     say = (lambda msg: print(f"[run_pi] {msg}", file=sys.stderr, flush=True)) if rank == 0 else (lambda msg: None)
     try:
-        setup = _setup(comm, args, parties, say) if rank < parties else None
+        setup = _setup(comm, config, parties, say) if rank < parties else None
         address = mpi.rendezvous(comm)
         mpi.setup_done()  # from here on, MPI carries statistics only (checked by --audit)
     except mpi.PeerFailed as exc:
         return mpi.peer_failed(who, exc)
     except Exception as exc:  # noqa: BLE001 - any set-up failure: say it here, tell the others
         return mpi.fail_setup(comm, who, exc)
-    torch.set_num_threads(args.threads or mpi.threads_per_party(comm))
+    torch.set_num_threads(config.threads or mpi.threads_per_party(comm))
     os.environ.update({"RANK": str(rank), "RENDEZVOUS": address, "DISTRIBUTED_BACKEND": "gloo"})
     if rank == parties:
-        core = run_dealer(args.audit, linger_s=args.silence, startup_s=args.timeout)
-        mpi.gather(comm, {"masks": core.masks, "mpi": mpi.RECEIPTS} if args.audit else None, "audit")
+        core = run_dealer(config.audit, linger_s=config.silence_s, startup_s=config.timeout_s)
+        mpi.gather(comm, {"masks": core.masks, "mpi": mpi.RECEIPTS} if config.audit else None, "audit")
         return 0
-    return _compute(comm, computing, args, parties, setup, say)
+    return _compute(comm, computing, config, parties, setup, say)
 
 
-def _setup(comm, args, parties: int, say) -> dict:
-    """Rank 0 loads the model, plans, and sends the redacted plans; the others build what they need
-    from the architecture alone, and the client reads its input (``client.py``)."""
+def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
+    """Rank 0 loads the model, plans (or reads ``--plan``), and sends the redacted plans; the others
+    build what they need from the architecture alone, and the client reads its input (``client.py``)."""
     from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
     from ..frontend.models import load_architecture, load_model
     from ..pipeline import convert, one_hot, vocab_size
 
-    rank, vanilla = comm.Get_rank(), "vanilla" in args.policies
-    out = {"plans": {}, "captured": None, "inputs": None, "ids": None, "loaded": None, "given": None}
+    rank = comm.Get_rank()
     if rank == OWNER:
-        out["loaded"] = loaded = load_model(args.model)  # the weights (and, under --benchmark-reveal, the references)
-        say(f"converting {loaded.name} (seq {args.seq_len})")
-        converted = convert(loaded, args.seq_len, args.frac_bits)
-        out["plans"] = plans = make_plans(args, converted, parties, say)
-        out["captured"] = converted.captured
+        loaded = load_model(config.model)  # the weights (and, under --benchmark-reveal, the references)
+        if config.plan_files:
+            plans = read_plans(config, loaded, parties, say)
+            captured = capture(loaded.model, config.seq_len) if config.vanilla else None
+        else:
+            say(f"converting {loaded.name} (seq {config.seq_len})")
+            converted = convert(loaded, config.seq_len, config.frac_bits)
+            plans, captured = make_plans(config, converted, parties, say), converted.captured
         mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
-        return out
+        return Setup(_run_order(plans, config), plans, captured, loaded)
     docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
-    out["plans"] = {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()}
-    if not all(p.redacted for p in out["plans"].values()):  # never hold the owner's bounds
+    setup = Setup(_run_order(docs, config), {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()})
+    if not all(p.redacted for p in setup.plans.values()):  # never hold the owner's bounds
         raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
-    if rank == CLIENT or vanilla:
-        loaded = load_architecture(args.model)
-        out["captured"] = capture(loaded.model, args.seq_len) if vanilla else None
+    if rank == CLIENT or config.vanilla:
+        loaded = load_architecture(config.model)
+        setup.captured = capture(loaded.model, config.seq_len) if config.vanilla else None
         if rank == CLIENT:  # the client's input: read, tokenized and fitted to --seq-len here only
-            out["loaded"] = loaded
-            out["given"] = given = client_input(loaded, args.seq_len, args.prompt, args.text)
-            ids = given.ids
-            out["ids"], out["inputs"] = ids[None], {"tokens": one_hot(ids[None], vocab_size(loaded.model))}
-    return out
+            setup.loaded = loaded
+            setup.given = client_input(loaded, config.seq_len, config.client.prompt, config.client.text)
+            setup.ids = setup.given.ids[None]
+            setup.inputs = {"tokens": one_hot(setup.ids, vocab_size(loaded.model))}
+    return setup
 
 
-def _runner(policy: str, setup: dict, args):
+def _run_order(plans: dict, config: PiConfig) -> tuple[str, ...]:
+    """The policies this session runs: without --plan, as --policy lists them; with --plan, the
+    plan files' (as the owner sent them), then vanilla if --policy names it."""
+    if not config.plan_files:
+        return config.policies
+    return (*plans, *(("vanilla",) if config.vanilla else ()))
+
+
+def _runner(policy: str, setup: Setup, config: PiConfig):
     from ..backends.crypten.runner import PlanRunner
     from ..crypten.vanilla import VanillaRunner
 
     if policy == "vanilla":
-        return VanillaRunner(setup["captured"], rsqrt_scale=args.vanilla_rsqrt_scale)
-    return PlanRunner(setup["plans"][policy], truncation=args.truncation, fuse=args.fuse, batch=args.batch)
+        return VanillaRunner(setup.captured, rsqrt_scale=config.vanilla_rsqrt_scale)
+    return PlanRunner(setup.plans[policy], truncation=config.truncation, fuse=config.fuse, batch=config.batch)
 
 
 def record_requests(party: Party, runner, inputs) -> list:
@@ -126,7 +151,7 @@ def record_requests(party: Party, runner, inputs) -> list:
     return trace
 
 
-def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -> dict:
+def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -> RunMeasurement:
     """Deal everything (offline), then one timed online pass — on the emulated network if
     ``network`` — and return this party's measurements."""
     from crypten.mpc.primitives import ArithmeticSharedTensor
@@ -148,106 +173,118 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
             opened = runner.open_outputs(outs, dst=1)
     wall = time.perf_counter() - t
     executed = runner.truncations_executed if hasattr(runner, "truncations_executed") else divisions.count
-    return {"wall_s": wall, **party.stats(), "offline_s": offline["seconds"], "offline_bytes": offline["bytes"],
-            "weights_rounds": weights["rounds"], "weights_bytes": weights["bytes"],
-            "dealt_requests": offline["requests"], "online_dealer_requests": provider.online_requests,
-            "truncations_executed": executed, "logits": None if opened is None else opened[0][0]}
+    online = party.stats()
+    return RunMeasurement(wall_s=wall, rounds=online["rounds"], bytes=online["bytes"], comm_s=online["comm_s"],
+                          offline_s=offline["seconds"], offline_bytes=offline["bytes"],
+                          weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
+                          dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
+                          truncations_executed=executed, logits=None if opened is None else opened[0][0])
 
 
-def statistics(mine: dict) -> dict:
+def statistics(mine: RunMeasurement) -> dict:
     """What a party sends rank 0 after a timed run: its measurements, never the output (the
     client's logits stay with the client). ``results.STATISTICS`` names them; ``--audit`` checks."""
-    return {k: v for k, v in mine.items() if k != "logits"}
+    return mine.statistics()
 
 
-def _compute(comm, computing, args, parties: int, setup: dict, say) -> int:
+def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say) -> int:
     rank = comm.Get_rank()
     try:
-        party = Party(timeout_s=args.timeout, silence_s=args.silence, audit=args.audit, dealer=args.dealer,
-                      network=args.network).start()
-        runners = {policy: _runner(policy, setup, args) for policy in args.policies}
+        party = Party(timeout_s=config.timeout_s, silence_s=config.silence_s, audit=config.audit, dealer=config.dealer,
+                      network=config.network).start()
+        runners = {policy: _runner(policy, setup, config) for policy in setup.policies}
     except Exception as exc:  # noqa: BLE001
         return mpi.fail_setup(comm, role(rank), exc)
     print(f"truncbridge: {role(rank)} pid {os.getpid()} started", file=sys.stderr, flush=True)
-    inputs = {p: setup["ids"] if p == "vanilla" else setup["inputs"] for p in args.policies}
-    runs: dict[str, list] = {policy: [] for policy in args.policies}
-    outputs: dict[str, list] = {policy: [] for policy in args.policies}  # the client's logits, per run
+    inputs = {p: setup.ids if p == "vanilla" else setup.inputs for p in setup.policies}
+    runs: dict[str, list] = {policy: [] for policy in setup.policies}
+    outputs: dict[str, list] = {policy: [] for policy in setup.policies}  # the client's logits, per run
     try:
         traces = {}
-        for policy in args.policies:
+        for policy in setup.policies:
             say(f"recording {policy}'s dealer requests (untimed pass)")
             traces[policy] = record_requests(party, runners[policy], inputs[policy])
-        for repetition in range(args.repeat):  # interleaved, so load drifts hit every policy alike
-            for policy in args.policies:
-                say(f"running {policy} with {parties} parties ({repetition + 1}/{args.repeat})")
+        for repetition in range(config.repeat):  # interleaved, so load drifts hit every policy alike
+            for policy in setup.policies:
+                say(f"running {policy} with {parties} parties ({repetition + 1}/{config.repeat})")
                 mine = run_once(party, runners[policy], traces[policy], inputs[policy])
-                if args.network is not None:  # the same pass on loopback first, then on the network
-                    mine = {**run_once(party, runners[policy], traces[policy], inputs[policy], network=True),
-                            "loopback_s": mine["wall_s"]}
+                if config.network is not None:  # the same pass on loopback first, then on the network
+                    on_network = run_once(party, runners[policy], traces[policy], inputs[policy], network=True)
+                    mine = replace(on_network, loopback_s=mine.wall_s)
                 if rank == CLIENT:
-                    outputs[policy].append(mine["logits"])
-                runs[policy].append(mpi.gather(computing, statistics(mine), "stats"))
+                    outputs[policy].append(mine.logits)
+                received = mpi.gather(computing, statistics(mine), "stats")
+                runs[policy].append(None if received is None else [RunMeasurement.from_statistics(m) for m in received])
                 if rank == 0:
-                    say(f"{policy}: online {max(m['wall_s'] for m in runs[policy][-1]):.2f} s")
+                    say(f"{policy}: online {max(m.wall_s for m in runs[policy][-1]):.2f} s")
     except Exception as exc:  # noqa: BLE001 - a lost or stalled peer: name it, end every party
         party.fail(exc)
-    log = party.log.export() if args.audit else None
+    log = party.log.export() if config.audit else None
     masks = party.provider.core.masks if party.provider.core is not None else None
     party.finish()
     revealed, status = None, 0
     if rank == CLIENT:
-        given, loaded = setup["given"], setup["loaded"]
-        try:
-            client_report(loaded.name, args.seq_len, given, {p: xs[-1] for p, xs in outputs.items()}, loaded.tokenizer,
-                          args.client_output, args.client_output_logits,
-                          lm=loaded.model.get_output_embeddings() is not None)
-        except OSError as exc:  # the others still finish; the client's status says it
-            print(f"error: cannot write --client-output {args.client_output}: {exc.strerror}", file=sys.stderr, flush=True)
-            status = 2
-        if args.benchmark_reveal:  # INSECURE: the client's ids and logits to the owner, for accuracy
-            mpi.send(comm, {"ids": given.ids, "logits": outputs}, dest=OWNER)
-    elif rank == OWNER and args.benchmark_reveal:
+        status = _client_result(comm, config, setup, outputs)
+    elif rank == OWNER and config.benchmark_reveal:
         revealed = mpi.wait_for(comm, CLIENT, "reveal")
-    pooled = mpi.gather(comm, {"log": log, "masks": masks, "mpi": mpi.RECEIPTS} if args.audit else None, "audit")
+    pooled = mpi.gather(comm, {"log": log, "masks": masks, "mpi": mpi.RECEIPTS} if config.audit else None, "audit")
     if rank == OWNER:
-        _report(args, parties, runs, setup, pooled, revealed, say)
+        _report(config, parties, runs, setup, pooled, revealed, say)
     return status
 
 
-def _revealed_references(args, parties: int, setup: dict, revealed: dict, say) -> dict:
+def _client_result(comm, config: PiConfig, setup: Setup, outputs: dict) -> int:
+    """The client prints and writes its result; under --benchmark-reveal (INSECURE) it sends its
+    ids and logits to the owner. Its exit status: 2 if --client-output cannot be written."""
+    given, loaded, status = setup.given, setup.loaded, 0
+    try:
+        client_report(loaded.name, config.seq_len, given, {p: xs[-1] for p, xs in outputs.items()}, loaded.tokenizer,
+                      config.client.output, config.client.output_logits,
+                      lm=loaded.model.get_output_embeddings() is not None)
+    except OSError as exc:  # the others still finish; the client's status says it
+        print(f"error: cannot write --client-output {config.client.output}: {exc.strerror}", file=sys.stderr, flush=True)
+        status = 2
+    if config.benchmark_reveal:  # INSECURE: the client's ids and logits to the owner, for accuracy
+        mpi.send(comm, {"ids": given.ids, "logits": outputs}, dest=OWNER)
+    return status
+
+
+def _revealed_references(config: PiConfig, parties: int, setup: Setup, revealed: dict, say) -> dict:
     """--benchmark-reveal: the float and emulated references on the client's revealed ids."""
     from ..pipeline import one_hot, vocab_size
 
-    model, ids = setup["loaded"].model, revealed["ids"]
+    model, ids = setup.loaded.model, revealed["ids"]
     say("emulating the plans on the revealed input (exact, and with the protocol's truncation model)")
-    return references(model, setup["plans"], ids, {"tokens": one_hot(ids[None], vocab_size(model))}, args.truncation,
+    return references(model, setup.plans, ids, {"tokens": one_hot(ids[None], vocab_size(model))}, config.truncation,
                       parties)
 
 
-def _report(args, parties: int, runs: dict, setup: dict, pooled: list, revealed: dict | None, say) -> None:
-    refs = _revealed_references(args, parties, setup, revealed, say) if revealed is not None else None
+def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: list, revealed: dict | None, say) -> None:
+    refs = _revealed_references(config, parties, setup, revealed, say) if revealed is not None else None
     rows = []
-    for policy in args.policies:
+    for policy in setup.policies:
         row = policy_row(policy, parties, runs[policy], refs, revealed["logits"][policy] if revealed else None)
-        plan = setup["plans"].get(policy)
+        plan = setup.plans.get(policy)
         if plan:
-            add_predictions(row, plan, predictions(plan, parties, args.truncation, args.fuse, args.network, args.batch))
+            add_predictions(row, plan, predictions(plan, parties, config.truncation, config.fuse, config.network,
+                                                   config.batch))
         rows.append(row)
-    result = {"parties": parties, "model": args.model, "seq_len": args.seq_len, "truncation": args.truncation,
-              "network": args.network, "fuse": args.fuse, "batch": args.batch,
-              "bounds": args.bounds, "repeat": args.repeat, "dealer": args.dealer,
-              "benchmark_reveal": args.benchmark_reveal, "threads_per_party": torch.get_num_threads(),
-              "rows": rows, "ratios": ratios(rows)}
-    result["insecure"] = insecure_modes(result, args.audit)
-    if args.audit:
-        result["audit"] = audit = audit_summary(pooled, parties, args.dealer)
-        over_mpi = mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=args.benchmark_reveal)
+    bounds = sorted({p.config.bounds for p in setup.plans.values()}) if config.plan_files else [config.bounds]
+    result = {"parties": parties, "model": config.model, "seq_len": config.seq_len, "truncation": config.truncation,
+              "network": config.network, "fuse": config.fuse, "batch": config.batch,
+              "bounds": ",".join(bounds), "repeat": config.repeat, "dealer": config.dealer,
+              "benchmark_reveal": config.benchmark_reveal, "threads_per_party": torch.get_num_threads(),
+              "plan_files": list(config.plan_files), "rows": rows, "ratios": ratios(rows)}
+    result["insecure"] = insecure_modes(result, config.audit)
+    if config.audit:
+        result["audit"] = audit = audit_summary(pooled, parties, config.dealer)
+        over_mpi = mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=config.benchmark_reveal)
         audit["mpi_receipts"] = sum(len(p["mpi"]) for p in pooled if p is not None)
         audit["findings"] = (audit["findings"] + over_mpi)[:MAX_FINDINGS]
         audit["finding_count"] += len(over_mpi)
     print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
