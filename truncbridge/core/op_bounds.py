@@ -23,8 +23,11 @@ STOCHASTIC_PRESERVING = {"aten.view.default", "aten._unsafe_view.default", "aten
 
 # -- interval rules ------------------------------------------------------------------------------
 def input_bound(st, node) -> tuple[float, str]:
+    """An integer input is the one-hot token matrix; a real-valued one has the bound its owner declared."""
     if not node.attrs.get("integer"):
-        raise UserError(f"input {node.attrs['name']} has no static bound; use calibrated bounds")
+        if node.facts.bound is None:
+            raise UserError(f"input {node.attrs['name']} has no static bound; use calibrated bounds")
+        return node.facts.bound, "input"
     st.onehot.add(node.id)
     return 1.0, "input"
 
