@@ -24,6 +24,7 @@ from datetime import timedelta
 from ..backends.crypten.compat import import_crypten
 from ..backends.crypten.dealing import configure, install_provider
 from ..backends.crypten.roles import CLIENT, OWNER
+from ..core.errors import UserError
 
 crypten = import_crypten()
 
@@ -53,23 +54,35 @@ class PlanModule(crypten.nn.Module):
 
     def __init__(self, plan, truncation: str = "exact", client: int = CLIENT):
         super().__init__()
-        from ..backends.crypten.runner import PlanRunner
-        from ..core.errors import UserError
-
         if len(plan.program.inputs) != 1 or len(plan.program.outputs) != 1:
             raise UserError("PlanModule takes a plan with one input and one output")
         self.plan, self.truncation, self.client = plan, truncation, client
-        self.runner = PlanRunner(plan, client=client, truncation=truncation, owner=OWNER)
+        self.owner, self._runner = OWNER, None  # the runner needs CrypTen's communicator: made at first use
         (self.input_name, input_id), = plan.program.inputs.items()
         self.input_scale = plan.program[input_id].scale
         self.output_scale = plan.program[plan.program.outputs[0]].scale
 
+    @property
+    def runner(self):
+        """The ``PlanRunner`` (after ``init``): made at first use, so that a module can be built and
+        emulated before CrypTen starts."""
+        if self._runner is None:
+            from ..backends.crypten.runner import PlanRunner
+
+            self._runner = PlanRunner(self.plan, client=self.client, truncation=self.truncation, owner=self.owner)
+        return self._runner
+
     def encrypt(self, mode: bool = True, src: int = OWNER):
         """The weights stay with ``src`` until a forward pass shares them (no communication:
         pseudo-random zero shares); there are no CrypTen parameters to encrypt."""
+        self.owner = src
         self.runner.owner = src
         self.encrypted = mode
         return self
+
+    def emulate(self, x, check: bool = True):
+        """The plan on the real tensor ``x`` in the exact ring, without parties (``emulate``)."""
+        return emulate(self.plan, x, check)
 
     def forward(self, x):
         from crypten.mpc import MPCTensor
@@ -78,6 +91,30 @@ class PlanModule(crypten.nn.Module):
         out = self.runner.run(shared={self.input_name: ours})[0]
         target = crypten.cfg.encoder.precision_bits
         return MPCTensor.from_shares(_rescale(out, self.output_scale, target).share, precision=target)
+
+
+def emulate(plan, x, check: bool = True):
+    """The plan on ``x`` in the exact ring (what the parties compute, without them), decoded to
+    float64. With ``check``, a value outside the bounds the plan promised — the input's declared
+    range included — is an error that names the worst node."""
+    from ..backends import RingExecutor
+
+    executor = RingExecutor(plan)
+    outs, _ = executor.run({_input_name(plan, x): x.detach().double()}, check=check)
+    if check and executor.above_bound:
+        worst = executor.worst_offenders(1)[0]
+        at = f" at {worst['origin']}" if worst["origin"] else ""
+        raise UserError(f"values exceed the plan's bounds: {executor.above_bound} elements, worst node {worst['node']} "
+                        f"({worst['op']}{at}) saw {worst['seen']:.4g} > its {worst['source']} bound {worst['bound']:.4g}")
+    return executor.decode_outputs(outs)[0]
+
+
+def _input_name(plan, x) -> str:
+    (name, nid), = plan.program.inputs.items()
+    want = plan.program[nid].shape
+    if tuple(x.shape) != tuple(want):
+        raise UserError(f"the plan was made for inputs of shape {tuple(want)}, not {tuple(x.shape)}")
+    return name
 
 
 def _precision(ast) -> int:

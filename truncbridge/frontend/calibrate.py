@@ -45,10 +45,10 @@ def centered_scores(scores: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(live, scores - mean, scores)
 
 
-def input_dependent(graph: torch.fx.Graph, tokens: str) -> set[str]:
-    """Nodes whose value depends on the client's tokens: the only ones a recipe can read (weights
+def input_dependent(graph: torch.fx.Graph, client_input: str) -> set[str]:
+    """Nodes whose value depends on the client's input: the only ones a recipe can read (weights
     alone, or public tables, are owner-known or public and never ranged)."""
-    out = {tokens}
+    out = {client_input}
     for node in graph.nodes:
         if any(a.name in out for a in node.all_input_nodes):
             out.add(node.name)
@@ -68,10 +68,10 @@ def weight_order(captured: Captured) -> list[str]:
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range], tokens: str, generate=None):
+    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range], client_input: str, generate=None):
         super().__init__(module)  # values are dropped after their last use: one weight at a time
         self.ranges = ranges
-        self.ranged = input_dependent(module.graph, tokens)
+        self.ranged = input_dependent(module.graph, client_input)
         self.generate = generate
 
     def fetch_args_kwargs_from_env(self, n):
@@ -82,8 +82,8 @@ class _Recorder(torch.fx.Interpreter):
 
     def run_node(self, node: torch.fx.Node):
         out = super().run_node(node)
-        if node.op != "call_function" or node.name not in self.ranged:
-            return out
+        if node.op not in ("call_function", "placeholder") or node.name not in self.ranged:
+            return out  # a placeholder is ranged only where it is the client's input (real-valued)
         if node.target == torch.ops.aten._softmax.default:
             # a softmax is ranged by its input scores minus their row mean: what its recipe needs
             r = _range_of(centered_scores(self.env[node.args[0]], node.args[1]))
@@ -98,10 +98,10 @@ class _Recorder(torch.fx.Interpreter):
 
 @torch.no_grad()
 def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Range]:
-    """Min/max of every floating-point ATen node that depends on the tokens, over the calibration
-    batches."""
+    """Min/max of every floating-point ATen node that depends on the client's input (token ids,
+    or a real-valued tensor), over the calibration batches."""
     ranges: dict[str, Range] = {}
-    recorder = _Recorder(captured.exported.graph_module, ranges, captured.tokens, captured.generate)
+    recorder = _Recorder(captured.exported.graph_module, ranges, captured.client_input, captured.generate)
     if captured.generate is not None and len(batches) == 1:
         captured.generate.prefetch(weight_order(captured))
     for ids in batches:

@@ -1,8 +1,9 @@
-"""Capture: torch.export of a causal LM at a fixed shape, decomposed to core ATen ops.
+"""Capture: torch.export at a fixed shape, decomposed to core ATen ops — of a Hugging Face LM on
+token ids (``capture``), or of any module on one real-valued tensor (``capture_module``).
 
 The captured graph takes every parameter, buffer and constant as an explicit placeholder; the
 ``Captured`` record says which placeholders are secret weights, which are public tensors, and
-which one is the client's ``input_ids``.
+which one is the client's secret input: token ids (an LM), or a real-valued tensor.
 """
 from __future__ import annotations
 
@@ -30,23 +31,31 @@ class Captured:
     weights: dict[str, torch.Tensor]  # placeholder name -> parameter (secret, model owner)
     publics: dict[str, Any]  # placeholder name -> buffer / constant / fixed user argument
     parameter_names: dict[str, str]  # placeholder name -> module parameter name
-    tokens: str  # placeholder name of input_ids (secret, client)
-    batch: int
-    seq_len: int
+    client_input: str  # placeholder name of the client's secret input
+    input_shape: tuple[int, ...]  # its shape: (batch, seq_len) token ids, or the real-valued tensor's
     generate: Any = None  # name -> tensor, where parameters are on meta (fake_weights.GeneratedWeights)
+    real_input: bool = False  # the client's input is a real-valued tensor, not token ids
 
     @property
     def graph(self) -> torch.fx.Graph:
         return self.exported.graph_module.graph
 
-    def placeholder_values(self, input_ids: torch.Tensor) -> list[Any]:
-        """Arguments of the graph module, in placeholder order, for concrete token ids."""
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_shape[1]
+
+    def placeholder_values(self, x: torch.Tensor) -> list[Any]:
+        """Arguments of the graph module, in placeholder order, for a concrete client input."""
         values = []
         for node in self.graph.nodes:
             if node.op != "placeholder":
                 continue
-            if node.name == self.tokens:
-                values.append(input_ids)
+            if node.name == self.client_input:
+                values.append(x)
             elif node.name in self.weights:
                 w = self.weights[node.name]
                 values.append(LazyWeight(self.parameter_names[node.name]) if w.is_meta else w)
@@ -54,8 +63,8 @@ class Captured:
                 values.append(self.publics[node.name])
         return values
 
-    def run(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.exported.graph_module(*self.placeholder_values(input_ids))[0]
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.exported.graph_module(*self.placeholder_values(x))[0]
 
 
 def _run_on_cpu(exported: torch.export.ExportedProgram) -> None:
@@ -83,8 +92,19 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None)
         except Exception as exc:  # export failures are long; keep their first line
             raise UserError(f"torch.export failed for {type(model).__name__}: {first_line(exc)}") from None
 
+    weights, publics, names, users = _placeholders(exported)
+    tokens, *extra = users
+    for arg in extra:
+        publics[arg] = False  # use_cache
+    if generate is not None:
+        _run_on_cpu(exported)
+    return Captured(exported, weights, publics, names, tokens, (batch, seq_len), generate)
+
+
+def _placeholders(exported: torch.export.ExportedProgram) -> tuple[dict, dict, dict, list[str]]:
+    """(weights, publics, parameter names, user inputs in order) of an exported program's placeholders."""
     state = exported.state_dict
-    weights, publics, names, tokens = {}, {}, {}, None
+    weights, publics, names, users = {}, {}, {}, []
     for spec in exported.graph_signature.input_specs:
         arg = spec.arg.name
         if spec.kind == InputKind.PARAMETER:
@@ -95,12 +115,38 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None)
         elif spec.kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
             publics[arg] = exported.constants[spec.target]
         elif spec.kind == InputKind.USER_INPUT:
-            if tokens is None:
-                tokens = arg
-            else:
-                publics[arg] = False  # use_cache
+            users.append(arg)
         else:
             raise UserError(f"unsupported exported input kind {spec.kind} for {arg}")
-    if generate is not None:
-        _run_on_cpu(exported)
-    return Captured(exported, weights, publics, names, tokens, batch, seq_len, generate)
+    return weights, publics, names, users
+
+
+def capture_module(module: torch.nn.Module, dummy_input) -> Captured:
+    """torch.export any module on ONE real-valued tensor (``dummy_input``: its shape and dtype),
+    in eval mode, with core-ATen decompositions; the tensor is the client's secret input."""
+    if isinstance(dummy_input, (tuple, list)):
+        if len(dummy_input) != 1:
+            raise UserError(f"the module must take one real-valued input tensor, got {len(dummy_input)} inputs")
+        dummy_input, = dummy_input
+    if not isinstance(dummy_input, torch.Tensor) or not dummy_input.is_floating_point():
+        what = f"a {dummy_input.dtype} tensor" if isinstance(dummy_input, torch.Tensor) else type(dummy_input).__name__
+        raise UserError(f"dummy_input must be a real-valued (floating-point) tensor, got {what}; "
+                        "token ids take the LM path (truncbridge.pipeline.convert)")
+    training = module.training
+    module.eval()  # inference: dropout off, batch norm on its running statistics
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with opaque_modules(module):
+                exported = torch.export.export(module, (dummy_input,))
+            exported = exported.run_decompositions(decompositions())
+        except UserError:
+            raise
+        except Exception as exc:  # export failures are long; keep their first line
+            raise UserError(f"torch.export failed for {type(module).__name__}: {first_line(exc)}") from None
+        finally:
+            module.train(training)
+    weights, publics, names, users = _placeholders(exported)
+    if len(users) != 1:
+        raise UserError(f"the module must take one real-valued input tensor, its export has {len(users)}")
+    return Captured(exported, weights, publics, names, users[0], tuple(dummy_input.shape), real_input=True)

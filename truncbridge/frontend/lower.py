@@ -1,7 +1,8 @@
 """Lowering: the captured ATen graph -> IR program over secret values.
 
 The walk (``walk.py``) folds public nodes in plaintext; nodes that touch a secret value are lowered
-by the rule tables of ``lower_rules.py`` (linear ops one to one) and ``lower_functions.py``
+by the rule tables of ``lower_rules.py`` (linear ops one to one), ``lower_conv.py`` (convolution,
+average pooling) and ``lower_functions.py``
 (nonlinear ops as range-aware recipes, comparisons, the automatic recipe and user registrations),
 data movement becomes ``move`` here. An op with no rule is an error that names it, where it is
 in the model, and how to register a recipe.
@@ -9,7 +10,8 @@ in the model, and how to register a recipe.
 Who holds what: parameters are the model owner's secret ``weight`` inputs; the client's token ids
 enter as a secret one-hot matrix (``input`` "tokens", integer 0/1), and the embedding lookup is the
 private product ``one_hot @ embedding_table`` — its cost is counted like any matmul, and neither
-party learns the other's data. Additive masks of -inf (<= -1e4) are public structure: they are kept
+party learns the other's data. A real-valued client input (``capture_module``) enters as the secret
+``input`` at frac_bits, with the bound its owner declared. Additive masks of -inf (<= -1e4) are public structure: they are kept
 beside the secret scores as a 0/1 ``keep`` tensor and applied after the exp inside softmax.
 """
 from __future__ import annotations
@@ -22,13 +24,14 @@ from ..core.errors import UserError
 from ..core.ir import Builder, Program, aten_op
 from .calibrate import Range
 from .capture import Captured
+from .lower_conv import CONV_RULES
 from .lower_functions import FUNCTION_RULES, is_pointwise, on_pointwise, registered_rule
 from .lower_rules import LINEAR_RULES, Secret
 from .reassociate import reassociate_products
 from .registry import USER_RECIPES
 from .walk import GraphWalk, aten_name
 
-RULES = {**LINEAR_RULES, **FUNCTION_RULES}
+RULES = {**LINEAR_RULES, **CONV_RULES, **FUNCTION_RULES}
 
 RELU_MODES = ("comparison", "smooth")  # ReLU, max, min, clamp: exact by a comparison, or smooth_relu
 RECIPE_TOL_SLACK_BITS = 4  # recipes aim at an absolute (or relative) error of 2^-(frac_bits - 4)
@@ -40,11 +43,13 @@ class Lowerer(GraphWalk):
     no_rule_hint = ("; if it is an elementwise function, register it: truncbridge.register_recipe(torch.ops."
                     "<op>) fits it automatically, or pass your own recipe (README, \"Recipes\")")
 
-    def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison"):
+    def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison",
+                 input_bound: float | None = None):
         super().__init__(captured)
         if relu not in RELU_MODES:
             raise UserError(f"relu must be one of {', '.join(RELU_MODES)}, got {relu!r}")
         self.relu = relu
+        self.input_bound = input_bound
         self.ranges = ranges
         self.tol = 2.0 ** -(frac_bits - RECIPE_TOL_SLACK_BITS)
         self.b = Builder()
@@ -78,6 +83,15 @@ class Lowerer(GraphWalk):
                 return None
             return Secret(self.b.weight(c.parameter_names[node.name], c.weights[node.name]))
         return c.publics[node.name]
+
+    def real_input(self, node) -> Secret:
+        """A real-valued client input ("input", at frac_bits): its declared bound |x| <= input_bound
+        is the one assumption static analysis starts from (``emulate --check`` verifies it)."""
+        if self.input_bound is None:
+            raise UserError("a real-valued input needs a bound: give input_bounds or calibration data")
+        x = self.b.input("input", self.captured.input_shape)
+        self.b.declare(x, self.input_bound, "input")
+        return Secret(x)
 
     def output(self, value: Secret) -> int:
         return self.b.output(value.id)
@@ -132,5 +146,7 @@ def _substitute(args, secret: Secret, tensor: torch.Tensor):
     return args
 
 
-def lower(captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison") -> Program:
-    return reassociate_products(Lowerer(captured, ranges, frac_bits, relu).run())
+def lower(captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison",
+          input_bound: float | None = None) -> Program:
+    """``input_bound``: the bound of a real-valued client input (``capture_module``)."""
+    return reassociate_products(Lowerer(captured, ranges, frac_bits, relu, input_bound).run())

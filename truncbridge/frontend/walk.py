@@ -2,8 +2,9 @@
 baseline (``crypten.vanilla``): they differ only in what a secret value is and in their rules.
 
 Every node whose inputs are all public (positions, rotary tables, causal masks, shapes) is folded
-in plaintext by running the ATen op itself. Only ``aten.embedding`` may read the client's token
-ids. Identity ops pass their input on, ``getitem`` indexes, data movement goes to ``move``, and
+in plaintext by running the ATen op itself. The client's input is token ids (an LM: only
+``aten.embedding`` may read them) or a real-valued tensor (``capture_module``: a secret like any
+other). Identity ops pass their input on, ``getitem`` indexes, data movement goes to ``move``, and
 every other op on secret data to the subclass's rule for it — an op without one is an error that
 names it.
 """
@@ -72,8 +73,8 @@ class GraphWalk:
         for node in self.captured.graph.nodes:
             self.begin(node)
             if node.op == "placeholder":
-                c = self.captured
-                self.env[node.name] = TokenIds((c.batch, c.seq_len)) if node.name == c.tokens else self.placeholder(node)
+                self.env[node.name] = self.client_input(node) if node.name == self.captured.client_input \
+                    else self.placeholder(node)
             elif node.op == "call_function":
                 self.env[node.name] = self.call(node)
             elif node.op == "output":
@@ -82,6 +83,15 @@ class GraphWalk:
 
     def begin(self, node) -> None:
         """Called before each node (lowering records where nodes come from)."""
+
+    def client_input(self, node) -> Any:
+        """The client's secret input: token ids stay a marker until an embedding reads them; a
+        real-valued input is the subclass's (``real_input``)."""
+        c = self.captured
+        return self.real_input(node) if c.real_input else TokenIds(c.input_shape)
+
+    def real_input(self, node) -> Any:
+        raise UserError(f"{type(self).__name__} takes token ids only, not a real-valued input")
 
     def is_secret(self, v) -> bool:
         return isinstance(v, self.secret_types)
