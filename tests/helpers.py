@@ -37,3 +37,48 @@ EMULATE_KEYS = {"model", "field_bits", "field", "prime", "frac_bits", "policy", 
                 "above_bound",
                 "bound_offenders", "time_s", "recipes_alone_max_abs_error",
                 "truncation_model"}
+
+
+def _encoding_error(value: torch.Tensor, scale: int) -> float:
+    """max |round(c 2^s) 2^-s - c|: how much encoding a public constant at scale s moves it."""
+    return (torch.round(value.double() * 2.0**scale) / 2.0**scale - value.double()).abs().max().item()
+
+
+def rounding_error_bounds(plan) -> dict[int, float]:
+    """Per node of a placed plan, an upper bound on |exact emulation - float| carried from every
+    rounding the plan makes — an input encoded at its scale and a truncation to nearest (half an
+    LSB each), a public constant's own encoding error — through each op, with magnitudes from
+    the plan's bounds: |a'b' - ab| <= (|a| + ea) eb + |b| ea, K times that for a matmul over K,
+    a sum adds its summands' errors, a power of two scales them. Written from the ops'
+    definitions, not from the emulator; an op without a rule here fails the test."""
+    program, err = plan.program, {}
+    for n in program.nodes:
+        e = [err[i] for i in n.inputs]
+        m = [plan.bounds[i].value for i in n.inputs]
+        if n.op == "input":
+            err[n.id] = 2.0 ** -(n.scale + 1)
+        elif n.op in ("output", "neg", "move", "shl"):
+            err[n.id] = e[0]
+        elif n.op == "trunc":
+            err[n.id] = e[0] + 2.0 ** -(n.scale + 1)
+        elif n.op == "pow2":
+            err[n.id] = e[0] * 2.0 ** n.attrs["exp"]
+        elif n.op == "add":
+            err[n.id] = e[0] + e[1]
+        elif n.op == "add_public":
+            err[n.id] = e[0] + _encoding_error(program.consts[n.attrs["const"]], n.scale)
+        elif n.op == "sum":
+            summed = 1
+            for d in n.attrs["dims"]:
+                summed *= program[n.inputs[0]].shape[d]
+            err[n.id] = e[0] * summed
+        elif n.op in ("mul", "matmul"):
+            k = program[n.inputs[0]].shape[-1] if n.op == "matmul" else 1
+            err[n.id] = k * ((m[0] + e[0]) * e[1] + m[1] * e[0])
+        elif n.op == "mul_public":
+            c = program.consts[n.attrs["const"]]
+            dc = _encoding_error(c, n.attrs["const_scale"])
+            err[n.id] = e[0] * (c.abs().max().item() + dc) + m[0] * dc
+        else:
+            raise AssertionError(f"no error rule for {n.op}")
+    return err

@@ -39,3 +39,13 @@ def test_a_row_norm_does_not_cross_a_broadcast(combine):
             if seen[n.id] > bounds[n.id].value * (1 + 1e-12)]
     assert over == []
     assert max(seen.values()) == 8.0  # the Gram entries really are 8: the case is not vacuous
+
+
+@pytest.mark.slow
+def test_static_bounds_hold_on_real_text(default_converted):
+    """No calibrated maximum of the default model on its held-out text exceeds its static bound
+    (sources: weight, input, rule, recipe, range)."""
+    sb = static_bounds(default_converted.program)
+    for node in default_converted.program.nodes:
+        assert default_converted.maxabs.get(node.id, 0.0) <= sb[node.id].value * (1 + 1e-9), (node.op, node.origin)
+    assert {b.source for b in sb.values()} >= {"weight", "input", "rule", "recipe", "range"}
