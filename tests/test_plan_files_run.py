@@ -1,0 +1,185 @@
+"""Plan files run where users run plans (issue 28.2): a plan made by ``truncbridge plan`` with its
+defaults runs in run_pi (``--plan``, real processes) and as a ``PlanModule``; run_pi refuses, in one
+line, a plan made for another model or length or one its truncation cannot run; ``report`` says
+when a plan is costed under a protocol it was not made for, and whether that protocol can run it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from truncbridge import cli
+from truncbridge.backends import RingExecutor, truncation_model_for
+from truncbridge.core.errors import UserError
+from truncbridge.core.planfile import attach_weights, load_plan, save_plan
+from truncbridge.core.protocols import load_protocol
+from truncbridge.pi.options import parse_args
+from truncbridge.pi.owner import read_plans
+from truncbridge.pipeline import build_plan, one_hot, plan_config
+
+ROOT = Path(__file__).resolve().parent.parent
+MPIRUN = Path(sys.executable).parent / "mpirun"
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+SMALL = ["--model", "random-llama", "--seq-len", "16"]
+TOKENS = [5, 17, 300, 2, 9, 44, 101, 7, 250, 3, 61, 8, 12, 400, 33, 1]
+
+
+@pytest.fixture(scope="module")
+def default_plan(tmp_path_factory) -> Path:
+    """``truncbridge plan`` with its defaults (policy, protocol, field, bounds) on the small model."""
+    path = tmp_path_factory.mktemp("plans") / "default.json"
+    assert cli.main(["plan", *SMALL, "-o", str(path)]) == 0
+    return path
+
+
+def emulated(plan_path: Path, ids: list[int]) -> tuple[torch.Tensor, float]:
+    """The plan's exact emulation on ``ids`` and the spread of CrypTen's exact truncation model over 8 seeds."""
+    plan = load_plan(plan_path)
+    from truncbridge.frontend.models import load_model
+
+    loaded = load_model(plan.model["name"])
+    attach_weights(plan, loaded.model, loaded.name)
+    inputs = {"tokens": one_hot(torch.tensor([ids]), plan.model["vocab"])}
+    ex = RingExecutor(plan)
+    exact = ex.decode_outputs(ex.run(inputs)[0])[0][0]
+    model = truncation_model_for(load_protocol("crypten-exact-2pc"))
+    spread = 0.0
+    for seed in range(8):
+        noisy = RingExecutor(plan, truncation=model, seed=seed)
+        spread = max(spread, (noisy.decode_outputs(noisy.run(inputs)[0])[0][0] - exact).abs().max().item())
+    return exact, spread
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
+def test_a_default_plan_runs_in_run_pi(default_plan, tmp_path):
+    """Owner, client and dealer run the plan file as it is: the plan's truncations, the cost model's
+    rounds, and the revealed logits within the protocol's own spread of the plan's emulation."""
+    out = tmp_path / "pi.json"
+    cmd = [str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, str(ROOT / "launch" / "run_pi.py"), *SMALL,
+           "--plan", str(default_plan), "--benchmark-reveal", "--json", str(out)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    plan = load_plan(default_plan)
+    assert result["plan_files"] == [str(default_plan)] and plan.protocol == "faithful-2pc"  # made with the defaults
+    (row,) = result["rows"]
+    assert row["policy"] == plan.policy == "eager"
+    assert row["truncations_executed"] == row["planned_truncations"] == plan.counts()["truncations"]
+    assert row["rounds"] == row["predicted"]["rounds_critical_path"] + 1  # + the output's opening
+    assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
+
+
+@pytest.mark.slow
+def test_a_default_plan_runs_as_a_plan_module(default_plan, tmp_path):
+    """Two parties and the dealer run the same file as a ``PlanModule`` (the owner the full plan, the
+    others its redacted copy): the client's output is the emulation's, within the protocol's spread
+    (and one LSB of each edge conversion)."""
+    redacted = tmp_path / "redacted.json"
+    save_plan(load_plan(default_plan), redacted, redacted=True)
+    env = {**os.environ, "WORLD_SIZE": "2", "RENDEZVOUS": f"file://{tmp_path / 'rendezvous'}", "DISTRIBUTED_BACKEND": "gloo"}
+    party = ROOT / "tests" / "plan_file_party.py"
+    procs = [subprocess.Popen([sys.executable, str(party), str(default_plan), str(redacted), ",".join(map(str, TOKENS)),
+                               str(tmp_path / f"out{r}.json")], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(3)]
+    try:
+        for p in procs:
+            p.wait(timeout=180)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"process {r} failed: {p.stdout.read().decode()[-2000:]}"
+    results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+    assert results[0]["output"] is None  # only the client learns the output
+    exact, spread = emulated(default_plan, TOKENS)
+    got = torch.tensor(results[1]["output"], dtype=torch.float64)[0]
+    assert results[1]["truncations"] == load_plan(default_plan).counts()["truncations"]  # the plan's, no more
+    assert (got - exact).abs().max().item() <= 2 * spread + 2.0 ** -14
+
+
+@pytest.fixture(scope="module")
+def plan_files(random_converted, tmp_path_factory) -> dict[str, Path]:
+    """Lazy plans of the small model (16 tokens): made for faithful-2pc (no headroom: values up to
+    2^63), crypten-exact-2pc (values below 2^62) and crypten-2pc (16 bits of headroom)."""
+    folder = tmp_path_factory.mktemp("lazy")
+    paths = {}
+    for protocol in ("faithful-2pc", "crypten-exact-2pc", "crypten-2pc"):
+        paths[protocol] = folder / f"{protocol}.json"
+        save_plan(build_plan(random_converted, plan_config("lazy", protocol=protocol)), paths[protocol])
+    return paths
+
+
+def read(random_converted, *argv: str, parties: int = 3) -> dict:
+    return read_plans(parse_args([*SMALL, *argv]), random_converted.loaded, parties, lambda msg: None)
+
+
+def test_run_pi_refuses_a_plan_of_another_length(random_converted, plan_files):
+    config = parse_args(["--model", "random-llama", "--seq-len", "8", "--plan", str(plan_files["crypten-exact-2pc"])])
+    with pytest.raises(UserError, match="was made for 16 tokens, this run's --seq-len is 8$"):
+        read_plans(config, random_converted.loaded, 2, lambda msg: None)
+
+
+def test_run_pi_reads_the_plans_it_can_run(random_converted, plan_files):
+    plans = read(random_converted, "--plan", str(plan_files["crypten-exact-2pc"]))  # a 2PC profile, run by 3 parties
+    assert list(plans) == ["lazy"] and plans["lazy"].program.weights  # the owner's full plan, with its weights
+    assert list(read(random_converted, "--truncation", "crypten", "--plan", str(plan_files["crypten-2pc"]))) == ["lazy"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--plan", "{faithful-2pc}"], "exact-msb truncation needs |x| < 2^62, and this plan truncates values up to 2^63 "
+                                   "→ cannot run: make it with --protocol crypten-exact-3pc"),
+    (["--truncation", "crypten", "--plan", "{faithful-2pc}"], "expected failures per forward pass: make it with "
+                                                             "--protocol crypten-3pc"),
+    (["--plan", "{crypten-exact-2pc}", "{crypten-2pc}"], "are both lazy plans: one plan per policy"),
+])
+def test_run_pi_refuses_plans_it_cannot_run(random_converted, plan_files, argv, message):
+    with pytest.raises(UserError, match="^--plan ") as refused:
+        read(random_converted, *[a.format(**{k: str(v) for k, v in plan_files.items()}) for a in argv])
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_run_pi_refuses_a_plan_of_another_model(random_converted, plan_files):
+    from truncbridge.frontend.models import load_model
+
+    other = load_model("random:gpt2")
+    with pytest.raises(UserError, match="was made for model random:llama, this run's --model is random:gpt2"):
+        read_plans(parse_args(["--model", "random:gpt2", "--seq-len", "16", "--plan", str(plan_files["crypten-2pc"])]),
+                   other, 2, lambda msg: None)
+
+
+@pytest.mark.parametrize("argv", [["--policy", "lazy"], ["--policy", "eager,vanilla"]])
+def test_plan_files_name_their_own_policies(argv):
+    with pytest.raises(UserError, match="--policy may add vanilla only"):
+        parse_args([*SMALL, "--plan", "p.json", *argv])
+    assert parse_args([*SMALL, "--plan", "p.json", "--policy", "vanilla"]).policies == ("vanilla",)
+
+
+@pytest.mark.parametrize("protocol,note", [
+    (None, None),  # its own profile: no note (the negative control)
+    ("faithful-2pc", None),
+    ("crypten-exact-2pc", "note: plan made for faithful-2pc (headroom 0 bits); costed under crypten-exact-2pc: its "
+                          "exact-msb truncation needs |x| < 2^62, and this plan truncates values up to 2^63 → cannot run"),
+    ("crypten-2pc", "note: plan made for faithful-2pc (headroom 0 bits); costed under crypten-2pc: its truncations take "
+                    "values up to 2^63; crypten-2pc's probabilistic-local truncation fails with probability about "
+                    "|x|/2^64 per element and wants 16 bits of headroom →"),
+])
+def test_report_says_which_protocol_a_plan_was_made_for(plan_files, protocol, note, capsys, tmp_path):
+    out = tmp_path / "report.json"
+    assert cli.main(["report", str(plan_files["faithful-2pc"]), *(["--protocol", protocol] if protocol else []),
+                     "--json", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    fit = json.loads(out.read_text())["fit"]
+    if note is None:
+        assert "note:" not in text and fit["warning"] == "" and fit["runnable"]
+        return
+    assert note in text and fit["warning"] in text
+    assert fit["runnable"] == (protocol != "crypten-exact-2pc")
+    if protocol == "crypten-2pc":  # the failures the note counts are the cost model's
+        assert fit["expected_failures"] == json.loads(out.read_text())["expected_truncation_failures"] > 1
