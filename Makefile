@@ -41,6 +41,10 @@ test-fast: lint  # the quick loop: no whole-model or multi-process tests
 bench: install
 	$(BIN)/python launch/bench.py
 
+docs: install  # re-run the commands whose output README.md and docs/ show, and write it there
+	$(BIN)/python launch/regen_docs.py
+.PHONY: docs
+
 train-default-model: install
 	$(BIN)/python launch/train_default_model.py
 
