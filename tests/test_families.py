@@ -9,20 +9,9 @@ import json
 import pytest
 
 from truncbridge.cli import main
+from truncbridge.frontend.models import TESTED_FAMILIES as FAMILIES  # what `truncbridge models --types` calls tested
 
-# model_type -> a recipe (or "comparisons") its plan must contain: the family's own nonlinearity
-FAMILIES = {
-    "llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu",
-    "gemma": "gelu",  # tanh GeLU (gelu_pytorch_tanh), fitted by evaluating the op with its argument
-    "gemma2": "tanh",  # logit soft-capping: cap * tanh(x / cap)
-    "gemma3_text": "gelu", "phi3": "silu",
-    "gpt2": "tanh",  # GPT-2's gelu_new is written out with tanh
-    "gpt_neox": "gelu",  # erf GeLU; partial rotary is slices and cats
-    "opt": "comparisons",  # ReLU
-    "bloom": "tanh",  # bloom_gelu is tanh GeLU; ALiBi is public and folded
-    "falcon": "gelu",
-    "bert": "gelu",  # an encoder: LayerNorm, erf GeLU, bidirectional attention, pooler
-}
+# FAMILIES: model_type -> a recipe (or "comparisons") its plan must contain: the family's own nonlinearity
 FAST = {"llama", "gpt2", "bert", "opt"}  # make test-fast runs these
 
 

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import DEFAULT_SEQ_LEN, build_parser
+from .cli_args import parse_args
 from .core.errors import UserError, first_line
 
 
@@ -33,6 +33,96 @@ def _check_device(device: str) -> None:
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as exc:
             raise UserError(f"--device {device} is not usable here: {first_line(exc)}") from None
+
+
+def _note(text: str) -> None:
+    """A flag that changes nothing here, said on stderr (the command goes on)."""
+    print(f"truncbridge: note: {text}", file=sys.stderr)
+
+
+def _read_texts(args) -> None:
+    """--text and --calibration-text read before the slow work (args.calibration: the latter's text)."""
+    from .frontend.data import read_text_file
+
+    if getattr(args, "text", None):
+        read_text_file(args.text)
+    args.calibration = None
+    if args.calibration_text:
+        try:
+            args.calibration = read_text_file(args.calibration_text)
+        except UserError as exc:
+            raise UserError(f"--calibration-text: {exc}") from None
+
+
+def _check_calibration_fits(args, seq_len: int, fake_weights: bool = False) -> None:
+    """--calibration-text holds a window of --seq-len tokens: checked with the tokenizer alone."""
+    from .frontend.models import load_tokenizer
+    from .pipeline import calibration_windows
+
+    if args.calibration is not None:
+        calibration_windows(load_tokenizer(args.model, args.preset, fake_weights), seq_len, text=args.calibration)
+
+
+def _check_network(spec: str, flag: str, also: tuple[str, ...] = ()) -> None:
+    """A network name (or rtt=MS,bw=MBIT), with the nearest names when it is mistyped."""
+    from .core.protocols import PROTOCOL_DIR, load_network
+    from .core.suggest import nearest
+
+    if spec in also:
+        return
+    try:
+        load_network(spec)
+    except UserError:
+        names = [*also, *json.loads((PROTOCOL_DIR / "networks.json").read_text())]
+        raise UserError(f"{flag}: unknown network {spec!r}{nearest(spec, names)}: choose {', '.join(names)} "
+                        "or rtt=MS,bw=MBIT") from None
+
+
+def _check_applies(args, policies: list[str]) -> None:
+    """A placement flag given where it changes nothing is refused (or noted, for a mere limit)."""
+    if args.objective != "elements":
+        _check_network(args.objective, "--objective", also=("elements",))
+        if "optimal" not in policies:
+            raise UserError(f"--objective {args.objective} applies to --policy optimal only (what its search "
+                            f"minimises); {'/'.join(policies)} places without it")
+    if "margin_bits" in args.given and args.bounds != "calibrated":
+        raise UserError("--margin-bits applies to --bounds calibrated only (static bounds have no margin)")
+    if "precision_tolerance" in args.given and set(policies) == {"eager"}:
+        raise UserError("--precision-tolerance applies to lazy and optimal only (eager is the floor they keep to)")
+    if "time_limit" in args.given and "optimal" not in policies:
+        _note(f"--time-limit applies to --policy optimal only: {'/'.join(policies)} ignores it")
+
+
+# flags a plan file fixes when it is made: with --plan they do not apply (why)
+NOT_WITH_PLAN = {"relu": "its program was lowered when it was made",
+                 "calibration_text": "its ranges were calibrated when it was made",
+                 "time_limit": "its truncations were placed when it was made"}
+
+
+def _plan_fixed(plan) -> dict[str, tuple[object, str]]:
+    """Flag (dest) -> (the plan's value, how to say it): given otherwise with --plan, refused."""
+    c = plan.config
+    seq_len = plan.model["seq_len"]
+    tolerance = "off" if c.precision_tolerance_bits is None else f"{c.precision_tolerance_bits} bits"
+    return {"field_bits": (c.field_bits if c.prime is None else None, plan.field_name),
+            "prime": (c.prime, plan.field_name), "policy": (c.policy, c.policy), "frac_bits": (c.frac_bits, str(c.frac_bits)),
+            "protocol": (c.protocol, c.protocol), "headroom": (c.headroom_bits, f"{c.headroom_bits} bits"),
+            "bounds": (c.bounds, c.bounds), "margin_bits": (c.margin_bits, str(c.margin_bits)),
+            "precision_tolerance": (c.precision_tolerance_bits, tolerance), "objective": (c.objective, c.objective),
+            "seq_len": (seq_len, f"{seq_len} tokens"), "preset": (plan.model.get("preset"), str(plan.model.get("preset")))}
+
+
+def _check_against_plan(args, plan) -> None:
+    """With --plan, a flag the plan fixes is refused when given otherwise, or when it does not apply."""
+    for dest, why in NOT_WITH_PLAN.items():
+        if dest in args.given or (dest == "calibration_text" and args.calibration_text):
+            raise UserError(f"--{dest.replace('_', '-')} does not apply with --plan: {why}")
+    for dest, (fixed, shown) in _plan_fixed(plan).items():
+        value = getattr(args, dest)
+        if dest in args.given and value != fixed:
+            flag = f"--{dest.replace('_', '-')}"
+            raise UserError(f"{flag} {'off' if value is None else value} differs from the plan's {shown}: a plan is made "
+                            f"for one {flag[2:]}; drop {flag}, or make a plan with it")
 
 
 def _eval_windows(args, loaded, seq_len: int):
@@ -81,33 +171,33 @@ def _emulation_record(name, plan, result, check: bool, truncation: str = "neares
 def cmd_emulate(args) -> dict:
     from .core.planfile import attach_weights, load_plan
     from .frontend.models import load_model
-    from .pipeline import convert, emulate
+    from .pipeline import emulate
     from .report import print_emulation, progress_bar
 
     _check_output_path(args.json, "--json")
     _check_device(args.device)
-    if args.text:  # fail fast on a bad text file, before the slow work
-        from .frontend.data import read_text_file
-
-        read_text_file(args.text)
+    _read_texts(args)
+    if "seed" in args.given and not args.mpc_truncation:
+        raise UserError("--seed applies to --mpc-truncation only (the randomness of the sampled truncation)")
     timings = {}
     if args.plan:
         plan = load_plan(args.plan)
+        _check_against_plan(args, plan)
         name = args.model or plan.model.get("name", "default")
         loaded = load_model(name, args.preset or plan.model.get("preset"))
         attach_weights(plan, loaded.model, name)
         seq_len = plan.model["seq_len"]
-        if args.seq_len_given and args.seq_len != seq_len:
-            raise UserError(f"--seq-len {args.seq_len} differs from the plan's {seq_len} tokens: a plan is made for "
-                            f"one length; drop --seq-len, or make a plan for {args.seq_len}")
     else:
         _check_field(args.field_bits, args.frac_bits, args.prime)
+        _check_applies(args, [args.policy])
+        config = _config(args)
+        _check_calibration_fits(args, args.seq_len)
         loaded = load_model(args.model, args.preset)
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
-        converted = convert(loaded, seq_len, args.frac_bits, args.relu)
-        plan = _placed(converted, _config(args))
+        converted = _converted(loaded, seq_len, args)
+        plan = _placed(converted, config)
         timings = converted.timings
     truncation = "nearest"
     if args.mpc_truncation:
@@ -128,6 +218,15 @@ def cmd_emulate(args) -> dict:
     return record
 
 
+def _converted(loaded, seq_len: int, args):
+    """pipeline.convert (capture, calibration, lowering), with its progress on stderr."""
+    from .pipeline import convert
+    from .report import status_line
+
+    with status_line("converting (capture, calibration, lowering)"):
+        return convert(loaded, seq_len, args.frac_bits, args.relu, calibration_text=args.calibration)
+
+
 def _placed(converted, config):
     """build_plan, with the optimal search's progress on a live stderr line."""
     from .pipeline import build_plan
@@ -141,14 +240,19 @@ def _placed(converted, config):
 def cmd_plan(args) -> None:
     from .core.planfile import save_plan
     from .frontend.models import load_model
-    from .pipeline import convert
     from .report import print_plan_summary
 
     _check_field(args.field_bits, args.frac_bits, args.prime)
     _check_output_path(args.output, "-o")
+    _check_applies(args, [args.policy])
+    _read_texts(args)
+    if args.fake_weights and args.bounds == "calibrated":
+        raise UserError("--fake-weights plans use static bounds (--bounds calibrated needs the whole model's maxima)")
+    config = _config(args)
+    _check_calibration_fits(args, args.seq_len, args.fake_weights)
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
-    converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
-    plan = _placed(converted, _config(args))
+    converted = _converted(loaded, args.seq_len, args)
+    plan = _placed(converted, config)
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)
 
@@ -160,6 +264,10 @@ def cmd_report(args) -> None:
     from .report import print_report
 
     _check_output_path(args.json, "--json")
+    _check_output_path(args.plot, "--plot")
+    _check_network(args.network, "--network")
+    if args.plot:
+        _plot_plans(args)
     if len(args.plan) > 1:
         return _report_side_by_side(args)
     plan = load_plan(args.plan[0])
@@ -170,6 +278,17 @@ def cmd_report(args) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": args.plan[0], "network": args.network, "counts": plan.counts(),
                                                **costs.to_json(), "fit": fit.to_json()}, indent=2) + "\n")
+
+
+def _plot_plans(args) -> None:
+    """report --plot: the plans' bit widths, truncations and per-recipe costs, in one PNG."""
+    from .core.planfile import load_plan
+    from .core.protocols import load_network
+    from .plot import plot_plans
+
+    plans = [(path, load_plan(path)) for path in args.plan]
+    plot_plans(plans, args.plot, protocol=args.protocol, network=load_network(args.network))
+    print(f"plot written to {args.plot}", file=sys.stderr)
 
 
 def _report_side_by_side(args) -> None:
@@ -202,9 +321,10 @@ def cmd_compare(args) -> list[dict]:
     from .analysis.cost import plan_costs
     from .core.fields import field_name
     from .core.protocols import load_network, load_protocol
+    from .core.suggest import nearest
     from .core.types import POLICIES
     from .frontend.models import load_model
-    from .pipeline import build_plan, convert, emulate
+    from .pipeline import build_plan, emulate
     from .report import plot_compare, print_compare, progress_bar
 
     _check_output_path(args.json, "--json")
@@ -216,10 +336,14 @@ def cmd_compare(args) -> list[dict]:
                     [(_check_field(0, args.frac_bits, p), p) for p in args.primes], key=lambda f: (f[0], f[1] or 0))
     for pol in args.policies:
         if pol not in POLICIES:
-            raise UserError(f"unknown policy {pol!r}: choose from {', '.join(POLICIES)}")
+            raise UserError(f"unknown policy {pol!r}{nearest(pol, POLICIES)}: choose from {', '.join(POLICIES)}")
+    _check_applies(args, args.policies)
+    _read_texts(args)
+    _check_some_config(args, fields)
+    _check_calibration_fits(args, args.seq_len)
     loaded = load_model(args.model, args.preset)
     windows, source = _eval_windows(args, loaded, args.seq_len)
-    converted = convert(loaded, args.seq_len, args.frac_bits, args.relu)
+    converted = _converted(loaded, args.seq_len, args)
     protocol, network = load_protocol(args.protocol), load_network("lan")
     rows, rounds = [], []
     sites: dict[str, list] = {}  # policy -> truncation sites of its plans at smaller fields
@@ -253,15 +377,32 @@ def cmd_compare(args) -> list[dict]:
     return rows
 
 
-def cmd_models(args) -> None:
-    from .frontend.models import ALIASES, PRESETS, model_types
+def _check_some_config(args, fields) -> None:
+    """Compare's flags before any work: a (field, policy) a plan cannot be made under is a row marked
+    infeasible, but flags under which no plan can be made at all are refused (the first reason)."""
+    refused = []
+    for fb, prime in fields:
+        for pol in args.policies:
+            try:
+                _config(args, pol, fb, prime)
+                return
+            except UserError as exc:
+                refused.append(exc)
+    raise refused[0]
 
+
+def cmd_models(args) -> None:
+    from .frontend.models import ALIASES, PRESETS, convertible_types
+
+    tested, untested = convertible_types()
     if args.types:
-        print("\n".join(model_types()))
+        print("\n".join([*(f"{t:24s} tested" for t in tested),
+                         *(f"{t:24s} text model, untested" for t in untested)]))
         return
     print("default                  the shipped trained Llama (truncbridge/assets/default_model)")
-    print(f"random:<model_type>      seeded random weights, 2 layers, hidden 64; {len(model_types())} types "
-          "(truncbridge models --types)")
+    print("default-gpt2             a GPT-2 of the same size, trained on the same text (truncbridge/assets/gpt2_model)")
+    print(f"random:<model_type>      seeded random weights, 2 layers, hidden 64; {len(tested)} tested types, "
+          f"{len(untested)} untested text types (truncbridge models --types)")
     for alias, target in ALIASES.items():
         print(f"{alias:24s} = {target}")
     for preset, (model_type, _) in PRESETS.items():
@@ -273,9 +414,7 @@ COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "com
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if hasattr(args, "seq_len"):
-            args.seq_len_given, args.seq_len = args.seq_len is not None, args.seq_len or DEFAULT_SEQ_LEN
+        args = parse_args(argv)
         COMMANDS[args.command](args)
         return 0
     except UserError as exc:

@@ -4,10 +4,60 @@ from __future__ import annotations
 import argparse
 import re
 
-from .core.errors import ArgumentParser
+from .core.errors import ArgumentParser as OneLineParser
+from .core.suggest import nearest
 
 DEFAULT_SEQ_LEN = 128
 DEFAULT_WINDOWS = 16
+
+
+class _Unset:
+    """The default of a flag whose default is filled in after parsing (``parse_args``): a flag the
+    user gave is then told from one left at its default, even when both have the same value."""
+
+    def __repr__(self) -> str:
+        return "the default"
+
+
+UNSET = _Unset()
+
+
+class ArgumentParser(OneLineParser):
+    """One line and exit status 2 on a usage error; a mistyped choice gets the nearest valid ones;
+    flags declared with ``_flag`` keep their defaults in ``resolved_defaults`` (see ``parse_args``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resolved_defaults: dict[str, object] = {}
+        self.commands: dict[str, ArgumentParser] = {}
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {choices})"
+                                                 f"{nearest(value, action.choices)}")
+
+
+def _flag(p, *names, default, **kwargs):
+    """``p.add_argument`` whose default is filled in by ``parse_args`` (a plain parser: as given)."""
+    registry = getattr(p, "resolved_defaults", None)
+    action = p.add_argument(*names, default=default if registry is None else UNSET, **kwargs)
+    if registry is not None:
+        registry[action.dest] = default
+    return action
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with ``args.given``: the flags the user gave (their defaults filled in)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = set()
+    for dest, default in parser.commands[args.command].resolved_defaults.items():
+        if getattr(args, dest) is UNSET:
+            setattr(args, dest, default)
+        else:
+            args.given.add(dest)
+    return args
 
 
 def positive_int(text: str) -> int:
@@ -36,7 +86,7 @@ def tolerance_bits(text: str) -> int | None:
 def add_precision_tolerance(p) -> None:
     from .core.types import PRECISION_TOLERANCE_BITS
 
-    p.add_argument("--precision-tolerance", type=tolerance_bits, default=PRECISION_TOLERANCE_BITS, metavar="BITS|off",
+    _flag(p, "--precision-tolerance", type=tolerance_bits, default=PRECISION_TOLERANCE_BITS, metavar="BITS|off",
                    help="lazy, optimal: keep every value's scale at least eager's minus BITS (default "
                         f"{PRECISION_TOLERANCE_BITS}; off: truncate to frac bits wherever that is cheaper; README, "
                         "\"Precision floor\")")
@@ -71,15 +121,18 @@ def _word_list(text: str) -> list[str]:
 
 
 def _add_model_args(p, seq=True):
-    from .frontend.models import MODEL_NAMES, PRESETS
+    from .frontend.models import MODEL_NAMES, PRESET_TYPES, PRESETS
 
     p.add_argument("--model", default=None,
                    help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="random:<model_type> at the full-size shapes of a published model")
+    _flag(p, "--preset", default=None, choices=sorted(PRESETS),
+          help="random:<model_type> at the full-size shapes of a published model (with --model random:<type>: "
+               + ", ".join(f"{k} random:{v}" for k, v in PRESET_TYPES.items()) + ")")
     if seq:
-        p.add_argument("--seq-len", type=positive_int, default=None,  # None: not given (--plan has its own)
-                       help=f"tokens per window (default {DEFAULT_SEQ_LEN}; with --plan, the plan's)")
+        _flag(p, "--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
+              help=f"tokens per window (default {DEFAULT_SEQ_LEN}; with --plan, the plan's)")
+    p.add_argument("--calibration-text", default=None, metavar="FILE",
+                   help="text whose windows calibrate the recipes' input ranges (default: the bundled training text)")
 
 
 def _add_numeric_args(p, lists=False):
@@ -87,25 +140,25 @@ def _add_numeric_args(p, lists=False):
     from .core.types import BOUNDS_MODES, OPTIMAL_TIME_LIMIT_S, POLICIES
 
     if not lists:
-        p.add_argument("--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..128, default 64)")
-        p.add_argument("--prime", type=big_int, default=None,
-                       help="compute in the prime field F_p instead (p < 2^127, e.g. 2^61-1; signed encoding)")
-        p.add_argument("--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
-    p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
-    p.add_argument("--relu", default="comparison", choices=("comparison", "smooth"),
-                   help="ReLU, max, min, clamp: exact by a counted comparison (default), or smooth: no comparison, "
-                        "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (README, \"Recipes and comparisons\")")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
-                   help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
-    p.add_argument("--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
-    p.add_argument("--bounds", default="static", choices=BOUNDS_MODES, help="static analysis (default) or calibrated maxima")
-    p.add_argument("--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
-    p.add_argument("--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
-                   help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
+        _flag(p, "--field-bits", type=int, default=64, help="ring size l of Z_2^l (2..128, default 64)")
+        _flag(p, "--prime", type=big_int, default=None,
+              help="compute in the prime field F_p instead (p < 2^127, e.g. 2^61-1; signed encoding)")
+        _flag(p, "--policy", default="eager", choices=POLICIES, help="truncation placement (default eager)")
+    _flag(p, "--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
+    _flag(p, "--relu", default="comparison", choices=("comparison", "smooth"),
+          help="ReLU, max, min, clamp: exact by a counted comparison (default), or smooth: no comparison, "
+               "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (README, \"Recipes and comparisons\")")
+    _flag(p, "--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
+          help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
+    _flag(p, "--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
+    _flag(p, "--bounds", default="static", choices=BOUNDS_MODES, help="static analysis (default) or calibrated maxima")
+    _flag(p, "--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
+    _flag(p, "--time-limit", type=float, default=OPTIMAL_TIME_LIMIT_S,
+          help=f"optimal: MILP time limit in seconds (default {OPTIMAL_TIME_LIMIT_S:g})")
     add_precision_tolerance(p)
-    p.add_argument("--objective", default="elements",
-                   help="optimal: minimise truncated elements (default), or the online time on a network: lan, mid, wan "
-                        "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (README, \"Placement objective\")")
+    _flag(p, "--objective", default="elements",
+          help="optimal: minimise truncated elements (default), or the online time on a network: lan, mid, wan "
+               "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (README, \"Placement objective\")")
 
 
 def _add_eval_args(p, windows=DEFAULT_WINDOWS):
@@ -133,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--mpc-truncation", action="store_true",
                      help="sample the protocol's own truncation (its error model: LSB errors, failures) instead of "
                           "exact round-nearest: what MPC under --protocol (or the plan's) would output")
-    emu.add_argument("--seed", type=int, default=0, help="randomness of --mpc-truncation (default 0)")
+    _flag(emu, "--seed", type=int, default=0, help="randomness of --mpc-truncation (default 0)")
     emu.add_argument("--recipes-error", action="store_true",
                      help="also run the IR in float64 (recipes, no rounding) to report the recipes' own error: "
                           "a second full forward pass per window")
@@ -153,18 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--protocol", default=None, choices=protocol_names(), help="profile (default: the plan's)")
     rep.add_argument("--network", default="lan", help="lan, mid, wan (protocols/networks.json) or rtt=MS,bw=MBIT (default lan)")
     rep.add_argument("--json", help="write the report as JSON to this path")
+    rep.add_argument("--plot", metavar="FILE",
+                     help="draw the plan(s): each value's bits against the field along the program, where each "
+                          "policy truncates, and rounds and bytes per recipe kind (PNG)")
 
     cmp = sub.add_parser("compare", help="policies x field sizes: truncations, rounds, accuracy")
     _add_model_args(cmp)
     _add_numeric_args(cmp, lists=True)
     _add_eval_args(cmp, windows=4)
-    cmp.add_argument("--field-bits", type=_int_list, default=[40, 48, 56, 64],
-                     help="ring sizes, comma-separated (default 40,48,56,64; up to 128)")
-    cmp.add_argument("--primes", type=_big_int_list, default=[], help="prime fields too, comma-separated (e.g. 2^61-1)")
-    cmp.add_argument("--policies", type=_word_list, default=["eager", "lazy", "optimal"], help="comma-separated")
+    _flag(cmp, "--field-bits", type=_int_list, default=[40, 48, 56, 64],
+          help="ring sizes, comma-separated (default 40,48,56,64; up to 128)")
+    _flag(cmp, "--primes", type=_big_int_list, default=[], help="prime fields too, comma-separated (e.g. 2^61-1)")
+    _flag(cmp, "--policies", type=_word_list, default=["eager", "lazy", "optimal"], help="comma-separated")
     cmp.add_argument("--json", help="write the rows as a JSON list to this path")
     cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")
 
     models = sub.add_parser("models", help="list the built-in model names and presets")
-    models.add_argument("--types", action="store_true", help="list every model_type random:<model_type> accepts")
+    models.add_argument("--types", action="store_true",
+                        help="list the model_types random:<model_type> converts (tested, then untested text models)")
+    parser.commands = sub.choices
     return parser

@@ -34,6 +34,7 @@ class Converted:
     program: Program
     timings: dict[str, float] = field(default_factory=dict)
     weights_hash: str = ""
+    calibration_text: str | None = None  # None: the bundled training text (``calibration_windows``)
     _maxabs: dict[int, float] | None = None
 
     @property
@@ -44,7 +45,7 @@ class Converted:
             if self.loaded.generated is not None:
                 raise UserError("--fake-weights plans use static bounds: calibrated maxima need the whole model")
             t = time.perf_counter()
-            self._maxabs = _calibration_maxima(self.program, self.loaded, self.captured.seq_len)
+            self._maxabs = _calibration_maxima(self.program, self.loaded, self.captured.seq_len, self.calibration_text)
             self.timings["calibrated maxima"] = time.perf_counter() - t
         return self._maxabs
 
@@ -79,9 +80,10 @@ def tokenize_windows(tokenizer, text: str, seq_len: int, limit: int | None = Non
     return ids[: n * seq_len].view(n, seq_len)
 
 
-def calibration_windows(tokenizer, seq_len: int, count: int = CALIBRATION_WINDOWS) -> torch.Tensor:
-    """Windows spread evenly over the training text (never the held-out split)."""
-    windows = tokenize_windows(tokenizer, split_pydoc_text()[0], seq_len, what="calibration text")
+def calibration_windows(tokenizer, seq_len: int, count: int = CALIBRATION_WINDOWS, text: str | None = None) -> torch.Tensor:
+    """Windows spread evenly over ``text`` (default: the bundled training text, never its held-out split)."""
+    what = "calibration text" if text is None else "--calibration-text"
+    windows = tokenize_windows(tokenizer, split_pydoc_text()[0] if text is None else text, seq_len, what=what)
     step = max(1, len(windows) // count)
     return windows[::step][:count]
 
@@ -96,19 +98,22 @@ def one_hot(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(ids, vocab).to(torch.float64)
 
 
-def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comparison") -> Converted:
+def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comparison",
+            calibration_text: str | None = None) -> Converted:
+    """Capture, calibrate (on ``calibration_text``'s windows; default: the bundled training text), lower."""
     if seq_len <= 0:
         raise UserError(f"--seq-len must be positive, got {seq_len}")
     limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise UserError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {limit}")
     timings = {}
+    # a calibration text too short for one window is refused before the capture
+    calib = calibration_windows(loaded.tokenizer, seq_len, 1 if loaded.generated else CALIBRATION_WINDOWS, calibration_text)
     t = time.perf_counter()
     captured = capture(loaded.model, seq_len, generate=loaded.generated)
     timings["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    calib = calibration_windows(loaded.tokenizer, seq_len, 1 if loaded.generated else CALIBRATION_WINDOWS)
     ranges = calibrate(captured, [w[None] for w in calib])
     timings["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -117,10 +122,10 @@ def convert(loaded: LoadedModel, seq_len: int, frac_bits: int, relu: str = "comp
         program.weight_stats = dict(loaded.generated.stats)
         program.weights.update({k: v.double() for k, v in loaded.generated.small.items()})
     timings["lower"] = time.perf_counter() - t
-    return Converted(loaded, captured, program, timings)
+    return Converted(loaded, captured, program, timings, calibration_text=calibration_text)
 
 
-def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> dict[int, float]:
+def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int, text: str | None = None) -> dict[int, float]:
     vocab = vocab_size(loaded.model)
     maxabs: dict[int, float] = {}
 
@@ -129,7 +134,7 @@ def _calibration_maxima(program: Program, loaded: LoadedModel, seq_len: int) -> 
             lo, hi = torch.aminmax(value)
             maxabs[node.id] = max(maxabs.get(node.id, 0.0), -lo.item(), hi.item())
 
-    for w in calibration_windows(loaded.tokenizer, seq_len):
+    for w in calibration_windows(loaded.tokenizer, seq_len, text=text):
         run_float(program, {"tokens": one_hot(w[None], vocab)}, visit=record)
     return maxabs
 

@@ -1,7 +1,11 @@
-"""Human-readable output: tables and progress bars (rich, on stderr for progress)."""
+"""Human-readable output: tables and progress bars (rich, on stderr for progress; when stderr is
+not a terminal — a pipe, a log — a plain progress line every ``PROGRESS_EVERY_S`` seconds instead)."""
 from __future__ import annotations
 
 import shutil
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,13 +14,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(width=max(110, shutil.get_terminal_size().columns))
+PROGRESS_EVERY_S = 5.0  # not on a terminal: one progress line this often
 
 
 @contextmanager
 def progress_bar(total: int, label: str):
     """Yield an ``advance()`` callable; the bar goes to stderr and vanishes when done."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        done = [0]
+        with _progress_lines(label, lambda: f"{done[0]}/{total}"):
+            yield lambda: done.__setitem__(0, done[0] + 1)
+        return
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+                  console=err, transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda: progress.advance(task)
 
@@ -24,8 +35,34 @@ def progress_bar(total: int, label: str):
 @contextmanager
 def status_line(label: str):
     """Yield an ``update(text)`` callable: one live line on stderr (``label: text``), gone when done."""
-    with Console(stderr=True).status(label) as status:
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        latest = [""]
+        with _progress_lines(label, lambda: latest[0]):
+            yield lambda text: latest.__setitem__(0, text)
+        return
+    with err.status(label) as status:
         yield lambda text: status.update(f"{label}: {text}")
+
+
+@contextmanager
+def _progress_lines(label: str, so_far):
+    """While the block runs, ``label: N s, <so_far()>`` on stderr every ``PROGRESS_EVERY_S`` seconds:
+    a piped or logged run is not silent through a long search."""
+    stop, start = threading.Event(), time.perf_counter()
+
+    def tick():
+        while not stop.wait(PROGRESS_EVERY_S):
+            text = so_far()
+            print(f"{label}: {time.perf_counter() - start:.0f} s{', ' + text if text else ''}", file=sys.stderr, flush=True)
+
+    ticker = threading.Thread(target=tick, name="progress lines", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
 
 
 def two_column(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "value"), title: str | None = None) -> Table:
@@ -117,7 +154,7 @@ def print_plan_summary(plan, path: str) -> None:
     c = plan.counts()
     model = plan.model
     rows = [
-        ("model", f"{model['name']} (seq {model['seq_len']}, weights {model['hash'][:12]})"),
+        ("model", f"{model_label(model)} (seq {model['seq_len']}, weights {model['hash'][:12]})"),
         ("field / fraction bits", f"{plan.field_name} / {plan.frac_bits}"),
         ("protocol / headroom", f"{plan.protocol} / {plan.config.headroom_bits} bits"),
         ("policy / bounds", f"{plan.policy} / {plan.config.bounds}"),
@@ -136,20 +173,31 @@ def print_plan_summary(plan, path: str) -> None:
     console.print(two_column(rows, title=f"plan written to {path}"))
 
 
+def model_label(model: dict) -> str:
+    """A plan's model as a reader names it: its name, and the preset of a full-size random model."""
+    return f"{model['name']} ({model['preset']})" if model.get("preset") else model["name"]
+
+
+def _row_model(row: dict) -> str:
+    return f"{model_label({'name': row['model'], 'preset': row['preset']})}, seq {row['seq_len']}"
+
+
 def print_side_by_side(rows: list[dict]) -> None:
-    first = rows[0]
-    title = (f"truncbridge report — {first['model']}{' (' + first['preset'] + ')' if first['preset'] else ''}, "
-             f"seq {first['seq_len']}: per forward pass, and per token (÷ {first['seq_len']})")
-    plans = {r["plan"]: r["policy"] for r in rows}
-    shared = len(set(plans.values())) < len(plans)  # two plans of one policy: say which file is which
+    models = list(dict.fromkeys(_row_model(r) for r in rows))
+    several = len(models) > 1  # then every row names its model
+    what = f"plans of {len(models)} models (each row names its own)" if several else models[0]
+    title = f"truncbridge report — {what}: per forward pass, and per token (÷ seq)"
+    plans = {r["plan"]: (_row_model(r), r["policy"]) for r in rows}
+    shared = len(set(plans.values())) < len(plans)  # two plans of one model and policy: say which file is which
     t = Table(title=title, title_justify="left")
-    for col in ("protocol", "policy", "truncations", "truncated elements", "per token", "comparisons", "rounds",
-                "bytes / party", "LAN s", "WAN s", "exp. failures"):
-        t.add_column(col, justify="left" if col in ("protocol", "policy") else "right")
+    for col in (*(["model"] if several else []), "protocol", "policy", "truncations", "truncated elements", "per token",
+                "comparisons", "rounds", "bytes / party", "LAN s", "WAN s", "exp. failures"):
+        t.add_column(col, justify="left" if col in ("model", "protocol", "policy") else "right")
     for r in rows:
         c = r["counts"]
         label = f"{r['policy']} ({Path(r['plan']).stem})" if shared else r["policy"]
-        t.add_row(r["protocol"], label, f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
+        t.add_row(*([_row_model(r)] if several else []), r["protocol"], label,
+                  f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
                   f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{c.get('comparisons', 0):,}", f"{r['rounds']:,.0f}",
                   _fmt_bytes(r["bytes"]), f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}",
                   f"{r['expected_truncation_failures']:.3g}")
@@ -170,7 +218,7 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
         ("communication per party", _fmt_bytes(costs.bytes)),
         ("estimated latency", f"{costs.latency_s:.3f} s"),
         ("expected truncation failures per forward pass", f"{costs.expected_truncation_failures:.3g}"),
-    ], title=f"truncbridge report — {plan.model['name']}, {plan.policy}, {plan.field_name}, "
+    ], title=f"truncbridge report — {model_label(plan.model)}, {plan.policy}, {plan.field_name}, "
              f"{plan.frac_bits} fraction bits; costs under {costs.protocol} on {network}"))
 
     layers = Table(title="per layer", title_justify="left")

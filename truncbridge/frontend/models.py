@@ -47,7 +47,39 @@ PRESETS = {
                                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)),
 }
+PRESET_TYPES = {preset: model_type for preset, (model_type, _) in PRESETS.items()}
 MODEL_NAMES = (*SHIPPED, "random:<model_type>", *ALIASES)
+
+# The families tests/test_families.py converts and emulates within their bounds (what `truncbridge
+# models --types` lists as tested): model_type -> a recipe (or "comparisons") its plan must contain,
+# the family's own nonlinearity
+TESTED_FAMILIES = {
+    "llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu",
+    "gemma": "gelu",  # tanh GeLU (gelu_pytorch_tanh), fitted by evaluating the op with its argument
+    "gemma2": "tanh",  # logit soft-capping: cap * tanh(x / cap)
+    "gemma3_text": "gelu", "phi3": "silu",
+    "gpt2": "tanh",  # GPT-2's gelu_new is written out with tanh
+    "gpt_neox": "gelu",  # erf GeLU; partial rotary is slices and cats
+    "opt": "comparisons",  # ReLU
+    "bloom": "tanh",  # bloom_gelu is tanh GeLU; ALiBi is public and folded
+    "falcon": "gelu",
+    "bert": "gelu",  # an encoder: LayerNorm, erf GeLU, bidirectional attention, pooler
+}
+
+# why a model_type is not converted: the first of transformers' auto-mapping tables that holds it
+# (MODEL_FOR_<TABLE>_MAPPING_NAMES); a text family (causal LM or encoder) in none of them may convert
+REFUSED_KINDS = (
+    ("an audio model", ("AUDIO_CLASSIFICATION", "AUDIO_FRAME_CLASSIFICATION", "AUDIO_XVECTOR", "CTC",
+                        "SPEECH_SEQ_2_SEQ", "TEXT_TO_WAVEFORM", "TEXT_TO_SPECTROGRAM", "RNNT", "TDT")),
+    ("a multimodal model", ("IMAGE_TEXT_TO_TEXT", "MULTIMODAL_LM", "VISUAL_QUESTION_ANSWERING",
+                            "DOCUMENT_QUESTION_ANSWERING", "VISION_2_SEQ")),
+    ("a vision model", ("IMAGE", "IMAGE_CLASSIFICATION", "ZERO_SHOT_IMAGE_CLASSIFICATION", "IMAGE_SEGMENTATION",
+                        "SEMANTIC_SEGMENTATION", "OBJECT_DETECTION", "DEPTH_ESTIMATION", "VIDEO_CLASSIFICATION",
+                        "MASKED_IMAGE_MODELING", "BACKBONE", "KEYPOINT_DETECTION", "IMAGE_TO_IMAGE")),
+    ("an encoder-decoder model", ("SEQ_TO_SEQ_CAUSAL_LM",)),
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 @dataclass
@@ -76,6 +108,98 @@ def model_types() -> list[str]:
     return sorted(CONFIG_MAPPING.keys())
 
 
+def refusal(model_type: str) -> str | None:
+    """Why ``model_type`` does not convert ("an audio model (TEXT_TO_WAVEFORM)", ...), or None: a tested
+    family, or a text model (causal LM or encoder) that may."""
+    from transformers.models.auto import modeling_auto
+
+    if model_type in TESTED_FAMILIES:
+        return None
+    for kind, tables in REFUSED_KINDS:
+        for table in tables:
+            if model_type in getattr(modeling_auto, f"MODEL_FOR_{table}_MAPPING_NAMES", {}):
+                return f"{kind} ({table.lower()})"
+    if not is_text_model(model_type):
+        return "neither a causal LM nor a text encoder in transformers"
+    return None
+
+
+def is_text_model(model_type: str) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def convertible_types() -> tuple[list[str], list[str]]:
+    """The tested families, and the other text model_types (untested: they may or may not convert)."""
+    untested = [t for t in model_types() if t not in TESTED_FAMILIES and refusal(t) is None]
+    return list(TESTED_FAMILIES), untested
+
+
+def _check_model_type(model_type: str) -> None:
+    from ..core.suggest import nearest
+
+    if model_type not in model_types():
+        raise UserError(f"unknown model_type {model_type!r}{nearest(model_type, model_types())}: "
+                        "`truncbridge models --types` lists those that convert")
+    why = refusal(model_type)
+    if why:
+        raise UserError(f"random:{model_type} is {why}: truncbridge converts text models (causal LMs and encoders); "
+                        f"tested: {', '.join(TESTED_FAMILIES)}")
+
+
+def check_model(name: str | None, preset: str | None = None, fake_weights: bool = False) -> str:
+    """The model flags checked without building the model (one line for each misuse); the resolved name."""
+    if name is None and (preset or fake_weights):
+        flag = f"--preset {preset}" if preset else "--fake-weights"
+        needs = f"--model random:{PRESET_TYPES[preset]}" if preset in PRESET_TYPES else "--model random:<model_type>"
+        raise UserError(f"{flag} needs {needs}: it makes a random-weight model, and --model defaults to the "
+                        "trained default")
+    name = ALIASES.get(name or "default", name or "default")
+    if name.startswith(RANDOM_PREFIX):
+        model_type = name[len(RANDOM_PREFIX):]
+        _check_model_type(model_type)
+        if preset is not None and model_type != PRESET_TYPES.get(preset, model_type):
+            raise UserError(f"preset {preset} is a {PRESET_TYPES[preset]} model, not {model_type}")
+        return name
+    if fake_weights:
+        raise UserError(f"--fake-weights applies to random:<model_type> models only ({name} is a checkpoint: "
+                        "it has its weights)")
+    if preset is not None:
+        raise UserError(f"--preset applies to random:<model_type> models only: --model random:{PRESET_TYPES[preset]} "
+                        f"--preset {preset}")
+    path = _checkpoint_dir(name)
+    _check_checkpoint_type(path)
+    _check_tokenizer_files(path)
+    return name
+
+
+def _check_checkpoint_type(path: Path) -> None:
+    import json
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from None
+    why = refusal(model_type) if model_type in model_types() else None
+    if why:
+        raise UserError(f"{path} holds {model_type}, {why}: truncbridge converts text models (causal LMs and encoders)")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"no tokenizer in {path} (looked for {', '.join(TOKENIZER_FILES)}): save the model's "
+                        "tokenizer there (tokenizer.save_pretrained(DIR))")
+
+
+def _check_tokenizer(tokenizer, path: Path) -> None:
+    """transformers builds an empty tokenizer from a vocabulary-less directory: name it, not its 0 tokens."""
+    if len(tokenizer) <= 1 or not tokenizer("a text")["input_ids"]:
+        raise UserError(f"the tokenizer in {path} is empty ({len(tokenizer)} tokens; tokenizer files there: "
+                        f"{', '.join(f for f in TOKENIZER_FILES if (path / f).is_file())}): save the model's "
+                        "tokenizer there (tokenizer.save_pretrained(DIR))")
+
+
 def random_config(model_type: str, preset: str | None = None):
     """The config of ``random:<model_type>``: small shapes, or a preset's full-size ones."""
     from transformers import AutoConfig
@@ -84,14 +208,11 @@ def random_config(model_type: str, preset: str | None = None):
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
         preset_type, shapes = PRESETS[preset]
-        if model_type not in (preset_type, ""):
+        if model_type != preset_type:
             raise UserError(f"preset {preset} is a {preset_type} model, not {model_type}")
         return AutoConfig.for_model(preset_type, **shapes)
-    try:
-        defaults = AutoConfig.for_model(model_type)
-    except ValueError:
-        raise UserError(f"unknown model_type {model_type!r} (transformers knows {len(model_types())}; "
-                        f"`truncbridge models --types` lists them)") from None
+    _check_model_type(model_type)
+    defaults = AutoConfig.for_model(model_type)
     shapes = {k: v for k, v in SMALL_SHAPES.items() if hasattr(defaults, k) and _settable(defaults, k)}
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
         if isinstance(getattr(defaults, key, None), int) and getattr(defaults, key) >= SMALL_SHAPES["vocab_size"]:
@@ -121,8 +242,19 @@ def from_config(config, name: str) -> torch.nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
     auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
-    with _checkpoint_errors(name):
+    with _build_errors(name):
         return auto.from_config(config, attn_implementation="eager")
+
+
+@contextmanager
+def _build_errors(name):
+    """Whatever stops transformers from building the model is the user's model choice: one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 — any family transformers cannot build, however it says so
+            raise UserError(f"cannot build {name}: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _random_model(name: str, preset: str | None, fake_weights: bool) -> LoadedModel:
@@ -153,17 +285,14 @@ def load_model(name: str | None, preset: str | None = None, fake_weights: bool =
     from transformers import AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # our own progress goes to stderr
-    name = ALIASES.get(name or "default", name or "default")
+    name = check_model(name, preset, fake_weights)
     if name.startswith(RANDOM_PREFIX):
         return _random_model(name, preset, fake_weights)
-    if fake_weights:
-        raise UserError("--fake-weights applies to random:<model_type> models only (a checkpoint has its weights)")
-    if preset is not None:
-        raise UserError("--preset applies to random:<model_type> models only")
     path = _checkpoint_dir(name)
     with _checkpoint_errors(path):
         model = _pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_tokenizer(tokenizer, path)
     return LoadedModel(_label(name, path), model.eval(), tokenizer, _heldout(path))
 
 
@@ -177,12 +306,27 @@ def _pretrained(path: Path) -> torch.nn.Module:
 def _checkpoint_dir(name: str) -> Path:
     path = SHIPPED.get(name, Path(name))
     if name not in SHIPPED and not (path.exists() or "/" in name or name.startswith(".")):
-        raise UserError(f"unknown model {name!r}: use default, random:<model_type> or a local checkpoint directory")
+        raise UserError(f"unknown model {name!r}{_model_suggestion(name)}: use default, default-gpt2, "
+                        "random:<model_type> or a local checkpoint directory")
     if not path.is_dir():
         raise UserError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {path}")
     return path
+
+
+def _model_suggestion(name: str) -> str:
+    """' (did you mean ...?)' for a mistyped model name: a shipped model, an alias, a preset (as
+    random:<type> --preset P) or a model_type (as random:<type>)."""
+    from ..core.suggest import close_matches
+
+    if name in PRESET_TYPES:
+        return f" (a preset: --model random:{PRESET_TYPES[name]} --preset {name})"
+    bare = name.removeprefix(RANDOM_PREFIX)
+    spelled = {**{t: f"random:{t}" for t in model_types()}, **{n: n for n in (*SHIPPED, *ALIASES)},
+               **{p: f"random:{t} --preset {p}" for p, t in PRESET_TYPES.items()}}
+    close = [spelled[w] for w in close_matches(bare, spelled)]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def _label(name: str, path: Path) -> str:
@@ -205,6 +349,18 @@ def _heldout(path: Path) -> str | None:
     return heldout.read_text(encoding="utf-8") if heldout.is_file() else None
 
 
+def load_tokenizer(name: str | None, preset: str | None = None, fake_weights: bool = False):
+    """The model's tokenizer alone, after ``check_model``: a text is checked with it before the model is built."""
+    from transformers import AutoTokenizer
+
+    name = check_model(name, preset, fake_weights)
+    path = DEFAULT_MODEL_DIR if name.startswith(RANDOM_PREFIX) else _checkpoint_dir(name)
+    with _checkpoint_errors(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_tokenizer(tokenizer, path)
+    return tokenizer
+
+
 def load_architecture(name: str | None, preset: str | None = None) -> LoadedModel:
     """The model's architecture and tokenizer without its weights: what a party other than the
     owner may hold. A checkpoint's ``config.json`` gives a model with seeded random weights; the
@@ -217,8 +373,10 @@ def load_architecture(name: str | None, preset: str | None = None) -> LoadedMode
         return load_model(name, preset)
     transformers.utils.logging.disable_progress_bar()
     path = _checkpoint_dir(name)
+    check_model(name)
     with _checkpoint_errors(path):
         torch.manual_seed(0)
         model = from_config(AutoConfig.from_pretrained(path), str(path))
         tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_tokenizer(tokenizer, path)
     return LoadedModel(_label(name, path), model.float().eval(), tokenizer, _heldout(path))
