@@ -150,23 +150,23 @@ class ProtocolFit:
     def warning(self) -> str:
         """The verdict, when the plan is costed under a profile it was not made for or cannot run
         under its own ('' otherwise)."""
-        return ""
+        return self.reason if self.made_for != self.costed_under or not self.runnable else ""
 
     def to_json(self) -> dict:
         return {**asdict(self), "warning": self.warning}
 
 
-def protocol_fit(plan: Plan, protocol: Protocol, used: str = "costed under") -> ProtocolFit:
+def protocol_fit(plan: Plan, protocol: Protocol) -> ProtocolFit:
     """A failure-free truncation (exact, faithful) with headroom H is correct only on |x| < 2^(l - H):
     a plan with a wider truncated value cannot run. A probabilistic one runs anything but fails
     with its failure model's probability: short of headroom when the widest truncated value leaves
-    fewer than H bits free. ``used``: how the protocol meets the plan, for the verdict's words."""
+    fewer than H bits free."""
     protocol.check_ring(plan.field_bits, plan.prime)
     l, h, need = plan.wire_bits, plan.config.headroom_bits, protocol.headroom_bits
     truncated = [plan.program[n.inputs[0]] for n in plan.program.nodes if n.op == "trunc"]
     widest = max((plan.bound_bits(x) for x in truncated), default=0)
     failures = sum(x.numel * protocol.failure_probability(plan.bound_bits(x), l) for x in truncated)
-    made = f"plan made for {plan.protocol} (headroom {h} bits); {used} {protocol.name}"
+    made = f"plan made for {plan.protocol} (headroom {h} bits); costed under {protocol.name}"
     kind = protocol.truncation_kind
     if protocol.data["truncation"]["failure"] == "none":
         runnable = widest <= l - need + 1
