@@ -146,7 +146,9 @@ def run_block(block: Block, cwd: Path, timeout: float = 600) -> str | None:
         done = run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd, timeout)
     if done.returncode == 0:
         return None
-    return f"{block.where} exited {done.returncode}:\n{block.text}\n{(done.stdout + done.stderr)[-3000:]}"
+    said = done.stdout + done.stderr
+    errors = "\n".join(line for line in said.split("\n") if "Error" in line)[:3000]  # a rank's error, wherever it is
+    return f"{block.where} exited {done.returncode}:\n{block.text}\n{errors}\n...\n{said[-3000:]}"
 
 
 def run_output(out: Output, cwd: Path, timeout: float = 600) -> str:
