@@ -183,3 +183,60 @@ def test_report_says_which_protocol_a_plan_was_made_for(plan_files, protocol, no
     assert fit["runnable"] == (protocol != "crypten-exact-2pc")
     if protocol == "crypten-2pc":  # the failures the note counts are the cost model's
         assert fit["expected_failures"] == json.loads(out.read_text())["expected_truncation_failures"] > 1
+
+
+class _Status:
+    source = None
+
+    def Get_source(self):  # noqa: N802 - mpi4py's name
+        return self.source
+
+
+class _Comm:
+    """Ranks' mailboxes in one process, enough of mpi4py's communicator for ``pi.mpi``'s notices."""
+
+    def __init__(self, boxes: dict, rank: int):
+        self.boxes, self.rank = boxes, rank
+
+    def Get_rank(self):  # noqa: N802
+        return self.rank
+
+    def Get_size(self):  # noqa: N802
+        return len(self.boxes)
+
+    def isend(self, obj, dest, tag):
+        self.boxes[dest].append((self.rank, tag, obj))
+        return type("Sent", (), {"wait": lambda self: None})()
+
+    def Iprobe(self, source, tag, status=None):  # noqa: N802
+        found = [src for src, t, _ in self.boxes[self.rank] if t == tag and source in (src, -1)]
+        if found and status is not None:
+            status.source = found[0]
+        return bool(found)
+
+    def recv(self, source, tag):
+        box = self.boxes[self.rank]
+        i = next(i for i, (src, t, _) in enumerate(box) if t == tag and src == source)
+        return box.pop(i)[2]
+
+
+@pytest.mark.parametrize("error,status", [(UserError("--plan p.json was made for 8 tokens"), 2),
+                                          (RuntimeError("a bug"), 1)])
+def test_a_set_up_error_ends_every_rank_with_its_status(monkeypatch, capsys, error, status):
+    """The owner's set-up error reaches every waiting rank as one line, and a user's error (a refused
+    plan) ends them all with exit status 2, as it ends the owner; anything else with 1."""
+    from types import SimpleNamespace
+
+    from truncbridge.pi import mpi
+
+    monkeypatch.setitem(sys.modules, "mpi4py", SimpleNamespace(MPI=SimpleNamespace(Status=_Status, ANY_SOURCE=-1)))
+    monkeypatch.setattr(mpi, "POLL_S", 0.0)
+    boxes = {r: [] for r in range(4)}
+    assert mpi.fail_setup(_Comm(boxes, 0), "party 0 (model owner)", error) == status
+    for rank in (1, 2, 3):
+        with pytest.raises(mpi.PeerFailed) as failed:
+            mpi.wait_for(_Comm(boxes, rank), 0, "plans")
+        assert mpi.peer_failed(f"party {rank}", failed.value) == status
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and all("failed during set-up" in line or line.startswith("error: ") for line in lines)
+    assert all(f"party {r} stops: party 0 (model owner) failed during set-up" in lines[r] for r in (1, 2, 3))

@@ -156,17 +156,17 @@ class ProtocolFit:
         return {**asdict(self), "warning": self.warning}
 
 
-def protocol_fit(plan: Plan, protocol: Protocol) -> ProtocolFit:
+def protocol_fit(plan: Plan, protocol: Protocol, used: str = "costed under") -> ProtocolFit:
     """A failure-free truncation (exact, faithful) with headroom H is correct only on |x| < 2^(l - H):
     a plan with a wider truncated value cannot run. A probabilistic one runs anything but fails
     with its failure model's probability: short of headroom when the widest truncated value leaves
-    fewer than H bits free."""
+    fewer than H bits free. ``used``: how the protocol meets the plan, for the verdict's words."""
     protocol.check_ring(plan.field_bits, plan.prime)
     l, h, need = plan.wire_bits, plan.config.headroom_bits, protocol.headroom_bits
     truncated = [plan.program[n.inputs[0]] for n in plan.program.nodes if n.op == "trunc"]
     widest = max((plan.bound_bits(x) for x in truncated), default=0)
     failures = sum(x.numel * protocol.failure_probability(plan.bound_bits(x), l) for x in truncated)
-    made = f"plan made for {plan.protocol} (headroom {h} bits); costed under {protocol.name}"
+    made = f"plan made for {plan.protocol} (headroom {h} bits); {used} {protocol.name}"
     kind = protocol.truncation_kind
     if protocol.data["truncation"]["failure"] == "none":
         runnable = widest <= l - need + 1

@@ -96,7 +96,7 @@ def runnable(plan, truncation: str, parties: int, what: str = "this plan") -> No
     from ..core.protocols import load_protocol
 
     profile = load_protocol(protocol_profile(truncation, parties))
-    fit = protocol_fit(plan, profile)
+    fit = protocol_fit(plan, profile, f"run with {truncation} truncation, as")
     if not fit.runnable or (fit.short_of_headroom and plan.policy != "eager"):
         raise UserError(f"{what}: {fit.reason}: make it with --protocol {profile.name}")
 
