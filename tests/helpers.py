@@ -5,7 +5,7 @@ import torch
 
 from truncbridge.analysis import calibrated_bounds, place, static_bounds
 from truncbridge.backends import RingExecutor, run_float
-from truncbridge.core.ir import Program
+from truncbridge.core.ir import Builder, Program
 from truncbridge.core.types import PlanConfig
 
 
@@ -82,3 +82,15 @@ def rounding_error_bounds(plan) -> dict[int, float]:
         else:
             raise AssertionError(f"no error rule for {n.op}")
     return err
+
+
+def newton_reciprocal():
+    """1/u by Newton's y <- y (2 - u y) from a linear start: products that ride on the previous
+    step's truncation, and both inputs of y·(2 - u·y) hanging off one truncation."""
+    b = Builder()
+    u = b.input("u", (4, 8))
+    y = b.add_public(b.mul_public(u, -0.5), 1.5)
+    for _ in range(3):
+        y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
+    b.output(y)
+    return b.program, {"u": torch.linspace(0.5, 1.0, 32, dtype=torch.float64).view(4, 8)}

@@ -1,11 +1,14 @@
 """Which products ride on a truncation's opening (core.fusion), and what the cost model charges
-them: the rules on small programs, and the rounds they save on the default model."""
+them: the rules and the rounds and bytes they save, on small programs."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from truncbridge.core.fusion import MAX_DEGREE, carried, carried_products
 from truncbridge.core.ir import Builder
+
+from helpers import float_maxabs, newton_reciprocal
 
 
 def trunc(b: Builder, x: int) -> int:
@@ -55,17 +58,37 @@ def test_what_does_not_ride():
     assert [p in riding for p in powers] == [True] * (MAX_DEGREE - 1) + [False, False]
 
 
-def test_carried_products_cost_no_round_on_the_default_model(default_converted):
-    """On the default model's plans the cost model charges carried products nothing: fusing
-    removes rounds and bytes, never adds them; every carried product is an elementwise mul."""
+# Newton's 1/u on 32 elements (helpers.newton_reciprocal) in crypten-exact-3pc: one round per product
+# and per truncation, 2l = 128 bits = 16 B per opened element, so a product (both operands opened)
+# sends 1024 B, a truncation 512 B, and an operand a truncation's message carries 512 B.
+HAND_COUNTS = {
+    # eager: 6 products, each truncated, in one chain; the 5 after the first truncation ride on the
+    # truncation before them, each carrying its other operand
+    "eager": {"rides": 5, "plain": (12, 6 * 1024 + 6 * 512), "fused": (12 - 5, 1024 + 6 * 512 + 5 * 512)},
+    # lazy: 6 products, 2 truncations; 2 products ride on each, and each truncation's message carries u once
+    "lazy": {"rides": 4, "plain": (8, 6 * 1024 + 2 * 512), "fused": (8 - 4, 2 * 1024 + 2 * 512 + 2 * 512)},
+}
+
+
+@pytest.mark.parametrize("policy", list(HAND_COUNTS))
+def test_carried_products_cost_no_round_of_their_own(policy):
+    """The cost model charges a riding product no round and no bytes of its own, and its other
+    operand's bytes in the truncation's message: rounds and bytes counted by hand above."""
+    from truncbridge.analysis import calibrated_bounds, place
     from truncbridge.analysis.cost import plan_costs
     from truncbridge.core.protocols import load_network, load_protocol
-    from truncbridge.pipeline import build_plan, plan_config
+    from truncbridge.pipeline import plan_config
 
+    program, inputs = newton_reciprocal()
+    plan = place(program, calibrated_bounds(program, float_maxabs(program, inputs), 1),
+                 plan_config(policy, protocol="crypten-exact-3pc"))
+    want = HAND_COUNTS[policy]
+    assert [n.op for n in plan.program.nodes].count("trunc") == (6 if policy == "eager" else 2)
+    assert len(carried_products(plan.program)) == want["rides"]
+    assert all(plan.program[p].op == "mul" for p in carried_products(plan.program))
     protocol = load_protocol("crypten-exact-3pc")
-    for policy in ("eager", "lazy"):
-        plan = build_plan(default_converted, plan_config(policy, protocol="crypten-exact-3pc"))
-        fused, plain = (plan_costs(plan, protocol, load_network("lan"), fuse=f) for f in (True, False))
-        assert fused.rounds_sequential == plain.rounds_sequential - fused.fused_products
-        assert fused.rounds < plain.rounds and fused.bytes < plain.bytes
-        assert all(plan.program[p].op == "mul" for p in carried_products(plan.program))
+    for fuse, key in ((False, "plain"), (True, "fused")):
+        cost = plan_costs(plan, protocol, load_network("lan"), fuse=fuse)
+        rounds, sent = want[key]
+        assert (cost.rounds, cost.rounds_sequential, cost.bytes) == (rounds, rounds, sent), (key, cost)
+        assert cost.fused_products == (want["rides"] if fuse else 0)

@@ -21,7 +21,7 @@ from truncbridge.core.ir import Builder
 from truncbridge.core.types import PRECISION_TOLERANCE_BITS, PlanConfig
 from truncbridge.pipeline import build_plan, emulate, plan_config, tokenize_windows
 
-from helpers import float_maxabs, rounding_error_bounds
+from helpers import float_maxabs, newton_reciprocal, rounding_error_bounds
 
 F = 12  # fraction bits of the random programs
 
@@ -353,18 +353,6 @@ def tiny_values():
     u = b.pow2(x, -17)
     b.output(b.add(b.mul(u, u), u))
     return b.program, {"x": torch.linspace(-1, 1, 4, dtype=torch.float64)}
-
-
-def newton_reciprocal():
-    """1/u by Newton's y <- y (2 - u y) from a linear start: products that ride on the previous
-    step's truncation, and both inputs of y·(2 - u·y) hanging off one truncation."""
-    b = Builder()
-    u = b.input("u", (4, 8))
-    y = b.add_public(b.mul_public(u, -0.5), 1.5)
-    for _ in range(3):
-        y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
-    b.output(y)
-    return b.program, {"u": torch.linspace(0.5, 1.0, 32, dtype=torch.float64).view(4, 8)}
 
 
 @pytest.mark.parametrize("objective", ["elements", "mid"])
