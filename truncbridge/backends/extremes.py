@@ -8,6 +8,8 @@ wrap in the field (leave [-2^(l-1), 2^(l-1))) is refused, since a wrap is not mo
 """
 from __future__ import annotations
 
+from ..core.ops import Public, spec
+
 Extremes = tuple[int | float, int | float]
 
 
@@ -17,15 +19,15 @@ def derive(node, ins: list[Extremes | None], field_bits: int, const: Extremes | 
     ``ins``: the inputs' extremes (None: unknown); ``const``: a public operand's extremes."""
     if not ins or any(x is None for x in ins):
         return None
-    a = ins[0]
-    if node.op in ("pow2", "output"):
+    a, op = ins[0], spec(node)
+    if op.affine is not None:
+        found = _affine(a, *op.affine(node), const)
+        if found is None:
+            return None
+    elif node.op == "output":
         found = a
     elif node.op == "move":  # data movement only rearranges, repeats or drops elements
         found = (min(x[0] for x in ins), max(x[1] for x in ins))
-    elif node.op == "neg":
-        found = (-a[1], -a[0])
-    elif node.op == "shl":
-        found = (a[0] * 2 ** node.attrs["shift"], a[1] * 2 ** node.attrs["shift"])
     elif node.op == "trunc" and exact_truncation:
         k = node.attrs["shift"]
         half = (1 << (k - 1)) if k and node.attrs.get("rounding", "nearest") == "nearest" else 0
@@ -36,15 +38,25 @@ def derive(node, ins: list[Extremes | None], field_bits: int, const: Extremes | 
         found = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
     elif node.op == "mul":
         found = _product(a, ins[1])
-    elif node.op == "mul_public" and const is not None:
-        found = _product(a, const)
-    elif node.op == "add_public" and const is not None:
-        found = (a[0] + const[0], a[1] + const[1])
     elif node.op == "nonneg":
         found = (0, 1)
     else:
         return None
     return found if _fits(found, field_bits) else None
+
+
+def _affine(a: Extremes, alpha, beta, const: Extremes | None) -> Extremes | None:
+    """α·a + β over the interval a; a ``Public`` coefficient is the constant's extremes (None: unknown)."""
+    def interval(c):
+        return const if isinstance(c, Public) else (c, c)
+
+    if const is None and (isinstance(alpha, Public) or isinstance(beta, Public)):
+        return None
+    found = a if alpha == 1 else _product(a, interval(alpha))
+    if beta != 0:
+        b = interval(beta)
+        found = (found[0] + b[0], found[1] + b[1])
+    return found
 
 
 def _product(a: Extremes, b: Extremes) -> Extremes:

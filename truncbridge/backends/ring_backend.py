@@ -21,7 +21,7 @@ import torch
 from ..core.fields import make_field
 from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits
 from ..core.interpret import schedule
-from ..core.ops import spec
+from ..core.ops import Public, spec
 from ..core.ring import Ring
 from ..core.types import Plan
 from .truncation_models import sample_truncation
@@ -119,9 +119,15 @@ class RingBackend:
             return self.field.matmul(*xs, a_bits=a_bits, b_bits=b_bits)
         return self._times(node, *xs)
 
-    def public(self, node, op, xs):
-        c = self.encoded[node.id]
-        return self._times(node, xs[0], c) if op.product else self.field.add(xs[0], c, **self._mode(node))
+    def public(self, node, op, xs):  # α·x + β (the op table's ``affine``): one of them the encoded constant
+        alpha, beta = op.affine(node)
+        x = xs[0] if alpha == 1 else self._times(node, xs[0], self._coefficient(node, alpha))
+        return x if beta == 0 else self.field.add(x, self._coefficient(node, beta), **self._mode(node))
+
+    def _coefficient(self, node, c):
+        if isinstance(c, Public):
+            return self.encoded[node.id]
+        return self.field.encode_public(torch.tensor(float(c)), 0).to(self.device)  # a ring integer
 
     def _times(self, node, a, b):
         """a * b, plus its truncation's rounding offset where that is fused in (``offsets``)."""
@@ -155,8 +161,9 @@ class RingBackend:
 
 
 def _const_scale(node) -> int:
-    """A public multiplier is encoded at its own scale (placement's ``const_scale``); an addend at the node's."""
-    return node.attrs["const_scale"] if spec(node).product else node.scale
+    """The scale the op table's ``affine`` gives its constant: a multiplier's own (placement's
+    ``const_scale``), an addend's the node's."""
+    return spec(node).constant(node).scale
 
 
 def _in_place_nodes(plan: Plan, folded: set[int]) -> set[int]:

@@ -7,20 +7,25 @@ it. Then any polynomial in S whose terms hold at most two such z (e = z − b is
 z·z'·S^i = (e + b)(e' + b')·S^i) is a public combination of dealt shares of S^i, S^i·b and
 S^i·b·b', which the dealer makes from powers of r >> k, msb(r) and the b. So a
 product of such values — elementwise (``mul``; a matrix product would need material for every
-public pattern of wraps), of public affine maps of y (negation, shift, public sum or product,
-scale relabel), of earlier operands and of products carried already — needs no opening of its
-own: it costs no round. ``carried`` finds, per truncation, the products that ride on it (in
-program order), the operands its message opens, and the highest powers of S the material needs.
+public pattern of wraps), of public affine maps of y (the ops with an ``affine`` entry in the op
+table: negation, shift, public sum or product, scale relabel), of earlier operands and of
+products carried already — needs no opening of its own: it costs no round. ``carried`` finds,
+per truncation, the products that ride on it (in program order), the operands its message opens,
+and the highest powers of S the material needs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Program
+from .ir import Node, Program
 from .ops import spec
 
-AFFINE = ("pow2", "neg", "shl", "add_public", "mul_public")  # elementwise maps α·y + β, public α, β
 MAX_DEGREE = 3  # highest power of S a carried value may hold (the material grows with it)
+
+
+def is_affine(node: Node) -> bool:
+    """An elementwise map α·y + β with public α, β (``OpSpec.affine``): it carries what y carries."""
+    return spec(node).affine is not None
 
 
 @dataclass
@@ -104,7 +109,7 @@ def ride_schedule(program: Program, truncated: frozenset[int] | set[int] = froze
         at[node.id] = ready + own_rounds(node)
         if node.op == "trunc":
             shapes[node.id] = _Shape(node.id, 1)
-        elif node.op in AFFINE and node.inputs[0] in shapes:
+        elif is_affine(node) and node.inputs[0] in shapes:
             shapes[node.id] = shapes[node.inputs[0]]
         elif node.op == "mul" and fuse:
             _ride(program, node, shapes, out, at)
@@ -145,7 +150,7 @@ def carried_products(program: Program) -> set[int]:
 def _affine_chain(program: Program, i: int) -> list[int]:
     """i and the nodes it is a public affine map of, back to the first that is not one."""
     chain = [i]
-    while program[chain[-1]].op in AFFINE:
+    while is_affine(program[chain[-1]]):
         chain.append(program[chain[-1]].inputs[0])
     return chain
 
@@ -192,7 +197,7 @@ def shared_sites(program: Program, rides: dict) -> dict[int, frozenset[int]]:
     out: dict[int, frozenset[int]] = {}
     for node in program.nodes:
         h = {node.id}
-        if node.op in AFFINE:
+        if is_affine(node):
             h |= hang[node.inputs[0]]
         elif node.id in rides:
             a, b = node.inputs

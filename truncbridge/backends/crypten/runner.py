@@ -28,8 +28,9 @@ from collections import Counter
 import torch
 
 from ...core.errors import UserError
-from ...core.fusion import AFFINE, carried
+from ...core.fusion import carried
 from ...core.interpret import interpret
+from ...core.ops import Public, spec
 from ...core.ring import Ring
 from ...core.types import Plan
 from ...core.waves import input_independent
@@ -127,10 +128,14 @@ class PlanRunner(Batched):
             return self.beaver.matmul(*xs)
         return self.beaver.square(xs[0]) if node.inputs[0] == node.inputs[1] else self.beaver.mul(*xs)
 
-    def public(self, node, op, xs):
-        if op.product:
-            return self._local(xs[0].share * self.encoded(node.attrs["const"], node.attrs["const_scale"]))
-        return add_public(self.AST, xs[0], self.encoded(node.attrs["const"], node.scale), self.rank)
+    def public(self, node, op, xs):  # α·x + β (the op table's ``affine``), locally on the shares
+        alpha, beta = op.affine(node)
+        x = xs[0] if alpha == 1 else self._local(xs[0].share * self.ring_integer(alpha))
+        return x if beta == 0 else add_public(self.AST, x, self.ring_integer(beta), self.rank)
+
+    def ring_integer(self, c):
+        """A public coefficient as the ring integer (or tensor of them) the parties compute with."""
+        return self.encoded(c.const, c.scale) if isinstance(c, Public) else c
 
     def encoded(self, const: str, scale: int) -> torch.Tensor:
         """A public constant in the ring at ``scale`` (encoded once: every run uses it alike)."""
@@ -185,18 +190,12 @@ class PlanRunner(Batched):
         """Node i as a carried value: one already made, or a public affine map of one (``core.fusion``)."""
         if i not in values:
             n = self.plan.program[i]
-            if n.op not in AFFINE:
+            if spec(n).affine is None:
                 raise RuntimeError(f"node {i} ({n.op}) is not carried by the truncation (core.fusion disagrees)")
+            alpha, beta = spec(n).affine(n)
             v = self._carried_value(n.inputs[0], values)
-            if n.op == "neg":
-                v = v.scaled(-1)
-            elif n.op == "shl":
-                v = v.scaled(1 << n.attrs["shift"])
-            elif n.op == "add_public":
-                v = v.plus_public(self.encoded(n.attrs["const"], n.scale))
-            elif n.op == "mul_public":
-                v = v.scaled(self.encoded(n.attrs["const"], n.attrs["const_scale"]))
-            values[i] = v  # pow2 relabels: the same value
+            v = v if alpha == 1 else v.scaled(self.ring_integer(alpha))
+            values[i] = v if beta == 0 else v.plus_public(self.ring_integer(beta))
         return values[i]
 
     def open_outputs(self, outs: list, dst: int | None = None) -> list[torch.Tensor] | None:
