@@ -152,18 +152,12 @@ def test_random_programs_match_python_integers(case):
     assert last.backend.field.to_ints(got) == env[plan.program.outputs[0]]
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.sampled_from(FIELDS), st.data())
-def test_fused_offsets_and_in_place_ops_keep_the_integers(field, data):
-    """(x * y) truncated to nearest, then + x, negated, public product truncated: the products
-    carry their truncation's offset and the later ops overwrite their inputs — exactly as Python
-    integers say (negative control: dropping the fused offset fails this)."""
+def fused_offsets_case(field, inputs, k, drop_offset: bool = False):
+    """(x * y) truncated to nearest by k, then + x, negated, public product truncated by 1: the
+    executor's integers and Python's. ``drop_offset``: the mutant whose products leave out their
+    truncation's offset while the truncation still only shifts."""
     bits, prime = field
     bits = prime_capacity_bits(prime) if prime else bits
-    ints = st.integers(-(2 ** min(bits - 2, 62)), 2 ** min(bits - 2, 62))
-    matrix = st.lists(st.lists(ints, min_size=N, max_size=N), min_size=N, max_size=N)
-    inputs = [data.draw(matrix), data.draw(matrix)]
-    k = data.draw(st.integers(1, bits - 1))
     steps = [("mul", (0, 1), {}), ("trunc", (2,), {"shift": k, "rounding": "nearest"}), ("add", (3, 0), {}),
              ("neg", (4,), {}), ("mul_public", (5,), {"value": [[3, -5, 7]] * N}),
              ("trunc", (6,), {"shift": 1, "rounding": "nearest"})]
@@ -171,12 +165,38 @@ def test_fused_offsets_and_in_place_ops_keep_the_integers(field, data):
     plan.program.outputs = [len(plan.program.nodes) - 1]
     executor = RingExecutor(plan)
     assert set(executor.backend.offsets) == {2, 6} and {3, 4, 5, 7} <= executor.backend.in_place
+    if drop_offset:
+        ring = executor.backend.field
+        ring.mul_add = lambda a, b, offset: ring.mul(a, b)
     (got,), _ = executor.run({f"x{i}": torch.tensor(v) for i, v in enumerate(inputs)})
     ref = Reference(bits, prime)
     env = [[[ref.reduce(x) for x in row] for row in v] for v in inputs]
     for node in plan.program.nodes[2:]:
         env.append(ref.run(node.op, [env[i] for i in node.inputs], node.attrs, {"c6": [[3, -5, 7]] * N}))
-    assert executor.backend.field.to_ints(got) == env[-1]
+    return executor.backend.field.to_ints(got), env[-1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(FIELDS), st.data())
+def test_fused_offsets_and_in_place_ops_keep_the_integers(field, data):
+    """The products carry their truncation's offset and the later ops overwrite their inputs —
+    exactly as Python integers say."""
+    bits = prime_capacity_bits(field[1]) if field[1] else field[0]
+    ints = st.integers(-(2 ** min(bits - 2, 62)), 2 ** min(bits - 2, 62))
+    matrix = st.lists(st.lists(ints, min_size=N, max_size=N), min_size=N, max_size=N)
+    got, want = fused_offsets_case(field, [data.draw(matrix), data.draw(matrix)], data.draw(st.integers(1, bits - 1)))
+    assert got == want
+
+
+@pytest.mark.parametrize("field", [(64, None), (96, None), (0, P61)])
+def test_fused_offsets_check_sees_a_dropped_offset(field):
+    """Negative control: products that leave out their truncation's offset (floor instead of
+    nearest, off by one where bit k-1 of the product is set) fail the comparison above."""
+    inputs = [[[3, 5, -7]] * N, [[1, 1, 1]] * N]  # products 3, 5, -7: bit 1 set; truncated by k = 2
+    got, want = fused_offsets_case(field, inputs, 2)
+    assert got == want
+    got, want = fused_offsets_case(field, inputs, 2, drop_offset=True)
+    assert got != want
 
 
 @settings(max_examples=60, deadline=None)
