@@ -240,3 +240,12 @@ def test_a_set_up_error_ends_every_rank_with_its_status(monkeypatch, capsys, err
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 4 and all("failed during set-up" in line or line.startswith("error: ") for line in lines)
     assert all(f"party {r} stops: party 0 (model owner) failed during set-up" in lines[r] for r in (1, 2, 3))
+
+
+def test_the_plan_summary_says_whether_crypten_runs_it(plan_files):
+    from truncbridge.report import on_crypten
+
+    assert on_crypten(load_plan(plan_files["crypten-exact-2pc"])).startswith("runs (exact truncation")
+    refused = on_crypten(load_plan(plan_files["faithful-2pc"]))
+    assert refused == ("no: values up to 2^63, the exact truncation needs |x| < 2^62: plan with --protocol "
+                       "crypten-exact-2pc (or -3pc)")

@@ -160,6 +160,7 @@ def print_plan_summary(plan, path: str) -> None:
         ("policy / bounds", f"{plan.policy} / {plan.config.bounds}"),
         ("nodes", f"{len(plan.program.nodes):,}"),
         ("truncations / elements", f"{c['truncations']:,} / {c['truncated_elements']:,}"),
+        ("on CrypTen (run_pi --plan, PlanModule)", on_crypten(plan)),
     ]
     if plan.solver.get("solver"):
         s = plan.solver
@@ -180,6 +181,20 @@ def model_label(model: dict) -> str:
 
 def _row_model(row: dict) -> str:
     return f"{model_label({'name': row['model'], 'preset': row['preset']})}, seq {row['seq_len']}"
+
+
+def on_crypten(plan) -> str:
+    """Whether CrypTen's backend runs the plan with its exact truncation, and what to plan for if not."""
+    from .analysis.cost import protocol_fit
+    from .core.protocols import load_protocol
+
+    if plan.field_bits != 64 or plan.prime is not None:
+        return f"no: CrypTen computes in Z_2^64, not {plan.field_name}"
+    fit = protocol_fit(plan, load_protocol("crypten-exact-2pc"))
+    if fit.runnable:
+        return f"runs (exact truncation: widest truncated value below 2^{fit.widest_bits - 1})"
+    return (f"no: values up to 2^{fit.widest_bits - 1}, the exact truncation needs |x| < 2^62: "
+            "plan with --protocol crypten-exact-2pc (or -3pc)")
 
 
 def print_side_by_side(rows: list[dict]) -> None:
