@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.ir import Program
 from ..core.types import Bound
-from .milp_model import BLOCKS, MilpModel, Q, T, Z, milp_model, start_vector
+from .milp_model import Block, Columns, MilpModel, Q, T, Z, milp_model, start_vector
 from .objective import TRUNCATED_ELEMENTS, Objective
 
 BLOCK_SOLVE_MIN_NODES = 4000  # above this, one MILP per repeated layer (boundaries fixed)
@@ -62,7 +62,8 @@ def solve_optimal(src: Program, f: int, bounds: dict[int, Bound], budget: int, t
     report.update(status=status, proven_optimal=status == "Optimal", milp_s=round(time.perf_counter() - t, 3))
     if x is None:  # stopped before it took up the start
         return None, report
-    chosen = {v.id for v in src.nodes if x[Z * n + v.id]}
+    z = Columns(n).block(Z)
+    chosen = {v.id for v in src.nodes if x[z[v.id]]}
     return chosen, {**report, "mip_gap": gap, "objective_elements": int(sum(src[i].numel for i in chosen)),
                     "objective": objective.cost(src, chosen)}
 
@@ -82,6 +83,7 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
     scales, and each layer starts from (and ends no worse than) the rounds the layers before it
     left (the whole point is re-derived after each: ``start_vector``)."""
     n = len(src.nodes)
+    cols_all = Columns(n)
     block_of = {i: key for key, ids in blocks.items() for i in ids}
     read_elsewhere = {j for v in src.nodes for j in v.inputs if block_of[j] != block_of[v.id]}
     rows_of: dict[str, list[int]] = {}
@@ -92,14 +94,14 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
     for k, (key, ids) in enumerate(blocks.items()):
         outside = sorted({j for i in ids for j in src.nodes[i].inputs if block_of[j] != key})
         local = sorted(set(ids) | set(outside))
-        cols = np.concatenate([np.array(local) + b * n for b in range(BLOCKS)] + [[len(model.cost) - 1]])
+        cols = np.array([cols_all.block(b)[i] for b in Block for i in local] + [cols_all.last])
         lo_v, hi_v = model.var_lo[cols].copy(), model.var_hi[cols].copy()
-        at = {i: c for c, i in enumerate(local)}
-        fixed = [b * len(local) + at[i] for b in range(BLOCKS) for i in outside]
-        fixed += [Q * len(local) + at[i] for i in ids if i in read_elsewhere]
+        at, mine = {i: c for c, i in enumerate(local)}, Columns(len(local))  # the layer's own MILP
+        fixed = [mine.block(b)[at[i]] for b in Block for i in outside]
+        fixed += [mine.block(Q)[at[i]] for i in ids if i in read_elsewhere]
         lo_v[fixed] = hi_v[fixed] = x[cols][fixed]  # the boundary keeps the start's scales
         start = x[cols].copy()
-        start[-1] = x[T * n + np.array(local)].max(initial=0)  # the last round so far
+        start[-1] = x[[cols_all.block(T)[i] for i in local]].max(initial=0)  # the last round so far
         rows = rows_of.get(key, [])
         remaining = deadline - time.perf_counter()
         if remaining <= 0:  # out of time: this layer keeps the start
@@ -112,7 +114,7 @@ def _solve_by_blocks(src: Program, f: int, model: MilpModel, objective: Objectiv
         statuses.append(status)
         if got is not None and model.cost[cols] @ got <= model.cost[cols] @ start:  # never worse
             x[cols], gap = got, max(gap, g)
-            x = start_vector(src, f, {i for i in range(n) if x[Z * n + i]}, objective, floors)
+            x = start_vector(src, f, {i for i in range(n) if x[cols_all.block(Z)[i]]}, objective, floors)
     report.update(blocks=len(blocks), blocks_proven_optimal=statuses.count("Optimal"))
     status = "Optimal per layer" if all(s == "Optimal" for s in statuses) else \
         ", ".join(sorted(set(statuses))) + " (per layer)"

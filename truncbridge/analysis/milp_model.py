@@ -3,6 +3,7 @@ cost for a program under an objective (``objective.py``), and the point a placem
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -54,10 +55,43 @@ def _hangs_off_shared(objective: Objective, m: int, truncated: set[int], riding:
     return m in objective.shared_chains
 
 
-P, Q, Z, YA, YB, W, H, G, T = range(9)  # per-node variable blocks: scales before / after,
-# truncated, rides with input 0 / input 1 truncated / both hanging off one truncation, holds an
-# opened operand / two in a term, the round the value is ready after; then one column: the last round
-BLOCKS = 9
+class Block(IntEnum):
+    """The MILP's per-node variables, one block of n columns each (``Columns``)."""
+    P = 0  # scale before its truncation
+    Q = 1  # scale after it
+    Z = 2  # truncated
+    YA = 3  # rides with input 0 truncated
+    YB = 4  # rides with input 1 truncated
+    W = 5  # rides with both inputs hanging off one truncation
+    H = 6  # holds an opened operand
+    G = 7  # holds two in a term
+    T = 8  # the round the value is ready after
+
+
+P, Q, Z, YA, YB, W, H, G, T = Block
+BLOCKS = len(Block)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where each variable sits: ``block(Z)[i]`` is node i's truncation column; after the blocks,
+    one column, ``last``: the last round."""
+    n: int
+
+    def block(self, b: Block) -> range:
+        return range(b * self.n, (b + 1) * self.n)
+
+    def span(self, first: Block, stop: Block | None = None) -> slice:
+        """The columns of blocks first.. up to stop (excluded; None: to the end, the last round too)."""
+        return slice(first * self.n, None if stop is None else stop * self.n)
+
+    @property
+    def last(self) -> int:
+        return BLOCKS * self.n
+
+    @property
+    def size(self) -> int:
+        return self.last + 1
 
 
 def start_vector(src: Program, f: int, truncated: set[int], objective: Objective,
@@ -68,7 +102,8 @@ def start_vector(src: Program, f: int, truncated: set[int], objective: Objective
     pqz = placement_vector(src, f, truncated, floors)
     y, h, t = np.zeros((3, n)), np.zeros((2, n)), np.zeros(n)
     if objective.counts_rounds:
-        rounds, side_of, holding, paired = milp_rounds(src, objective, {i for i in truncated if pqz[Z * n + i]})
+        z = Columns(n).block(Z)
+        rounds, side_of, holding, paired = milp_rounds(src, objective, {i for i in truncated if pqz[z[i]]})
         t[:] = rounds
         for m, side in side_of.items():
             y[side, m] = 1
@@ -97,6 +132,8 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
 
     nodes = src.nodes
     n = len(nodes)
+    cols = Columns(n)
+    p, q, z, ya, yb, w, h, g = (cols.block(b) for b in (P, Q, Z, YA, YB, W, H, G))
     m_eff = effective_bits(src, bounds, f)
     smax = [budget - 1 - m for m in m_eff]  # highest scale each value can take
     with np.errstate(over="ignore"):  # with nothing truncated, scales double at each square: inf is a fine cap
@@ -109,14 +146,14 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
         hi.append(high)
         owner.append(i)
 
-    var_lo = np.full(BLOCKS * n + 1, -float(budget))  # scales below -budget would be pointless
-    var_hi = np.full(BLOCKS * n + 1, float(budget))
-    var_lo[Z * n:], var_hi[Z * n:T * n] = 0, 1
-    var_hi[YA * n:T * n] = 0  # y: only products that can ride
-    var_hi[T * n:] = _round_cap(objective, n) if objective.counts_rounds else 0
-    for i, coefs, high in _ride_rows(objective, n):
-        var_hi[[b * n + i for b, _ in zip((YA, YB), objective.rides[i])] + [W * n + i] * (i in objective.shared)] = 1
-        var_hi[H * n + i] = var_hi[G * n + i] = any(objective.opened[i])
+    var_lo = np.full(cols.size, -float(budget))  # scales below -budget would be pointless
+    var_hi = np.full(cols.size, float(budget))
+    var_lo[cols.span(Z)], var_hi[cols.span(Z, T)] = 0, 1
+    var_hi[cols.span(YA, T)] = 0  # y: only products that can ride
+    var_hi[cols.span(T)] = _round_cap(objective, n) if objective.counts_rounds else 0
+    for i, coefs, high in _ride_rows(objective, cols):
+        var_hi[[y[i] for y, _ in zip((ya, yb), objective.rides[i])] + [w[i]] * (i in objective.shared)] = 1
+        var_hi[h[i]] = var_hi[g[i]] = any(objective.opened[i])
         con(coefs, -np.inf, high)
     floor = [f] * n if floors is None else floors
     big = [max(min(smax[i], untruncated[i]) - floor[i], 0) for i in range(n)]  # the most a truncation drops
@@ -124,101 +161,106 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
     low_p, low_q = lowest_possible_scales(src, f, floor, truncatable)
     for v in nodes:
         i = v.id
-        var_lo[P * n + i], var_lo[Q * n + i] = max(low_p[i], -budget), max(low_q[i], -budget)
-        var_hi[P * n + i] = var_hi[Q * n + i] = smax[i]  # above the budget for values below 1 (q <= p anyway)
+        var_lo[p[i]], var_lo[q[i]] = max(low_p[i], -budget), max(low_q[i], -budget)
+        var_hi[p[i]] = var_hi[q[i]] = smax[i]  # above the budget for values below 1 (q <= p anyway)
         _scale_rows(src, v, f, budget, m_eff, var_lo, var_hi, con)
         # truncation: 0 <= p - q <= z * (highest p - floor), and q = floor exactly when z = 1
-        con({P * n + i: 1, Q * n + i: -1}, 0, np.inf)
-        con({P * n + i: 1, Q * n + i: -1, Z * n + i: -big[i]}, -np.inf, 0)
-        con({Q * n + i: 1, Z * n + i: -(floor[i] - var_lo[Q * n + i])}, var_lo[Q * n + i], np.inf)  # z = 1 => q >= floor
-        con({Q * n + i: 1, Z * n + i: big[i]}, -np.inf, floor[i] + big[i])  # z = 1  =>  q <= floor
+        con({p[i]: 1, q[i]: -1}, 0, np.inf)
+        con({p[i]: 1, q[i]: -1, z[i]: -big[i]}, -np.inf, 0)
+        con({q[i]: 1, z[i]: -(floor[i] - var_lo[q[i]])}, var_lo[q[i]], np.inf)  # z = 1 => q >= floor
+        con({q[i]: 1, z[i]: big[i]}, -np.inf, floor[i] + big[i])  # z = 1  =>  q <= floor
         if i not in truncatable:
-            var_hi[Z * n + i] = 0
+            var_hi[z[i]] = 0
         if objective.counts_rounds:
-            for coefs, low in _round_rows(objective, v, n):
+            for coefs, low in _round_rows(objective, v, cols):
                 con(coefs, low, np.inf)
 
     eps = 1.0 / (4.0 * n * 2 * budget)  # scales break ties only, never outweigh one element
-    cost = np.concatenate([np.full(2 * n, eps), [float(v.numel) for v in nodes], np.zeros(6 * n),
-                           [objective.round_elements]])
+    cost = np.zeros(cols.size)
+    cost[cols.span(P, Z)] = eps
+    cost[cols.span(Z, YA)] = [float(v.numel) for v in nodes]
+    cost[cols.last] = objective.round_elements
     A = coo_matrix(([c for r in rows for c in r.values()],
                     ([k for k, r in enumerate(rows) for _ in r], [c for r in rows for c in r])),
-                   shape=(len(rows), BLOCKS * n + 1)).tocsc()
+                   shape=(len(rows), cols.size)).tocsc()
     return MilpModel(cost, var_lo, var_hi, A, np.array(lo, dtype=float), np.array(hi, dtype=float), owner)
 
 
 def _scale_rows(src: Program, v, f: int, budget: int, m_eff: list[int], var_lo, var_hi, con) -> None:
     """p follows the op: a source's scale is fixed, aligned operands take the highest scale (and
     fit at it), products add scales, a public multiplier or a relabel shifts it."""
-    n, i, ins = len(src.nodes), v.id, v.inputs
+    cols, i, ins = Columns(len(src.nodes)), v.id, v.inputs
+    p, q = cols.block(P), cols.block(Q)
     scaling = spec(v).scaling
     if scaling in ("source", "integer"):
-        var_lo[P * n + i] = var_hi[P * n + i] = source_scale(v, f) if scaling == "source" else 0
+        var_lo[p[i]] = var_hi[p[i]] = source_scale(v, f) if scaling == "source" else 0
     elif spec(v).aligned(v):
         for j in ins:
-            con({P * n + i: 1, Q * n + j: -1}, 0, np.inf)  # p >= q_j
-            con({P * n + i: 1}, -np.inf, budget - 1 - m_eff[j])  # operand j shifted to p fits
+            con({p[i]: 1, q[j]: -1}, 0, np.inf)  # p >= q_j
+            con({p[i]: 1}, -np.inf, budget - 1 - m_eff[j])  # operand j shifted to p fits
     elif scaling == "sum":  # p = q_a + q_b (a square x * x counts q_x twice)
-        coefs = {P * n + i: 1}
+        coefs = {p[i]: 1}
         for j in ins:
-            coefs[Q * n + j] = coefs.get(Q * n + j, 0) - 1
+            coefs[q[j]] = coefs.get(q[j], 0) - 1
         con(coefs, 0, 0)
     else:  # p = q + c: c the public multiplier's scale, minus a relabel's exponent, or 0
         c = const_scale(src, v, f) if scaling == "public" else -v.attrs["exp"] if scaling == "relabel" else 0
-        con({P * n + i: 1, Q * n + ins[0]: -1}, c, c)
+        con({p[i]: 1, q[ins[0]]: -1}, c, c)
 
 
 def _round_cap(objective: Objective, n: int) -> float:
     return sum(objective.op_rounds.values()) + objective.truncation_rounds * n
 
 
-def _round_rows(objective: Objective, v, n: int):
+def _round_rows(objective: Objective, v, cols: Columns):
     """(row, lower bound): the node is ready after each input, plus its own rounds unless it rides
     with that input's side truncated (``milp_rounds``), plus its truncation's; and
     the last round is no earlier."""
     i, own = v.id, objective.op_rounds.get(v.id, 0.0)
+    t, z = cols.block(T), cols.block(Z)
     sides = objective.rides.get(i, ())
     for k, j in enumerate(v.inputs):
-        coefs = {T * n + i: 1, T * n + j: -1, Z * n + i: -objective.truncation_rounds}
+        coefs = {t[i]: 1, t[j]: -1, z[i]: -objective.truncation_rounds}
         if sides:
             side = k if len(sides) == 2 else 0  # a square has one side
-            coefs[(YA, YB)[side] * n + i] = own
+            coefs[cols.block((YA, YB)[side])[i]] = own
         if i in objective.shared:
-            coefs[W * n + i] = own
+            coefs[cols.block(W)[i]] = own
         yield coefs, own
     if not v.inputs:
-        yield {T * n + i: 1, Z * n + i: -objective.truncation_rounds}, 0
-    yield {BLOCKS * n: 1, T * n + i: -1}, 0
+        yield {t[i]: 1, z[i]: -objective.truncation_rounds}, 0
+    yield {cols.last: 1, t[i]: -1}, 0
 
 
-def _ride_rows(objective: Objective, n: int):
+def _ride_rows(objective: Objective, cols: Columns):
     """(product, row, upper bound): it rides with side s truncated only if a site on that side is
     truncated or a product there that would carry it rides (``core.fusion.ride_sites``); on one
     side at most. Riding on a side that opens the other input (``core.fusion.opened_sides``), it
     holds an opened operand (h), and two in a term (g) if no site there is truncated and every
     carrier there holds one; no carrier there may hold two (``core.fusion._Shape.times``)."""
+    z, ya, yb, w, h, g = (cols.block(b) for b in (Z, YA, YB, W, H, G))
     for i, sides in objective.rides.items():
-        for s, (heads, carriers) in enumerate(sides):
-            y = (YA, YB)[s] * n + i
-            coefs = {y: 1, **{Z * n + u: -1 for u in heads}}
-            for u in carriers:
-                for b in (YA, YB, W):
-                    coefs[b * n + u] = coefs.get(b * n + u, 0) - 1
+        for s, side in enumerate(sides):
+            y = (ya, yb)[s][i]
+            coefs = {y: 1, **{z[u]: -1 for u in side.heads}}
+            for u in side.carriers:
+                for b in (ya, yb, w):
+                    coefs[b[u]] = coefs.get(b[u], 0) - 1
             if objective.opened[i][s]:
-                yield i, {y: 1, H * n + i: -1}, 0
-                yield i, {**coefs, G * n + i: -1, **{H * n + u: 1 for u in carriers}}, 0
-                coefs |= {G * n + u: 1 for u in carriers}
+                yield i, {y: 1, h[i]: -1}, 0
+                yield i, {**coefs, g[i]: -1, **{h[u]: 1 for u in side.carriers}}, 0
+                coefs |= {g[u]: 1 for u in side.carriers}
             yield i, coefs, 0
-        yield i, {YA * n + i: 1, YB * n + i: 1, W * n + i: 1}, 1
-        yield i, {H * n + i: 1, YA * n + i: -1, YB * n + i: -1, W * n + i: -1}, 0  # only a riding product holds one
-        yield i, {G * n + i: 1, H * n + i: -1}, 0
+        yield i, {ya[i]: 1, yb[i]: 1, w[i]: 1}, 1
+        yield i, {h[i]: 1, ya[i]: -1, yb[i]: -1, w[i]: -1}, 0  # only a riding product holds one
+        yield i, {g[i]: 1, h[i]: -1}, 0
     for i, heads in objective.shared.items():
-        yield i, {W * n + i: 1, **{Z * n + u: -1 for u in heads}}, 0
-        for chain, base in objective.shared_chains[i]:  # each input hangs off a shared site (_hangs_off_shared)
-            coefs = {W * n + i: 1, **{Z * n + u: -1 for u, is_shared in chain if is_shared}}
-            for b in (YA, YB, W) if base is not None else ():
-                coefs[b * n + base] = coefs.get(b * n + base, 0) - 1
+        yield i, {w[i]: 1, **{z[u]: -1 for u in heads}}, 0
+        for chain in objective.shared_chains[i]:  # each input hangs off a shared site (_hangs_off_shared)
+            coefs = {w[i]: 1, **{z[u]: -1 for u, is_shared in chain.sites if is_shared}}
+            for b in (ya, yb, w) if chain.base is not None else ():
+                coefs[b[chain.base]] = coefs.get(b[chain.base], 0) - 1
             yield i, coefs, 0
-            for k, (u, is_shared) in enumerate(chain):  # a truncation off the shared sites, unless one nearer
+            for k, (u, is_shared) in enumerate(chain.sites):  # a truncation off the shared sites, unless one nearer
                 if not is_shared:
-                    yield i, {W * n + i: 1, Z * n + u: 1, **{Z * n + w: -1 for w, s in chain[:k] if s}}, 1
+                    yield i, {w[i]: 1, z[u]: 1, **{z[x]: -1 for x, s in chain.sites[:k] if s}}, 1

@@ -16,6 +16,7 @@ and the highest powers of S the material needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .ir import Node, Program
 from .ops import spec
@@ -28,6 +29,27 @@ def is_affine(node: Node) -> bool:
     return spec(node).affine is not None
 
 
+class Pair(NamedTuple):
+    """Two opened operands in one term of a carried value, j <= l, and the highest power of S
+    multiplying them (the dealer deals b_j·b_l·S^i up to it): indices into ``Carried.others`` in
+    a truncation's request, node ids while ``carried`` walks."""
+    j: int
+    l: int  # noqa: E741 (the j, l of the material's b_j·b_l)
+    degree: int
+
+
+class Side(NamedTuple):
+    """One input side of a product that may ride (``ride_sites``)."""
+    heads: frozenset[int]  # the nodes whose truncation would let it ride with this input truncated
+    carriers: frozenset[int]  # the products on this side that carry it along if they ride
+
+
+class Chain(NamedTuple):
+    """An input of a product whose inputs may hang off one truncation (``shared_chains``)."""
+    sites: tuple[tuple[int, bool], ...]  # its affine chain from the input back: (node, one of the shared sites)
+    base: int | None  # the product at the chain's base, if it can ride
+
+
 @dataclass
 class Carried:
     """What one truncation's opening carries."""
@@ -36,8 +58,7 @@ class Carried:
     others: list[int] = field(default_factory=list)  # operands z opened with it (z − b), first use first
     degree: int = 1  # highest power of S in any carried value
     other_degrees: list[int] = field(default_factory=list)  # per operand: highest power of S multiplying it
-    pairs: list[list[int]] = field(default_factory=list)  # [j, l, degree]: operands j <= l (indices into
-    # others) in one term, and the highest power of S multiplying them
+    pairs: list[Pair] = field(default_factory=list)  # operands in one term (indices into others)
 
 
 @dataclass(frozen=True)
@@ -46,8 +67,8 @@ class _Shape:
     operand (by node id), and per pair of them in one term, the highest power of S multiplying it."""
     trunc: int
     degree: int
-    others: tuple = ()  # ((operand id, degree), ...)
-    pairs: tuple = ()  # ((operand id, operand id, degree), ...), ids in order
+    others: tuple[tuple[int, int], ...] = ()  # ((operand id, degree), ...)
+    pairs: tuple[Pair, ...] = ()  # by operand ids, in order
 
     def times(self, other: _Shape) -> _Shape | None:
         if self.pairs and (other.others or other.pairs) or other.pairs and self.others:
@@ -61,7 +82,7 @@ class _Shape:
                         + [(z, y, d + self.degree) for z, y, d in other.pairs]):
             pairs[z, y] = max(pairs.get((z, y), 0), d)
         shape = _Shape(self.trunc, self.degree + other.degree, tuple(others.items()),
-                       tuple((z, y, d) for (z, y), d in pairs.items()))
+                       tuple(Pair(z, y, d) for (z, y), d in pairs.items()))
         return shape if max([shape.degree, *others.values(), *pairs.values()]) <= MAX_DEGREE else None
 
 
@@ -136,11 +157,11 @@ def _ride(program: Program, node, shapes: dict, out: dict[int, Carried], at: dic
         c.other_degrees[j] = max(c.other_degrees[j], d)
     for z, y, d in shape.pairs:
         j, l = sorted((c.others.index(z), c.others.index(y)))
-        known = next((p for p in c.pairs if p[:2] == [j, l]), None)
-        if known is None:
-            c.pairs.append([j, l, d])
+        k = next((k for k, p in enumerate(c.pairs) if (p.j, p.l) == (j, l)), None)
+        if k is None:
+            c.pairs.append(Pair(j, l, d))
         else:
-            known[2] = max(known[2], d)
+            c.pairs[k] = c.pairs[k]._replace(degree=max(c.pairs[k].degree, d))
 
 
 def carried_products(program: Program) -> set[int]:
@@ -155,14 +176,14 @@ def _affine_chain(program: Program, i: int) -> list[int]:
     return chain
 
 
-def ride_sites(program: Program) -> dict[int, tuple[tuple[frozenset[int], frozenset[int]], ...]]:
+def ride_sites(program: Program) -> dict[int, tuple[Side, ...]]:
     """For placement, on a program without truncations: mul id -> per input side (one for a
     square), (the nodes whose truncation would let it ride with that input as the truncated one,
     the products on that side that would carry it along if they ride). A truncation placed after
     a node heads an affine chain to the input, or a riding product does, and the other input is
     made before it or hangs off the same chain. (``carried``'s limits on powers of S and on
     operands per term are left out: the cost model, run on the placed plan, counts.)"""
-    out: dict[int, tuple[tuple[frozenset[int], frozenset[int]], ...]] = {}
+    out: dict[int, tuple[Side, ...]] = {}
     for node in program.nodes:
         if node.op != "mul":
             continue
@@ -171,8 +192,8 @@ def ride_sites(program: Program) -> dict[int, tuple[tuple[frozenset[int], frozen
         sides = []
         for mine, other, theirs in ((ca, b, cb), (cb, a, ca))[:1 if a == b else 2]:
             heads = frozenset(u for u in mine if other < u or u in theirs)
-            sides.append((heads, frozenset(u for u in heads if u in out)))  # riding products carry it along
-        if any(heads for heads, _ in sides):
+            sides.append(Side(heads, frozenset(u for u in heads if u in out)))  # riding products carry it along
+        if any(side.heads for side in sides):
             out[node.id] = tuple(sides)
     return out
 
@@ -185,7 +206,7 @@ def opened_sides(program: Program, rides: dict) -> dict[int, tuple[bool, ...]]:
     for m, sides in rides.items():
         a, b = program[m].inputs
         chains = set(_affine_chain(program, a)), set(_affine_chain(program, b))
-        out[m] = tuple(not heads & chains[1 - s] for s, (heads, _) in enumerate(sides))
+        out[m] = tuple(not side.heads & chains[1 - s] for s, side in enumerate(sides))
     return out
 
 
@@ -203,15 +224,15 @@ def shared_sites(program: Program, rides: dict) -> dict[int, frozenset[int]]:
             a, b = node.inputs
             if a != b and (common := hang[a] & hang[b]):
                 out[node.id] = common
-            for heads, carriers in rides[node.id]:
-                h |= heads
-                for c in carriers:
+            for side in rides[node.id]:
+                h |= side.heads
+                for c in side.carriers:
                     h |= hang[c]
         hang[node.id] = frozenset(h)
     return out
 
 
-def shared_chains(program: Program, rides: dict, shared: dict) -> dict[int, tuple]:
+def shared_chains(program: Program, rides: dict, shared: dict) -> dict[int, tuple[Chain, ...]]:
     """For placement: mul id in ``shared`` -> per distinct input, (its affine chain from the input
     back, each site with whether it is one of the mul's shared sites; the product at the chain's
     base if it can ride, else None). The input hangs off a shared site only if the first
@@ -221,6 +242,6 @@ def shared_chains(program: Program, rides: dict, shared: dict) -> dict[int, tupl
         chains = []
         for x in dict.fromkeys(program[m].inputs):
             chain = _affine_chain(program, x)
-            chains.append((tuple((u, u in sites) for u in chain), chain[-1] if chain[-1] in rides else None))
+            chains.append(Chain(tuple((u, u in sites) for u in chain), chain[-1] if chain[-1] in rides else None))
         out[m] = tuple(chains)
     return out

@@ -102,7 +102,7 @@ class Batched:
                 return protocols.prepare_truncation(xs[0], node.attrs["shift"], self.AST, self.rank)
             return protocols.prepare_truncation(xs[0], node.attrs["shift"], self.AST, self.rank,
                                                 others=tuple(self._held[z] for z in c.others), degree=c.degree,
-                                                other_degrees=tuple(c.other_degrees), pairs=tuple(map(tuple, c.pairs)))
+                                                other_degrees=tuple(c.other_degrees), pairs=tuple(c.pairs))
         if node.id in self._halves:  # the weight's half was opened before the online phase
             side, pre = self._halves[node.id]
             return openings.half_finished(side, xs[side], pre, node.op, self.rank)

@@ -18,6 +18,7 @@ same code (``expand``), so their streams stay in step as long as the request seq
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +31,28 @@ class Component:
     size: tuple
     xor: bool = False  # XOR-shared (binary) rather than additively shared mod 2^64
     bits: int = 64  # random XOR components may be narrower (B2A's one bit)
+
+
+R = "r"  # the exact truncation's mask; h = r >> k and m = msb(r) are made from it
+
+
+class Part(NamedTuple):
+    """A component of the exact truncation's material: m^msb · h^power · Π b_j over ``operands``
+    (the masks of the operands its opening carries, at most two). The dealer deals it under
+    ``name``; the runner (``truncation.Opened``) reads it by the same."""
+    power: int = 0
+    msb: bool = False
+    operands: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:  # "h2", "mh0", "b0", "h1b0", "mh1b0b1", ...: the key that travels
+        masks = "".join(f"b{j}" for j in self.operands)
+        return ("m" if self.msb else "") + (f"h{self.power}" if self.power or self.msb else "") + masks
+
+
+def mask(j: int) -> str:
+    """The name of b_j, the mask of the j-th operand a truncation's opening carries."""
+    return Part(operands=(j,)).name
 
 
 def request_key(fn: str, *parts) -> tuple:
@@ -110,23 +133,27 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
         return [Component("r", req[1])], [Component("theta_r", req[1])]
     if fn == "B2A":
         return [Component("rB", req[1], xor=True, bits=1)], [Component("rA", req[1])]
-    if fn == "trunc":  # h = r >> k, m = msb(r): h{q} (q >= 1), mh{q} = m·h^q, times each b{j} and b{j}b{l}
+    if fn == "trunc":  # h = r >> k, m = msb(r): h^q (q >= 1) and m·h^q, times each b_j and b_j·b_l (``Part``)
         _, size, _, others, degree, other_degrees, pairs = req
-        randoms = [Component("r", size)] + [Component(f"b{j}", other) for j, other in enumerate(others)]
-        deriveds = _powers_times("", size, degree)
+        randoms = [Component(R, size)] + [Component(mask(j), other) for j, other in enumerate(others)]
+        deriveds = _powers_times((), size, degree)
         for j, (other, d) in enumerate(zip(others, other_degrees)):
-            deriveds += _powers_times(f"b{j}", tuple(torch.broadcast_shapes(size, other)), d)
+            deriveds += _powers_times((j,), tuple(torch.broadcast_shapes(size, other)), d)
         for j, l, d in pairs:
             both = tuple(torch.broadcast_shapes(others[j], others[l]))
-            deriveds += [Component(f"b{j}b{l}", both)]
-            deriveds += _powers_times(f"b{j}b{l}", tuple(torch.broadcast_shapes(size, both)), d)
+            deriveds += [Component(Part(operands=(j, l)).name, both)]
+            deriveds += _powers_times((j, l), tuple(torch.broadcast_shapes(size, both)), d)
         return randoms, deriveds
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 
 
-def _powers_times(suffix: str, size: tuple, degree: int) -> list[Component]:
-    return [Component(f"h{q}{suffix}", size) for q in range(1, degree + 1)] + \
-        [Component(f"mh{q}{suffix}", size) for q in range(degree)]
+def _powers(operands: tuple[int, ...], degree: int) -> list[Part]:
+    """h^q·Π b (q = 1..degree) and m·h^q·Π b (q = 0..degree−1): what S^i·Π b needs for i <= degree."""
+    return [Part(q, False, operands) for q in range(1, degree + 1)] + [Part(q, True, operands) for q in range(degree)]
+
+
+def _powers_times(operands: tuple[int, ...], size: tuple, degree: int) -> list[Component]:
+    return [Component(part.name, size) for part in _powers(operands, degree)]
 
 
 def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -144,22 +171,21 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
     if fn == "B2A":
         return {"rA": plain["rB"]}
     if fn == "trunc":
-        r, k, degree, other_degrees, pairs = plain["r"], req[2], req[4], req[5], req[6]
+        r, k, degree, other_degrees, pairs = plain[R], req[2], req[4], req[5], req[6]
         h, m = logical_shift(r, k), (r < 0).long()
         powers = [torch.ones_like(h)]  # h^0, h^1, ... (wrapping mod 2^64)
         for _ in range(max([degree, *other_degrees, *(d for *_, d in pairs)])):
             powers.append(powers[-1] * h)
 
-        def times(suffix: str, b, d: int) -> dict:
-            return {f"h{q}{suffix}": powers[q] * b for q in range(1, d + 1)} | \
-                {f"mh{q}{suffix}": m * powers[q] * b for q in range(d)}
+        def times(operands: tuple[int, ...], b, d: int) -> dict:
+            return {part.name: (m if part.msb else 1) * powers[part.power] * b for part in _powers(operands, d)}
 
-        out = times("", 1, degree)
+        out = times((), 1, degree)
         for j, d in enumerate(other_degrees):
-            out |= times(f"b{j}", plain[f"b{j}"], d)
+            out |= times((j,), plain[mask(j)], d)
         for j, l, d in pairs:
-            out[f"b{j}b{l}"] = plain[f"b{j}"] * plain[f"b{l}"]
-            out |= times(f"b{j}b{l}", out[f"b{j}b{l}"], d)
+            both = out[Part(operands=(j, l)).name] = plain[mask(j)] * plain[mask(l)]
+            out |= times((j, l), both, d)
         return out
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ...core.ring import EXACT_MSB_LIMIT_BITS as EXACT_LIMIT_BITS
 from ...core.ring import logical_shift
 from . import openings
+from .material import Part, R, mask
 from .openings import Pending
 from .shares import add_public
 
@@ -42,8 +44,9 @@ def truncation_material(size, k: int, others: tuple = (), degree: int = 1, other
                         pairs: tuple = ()) -> dict:
     """This party's shares of the exact truncation's material, from the dealer (``dealer.py``):
     r, h^q = (r >> k)^q for q = 1..degree, m·h^q (m = msb(r)) for q = 0..degree−1; per operand
-    z_j of size ``others[j]``, b{j} and h^q·b{j}, m·h^q·b{j} up to ``other_degrees[j]``; per
-    (j, l, d) in ``pairs``, b{j}b{l} and its products with h^q, m·h^q up to d (``material.layout``).
+    z_j of size ``others[j]``, b_j and h^q·b_j, m·h^q·b_j up to ``other_degrees[j]``; per
+    (j, l, d) in ``pairs``, b_j·b_l and its products with h^q, m·h^q up to d (``material.layout``,
+    named by ``material.Part``).
     The parties that open x + 2^62 + r and z − b must not know r or b."""
     import crypten.mpc
 
@@ -65,44 +68,44 @@ def masked_operand(z, b: torch.Tensor, ast_cls):
     return ast_cls.from_shares(z.share - b, precision=0)
 
 
+class Term(NamedTuple):
+    """A term of a carried value: S^power times the masks b_j of ``operands`` (sorted; at most two:
+    ``core.fusion``). ``Term()`` is the public constant 1."""
+    power: int = 0
+    operands: tuple[int, ...] = ()
+
+    def __mul__(self, other: Term) -> Term:  # operands gathered, powers of S added
+        operands = tuple(sorted(self.operands + other.operands))
+        if len(operands) > 2:
+            raise ValueError("a term with three opened operands is not carried (core.fusion)")
+        return Term(self.power + other.power, operands)
+
+
+ONE = Term()
+
+
 class Poly(dict):
-    """A value carried by a truncation's opening: public coefficients of S^i (key i), of S^i·b_j
-    (key (j, i)) and of S^i·b_j·b_l (key ((j, l), i), j <= l). Products keep at most two b per
-    term (``core.fusion``)."""
+    """A value carried by a truncation's opening: public coefficients (values) of its ``Term``s."""
 
     def __add__(self, other: Poly) -> Poly:
         out = Poly(self)
-        for key, c in other.items():
-            out[key] = out[key] + c if key in out else c
+        for term, c in other.items():
+            out[term] = out[term] + c if term in out else c
         return out
 
     def scaled(self, c) -> Poly:
-        return Poly({key: v * c for key, v in self.items()})
+        return Poly({term: v * c for term, v in self.items()})
 
     def plus_public(self, c) -> Poly:
-        return self + Poly({0: c})
+        return self + Poly({ONE: c})
 
     def __mul__(self, other: Poly) -> Poly:
         out = Poly()
-        for ka, ca in self.items():
-            for kb, cb in other.items():
-                key, c = _term_key(ka, kb), ca * cb
-                out[key] = out[key] + c if key in out else c
+        for ta, ca in self.items():
+            for tb, cb in other.items():
+                term, c = Term.__mul__(ta, tb), ca * cb
+                out[term] = out[term] + c if term in out else c
         return out
-
-
-def _term_key(ka, kb):
-    """The key of the product of two terms: operands gathered, powers of S added."""
-    def split(key):
-        if not isinstance(key, tuple):
-            return (), key
-        return (key[0] if isinstance(key[0], tuple) else (key[0],)), key[1]
-
-    (oa, ia), (ob, ib) = split(ka), split(kb)
-    operands = tuple(sorted(oa + ob))
-    if len(operands) > 2:
-        raise ValueError("a term with three opened operands is not carried (core.fusion)")
-    return ia + ib if not operands else (operands[0] if len(operands) == 1 else operands, ia + ib)
 
 
 @dataclass
@@ -128,38 +131,36 @@ class Opened:
         return self._made["w"]
 
     def y(self) -> Poly:
-        return Poly({0: self.public, 1: 1})
+        return Poly({ONE: self.public, Term(1): 1})
 
     def operand(self, j: int) -> Poly:
         """z_j = e_j + b_j."""
-        return Poly({0: self.e[j], (j, 0): 1})
+        return Poly({ONE: self.e[j], Term(0, (j,)): 1})
 
-    def _power(self, i: int, suffix: str = ""):
-        """This party's share of S^i, times b_j with ``suffix`` "b{j}" or b_j·b_l with "b{j}b{l}"
-        (material names of ``material.layout``): (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m."""
-        if (i, suffix) in self._made:
-            return self._made[i, suffix]
-        share = (-1) ** i * (self.m[suffix] if i == 0 else self.m[f"h{i}{suffix}"])
+    def _power(self, term: Term):
+        """This party's share of S^i·Π b_j (the term's power and operands), from the material's
+        ``Part``s: (−h)^i + Σ_{l=1..i} C(i,l) w^l (−h)^(i−l) m, each times Π b_j."""
+        if term in self._made:
+            return self._made[term]
+        i, operands = term
+        share = (-1) ** i * self.m[Part(i, False, operands).name]
         w_l = 1
         for l in range(1, i + 1):
             if l * (64 - self.k) >= 64:
                 break  # w^l = 2^(l(64−k))·[msb(c) = 0] is 0 mod 2^64 from here on
             w_l = w_l * self.w  # w^l, wrapping mod 2^64 like every share
-            share = share + math.comb(i, l) * (-1) ** (i - l) * w_l * self.m[f"mh{i - l}{suffix}"]
-        self._made[i, suffix] = share
+            share = share + math.comb(i, l) * (-1) ** (i - l) * w_l * self.m[Part(i - l, True, operands).name]
+        self._made[term] = share
         return share
 
     def share(self, value: Poly) -> torch.Tensor:
         """This party's share of a carried value: public terms on party 0 only."""
         out = 0
-        for key, c in value.items():
-            if key == 0:
+        for term, c in value.items():
+            if term == ONE:
                 out = out + (c if self.rank == 0 else 0)
-            elif isinstance(key, tuple):
-                suffix = "".join(f"b{j}" for j in key[0]) if isinstance(key[0], tuple) else f"b{key[0]}"
-                out = out + c * self._power(key[1], suffix)
             else:
-                out = out + c * self._power(key)
+                out = out + c * self._power(term)
         return out
 
     def result(self) -> torch.Tensor:
@@ -172,8 +173,8 @@ def prepare_truncation(x, k: int, ast_cls, rank: int, others: tuple = (), degree
     """The exact truncation's step, ready to open with others (``openings.reveal_together``):
     x + 2^62 + r, and z_j − b_j for every ``others`` operand; its result is the ``Opened``."""
     m = truncation_material(x.share.shape, k, tuple(z.share.shape for z in others), degree, other_degrees, pairs)
-    masked = [masked_for_opening(x, m["r"], ast_cls, rank)]  # uniform: hides x
-    masked += [masked_operand(z, m[f"b{j}"], ast_cls) for j, z in enumerate(others)]
+    masked = [masked_for_opening(x, m[R], ast_cls, rank)]  # uniform: hides x
+    masked += [masked_operand(z, m[mask(j)], ast_cls) for j, z in enumerate(others)]
     return Pending("trunc", (x, *others), masked, lambda opened: Opened(rank, k, opened[0], list(opened[1:]), m))
 
 
