@@ -53,7 +53,7 @@ def test_what_does_not_ride():
     riding = carried_products(b.program)
     assert mm not in riding and late not in riding and yz not in riding
     assert yx in riding and yxx in riding and yxxx not in riding
-    assert carried(b.program)[y].pairs == [[0, 0, 1]]  # x·x·S: b_x² up to S^1
+    assert carried(b.program)[y].pairs == [(0, 0, 1)]  # x·x·S: b_x² up to S^1
     powers = [n.id for n in b.program.nodes if n.op == "mul" and n.id > yz]
     assert [p in riding for p in powers] == [True] * (MAX_DEGREE - 1) + [False, False]
 
