@@ -161,6 +161,13 @@ def test_plan_files_name_their_own_policies(argv):
     assert parse_args([*SMALL, "--plan", "p.json", "--policy", "vanilla"]).policies == ("vanilla",)
 
 
+@pytest.mark.parametrize("flag,value", [("--bounds", "static"), ("--frac-bits", "16"), ("--time-limit", "5")])
+def test_planning_flags_do_not_apply_to_plan_files(flag, value):
+    with pytest.raises(UserError, match=f"^--plan runs plan files as they were made: {flag} would change how"):
+        parse_args([*SMALL, "--plan", "p.json", flag, value])
+    assert parse_args([*SMALL, flag, value])  # without --plan they choose how run_pi plans
+
+
 @pytest.mark.parametrize("protocol,note", [
     (None, None),  # its own profile: no note (the negative control)
     ("faithful-2pc", None),

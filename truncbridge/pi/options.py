@@ -79,9 +79,10 @@ def parse_args(argv: list[str]) -> PiConfig:
                         "--model and --seq-len, and be one the chosen --truncation can run")
     p.add_argument("--truncation", default="exact", choices=PROTOCOLS,
                    help="exact: truncbridge's 1-round exact protocol (default); crypten: CrypTen's own div")
-    p.add_argument("--bounds", default="static", choices=("static", "calibrated"), help="bit-width analysis (default static)")
-    p.add_argument("--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the optimal placement's MILP (default 60)")
+    # planning flags: default None, so that --plan can refuse them (a plan file fixed them when it was made)
+    p.add_argument("--bounds", choices=("static", "calibrated"), help="bit-width analysis (default static)")
+    p.add_argument("--frac-bits", type=int, help="fixed-point fraction bits (default 16)")
+    p.add_argument("--time-limit", type=float, help="seconds for the optimal placement's MILP (default 60)")
     add_precision_tolerance(p)
     p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
                    "wall_s is the median (default 1)")
@@ -115,6 +116,7 @@ def parse_args(argv: list[str]) -> PiConfig:
 def pi_config(args: argparse.Namespace) -> PiConfig:
     """The checked ``PiConfig`` of parsed arguments: the one place a Namespace is read."""
     policies = _policies(args.policy, args.plan)
+    _planning_flags(args)
     if args.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.client_output_logits and not args.client_output:
@@ -127,7 +129,9 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         raise UserError("--timeout and --silence must be positive")
     return PiConfig(
         model=args.model, seq_len=args.seq_len, policies=policies, plan_files=tuple(args.plan or ()),
-        truncation=args.truncation, bounds=args.bounds, frac_bits=args.frac_bits, time_limit_s=args.time_limit,
+        truncation=args.truncation, bounds=args.bounds or PiConfig.bounds,
+        frac_bits=PiConfig.frac_bits if args.frac_bits is None else args.frac_bits,
+        time_limit_s=PiConfig.time_limit_s if args.time_limit is None else args.time_limit,
         precision_tolerance_bits=args.precision_tolerance, repeat=args.repeat, threads=args.threads,
         timeout_s=args.timeout, silence_s=args.silence, vanilla_rsqrt_scale=args.vanilla_rsqrt_scale,
         network=None if args.network is None else load_network(args.network), fuse=args.fuse, batch=args.batch,
@@ -149,6 +153,17 @@ def _policies(text: str | None, plan_files: list[str] | None) -> tuple[str, ...]
         raise UserError(f"--plan runs the plan files' own policies: --policy may add vanilla only, not "
                         f"{', '.join(p for p in policies if p != 'vanilla')}")
     return policies
+
+
+PLANNING_FLAGS = {"bounds": "--bounds", "frac_bits": "--frac-bits", "time_limit": "--time-limit"}
+
+
+def _planning_flags(args: argparse.Namespace) -> None:
+    """--plan runs plans made already: a flag that would change how they were made does not apply."""
+    given = [flag for dest, flag in PLANNING_FLAGS.items() if getattr(args, dest) is not None]
+    if args.plan and given:
+        raise UserError(f"--plan runs plan files as they were made: {' and '.join(given)} would change how they were "
+                        "planned (give them to truncbridge plan instead)")
 
 
 def computing_parties(size: int, dealer: str) -> int:
