@@ -32,10 +32,10 @@ lint: install  # the linter and the import-layer contract (pyproject.toml: [tool
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
-	$(BIN)/python -m pytest
+test: lint  # the slowest tests listed at the end: where the suite's time goes
+	$(BIN)/python -m pytest --durations=25
 
-test-fast: lint  # the quick loop: no whole-model or multi-process tests
+test-fast: lint  # the quick loop (under a minute): unit and property tests; no process, no whole default model
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
