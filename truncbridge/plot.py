@@ -119,9 +119,10 @@ def plot_plans(plans: list[tuple[str, Plan]], path: str, protocol: str | None = 
     first = plans[0][1]
     model = first.model.get("name", "?") + (f" ({first.model['preset']})" if first.model.get("preset") else "")
     several = len({(p.model.get("name"), p.model.get("preset")) for _, p in plans}) > 1
+    protocols = {protocol or p.protocol for _, p in plans}
+    under = protocols.pop() if len(protocols) == 1 else "each plan's own protocol"
     fig.suptitle(f"{'plans of several models' if several else model}, seq {first.model.get('seq_len')}: "
-                 f"bits per value and truncations (top); costs per recipe kind under "
-                 f"{protocol or 'each plan’s protocol'} (bottom)", fontsize=10)
+                 f"bits per value and truncations (top); costs per recipe kind under {under} (bottom)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -129,10 +130,10 @@ def plot_plans(plans: list[tuple[str, Plan]], path: str, protocol: str | None = 
 
 def _draw_bits(ax, series: list[PlanSeries]) -> None:
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-    for k, s in enumerate(series):
-        color = colors[k % len(colors)]
-        ax.plot(s.x, s.bits, lw=0.6, color=color, alpha=0.8, label=f"{s.label}: value bits")
-        ax.scatter(s.trunc_x, s.trunc_bits, s=9, marker="v", color=color, zorder=3,
+    for k, s in enumerate(series):  # the first plan drawn on top: it is usually the narrowest (eager)
+        color, on_top = colors[k % len(colors)], 2 * (len(series) - k)
+        ax.plot(s.x, s.bits, lw=0.6, color=color, alpha=0.8, zorder=on_top, label=f"{s.label}: value bits")
+        ax.scatter(s.trunc_x, s.trunc_bits, s=9, marker="v", color=color, zorder=on_top + 1,
                    label=f"{s.label}: {len(s.trunc_x):,} truncations")
     budgets = {(s.field_bits, s.budget_bits) for s in series}
     for field_bits, budget in sorted(budgets):
@@ -144,8 +145,11 @@ def _draw_bits(ax, series: list[PlanSeries]) -> None:
     starts = series[0].layer_starts
     for x in starts.values():
         ax.axvline(x, color="grey", lw=0.4, alpha=0.5)
-    step = max(1, len(starts) // 12)  # at most about a dozen layer names
-    shown = list(starts.items())[::step]
+    step = max(1, len(starts) // 12)  # at most about a dozen layer names, none on top of another
+    shown: list[tuple[str, int]] = []
+    for name, x in list(starts.items())[::step]:
+        if not shown or x - shown[-1][1] > len(series[0].x) / 25:
+            shown.append((name, x))
     ax.set_xticks([x for _, x in shown], [name.replace("model.", "") for name, _ in shown], rotation=20, fontsize=7,
                   ha="right")
     ax.set_ylabel("bits of the value (bound at its scale)")

@@ -216,7 +216,15 @@ def print_side_by_side(rows: list[dict]) -> None:
                   f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{c.get('comparisons', 0):,}", f"{r['rounds']:,.0f}",
                   _fmt_bytes(r["bytes"]), f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}",
                   f"{r['expected_truncation_failures']:.3g}")
-    console.print(t)
+    _print_whole(t)
+
+
+def _print_whole(table: Table) -> None:
+    """Piped or logged, a wide table keeps its natural width (no column cut to "…"); on a terminal, the terminal's."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    (console if console.is_terminal else Console(width=max(console.width, natural))).print(table)
 
 
 def print_report(plan, costs, network: str, warning: str = "") -> None:

@@ -1,0 +1,85 @@
+"""What a reader of truncbridge's output sees: progress lines when stderr is not a terminal, every
+report row named by its model (and preset), and calibration on a text of the user's choosing."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import pytest
+
+from truncbridge import report
+from truncbridge.cli import main
+from truncbridge.core.planfile import save_plan
+
+
+def test_progress_lines_when_not_on_a_terminal(monkeypatch, capsys):
+    """Under capsys stderr is not a terminal: a plain line every PROGRESS_EVERY_S, none after the block."""
+    monkeypatch.setattr(report, "PROGRESS_EVERY_S", 0.05)
+    with report.status_line("placing (optimal)") as update:
+        update("best 1234 truncated elements")
+        time.sleep(0.4)
+    with report.progress_bar(4, "emulating") as advance:
+        advance()
+        advance()
+        time.sleep(0.4)
+    lines = capsys.readouterr().err.strip().splitlines()
+    time.sleep(0.2)
+    assert not capsys.readouterr().err  # the lines stop with the work
+    placing = [line for line in lines if line.startswith("placing (optimal): ")]
+    emulating = [line for line in lines if line.startswith("emulating: ")]
+    assert len(placing) >= 2 and len(emulating) >= 2 and len(placing) + len(emulating) == len(lines)
+    assert all(line.endswith(" s, best 1234 truncated elements") for line in placing)
+    assert all(line.endswith(" s, 2/4") for line in emulating)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    from truncbridge.frontend.models import load_model
+    from truncbridge.pipeline import convert
+
+    return convert(load_model("random:llama"), 8, 16)
+
+
+def test_report_rows_name_their_models(converted, tmp_path, capsys):
+    """Three plans of two models (one of them at a preset's shapes, as --fake-weights plans are): the
+    title says several models are shown and every row names its own."""
+    from truncbridge.pipeline import build_plan, plan_config
+
+    eager = build_plan(converted, plan_config("eager"))
+    other = copy.copy(eager)
+    other.model = {**eager.model, "name": "random:gemma", "preset": "gemma-2b"}
+    paths = [str(tmp_path / f"{name}.json") for name in ("a", "b", "c")]
+    for path, plan in zip(paths, (eager, build_plan(converted, plan_config("lazy")), other)):
+        save_plan(plan, path)
+    out = tmp_path / "rows.json"
+    assert main(["report", *paths, "--protocol", "crypten-exact-2pc", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "plans of 2 models (each row names its own)" in printed
+    assert printed.count("random:llama, seq 8") == 2 and printed.count("random:gemma (gemma-2b), seq 8") == 1
+    assert [(r["model"], r["preset"]) for r in json.loads(out.read_text())] == \
+        [("random:llama", None), ("random:llama", None), ("random:gemma", "gemma-2b")]
+    assert main(["report", paths[2]]) == 0  # one plan: its title names the preset too
+    assert "truncbridge report — random:gemma (gemma-2b), eager" in capsys.readouterr().out
+
+
+def test_calibration_text_is_the_one_given(converted, tmp_path):
+    """--calibration-text: the calibration windows are the given text's; the bundled training text
+    given explicitly calibrates exactly as the default does; another text calibrates otherwise."""
+    from truncbridge.frontend.data import split_pydoc_text
+    from truncbridge.frontend.models import load_model
+    from truncbridge.pipeline import calibration_windows, convert, tokenize_windows
+
+    loaded = load_model("random:llama")
+    text = " ".join(f"{word} {n}" for n, word in enumerate(["zebra", "quantum", "harbor", "violet"] * 200))
+    every = tokenize_windows(loaded.tokenizer, text, 8)
+    assert (calibration_windows(loaded.tokenizer, 8, 4, text=text) == every[:: len(every) // 4][:4]).all()
+    bundled = convert(loaded, 8, 16, calibration_text=split_pydoc_text()[0])
+    assert bundled.maxabs == converted.maxabs
+    other = convert(loaded, 8, 16, calibration_text=text)
+    assert other.maxabs != converted.maxabs
+    path = tmp_path / "calib.txt"
+    path.write_text(text)
+    plan = tmp_path / "p.json"
+    assert main(["plan", "--model", "random:llama", "--seq-len", "8", "--bounds", "calibrated",
+                 "--calibration-text", str(path), "-o", str(plan)]) == 0
