@@ -6,6 +6,10 @@ the dealer when RANK == WORLD_SIZE.
 MODE ``runner``: ``PlanRunner`` on the small program below; ``module``: the same plan as a
 ``PlanModule`` in a CrypTen program, fed a ``crypten.cryptensor`` and followed by a CrypTen op;
 ``compare``: ``PlanRunner`` on ``compare_program`` (ReLUs and bare comparisons).
+
+Every receipt is audited as run_pi's ``--audit`` does (``truncbridge.pi.audit``): each computing
+party writes its ``OpeningLog`` to ``log{rank}.pt`` and the dealer the masks it dealt to
+``masks.pt``, beside OUT.json, for the test to check what every rank received.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from truncbridge.analysis import calibrated_bounds, place  # noqa: E402
 from truncbridge.core.ir import Builder  # noqa: E402
 from truncbridge.core.types import PlanConfig  # noqa: E402
+from truncbridge.pi.audit import OpeningLog, instrument  # noqa: E402
+from truncbridge.pi.link import Link  # noqa: E402
 
 from helpers import float_maxabs  # noqa: E402
 
@@ -69,31 +75,54 @@ def plan_for(policy: str, field_bits: int = 64, compare: bool = False):
     return place(prog, calibrated_bounds(prog, float_maxabs(prog, inputs), 1), PlanConfig(field_bits, 16, policy))
 
 
+class Receipts(Link):
+    """This party's communicator receipts, logged against the protocol step that opened each
+    (``audit.instrument``), as run_pi's ``Party`` logs them under ``--audit``."""
+
+    def __init__(self, crypten, provider, rank: int):
+        self.crypten, self.audit, self.network, self.log = crypten, True, None, OpeningLog(rank)
+        self._label, self._calls, self._delaying, self.comm_s = "protocol", 0, False, 0.0
+        instrument(self.log)
+        provider.on_take = self.log.took
+        self._wrap_communicator()
+
+
 def main() -> None:
     mode, policy, truncation, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     import truncbridge.crypten as tbc
 
+    if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]):  # the dealer: deal, keep every mask
+        from truncbridge.backends.crypten.dealing import run_dealer
+
+        torch.save(run_dealer(audit=True, startup_s=60).masks, out.parent / "masks.pt")
+        exit_now(0)
     crypten = tbc.import_crypten()
-    provider = tbc.init(timeout_s=60)  # the dealer's process deals here and exits
+    provider = tbc.init(timeout_s=60)
     rank = crypten.communicator.get().get_rank()
+    receipts = Receipts(crypten, provider, rank)
     # every generator this party draws from: CrypTen's own (re-keyed) and its dealer stream
     generators = sorted({type(g).__name__ for by_device in crypten.generators.values() for g in by_device.values()}
                         | {type(provider.stream).__name__})
-    if mode == "module":
-        model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
-        x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
-        y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
-        opened = y._tensor.reveal(dst=1)  # only the client learns it
-        result = None if rank != 1 else (opened.double() / y._tensor.encoder.scale).tolist()
-        executed, compared, results = model.runner.truncations_executed, 0, [result]
-    else:
-        compare = mode == "compare"
-        runner = tbc.PlanRunner(plan_for(policy, compare=compare), truncation=truncation)
-        opened = runner.open_outputs(runner.run((COMPARE_INPUTS if compare else INPUTS) if rank == 1 else None), dst=1)
-        results = [None] if opened is None else [o.tolist() for o in opened]
-        result, executed, compared = results[0], runner.truncations_executed, runner.comparisons_executed
+    with receipts.audited():
+        if mode == "module":
+            model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
+            x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
+            y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
+            with receipts.revealing_output():
+                opened = y._tensor.reveal(dst=1)  # only the client learns it: None elsewhere
+            outputs = None if opened is None else [(opened.double() / y._tensor.encoder.scale).tolist()]
+            executed, compared = model.runner.truncations_executed, 0
+        else:
+            compare = mode == "compare"
+            runner = tbc.PlanRunner(plan_for(policy, compare=compare), truncation=truncation)
+            shares = runner.run((COMPARE_INPUTS if compare else INPUTS) if rank == 1 else None)
+            with receipts.revealing_output():
+                opened = runner.open_outputs(shares, dst=1)
+            outputs = None if opened is None else [o.tolist() for o in opened]
+            executed, compared = runner.truncations_executed, runner.comparisons_executed
+    torch.save(receipts.log.export(), out.parent / f"log{rank}.pt")
     out.write_text(json.dumps({"rank": rank, "truncations": executed, "comparisons": compared, "generators": generators,
-                               "output": result, "outputs": results}))
+                               "outputs": outputs}))
     crypten.uninit()
     exit_now(0)
 

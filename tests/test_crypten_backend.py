@@ -1,11 +1,13 @@
 """The same plan on real CrypTen parties — separate processes, with the dealer apart — matches the
-exact emulator, as a PlanRunner and as a PlanModule inside a CrypTen program."""
+exact emulator, as a PlanRunner and as a PlanModule inside a CrypTen program; every receipt of
+every party is audited (``truncbridge.pi.audit``): only the client receives the output."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 
 from truncbridge.backends import RingExecutor
 from truncbridge.core.errors import UserError
+from truncbridge.pi.audit import findings
 
 from crypten_party import AFTER, COMPARE_INPUTS, INPUTS, plan_for
 
@@ -45,17 +48,33 @@ def run_parties(parties: int, policy: str, truncation: str, tmp: Path, mode: str
     return {r: json.loads((tmp / f"out{r}.json").read_text()) for r in range(parties)}
 
 
+def audited_openings(tmp: Path, parties: int, outputs: int) -> Counter:
+    """What every rank received, from its ``OpeningLog``: each receipt is an opening of a secret
+    under a fresh mask the dealer dealt (and the receiver does not know), every dealt mask is
+    used, and the ``outputs`` revealed values reach the client (rank 1) and no other rank. Returns
+    the opened steps by kind."""
+    logs = [torch.load(tmp / f"log{r}.pt", weights_only=False) for r in range(parties)]
+    masks = torch.load(tmp / "masks.pt", weights_only=False)
+    assert findings(logs, masks, set()) == []
+    assert [log["outputs"] for log in logs] == [outputs if r == 1 else 0 for r in range(parties)]
+    assert {m for step in logs[0]["openings"] for m in step.masks} == set(masks)
+    return Counter(part.kind for step in logs[0]["openings"] for part in (step.parts or [step]))
+
+
 @pytest.mark.parametrize("parties,truncation", [(2, "crypten"), (3, "crypten"), (3, "exact")])
 def test_crypten_parties_match_the_emulator(parties, truncation, tmp_path):
     for policy in ("eager", "lazy"):
         results = run_parties(parties, policy, truncation, tmp_path / policy)
-        assert all(results[r]["output"] is None for r in results if r != 1)  # only the client sees it
+        opened = audited_openings(tmp_path / policy, parties, outputs=1)  # only the client receives it
+        assert all(results[r]["outputs"] is None for r in results if r != 1)  # and open_outputs gives it no one else
         assert all(results[r]["generators"] == ["AesCtrStream"] for r in results)  # no torch generator left
         plan = plan_for(policy)
         ex = RingExecutor(plan)
         want = ex.decode_outputs(ex.run(INPUTS)[0])[0]
-        got = torch.tensor(results[1]["output"], dtype=torch.float64)
-        assert results[1]["truncations"] == plan.counts()["truncations"]
+        got = torch.tensor(results[1]["outputs"][0], dtype=torch.float64)
+        assert all(results[r]["truncations"] == plan.counts()["truncations"] for r in results)
+        if truncation == "exact":  # each truncation is one opening, counted from what the parties received
+            assert opened["trunc"] == plan.counts()["truncations"], opened
         assert (got - want).abs().max().item() <= TOLERANCE, policy
     assert plan_for("lazy").counts()["truncations"] < plan_for("eager").counts()["truncations"]
 
@@ -65,7 +84,8 @@ def test_crypten_comparisons_match_the_emulator(tmp_path):
     dealer) by 2 parties: the bits exactly, the ReLU output within the truncations' tolerance."""
     for policy in ("eager", "lazy"):
         results = run_parties(2, policy, "exact", tmp_path / policy, mode="compare")
-        assert all(results[r]["outputs"] == [None] for r in results if r != 1)
+        opened = audited_openings(tmp_path / policy, 2, outputs=3)
+        assert results[0]["outputs"] is None
         plan = plan_for(policy, compare=True)
         ex = RingExecutor(plan)
         want = ex.decode_outputs(ex.run(COMPARE_INPUTS)[0])
@@ -75,19 +95,24 @@ def test_crypten_comparisons_match_the_emulator(tmp_path):
         assert torch.equal(got[2], (COMPARE_INPUTS["v"] >= 0).double())
         counts = plan.counts()
         assert results[1]["comparisons"] == counts["comparisons"] == 4
-        assert results[1]["truncations"] == counts["truncations"]
+        assert results[1]["truncations"] == counts["truncations"] == opened["trunc"]
 
 
 @pytest.mark.parametrize("parties", [2, 3])
 def test_a_plan_module_in_a_crypten_program(parties, tmp_path):
     """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with."""
     results = run_parties(parties, "lazy", "exact", tmp_path, mode="module")
-    assert all(results[r]["output"] is None for r in results if r != 1)
-    ex = RingExecutor(plan_for("lazy"))
+    opened = audited_openings(tmp_path, parties, outputs=1)
+    assert all(results[r]["outputs"] is None for r in results if r != 1)
+    plan = plan_for("lazy")
+    ex = RingExecutor(plan)
     want = ex.decode_outputs(ex.run(INPUTS)[0])[0] * AFTER
-    got = torch.tensor(results[1]["output"], dtype=torch.float64)
+    got = torch.tensor(results[1]["outputs"][0], dtype=torch.float64)
     assert (got - want).abs().max().item() <= AFTER * TOLERANCE
-    assert results[1]["truncations"] >= plan_for("lazy").counts()["truncations"]
+    assert results[1]["truncations"] == plan.counts()["truncations"]
+    # the module hands CrypTen its output at CrypTen's 16 fraction bits: one truncation more
+    rescaled = plan.program[plan.program.outputs[0]].scale > 16
+    assert opened["trunc"] == plan.counts()["truncations"] + rescaled, opened
 
 
 def test_crypten_needs_a_64_bit_ring():
