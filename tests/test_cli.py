@@ -15,6 +15,7 @@ METRIC_KEYS = {"top1_agreement", "kl_mean", "max_abs_logit_error", "ppl_float", 
 COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons", "compared_elements"}
 
 
+@pytest.mark.slow  # the whole default model
 def test_emulate_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["emulate", "--seq-len", "32", "--windows", "2", "--json", str(out)]) == 0
@@ -93,6 +94,7 @@ def test_text_shorter_than_a_window(tmp_path, capsys):
     assert "fewer than --seq-len" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a process of its own
 def test_console_script_reports_errors_without_traceback(tmp_path):
     """Through the real entry point, in a fresh process."""
     proc = subprocess.run([sys.executable, "-m", "truncbridge", "emulate", "--model", str(tmp_path / "missing")],

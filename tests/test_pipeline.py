@@ -43,6 +43,7 @@ def test_eager_truncates_every_product_back_to_frac_bits(random_converted):
     assert plan.counts()["truncations"] == len(products) > 0
 
 
+@pytest.mark.slow  # the whole default model
 def test_default_model_emulates_exactly_within_bounds(default_converted):
     c = default_converted
     plan = build_plan(c, plan_config("eager"))
@@ -59,6 +60,7 @@ def test_default_model_emulates_exactly_within_bounds(default_converted):
     assert torch.equal(a[0], b[0])
 
 
+@pytest.mark.slow  # the whole default model (shared with the test above)
 def test_frac_bits_must_fit_the_field(default_converted):
     with pytest.raises(UserError, match="frac bits"):
         build_plan(default_converted, plan_config("eager", field_bits=16, frac_bits=16))
