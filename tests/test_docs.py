@@ -1,8 +1,9 @@
 """Every code block of README.md and docs/*.md runs as written, and every output they show is what
 its command prints now (``launch/regen_docs.py`` says how blocks declare what they are).
 
-Fast: extraction, links, and the ```python blocks that run alone. Slow: each doc's ```sh blocks and
-the programs they start (mpirun among them), in the doc's order, and the regenerated outputs."""
+Fast: extraction, links, and the ```python blocks that run alone (but those that load a model). Slow:
+each doc's ```sh blocks and the programs they start (mpirun among them), in the doc's order, and the
+regenerated outputs."""
 from __future__ import annotations
 
 import importlib.util
@@ -63,7 +64,12 @@ def test_links_stay_inside_the_repository_and_resolve():
             assert not anchor or anchor in _anchors(resolved), f"{path.name}: no heading for #{anchor} in {file}"
 
 
-@pytest.mark.parametrize("block", ALONE, ids=[b.where for b in ALONE])
+def _alone(block):
+    """A block that loads a model converts it too (about 20 s of CPU): slow."""
+    return pytest.param(block, id=block.where, marks=[pytest.mark.slow] if "load_model(" in block.text else [])
+
+
+@pytest.mark.parametrize("block", [_alone(b) for b in ALONE])
 def test_python_block_runs_alone(block, tmp_path):
     assert docs.run_block(block, docs.workdir(tmp_path)) is None
 
