@@ -2,6 +2,7 @@
 
     python launch/regen_docs.py            # rewrite every output block of README.md and docs/*.md
     python launch/regen_docs.py --check    # exit 1 if a committed output differs from a fresh run's
+    python launch/regen_docs.py --only report   # only the outputs whose command contains "report"
 
 Every fenced block in the docs says what it is by its info string:
 
@@ -182,7 +183,7 @@ def differences(out: Output, fresh: str) -> list[str]:
 def rewrite(path: Path, fresh: dict[int, str]) -> None:
     """Put each fresh output (by its marker's line) between its markers, as a text block."""
     lines = path.read_text().split("\n")
-    for out in sorted(outputs(path), key=lambda o: -o.line):
+    for out in sorted((o for o in outputs(path) if o.line in fresh), key=lambda o: -o.line):
         start, end = out.span
         lines[start:end] = ["```text", *fresh[out.line].split("\n"), "```"]
     path.write_text("\n".join(lines))
@@ -191,11 +192,12 @@ def rewrite(path: Path, fresh: dict[int, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
+    ap.add_argument("--only", default="", metavar="TEXT", help="only the outputs whose command contains TEXT")
     args = ap.parse_args(argv)
     failed = False
     with tempfile.TemporaryDirectory(prefix="truncbridge-docs-") as tmp:
         for path in doc_files():
-            found = outputs(path)
+            found = [o for o in outputs(path) if args.only in o.command]
             fresh = {o.line: run_output(o, workdir(Path(tmp) / path.stem)) for o in found}
             for out in found:
                 diff = differences(out, fresh[out.line])
