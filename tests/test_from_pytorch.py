@@ -1,6 +1,7 @@
 """``truncbridge.crypten.from_pytorch`` on modules that are not LMs (an MLP with GELU and SiLU, a
-small CNN): the client's input is a real-valued tensor, its bounds declared or calibrated; the plan
-runs in the exact emulator and on real CrypTen parties (one mpirun for both modules)."""
+small CNN; a ViT block in the emulator only): the client's input is a real-valued tensor, its bounds
+declared or calibrated; the plan runs in the exact emulator and on real CrypTen parties (one mpirun
+for both modules)."""
 from __future__ import annotations
 
 import json
@@ -90,6 +91,47 @@ def test_conv_and_pooling_lower_exactly():
             want = module.double()(x.double())
         assert got.shape == want.shape
         assert (got - want).abs().max().item() < 1e-12
+
+
+def test_a_recipe_may_read_the_input_itself():
+    """SiLU of the raw input: its recipe covers the whole declared range, even where the owner's
+    calibration data span less of it (here [-1, 1] of [-3, 3])."""
+    torch.manual_seed(6)
+    module = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(8, 4))
+    narrow = torch.rand(16, 8, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    model = tbc.from_pytorch(module, torch.zeros(1, 8), input_bounds=(-3.0, 3.0), calibration=narrow)
+    x = torch.linspace(-3, 3, 8)[None]
+    with torch.no_grad():
+        want = module.double()(x.double())
+    assert (model.emulate(x) - want).abs().max().item() <= TOLERANCE
+
+
+class ViTBlock(torch.nn.Module):
+    """Pre-norm transformer block on real-valued tokens: layer norm, multi-head attention (torch's
+    SDPA, with its guard for rows masked whole), layer norm, GELU MLP."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        torch.manual_seed(7)
+        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.GELU(), torch.nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def test_a_vit_block_on_real_tokens():
+    """Calibrated on the owner's samples, the block's plan follows the float64 block on a fresh input."""
+    block, shape = ViTBlock().eval(), (1, 6, 16)
+    samples = torch.randn(16, *shape[1:], generator=torch.Generator().manual_seed(8))
+    model = tbc.from_pytorch(block, torch.zeros(shape), calibration=samples)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = block.double()(x.double())
+    assert (model.emulate(x) - want).abs().max().item() <= TOLERANCE
 
 
 def test_bounds_that_are_too_small_are_caught():

@@ -5,15 +5,18 @@ plan in the exact ring emulator, without parties.
     import torch
     import truncbridge.crypten as tbc
 
+    torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     model = tbc.from_pytorch(mlp, torch.zeros(1, 8), policy="lazy", input_bounds=(-2, 2))
     x = torch.rand(1, 8) * 4 - 2
-    print(model.emulate(x), mlp(x))      # the ring, bit for bit as the parties compute it; the float module
-    print(model.plan.counts())           # truncations placed, products, comparisons
+    print(model.emulate(x), mlp(x))   # the exact ring without parties (bound check on); the float module
+    print(model.plan.counts())        # truncations placed, products, comparisons
+    # calibration instead of a declared range: tbc.from_pytorch(mlp, torch.zeros(1, 8), calibration=samples)
 
-    # in every process of a CrypTen program (world size + 1 processes: the extra one deals):
+    # then in every process of a CrypTen program (RANK, WORLD_SIZE, RENDEZVOUS set; the extra rank deals):
+    crypten = tbc.import_crypten()
     tbc.init()
-    model = model.encrypt(src=0)                 # rank 0's weights are the ones computed with
+    model = model.encrypt(src=0)                 # the owner's (rank 0's) weights are the ones used
     y = model(crypten.cryptensor(x, src=1))      # the client (rank 1) shares its real-valued input
     out = y.get_plain_text(dst=1)                # only the client learns the output
 
@@ -21,8 +24,16 @@ The client's input is an ``MPCTensor`` in CrypTen's own encoding; the plan compu
 own scale. Its bounds come from ``input_bounds`` (a declared range ``(lo, hi)`` or a max |x|) or from
 ``calibration`` (sample inputs the owner provides, run through the float module), as
 ``frontend.module`` describes. ``**plan_options`` go to ``pipeline.plan_config`` (``protocol``,
-``headroom_bits``, ``bounds="calibrated"`` with calibration data, ...). Every process must build
-the same plan: call ``from_pytorch`` on the same module in each (only ``src``'s weights are used).
+``headroom_bits``, ``bounds="calibrated"`` with calibration data, ...). Every computing party needs
+the same plan: the owner builds it and gives the others the redacted one (``core.planfile.plan_to_json(plan,
+redacted=True)``, then ``PlanModule(plan_from_json(doc))``), as ``tests/from_pytorch_party.py`` does.
+
+Supported: what the LM lowering supports (linear layers, matmuls, GELU / SiLU / tanh / any elementwise
+function by an automatic fit, softmax, layer norm, ReLU / max by comparisons) plus 2-d convolution and
+average pooling (``frontend.lower_conv``); an op without a rule is a one-line error naming it. The plan
+is for inference: the module is captured in eval mode (dropout off). A model whose input is a keyword
+(a BERT encoder fed ``inputs_embeds``) takes a wrapper whose ``forward(self, x)`` returns
+``self.bert(inputs_embeds=x).last_hidden_state``.
 """
 from __future__ import annotations
 

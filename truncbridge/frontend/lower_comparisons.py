@@ -123,6 +123,8 @@ def on_where(lw, node, cond, a, b) -> Secret:
     keep = torch.as_tensor(cond, dtype=torch.bool)
     if not isinstance(a, Secret):  # where(c, a, b) = where(not c, b, a)
         keep, a, b = ~keep, b, a
+    if bool(keep.all()) and lw.b.shape(a.id) == tuple(node.meta["val"].shape):
+        return a  # a picked everywhere (e.g. SDPA's guard against rows masked whole)
     if not isinstance(b, Secret) and float(torch.as_tensor(b).max()) <= MASK_VALUE:
         keep = torch.broadcast_to(keep, lw.b.shape(a.id))
         return Secret(a.id, keep if a.keep is None else a.keep & keep)
@@ -130,6 +132,17 @@ def on_where(lw, node, cond, a, b) -> Secret:
     picked = on_mul(lw, node, a, weight)
     other = on_mul(lw, node, b, 1.0 - weight) if isinstance(b, Secret) else torch.as_tensor(b) * (1.0 - weight)
     return on_add(lw, node, picked, other)
+
+
+def on_eq_scalar(lw, node, x, value):
+    """x == +-inf (SDPA's test for rows masked whole): a fixed-point secret is never infinite, so
+    the answer is public — the structural -inf mask where x carries one, else all False."""
+    if not math.isinf(value):
+        raise UserError(f"aten.eq of secret data and {value} is not supported (node {node.name})")
+    shape = lw.b.shape(x.id)
+    if value < 0 and x.keep is not None:
+        return ~torch.broadcast_to(x.keep, shape)
+    return torch.zeros(shape, dtype=torch.bool)
 
 
 def on_amax(lw, node, x, dims=(), keepdim=False) -> Secret:
@@ -159,7 +172,7 @@ def on_max_dim(lw, node, x, dim, keepdim=False) -> tuple:
 COMPARISON_RULES = {
     aten.relu.default: on_relu, aten.maximum.default: on_maximum, aten.minimum.default: on_minimum,
     aten.clamp.default: on_clamp, aten.clamp_min.default: on_clamp, aten.hardtanh.default: on_clamp,
-    aten.where.self: on_where, aten.amax.default: on_amax, aten.max.dim: on_max_dim,
+    aten.where.self: on_where, aten.amax.default: on_amax, aten.max.dim: on_max_dim, aten.eq.Scalar: on_eq_scalar,
     **{getattr(aten, kind).Scalar: comparison_rule(kind) for kind in ("ge", "gt", "le", "lt")},
     **{getattr(aten, kind).Tensor: comparison_rule(kind) for kind in ("ge", "gt", "le", "lt")},
 }

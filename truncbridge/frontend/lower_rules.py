@@ -142,6 +142,12 @@ def on_to_copy(lw, node, x, **kwargs) -> Secret:
     return x
 
 
+def on_full_like(lw, node, x, value, **kwargs) -> torch.Tensor:
+    """A constant of a secret's shape: public (it does not read the secret)."""
+    val = node.meta["val"]
+    return torch.full(tuple(val.shape), value, dtype=val.dtype)
+
+
 def _and_keep(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     if a is None:
         return b
@@ -156,5 +162,5 @@ LINEAR_RULES = {
     aten.mean.dim: on_mean, aten.sum.dim_IntList: on_sum,
     aten.mm.default: on_matmul, aten.bmm.default: on_matmul, aten.matmul.default: on_matmul, aten.addmm.default: on_addmm,
     aten.split_with_sizes.default: on_split, aten.split.Tensor: on_split, aten.unbind.int: on_unbind,
-    aten._to_copy.default: on_to_copy,
+    aten._to_copy.default: on_to_copy, aten.full_like.default: on_full_like,
 }
