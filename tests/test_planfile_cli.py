@@ -13,6 +13,8 @@ from truncbridge.core.planfile import SCHEMA_VERSION
 
 from helpers import EMULATE_KEYS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a plan of the whole default model, which most tests here read
+
 
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory):
@@ -74,6 +76,20 @@ def test_plan_for_another_model(plan_file, capsys):
     assert "plan was made for model default" in err and err.count("\n") == 1
 
 
+def local_truncation_failures(plan_file) -> float:
+    """Expected failures of CrypTen's local share division (crypten-2pc), from the plan file alone:
+    a truncation of x fails with probability |x| / 2^64 (SecureML), and the file promises each
+    input |x| < 2^(bound_bits - 1); the real bound (``bound`` at ``scale`` fraction bits) is at most that."""
+    doc = json.loads(plan_file.read_text())
+    nodes = {n["id"]: n for n in doc["nodes"]}
+    expected = 0.0
+    for t in doc["truncations"]:
+        x = nodes[t["input"]]
+        assert x["bound"] * 2.0 ** x["scale"] < 2.0 ** (x["bound_bits"] - 1)
+        expected += t["elements"] * min(1.0, 2.0 ** (x["bound_bits"] - 1 - 64))
+    return expected
+
+
 def test_report_under_protocols(plan_file, tmp_path, capsys):
     out = tmp_path / "rep.json"
     assert main(["report", str(plan_file), "--json", str(out)]) == 0
@@ -82,6 +98,7 @@ def test_report_under_protocols(plan_file, tmp_path, capsys):
     assert main(["report", str(plan_file), "--protocol", "crypten-2pc", "--network", "wan", "--json", str(out)]) == 0
     crypten = json.loads(out.read_text())
     assert crypten["expected_truncation_failures"] > 0  # a 64-bit faithful plan is too full for local truncation
+    assert crypten["expected_truncation_failures"] == pytest.approx(local_truncation_failures(plan_file), rel=1e-9)
     printed = capsys.readouterr().out
     assert "per layer" in printed and "rounds on the critical path" in printed
 
