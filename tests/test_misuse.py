@@ -19,7 +19,8 @@ LIMIT_S = 3.0  # per case, on a loaded 2-core box (the checks themselves take mi
 def lazy_plan(tmp_path_factory):
     """A lazy plan of random:llama at 8 tokens, Z_2^64, 16 fraction bits, faithful-2pc."""
     path = tmp_path_factory.mktemp("plan") / "lazy.json"
-    assert main(["plan", "--model", "random:llama", "--seq-len", "8", "--policy", "lazy", "-o", str(path)]) == 0
+    assert main(["plan", "--model", "random:llama", "--seq-len", "8", "--policy", "lazy", "--protocol", "faithful-2pc",
+                 "-o", str(path)]) == 0
     return str(path)
 
 

@@ -37,6 +37,24 @@ def default_plan(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def default_lazy_plan(tmp_path_factory) -> Path:
+    """The same with --policy lazy: the default profile's headroom decides where it truncates."""
+    path = tmp_path_factory.mktemp("plans") / "lazy.json"
+    assert cli.main(["plan", *SMALL, "--policy", "lazy", "-o", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("argv,protocol", [([], "crypten-exact-2pc"), (["--protocol", "faithful-2pc"], "faithful-2pc"),
+                                           (["--field-bits", "96"], "faithful-2pc"), (["--prime", "2^61-1"], "faithful-2pc")])
+def test_plan_defaults_to_a_profile_crypten_runs(argv, protocol):
+    """In Z_2^64 (CrypTen's ring) plan's default profile is one CrypTen's backend runs; a profile
+    given, or another field, is kept."""
+    from truncbridge.cli_args import parse_args as parse_cli
+
+    assert cli.plan_protocol(parse_cli(["plan", *SMALL, "-o", "p.json", *argv])) == protocol
+
+
 def emulated(plan_path: Path, ids: list[int]) -> tuple[torch.Tensor, float]:
     """The plan's exact emulation on ``ids`` and the spread of CrypTen's exact truncation model over 8 seeds."""
     plan = load_plan(plan_path)
@@ -57,22 +75,24 @@ def emulated(plan_path: Path, ids: list[int]) -> tuple[torch.Tensor, float]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
-def test_a_default_plan_runs_in_run_pi(default_plan, tmp_path):
-    """Owner, client and dealer run the plan file as it is: the plan's truncations, the cost model's
-    rounds, and the revealed logits within the protocol's own spread of the plan's emulation."""
+def test_default_plans_run_in_run_pi(default_plan, default_lazy_plan, tmp_path):
+    """Owner, client and dealer run the plan files as they are (the defaults' eager, and lazy): the
+    plans' truncations, the cost model's rounds, and the revealed logits within the protocol's own
+    spread of each plan's emulation."""
     out = tmp_path / "pi.json"
     cmd = [str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, str(ROOT / "launch" / "run_pi.py"), *SMALL,
-           "--plan", str(default_plan), "--benchmark-reveal", "--json", str(out)]
+           "--plan", str(default_plan), str(default_lazy_plan), "--benchmark-reveal", "--json", str(out)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    plan = load_plan(default_plan)
-    assert result["plan_files"] == [str(default_plan)] and plan.protocol == "faithful-2pc"  # made with the defaults
-    (row,) = result["rows"]
-    assert row["policy"] == plan.policy == "eager"
-    assert row["truncations_executed"] == row["planned_truncations"] == plan.counts()["truncations"]
-    assert row["rounds"] == row["predicted"]["rounds_critical_path"] + 1  # + the output's opening
-    assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
+    assert result["plan_files"] == [str(default_plan), str(default_lazy_plan)]
+    assert [row["policy"] for row in result["rows"]] == ["eager", "lazy"]
+    for path, row in zip((default_plan, default_lazy_plan), result["rows"]):
+        plan = load_plan(path)
+        assert plan.policy == row["policy"] and plan.protocol == "crypten-exact-2pc"  # made with the defaults
+        assert row["truncations_executed"] == row["planned_truncations"] == plan.counts()["truncations"]
+        assert row["rounds"] == row["predicted"]["rounds_critical_path"] + 1  # + the output's opening
+        assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
 
 
 @pytest.mark.slow

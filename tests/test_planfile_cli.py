@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # a plan of the whole default model, which most t
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("plans") / "lazy.json"
-    assert main(["plan", "--policy", "lazy", "--seq-len", "16", "-o", str(path)]) == 0
+    assert main(["plan", "--policy", "lazy", "--seq-len", "16", "--protocol", "faithful-2pc", "-o", str(path)]) == 0
     return path
 
 

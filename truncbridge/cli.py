@@ -237,6 +237,17 @@ def _placed(converted, config):
         return build_plan(converted, config, progress=update)
 
 
+def plan_protocol(args) -> str:
+    """plan's profile: the one given; else, in Z_2^64, PLAN_PROTOCOL, whose plans CrypTen's backend runs
+    (run_pi --plan, PlanModule: the exact truncation needs |x| < 2^62); in other fields the default
+    profile (CrypTen computes in Z_2^64 only). emulate and compare keep the default profile."""
+    from .cli_args import PLAN_PROTOCOL
+
+    if "protocol" in args.given or args.field_bits != 64 or args.prime is not None:
+        return args.protocol
+    return PLAN_PROTOCOL
+
+
 def cmd_plan(args) -> None:
     from .core.planfile import save_plan
     from .frontend.models import load_model
@@ -244,6 +255,7 @@ def cmd_plan(args) -> None:
 
     _check_field(args.field_bits, args.frac_bits, args.prime)
     _check_output_path(args.output, "-o")
+    args.protocol = plan_protocol(args)
     _check_applies(args, [args.policy])
     _read_texts(args)
     if args.fake_weights and args.bounds == "calibrated":

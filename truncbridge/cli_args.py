@@ -9,6 +9,7 @@ from .core.suggest import nearest
 
 DEFAULT_SEQ_LEN = 128
 DEFAULT_WINDOWS = 16
+PLAN_PROTOCOL = "crypten-exact-2pc"  # plan's default in Z_2^64: CrypTen's backend runs its plans (|x| < 2^62)
 
 
 class _Unset:
@@ -135,7 +136,7 @@ def _add_model_args(p, seq=True):
                    help="text whose windows calibrate the recipes' input ranges (default: the bundled training text)")
 
 
-def _add_numeric_args(p, lists=False):
+def _add_numeric_args(p, lists=False, protocol_help: str | None = None):
     from .core.protocols import DEFAULT_PROTOCOL, protocol_names
     from .core.types import BOUNDS_MODES, OPTIMAL_TIME_LIMIT_S, POLICIES
 
@@ -149,7 +150,7 @@ def _add_numeric_args(p, lists=False):
           help="ReLU, max, min, clamp: exact by a counted comparison (default), or smooth: no comparison, "
                "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (README, \"Recipes and comparisons\")")
     _flag(p, "--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
-          help=f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
+          help=protocol_help or f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
     _flag(p, "--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
     _flag(p, "--bounds", default="static", choices=BOUNDS_MODES, help="static analysis (default) or calibrated maxima")
     _flag(p, "--margin-bits", type=int, default=1, help="calibrated bounds: safety margin in bits (default 1)")
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")
     _add_model_args(pl)
-    _add_numeric_args(pl)
+    _add_numeric_args(pl, protocol_help=f"protocol profile from protocols/ (default: {PLAN_PROTOCOL} in Z_2^64, a plan "
+                      "CrypTen's backend runs — run_pi --plan, PlanModule; faithful-2pc in other fields)")
     pl.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
     pl.add_argument("--fake-weights", action="store_true",
                     help="random:<type> at full size without holding it: weights generated one at a time, "
