@@ -70,25 +70,48 @@ def namespaces():
     remove()
 
 
+def _run(tmp_path: Path, launch: list[str]) -> dict:
+    """One eager run of three parties and the dealer, started by ``launch`` (mpirun's options and
+    the script): its JSON row."""
+    out = tmp_path / "pi.json"
+    cmd = [str(MPIRUN), "-n", "4", "--oversubscribe", *launch, *TINY, "--policy", "eager", "--benchmark-reveal",
+           "--json", str(out)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())["rows"][0]
+
+
+def _not_across_the_links(row: dict, prefix: str) -> list[str]:
+    """What shows the run did not cross the namespaces' shaped links: a computing party's link that
+    carried less than its online share, or dealing faster than its bytes take at RATE_MBIT."""
+    # CrypTen counts an all-reduce as sent + received (2x the tensor); a ring sends (n-1)/n of it x 2
+    sent = [_bytes_sent(f"{prefix}-{k}") for k in range(3)]
+    short = [f"party {k}'s link carried {sent[k]} B of its {party['bytes']} B"
+             for k, party in enumerate(row["per_party"]) if sent[k] < SENT_SHARE * party["bytes"]]
+    # the dealer's link carries what it deals (counted as it travels): at RATE_MBIT that takes time
+    least = SHAPED_SHARE * row["offline_bytes"] * 8 / (RATE_MBIT * 1e6)
+    if row["offline_s"] < least:
+        short.append(f"dealing took {row['offline_s']:.2f} s, less than {least:.2f} s")
+    return short
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
 def test_parties_in_separate_network_namespaces(namespaces, tmp_path):
     """Three parties and the dealer, each in its own namespace: the run matches the emulator, its
     traffic crossed the veth links (each computing party's link carried its online share), and the
-    kernel's shaping shows: dealing took at least its bytes at 16 Mbit/s. Negative controls (by
-    hand): ranks left on the host sent 726 bytes per link; unshaped, dealing took 0.24 s against
-    the 1.70 s its bytes take at 16 Mbit/s (2.03 s shaped)."""
-    out = tmp_path / "pi.json"
-    cmd = [str(MPIRUN), "-n", "4", "--oversubscribe", "-x", "TRUNCBRIDGE_MASTER_ADDR=10.77.0.1",
-           "-x", f"GLOO_SOCKET_IFNAME={IFNAME}", "-x", f"TRUNCBRIDGE_TEST_NETNS={namespaces}",
-           sys.executable, str(PARTY), *TINY, "--policy", "eager", "--benchmark-reveal", "--json", str(out)]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    row = json.loads(out.read_text())["rows"][0]
+    kernel's shaping shows: dealing took at least its bytes at 16 Mbit/s."""
+    row = _run(tmp_path, ["-x", "TRUNCBRIDGE_MASTER_ADDR=10.77.0.1", "-x", f"GLOO_SOCKET_IFNAME={IFNAME}",
+                          "-x", f"TRUNCBRIDGE_TEST_NETNS={namespaces}", sys.executable, str(PARTY)])
     assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
-    # CrypTen counts an all-reduce as sent + received (2x the tensor); a ring sends (n-1)/n of it x 2
-    sent = [_bytes_sent(f"{namespaces}-{k}") for k in range(3)]
-    for k, party in enumerate(row["per_party"]):
-        assert sent[k] >= SENT_SHARE * party["bytes"], (k, sent[k], party["bytes"])
-    # the dealer's link carries what it deals (counted as it travels): at RATE_MBIT that takes time
-    assert row["offline_s"] >= SHAPED_SHARE * row["offline_bytes"] * 8 / (RATE_MBIT * 1e6), row["offline_s"]
+    assert _not_across_the_links(row, namespaces) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MPIRUN.exists(), reason="mpirun not installed in this environment")
+def test_the_link_checks_see_parties_left_on_the_host(namespaces, tmp_path):
+    """Negative control: the same run with every rank on the host (run_pi.py, no namespace) leaves
+    the veth links idle and dealing unshaped, and the checks above say so for every party."""
+    row = _run(tmp_path, [sys.executable, str(ROOT / "launch" / "run_pi.py")])
+    short = _not_across_the_links(row, namespaces)
+    assert len(short) == 4 and short[-1].startswith("dealing took"), short
