@@ -39,6 +39,7 @@ def modules():
     return {(name, policy): plan_module(name, policy) for name in CASES for policy in ("eager", "lazy")}
 
 
+@pytest.mark.slow  # four plans (module fixture): ~20 s
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_ring_follows_the_float64_module(case, modules):
     """Emulated in Z_2^64 (with the bound check on), each policy's output stays within the
@@ -58,6 +59,7 @@ def test_the_ring_follows_the_float64_module(case, modules):
     assert lazy < eager, (case, lazy, eager)
 
 
+@pytest.mark.slow  # the same plans
 def test_the_client_input_is_one_real_valued_secret(modules):
     """The plan's one input is the real-valued tensor (no one-hot), at the plan's fraction bits,
     bounded by the declared range (MLP) or the calibrated one, widened (CNN)."""
@@ -123,6 +125,7 @@ class ViTBlock(torch.nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@pytest.mark.slow  # calibration and fits of a whole block
 def test_a_vit_block_on_real_tokens():
     """Calibrated on the owner's samples, the block's plan follows the float64 block on a fresh input."""
     block, shape = ViTBlock().eval(), (1, 6, 16)
