@@ -153,6 +153,20 @@ def test_a_model_transformers_cannot_build_is_one_line(monkeypatch, capsys):
     assert err == ["truncbridge: error: cannot build random:llama: NotImplementedError: this family has no causal-LM head"]
 
 
+def test_a_preset_too_big_for_memory_is_refused(monkeypatch, capsys):
+    """--preset without --fake-weights builds the whole model: counted on the meta device first, and
+    refused when its float32 weights exceed the memory available (here pretended to be 100 MB)."""
+    from truncbridge.frontend import models
+
+    monkeypatch.setattr(models, "available_memory_bytes", lambda: 100_000_000)
+    start = time.perf_counter()
+    assert main(["plan", "--model", "random:gpt2", "--preset", "gpt2-small", "-o", "/dev/null"]) == 2
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "random:gpt2 at gpt2-small's shapes holds 0.12e9 parameters: 0.5 GB" in err[0]
+    assert "--fake-weights" in err[0] and elapsed < LIMIT_S
+
+
 def test_models_lists_what_converts(capsys):
     from truncbridge.frontend.models import TESTED_FAMILIES
 
