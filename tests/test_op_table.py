@@ -39,6 +39,7 @@ def test_every_backend_serves_every_kind():
     for backend in (RealBackend, RingBackend, PlanRunner):
         assert [k for k in ops.KINDS if not callable(getattr(backend, k, None))] == [], backend.__name__
     assert {s.kind for s in ops.OPS.values()} <= set(ops.KINDS)
+    assert [h for h in ("open", "exchange", "finish") if not callable(getattr(PlanRunner, h, None))] == []  # WaveBackend
 
 
 def _program(with_sub: bool):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from truncbridge.backends.reference import RealBackend
 from truncbridge.core.fusion import carried
+from truncbridge.core.interpret import interpret, interpret_waves
 from truncbridge.core.ir import Builder
 from truncbridge.core.ops import spec
 from truncbridge.core.waves import LOCAL, OPENS, STEPS, input_independent, messages, order, waves, weight_side
@@ -97,3 +99,53 @@ def test_messages_on_the_default_model_equal_the_cost_models_critical_path(defau
     schedule = waves(plan.program, lambda n: LOCAL if n.id in riding else how(n), {t: c.others for t, c in fused.items()})
     costs = plan_costs(plan, load_protocol("crypten-exact-3pc"), load_network("mid"))
     assert messages(schedule) == costs.rounds < costs.rounds_sequential
+
+
+class RecordingBackend(RealBackend):
+    """The float backend as a ``WaveBackend``: opening is the identity, and every hook call is
+    recorded, so the walk's order can be checked against the schedule."""
+
+    def __init__(self, program, inputs):
+        super().__init__(program, inputs)
+        self.calls: list = []
+
+    def local(self, node, op, xs):
+        self.calls.append(("local", node.id))
+        return super().local(node, op, xs)
+
+    def open(self, node, op, xs):
+        self.calls.append(("open", node.id))
+        return node, op, xs
+
+    def exchange(self, steps):
+        self.calls.append(("exchange", tuple(node.id for node, _, _ in steps)))
+
+    def finish(self, node, op, step):
+        self.calls.append(("finish", node.id))
+        return self.product(*step)
+
+
+def test_the_wave_walk_opens_each_wave_in_one_exchange():
+    """``interpret_waves`` computes what ``interpret`` does; per wave it opens exactly the wave's
+    products (open each, one exchange, finish each), runs no precomputed node again and shows
+    every value to ``visit`` once."""
+    b = Builder()
+    x = b.input("x", (4, 8))
+    weight = torch.linspace(-1, 1, 64, dtype=torch.float64).view(8, 8)
+    w = b.weight("w", weight)
+    wt = transpose(b, w)  # input-independent: precomputed
+    q, k = b.matmul(x, wt), b.matmul(x, w)
+    qk = b.mul(b.add_public(q, 0.5), k)
+    b.output(qk)
+    program, inputs = b.program, {"x": torch.linspace(-2, 2, 32, dtype=torch.float64).view(4, 8)}
+    schedule = waves(program, lambda n: OPENS if spec(n).kind == "product" else LOCAL)
+    backend, seen = RecordingBackend(program, inputs), []
+    got = interpret_waves(program, backend, schedule, visit=lambda n, v: seen.append(n.id),
+                          precomputed={w: weight, wt: weight.T})
+    assert torch.equal(got[0], interpret(program, RealBackend(program, inputs))[0])
+    exchanges = [c[1] for c in backend.calls if c[0] == "exchange"]
+    assert exchanges == [(), (q, k), (qk,)][:len(schedule)] and len(schedule) == 3  # one per wave
+    first = backend.calls.index(("exchange", (q, k)))
+    assert backend.calls[first - 2:first + 3] == [("open", q), ("open", k), ("exchange", (q, k)), ("finish", q), ("finish", k)]
+    assert ("local", wt) not in backend.calls  # precomputed: not run again
+    assert sorted(seen) == [n.id for n in program.nodes]  # every value once, the precomputed ones too

@@ -73,7 +73,8 @@ class RingExecutor:
                 if value is not None:
                     self._check(nodes[nid], value)
             self._folded_checked, self._folded_minmax = True, dict(self._minmax)
-        outs = interpret(self.plan.program, self.backend, self._check if check else None)
+        outs = interpret(self.plan.program, self.backend, self._check if check else None,
+                         precomputed=self.backend.precomputed, order=self.backend.schedule)
         return outs, self.beyond_bits - before
 
     @property

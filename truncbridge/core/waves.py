@@ -59,6 +59,22 @@ def messages(schedule: list[Wave]) -> int:
     return sum(1 for w in schedule if w.opened)
 
 
+def lifetimes(program: Program, schedule: list[Wave]) -> list[list[int]]:
+    """Per wave, the values nothing reads after it (outputs are kept): a wave executor drops them."""
+    last: dict[int, int] = {}  # value -> the wave after which nothing reads it
+    for w, wave in enumerate(schedule):
+        for n in (*wave.opened, *wave.steps, *wave.local):
+            last[n.id] = max(last.get(n.id, w), w)
+            for i in n.inputs:
+                last[i] = w
+    dead: list[list[int]] = [[] for _ in schedule]
+    kept = set(program.outputs)
+    for i, w in last.items():
+        if i not in kept:
+            dead[w].append(i)
+    return dead
+
+
 def input_independent(program: Program) -> set[int]:
     """Weights and what local maps make of them alone (a transpose, a relabel, a public scale)."""
     static: set[int] = set()

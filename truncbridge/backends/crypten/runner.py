@@ -12,8 +12,9 @@ exact truncations — goes in one message (``openings.reveal_together``); withou
 time as CrypTen executes.
 Both are unbiased on their own, so the plan's round-to-nearest offset is not added: the
 emulator's matching truncation models (``RingExecutor(truncation=...)``) say what MPC outputs.
-It is a backend of ``core.interpret``: local ops (additions, sums, data movement) apply the op
-table's own map to each party's share, public operations act on shares locally. Weights are
+It is a backend of ``core.interpret`` (``Backend``; batched, a ``WaveBackend`` walked by
+``interpret_waves``): local ops (additions, sums, data movement) apply the op table's own map to
+each party's share, public operations act on shares locally. Weights are
 shared by rank 0 (the model owner), the one-hot tokens by ``client`` (rank 1 by default); only
 outputs are opened.
 Masks come from CrypTen's default provider, which ``truncbridge.crypten.init`` makes a dealer
@@ -29,14 +30,14 @@ import torch
 
 from ...core.errors import UserError
 from ...core.fusion import carried
-from ...core.interpret import interpret
+from ...core.interpret import interpret, interpret_waves
 from ...core.ops import Public, spec
 from ...core.ring import Ring
 from ...core.types import Plan
 from ...core.waves import input_independent
 from . import openings
 from . import truncation as protocols
-from .batched import Batched
+from .batched import prepare_static, wave_schedule
 from .compat import import_crypten
 from .material import MAX_SHIFT
 from .roles import CLIENT, OWNER
@@ -44,7 +45,10 @@ from .shares import add_public, share_from
 from .truncation import EXACT_LIMIT_BITS, PROTOCOLS
 
 
-class PlanRunner(Batched):
+class PlanRunner:
+    """A ``core.interpret.WaveBackend`` on CrypTen shares: the nine kind hooks, and ``open``,
+    ``exchange``, ``finish`` for the batched walk (``interpret_waves``)."""
+
     def __init__(self, plan: Plan, client: int = CLIENT, truncation: str = "crypten", owner: int = OWNER,
                  fuse: bool = True, batch: bool = True):
         if plan.field_bits != 64 or plan.prime is not None:
@@ -80,10 +84,10 @@ class PlanRunner(Batched):
         self._held: dict = {}  # values a carried product needs when its truncation runs
         self._carried: dict = {}  # product id -> its value, made at its truncation's opening
         self.batch = batch
-        self._waves = None  # (wave, values that die after it), made on the first batched run
+        self._waves = None  # core.waves' schedule, made on the first batched run
         self._static_ids = input_independent(plan.program) if batch else set()
-        self._static: dict | None = None  # what prepare() made: static values needed online
-        self._halves: dict = {}  # product id -> its weight's half, opened by prepare()
+        self._static: dict | None = None  # what prepare() made: interpret_waves' precomputed values
+        self._halves: dict = {}  # product id -> (activation's side, its weight's half), opened by prepare()
 
     def _local(self, share: torch.Tensor):
         return self.AST.from_shares(share, precision=0)
@@ -96,14 +100,24 @@ class PlanRunner(Batched):
         self.truncations_executed = self.comparisons_executed = 0
         self._held, self._carried = {}, {}
         self._uses_left = Counter(self._operand_uses)
-        if self.batch:
-            if self._static is None:
-                self.prepare()
-            try:
-                return self._run_waves()
-            finally:
-                self._static = None  # a half's triple serves one pass
-        return interpret(self.plan.program, self, visit=self._hold if self._operand_uses else None)
+        visit = self._hold if self._operand_uses else None
+        if not self.batch:
+            return interpret(self.plan.program, self, visit=visit)
+        if self._static is None:
+            self.prepare()
+        if self._waves is None:
+            world = self.crypten.communicator.get().get_world_size()
+            self._waves = wave_schedule(self.plan.program, self._riding, self.carried, self.truncation == "exact", world)
+        try:
+            return interpret_waves(self.plan.program, self, self._waves, visit=visit, precomputed=self._static)
+        finally:
+            self._static = None  # a half's triple serves one pass
+
+    def prepare(self) -> None:
+        """The weights' shares and, for every private product of a weight, the weight's half of its
+        Beaver opening (``batched.prepare_static``), all in one message — before the online phase.
+        ``run`` calls it if the caller has not; each call serves one run."""
+        self._static, self._halves = prepare_static(self.plan.program, self, self._static_ids, self._riding, self.rank)
 
     def _hold(self, node, value) -> None:
         if node.id in self._operand_uses:
@@ -163,12 +177,42 @@ class PlanRunner(Batched):
         return add_public(self.AST, self._local(-negative.share), 1, self.rank)
 
     def truncate(self, node, op, xs):
-        if self.truncation == "exact":  # one opening of its own (batched runs group them: batched.py)
-            step = self._prepare(node, xs)
-            openings.reveal_together([step])  # looked up here: the audit wraps it
-            return self._finish(node, step)
+        if self.truncation == "exact":  # one opening of its own (batched runs group them: open, exchange, finish)
+            step = self.open(node, op, xs)
+            self.exchange([step])
+            return self.finish(node, op, step)
         self.truncations_executed += 1
         return protocols.crypten_truncate(xs[0], node.attrs["shift"])
+
+    # -- the wave walk's hooks (core.interpret.WaveBackend) ---------------------------------------
+    def open(self, node, op, xs) -> openings.Pending:
+        """A Beaver product's or exact truncation's masked values, ready to open with the wave's others."""
+        if node.op == "trunc":
+            self.truncations_executed += 1
+            c = self.carried.get(node.id)
+            if c is None:
+                return protocols.prepare_truncation(xs[0], node.attrs["shift"], self.AST, self.rank)
+            return protocols.prepare_truncation(xs[0], node.attrs["shift"], self.AST, self.rank,
+                                                others=tuple(self._held[z] for z in c.others), degree=c.degree,
+                                                other_degrees=tuple(c.other_degrees), pairs=tuple(c.pairs))
+        if node.id in self._halves:  # the weight's half was opened before the online phase
+            side, pre = self._halves[node.id]
+            return openings.half_finished(side, xs[side], pre, node.op, self.rank)
+        if node.op == "matmul":
+            return openings.beaver(*xs, "matmul", self.rank)
+        if node.inputs[0] == node.inputs[1]:
+            return openings.square(xs[0], self.rank)
+        return openings.beaver(*xs, "mul", self.rank)
+
+    def exchange(self, steps: list) -> None:
+        openings.reveal_together(steps)  # looked up here: the audit wraps it
+
+    def finish(self, node, op, step: openings.Pending):
+        if node.op != "trunc":
+            return step.result
+        if node.id in self.carried:
+            return self._from_opened(node, step.result, self.carried[node.id])
+        return self._local(step.result.result())
 
     def _from_opened(self, node, opened, carried):
         """The truncation's result, and the values of the products it carries (kept for them)."""
