@@ -25,6 +25,14 @@ def lazy_plan(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fake_plan(tmp_path_factory):
+    """An eager --fake-weights plan of random:llama at 8 tokens."""
+    path = tmp_path_factory.mktemp("plan") / "fake.json"
+    assert main(["plan", "--model", "random:llama", "--fake-weights", "--seq-len", "8", "-o", str(path)]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def no_tokenizer(tmp_path_factory):
     """A checkpoint directory with the default model's config and weights, and no tokenizer files."""
     path = tmp_path_factory.mktemp("ckpt") / "no_tokenizer"
@@ -41,7 +49,7 @@ def short_text(tmp_path_factory):
     return str(path)
 
 
-# (argv, what the one line must say); PLAN, NO_TOKENIZER and TEXT stand for the fixtures above
+# (argv, what the one line must say); PLAN, FAKE_PLAN, NO_TOKENIZER and TEXT stand for the fixtures above
 CASES = [
     # a plan fixes its field, policy, numbers and shapes: a flag that says otherwise is refused
     (["emulate", "--plan", "PLAN", "--field-bits", "128"], "--field-bits 128 differs from the plan's Z_2^64"),
@@ -57,6 +65,8 @@ CASES = [
     (["emulate", "--plan", "PLAN", "--relu", "smooth"], "--relu does not apply with --plan"),
     (["emulate", "--plan", "PLAN", "--time-limit", "5"], "--time-limit does not apply with --plan"),
     (["emulate", "--plan", "PLAN", "--calibration-text", "TEXT"], "--calibration-text does not apply with --plan"),
+    (["emulate", "--plan", "PLAN", "--model", "random:gpt2"], "--model random:gpt2 differs from the plan's random:llama"),
+    (["emulate", "--plan", "FAKE_PLAN"], "is a --fake-weights plan of random:llama"),
     # a flag that changes nothing under the policy or bounds chosen
     (["emulate", "--objective", "mid", "--policy", "eager"], "--objective mid applies to --policy optimal only"),
     (["compare", "--objective", "lan", "--policies", "eager,lazy"], "--objective lan applies to --policy optimal only"),
@@ -103,8 +113,10 @@ def _argv(args, fixtures, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_misuse_is_one_line_before_any_work(args, message, lazy_plan, no_tokenizer, short_text, tmp_path, capsys):
-    argv = _argv(args, {"PLAN": lazy_plan, "NO_TOKENIZER": no_tokenizer, "TEXT": short_text}, tmp_path)
+def test_misuse_is_one_line_before_any_work(args, message, lazy_plan, fake_plan, no_tokenizer, short_text, tmp_path,
+                                            capsys):
+    argv = _argv(args, {"PLAN": lazy_plan, "FAKE_PLAN": fake_plan, "NO_TOKENIZER": no_tokenizer, "TEXT": short_text},
+                 tmp_path)
     main(["models"])  # the libraries a case may need, imported before the clock starts
     capsys.readouterr()
     start = time.perf_counter()

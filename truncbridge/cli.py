@@ -114,6 +114,15 @@ def _plan_fixed(plan) -> dict[str, tuple[object, str]]:
 
 def _check_against_plan(args, plan) -> None:
     """With --plan, a flag the plan fixes is refused when given otherwise, or when it does not apply."""
+    from .frontend.models import ALIASES, RANDOM_PREFIX, SHIPPED
+
+    made_for = plan.model.get("name", "default")
+    if str(plan.model.get("hash", "")).startswith("generated:"):
+        raise UserError(f"{args.plan} is a --fake-weights plan of {made_for}: its weights were generated, never held, "
+                        "so it is costed (truncbridge report), not emulated")
+    named = ALIASES.get(args.model, args.model)
+    if named and (named in SHIPPED or named.startswith(RANDOM_PREFIX)) and named != made_for:
+        raise UserError(f"--model {args.model} differs from the plan's {made_for}: drop --model, or make a plan for it")
     for dest, why in NOT_WITH_PLAN.items():
         if dest in args.given or (dest == "calibration_text" and args.calibration_text):
             raise UserError(f"--{dest.replace('_', '-')} does not apply with --plan: {why}")
@@ -323,7 +332,8 @@ def _report_side_by_side(args) -> None:
                          "counts": plan.counts(), "rounds": lan.rounds, "bytes": lan.bytes,
                          "latency_lan_s": lan.latency_s, "latency_wan_s": wan.latency_s,
                          "expected_truncation_failures": lan.expected_truncation_failures,
-                         "made_for": plan.protocol, "runnable": fit.runnable, "fit_warning": fit.warning})
+                         "made_for": plan.protocol, "runnable": fit.runnable,
+                         "short_of_headroom": fit.short_of_headroom, "fit_warning": fit.warning})
     print_side_by_side(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
