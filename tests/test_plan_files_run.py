@@ -276,3 +276,17 @@ def test_the_plan_summary_says_whether_crypten_runs_it(plan_files):
     refused = on_crypten(load_plan(plan_files["faithful-2pc"]))
     assert refused == ("no: values up to 2^63, the exact truncation needs |x| < 2^62: plan with --protocol "
                        "crypten-exact-2pc (or -3pc)")
+
+
+def test_report_side_by_side_says_which_profiles_run_each_plan(plan_files, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    paths = [str(plan_files["faithful-2pc"]), str(plan_files["crypten-exact-2pc"])]
+    assert cli.main(["report", *paths, "--json", str(out)]) == 0
+    rows = {(Path(r["plan"]).stem, r["protocol"]): r for r in json.loads(out.read_text())}
+    cannot = {key for key, r in rows.items() if not r["runnable"]}
+    assert cannot == {("faithful-2pc", "crypten-exact-2pc"), ("faithful-2pc", "crypten-exact-3pc")}  # |x| up to 2^63
+    assert rows["crypten-exact-2pc", "crypten-2pc"]["short_of_headroom"]  # 2 bits of headroom, 16 wanted
+    assert not rows["crypten-exact-2pc", "faithful-2pc"]["fit_warning"].endswith("cannot run")
+    assert all(r["made_for"] == Path(r["plan"]).stem for r in rows.values())
+    table = capsys.readouterr().out.splitlines()
+    assert sum(line.rstrip(" │").endswith("NO") for line in table) == 2  # the two rows, in the runs it? column

@@ -206,7 +206,7 @@ def print_side_by_side(rows: list[dict]) -> None:
     shared = len(set(plans.values())) < len(plans)  # two plans of one model and policy: say which file is which
     t = Table(title=title, title_justify="left")
     for col in (*(["model"] if several else []), "protocol", "policy", "truncations", "truncated elements", "per token",
-                "comparisons", "rounds", "bytes / party", "LAN s", "WAN s", "exp. failures"):
+                "comparisons", "rounds", "bytes / party", "LAN s", "WAN s", "exp. failures", "runs it?"):
         t.add_column(col, justify="left" if col in ("model", "protocol", "policy") else "right")
     for r in rows:
         c = r["counts"]
@@ -215,8 +215,21 @@ def print_side_by_side(rows: list[dict]) -> None:
                   f"{c['truncations']:,}", f"{c['truncated_elements']:,}",
                   f"{c['truncated_elements'] / r['seq_len']:,.0f}", f"{c.get('comparisons', 0):,}", f"{r['rounds']:,.0f}",
                   _fmt_bytes(r["bytes"]), f"{r['latency_lan_s']:.2f}", f"{r['latency_wan_s']:.1f}",
-                  f"{r['expected_truncation_failures']:.3g}")
+                  f"{r['expected_truncation_failures']:.3g}", _runs_it(r))
     _print_whole(t)
+    console.print("runs it?: made for = the profile the plan was made for; yes = another profile runs it; short = it "
+                  "runs, but the values it truncates leave less headroom than the profile wants (see exp. failures); "
+                  "NO = its truncation is wrong on values the plan truncates (report PLAN --protocol P says why)",
+                  highlight=False, soft_wrap=True)
+
+
+def _runs_it(row: dict) -> str:
+    """Whether the row's profile can run the plan (``analysis.cost.protocol_fit``)."""
+    if not row.get("runnable", True):
+        return "NO"
+    if row.get("made_for") == row["protocol"]:
+        return "made for"
+    return "short" if row.get("short_of_headroom") else "yes"
 
 
 def _print_whole(table: Table) -> None:
