@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
@@ -35,7 +39,7 @@ class RunMeasurement:
     online_dealer_requests: int  # requests the dealer answered during the online phase (0: all dealt before)
     truncations_executed: int
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
-    logits: object = None  # the revealed output, at the client only (a tensor)
+    logits: torch.Tensor | None = None  # the revealed output, at the client only
 
     def statistics(self) -> dict:
         """What a party sends rank 0: numbers only (``STATISTICS``; ``--audit`` checks)."""

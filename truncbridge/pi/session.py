@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,12 +34,17 @@ from ..core.errors import UserError
 from ..crypten.vanilla import CountDivisions
 from . import mpi
 from .audit import findings, mpi_findings
-from .client import client_input
+from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
 from .owner import make_plans, predictions, read_plans, references
 from .party import Party
 from .results import INSECURE, RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
+
+if TYPE_CHECKING:
+    from ..core.types import Plan
+    from ..frontend.capture import Captured
+    from ..frontend.models import LoadedModel
 
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
 
@@ -49,12 +55,12 @@ class Setup:
     weights, the others the redacted plans; the client its input."""
 
     policies: tuple[str, ...]  # in the order they run: the plans', then vanilla if asked
-    plans: dict = field(default_factory=dict)  # policy -> Plan (redacted but at the owner)
-    captured: object = None  # the captured graph, where vanilla runs or at the owner
-    loaded: object = None  # the owner's model (weights); the client's architecture and tokenizer
-    given: object = None  # the client's ``ClientInput``
-    ids: object = None  # the client's token ids, (1, seq_len)
-    inputs: dict | None = None  # the client's one-hot tokens: the plans' input
+    plans: dict[str, Plan] = field(default_factory=dict)  # redacted but at the owner
+    captured: Captured | None = None  # the captured graph, where vanilla runs
+    loaded: LoadedModel | None = None  # the owner's model (weights); the client's architecture and tokenizer
+    given: ClientInput | None = None  # the client's input
+    ids: torch.Tensor | None = None  # the client's token ids, (1, seq_len)
+    inputs: dict[str, torch.Tensor] | None = None  # the client's one-hot tokens: the plans' input
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +102,7 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
     from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
     from ..frontend.models import load_architecture, load_model
-    from ..pipeline import convert, one_hot, vocab_size
+    from ..pipeline import one_hot, vocab_size
 
     rank = comm.Get_rank()
     if rank == OWNER:
@@ -105,9 +111,8 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
             plans = read_plans(config, loaded, parties, say)
             captured = capture(loaded.model, config.seq_len) if config.vanilla else None
         else:
-            say(f"converting {loaded.name} (seq {config.seq_len})")
-            converted = convert(loaded, config.seq_len, config.frac_bits)
-            plans, captured = make_plans(config, converted, parties, say), converted.captured
+            plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
+            captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
         mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
         return Setup(_run_order(plans, config), plans, captured, loaded)
     docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
