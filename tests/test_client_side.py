@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from truncbridge.frontend.models import DEFAULT_MODEL_DIR
 from truncbridge.pi.client import ClientInputError, client_input, fit, report
-from truncbridge.pi.results import ACCURACY, STATISTICS, RunMeasurement, format_table, insecure_modes, policy_row
+from truncbridge.pi.results import ACCURACY, STATISTICS, RunMeasurement, format_table, insecure_modes, policy_row, within_spread
 
 
 def test_fit_keeps_the_last_tokens_or_pads_on_the_right():
@@ -76,3 +76,26 @@ def test_rows_hold_accuracy_only_with_revealed_logits():
     result.update(rows=[revealed], benchmark_reveal=True)
     table = format_table({**result, "insecure": insecure_modes(result, audit=True)})
     assert table.count("INSECURE: ") == 2 and "top1" in table
+
+
+def test_the_table_explains_itself_and_judges_its_accuracy_columns():
+    runs = [[stats(1.0), stats(1.1)]]
+    base = {"model": "m", "parties": 2, "seq_len": 4, "truncation": "exact", "bounds": "static",
+            "threads_per_party": 1, "repeat": 1, "dealer": "separate", "ratios": {}, "benchmark_reveal": True}
+    logits = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    refs = {"float": logits, "eager": logits, "eager/spread": 0.01}
+    near, far = logits + 0.015, logits + 0.5  # within 2 x spread; far outside it
+    ok, out = policy_row("eager", 2, runs, refs, [near]), policy_row("eager", 2, runs, refs, [far])
+    assert within_spread(ok) is True and within_spread(out) is False
+    wrong = torch.zeros_like(logits)  # vanilla whose argmax never agrees: the rsqrt hint
+    vanilla = policy_row("vanilla", 2, runs, refs, [wrong])
+    assert within_spread(vanilla) is None  # no emulation to compare vanilla with
+    table = format_table({**base, "rows": [ok, out, vanilla]})
+    lines = table.splitlines()
+    assert any(line.startswith("columns: wall_s") for line in lines) and any(line.startswith("accuracy") for line in lines)
+    (row_ok, row_out), (row_vanilla,) = ([line for line in lines if line.startswith(p)] for p in ("eager", "vanilla"))
+    assert " ok " in row_ok and " OUT " in row_out
+    assert "div" in row_vanilla and " - " in row_vanilla  # divisions, no weights' halves apart
+    hints = [line for line in lines if line.startswith("hint: ")]
+    assert len(hints) == 2 and "not compute the plan" in hints[0] and "--vanilla-rsqrt-scale" in hints[1]
+    assert not [line for line in format_table({**base, "rows": [ok]}).splitlines() if line.startswith("hint")]

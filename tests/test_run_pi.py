@@ -247,7 +247,7 @@ def test_the_client_alone_reads_its_input_and_holds_its_output(tmp_path):
     token count or text of the client's input reaches it; nor does a logit or an accuracy figure
     (no such key or column; the MPI audit shows the owner receives numbers only). Negative
     control, by hand: the same two runs with --benchmark-reveal fail here — the owner's rows gain
-    the four accuracy keys, its table the vs emu / top1 columns and an INSECURE line. The client's
+    the four accuracy keys, its table the vs_emu / top1 columns and an INSECURE line. The client's
     own output matches the float model, recomputed here."""
     import torch
     from transformers import AutoTokenizer
@@ -268,7 +268,7 @@ def test_the_client_alone_reads_its_input_and_holds_its_output(tmp_path):
     row = a["rows"][0]
     assert not set(ACCURACY) & set(row) and "logits" not in json.dumps(a)
     assert all(set(party) <= STATISTICS for party in row["per_party"])
-    assert not any("top1" in line or "vs emu" in line for line in owner_a)
+    assert not any("top1" in line or "vs_emu" in line for line in owner_a)
     assert any(line.lstrip().startswith("eager") for line in owner_a)  # the table was printed, masked alike
     # the client: its input as it tokenized it, and its output close to the float model's
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)

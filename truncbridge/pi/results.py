@@ -136,19 +136,62 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+# within the spread: the revealed output differs from the exact emulation by at most twice the largest difference
+# seen between protocol-sampled emulations (the exact truncation rounds stochastically, so a run is one more sample)
+WITHIN_SPREAD = 2.0
+# below this top-1, vanilla CrypTen's output is not the model's: inv_sqrt (accurate only for inputs in about
+# [0.1, 64]) on a norm's small mean of squares is the usual cause
+VANILLA_TOP1_HINT = 0.9
+LEGEND = (
+    "columns: wall_s online wall time (median, slowest party); pred_s the cost model's wall time (loopback pass + "
+    "predicted network time; only with --network); loop_s the same pass on loopback; rounds and MB online, per party "
+    "(the most of any party); offline_s and offline_MB dealing (what the dealer sent); weights_MB the weights' halves "
+    "opened before the online phase (- for vanilla: it opens them online); truncs truncation protocols executed "
+    "(vanilla: CrypTen divisions, one call per tensor)",
+    "accuracy (--benchmark-reveal): vs_emu max |logit - exact emulation|; spread the largest difference between "
+    "protocol-sampled emulations; ok? 'ok' when vs_emu <= 2 x spread; top1 agreement with the float model's argmax")
+
+
+def within_spread(row: dict) -> bool | None:
+    """The verdict of the accuracy columns: None where there is no emulation to compare with (vanilla)."""
+    diff, spread = row.get("max_abs_diff_vs_emulator"), row.get("emulated_protocol_spread")
+    if diff is None or spread is None:
+        return None
+    return diff <= WITHIN_SPREAD * spread + 1e-9
+
+
 def _format_row(r: dict) -> str:
     def num(v):
         return "-" if v is None else f"{v:.3g}"
 
     predicted = r.get("predicted", {}).get("wall_s")
+    vanilla = r["policy"] == "vanilla"
+    weights = "-" if vanilla else f"{r['weights_bytes'] / 1e6:.2f}"
+    truncs = f"{r['truncations_executed']}{' div' if vanilla else ''}"
     line = (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
             f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
-            f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / 1e6:>10.2f} "
-            f"{r['truncations_executed']:>6}")
+            f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {weights:>10} {truncs:>8}")
     if "top1_agreement_vs_float" not in r:
         return line
-    return (f"{line} {num(r['max_abs_diff_vs_emulator']):>10} {num(r['emulated_protocol_spread']):>10} "
+    verdict = {None: "-", True: "ok", False: "OUT"}[within_spread(r)]
+    return (f"{line} {num(r['max_abs_diff_vs_emulator']):>10} {num(r['emulated_protocol_spread']):>10} {verdict:>4} "
             f"{r['top1_agreement_vs_float']:>6.3f}")
+
+
+def hints(result: dict) -> list[str]:
+    """What a reader should do about a number the table shows: a revealed output outside the emulator's spread,
+    vanilla's low accuracy."""
+    out = []
+    for r in result["rows"]:
+        if within_spread(r) is False:
+            out.append(f"{r['policy']}: the output differs from the emulation by {r['max_abs_diff_vs_emulator']:.3g}, "
+                       f"more than {WITHIN_SPREAD:g} x the protocol's spread {r['emulated_protocol_spread']:.3g}: "
+                       "the run did not compute the plan (a bug to report)")
+        if r["policy"] == "vanilla" and r.get("top1_agreement_vs_float", 1.0) < VANILLA_TOP1_HINT:
+            out.append(f"vanilla: top-1 {r['top1_agreement_vs_float']:.3f}: CrypTen's inv_sqrt is accurate only for "
+                       "inputs in about [0.1, 64], and a norm's mean of squares is often smaller; rerun with "
+                       "--vanilla-rsqrt-scale S (rsqrt(x) = S * inv_sqrt(S^2 x), e.g. S = 4 or 8)")
+    return out
 
 
 def _network(network: dict | None) -> str:
@@ -171,9 +214,11 @@ def format_table(result: dict) -> str:
                 if result.get("batch", True) else "; one step at a time"),
              *(f"INSECURE: {why}" for why in result.get("insecure", ())),
              f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} "
-             f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>6}"
-             + (f" {'vs emu':>10} {'emu spread':>10} {'top1':>6}" if revealed else "")]
+             f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>8}"
+             + (f" {'vs_emu':>10} {'spread':>10} {'ok?':>4} {'top1':>6}" if revealed else "")]
     lines += [_format_row(r) for r in result["rows"]]
+    lines += LEGEND[:1 + revealed]
+    lines += [f"hint: {h}" for h in hints(result)]
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
         lines.append(f"{name}: {parts}")
