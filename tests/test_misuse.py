@@ -65,7 +65,7 @@ CASES = [
     (["emulate", "--plan", "PLAN", "--relu", "smooth"], "--relu does not apply with --plan"),
     (["emulate", "--plan", "PLAN", "--time-limit", "5"], "--time-limit does not apply with --plan"),
     (["emulate", "--plan", "PLAN", "--calibration-text", "TEXT"], "--calibration-text does not apply with --plan"),
-    (["emulate", "--plan", "PLAN", "--model", "random:gpt2"], "--model random:gpt2 differs from the plan's random:llama"),
+    (["emulate", "--plan", "PLAN", "--model", "random:gpt2"], "plan was made for model random:llama, not --model random:gpt2"),
     (["emulate", "--plan", "FAKE_PLAN"], "is a --fake-weights plan of random:llama"),
     # a flag that changes nothing under the policy or bounds chosen
     (["emulate", "--objective", "mid", "--policy", "eager"], "--objective mid applies to --policy optimal only"),

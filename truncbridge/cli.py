@@ -122,7 +122,8 @@ def _check_against_plan(args, plan) -> None:
                         "so it is costed (truncbridge report), not emulated")
     named = ALIASES.get(args.model, args.model)
     if named and (named in SHIPPED or named.startswith(RANDOM_PREFIX)) and named != made_for:
-        raise UserError(f"--model {args.model} differs from the plan's {made_for}: drop --model, or make a plan for it")
+        raise UserError(f"this plan was made for model {made_for}, not --model {args.model}: drop --model, or make a "
+                        f"plan for {args.model}")
     for dest, why in NOT_WITH_PLAN.items():
         if dest in args.given or (dest == "calibration_text" and args.calibration_text):
             raise UserError(f"--{dest.replace('_', '-')} does not apply with --plan: {why}")
@@ -378,7 +379,7 @@ def cmd_compare(args) -> list[dict]:
                     plan = build_plan(converted, _config(args, pol, fb, prime), hints)
                     sites.setdefault(pol, []).append(plan.sites)
                 except UserError as exc:
-                    rows.append({"model": loaded.name, "field_bits": fb, "field": field_name(fb, prime), "prime": prime,
+                    rows.append({"model": loaded.label, "field_bits": fb, "field": field_name(fb, prime), "prime": prime,
                                  "frac_bits": args.frac_bits, "policy": pol,
                                  "metrics": None, "counts": None, "bound_violations": None,
                                  "above_bound": None, "bound_offenders": None, "time_s": None,
@@ -388,7 +389,7 @@ def cmd_compare(args) -> list[dict]:
                     advance()
                     continue
                 result = emulate(loaded.model, plan, windows, device=args.device, check=True)
-                rows.append({**_emulation_record(loaded.name, plan, result, True), "feasible": True, "reason": ""})
+                rows.append({**_emulation_record(loaded.label, plan, result, True), "feasible": True, "reason": ""})
                 rounds.append(plan_costs(plan, protocol, network).rounds)
                 advance()
     print_compare(rows, rounds, protocol.name, source, len(windows))
