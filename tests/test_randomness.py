@@ -3,6 +3,7 @@ re-keyed; the dealer refuses requests the protocol never makes."""
 from __future__ import annotations
 
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,29 @@ NOT_PROTOCOL = {
         "the client's default input for a random-weight model: public, reproducible test data"}
 
 
+def code_lines(path: Path) -> dict[int, str]:
+    """Each line with its comments and string literals blanked: a docstring's usage example draws nothing."""
+    lines = path.read_text().splitlines()
+    with path.open("rb") as f:
+        for tok in tokenize.tokenize(f.readline):
+            if tok.type in (tokenize.STRING, tokenize.COMMENT):
+                (first, col0), (last, col1) = tok.start, tok.end
+                for number in range(first, last + 1):
+                    text = lines[number - 1]
+                    a, b = (col0 if number == first else 0), (col1 if number == last else len(text))
+                    lines[number - 1] = text[:a] + " " * (b - a) + text[b:]
+    return dict(enumerate(lines, 1))
+
+
 def randomness_outside(package: Path) -> list[str]:
     """Lines of the package, outside randomness.py, that draw random numbers another way."""
     found = []
     for path in sorted(package.rglob("*.py")):
         if path.name == "randomness.py":
             continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            code = line.split("#")[0]
+        for number, code in code_lines(path).items():
             if DRAWS.search(code) and not any(path.name == f and text in code for f, text in NOT_PROTOCOL):
-                found.append(f"{path.name}:{number}: {line.strip()}")
+                found.append(f"{path.name}:{number}: {code.strip()}")
     return found
 
 
@@ -42,6 +56,9 @@ def test_no_protocol_randomness_outside_the_randomness_module(tmp_path):
     (tmp_path / "material.py").write_text("x = torch.randint(-(2 ** 63), 2 ** 63 - 1, size, generator=gen)\n"
                                           "gen = torch.Generator()\ngen.manual_seed(seed)\n")
     assert len(randomness_outside(tmp_path)) == 3
+    # a usage example in a docstring or a comment draws nothing; the code after it still counts
+    (tmp_path / "material.py").write_text('"""Example:\n    torch.manual_seed(0)\n"""\n# torch.rand(3)\nx = torch.rand(3)\n')
+    assert randomness_outside(tmp_path) == ["material.py:5: x = torch.rand(3)"]
 
 
 def test_the_stream_is_aes_256_ctr_from_counter_zero():
