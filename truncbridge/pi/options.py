@@ -50,6 +50,7 @@ class PiConfig:
     network: dict | None = None  # core.protocols.load_network's dict; None: loopback as is
     fuse: bool = True
     batch: bool = True
+    plan_cache: bool = True  # --no-plan-cache: plan afresh (plan_cache)
     dealer: str = "separate"  # dealer.DEALERS
     audit: bool = False  # INSECURE
     benchmark_reveal: bool = False  # INSECURE
@@ -110,6 +111,9 @@ def parse_args(argv: list[str]) -> PiConfig:
                         "receipt is a share, a fresh-masked opening or the client's output, and every MPI receipt after "
                         "set-up a statistic (reveals everything to rank 0; marked in every table)")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
+    p.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
+                   help="plan afresh instead of reading (and writing) the owner's plan cache ($TRUNCBRIDGE_CACHE, "
+                        "default ~/.cache/truncbridge/plans)")
     return pi_config(p.parse_args(argv))
 
 
@@ -136,6 +140,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         timeout_s=args.timeout, silence_s=args.silence, vanilla_rsqrt_scale=args.vanilla_rsqrt_scale,
         network=None if args.network is None else load_network(args.network), fuse=args.fuse, batch=args.batch,
         dealer=args.dealer, audit=args.audit, benchmark_reveal=args.benchmark_reveal, json_path=args.json,
+        plan_cache=args.plan_cache,
         client=ClientOptions(prompt=args.prompt, text=args.text, output=args.client_output,
                              output_logits=args.client_output_logits))
 

@@ -36,25 +36,30 @@ def _every(seconds: float, say):
     return throttled
 
 
-def make_plans(config: PiConfig, converted, parties: int, progress) -> dict:
-    """Policy -> plan. Eager is CrypTen's fixed rule and gets the whole ring (it needs ~51 bits);
-    lazy / optimal fill the budget, so they get the profile's headroom. On an emulated network,
-    optimal minimises the time there (``analysis.objective``), else truncated elements."""
-    from ..pipeline import build_plan, plan_config
+def make_plans(config: PiConfig, loaded, parties: int, progress) -> tuple[dict, object]:
+    """Policy -> plan, and the conversion if one was made (None when every plan came from the plan
+    cache, ``plan_cache``; ``--no-plan-cache`` bypasses it). Eager is CrypTen's fixed rule and gets the
+    whole ring (it needs ~51 bits); lazy / optimal fill the budget, so they get the profile's headroom.
+    On an emulated network, optimal minimises the time there (``analysis.objective``), else truncated elements."""
+    from ..pipeline import plan_config
+    from ..plan_cache import PlanMaker
 
     profile = protocol_profile(config.truncation, parties)
+    maker = PlanMaker(loaded, config.seq_len, config.frac_bits, use_cache=config.plan_cache, say=progress)
     plans, hints = {}, ()
     for policy in [p for p in ("eager", "lazy", "optimal") if p in config.policies]:
-        progress(f"planning {policy} for {profile} ({config.bounds} bounds)")
         headroom = 0 if policy == "eager" and config.truncation == "crypten" else None
         plan_settings = plan_config(policy, field_bits=64, frac_bits=config.frac_bits, bounds=config.bounds,
                                     protocol=profile, headroom_bits=headroom, time_limit_s=config.time_limit_s,
                                     objective=config.network["name"] if config.network else "elements",
                                     precision_tolerance_bits=config.precision_tolerance_bits)
-        plans[policy] = build_plan(converted, plan_settings, hints, progress=_every(PROGRESS_EVERY_S, progress))
+        plans[policy] = maker.plan(plan_settings, hints, progress=_every(PROGRESS_EVERY_S, progress),
+                                   announce=lambda p=policy: progress(f"planning {p} for {profile} ({config.bounds} bounds)"))
         if policy == "lazy":
             hints = (plans[policy].sites,)
-    return plans
+    if maker.hits:
+        progress(f"plans: from cache (key {', '.join(k[:12] for k in maker.hits)}; {maker.seconds:.2f} s)")
+    return plans, maker.converted
 
 
 def read_plans(config: PiConfig, loaded, parties: int, progress) -> dict:

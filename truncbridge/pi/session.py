@@ -102,7 +102,7 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
     from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
     from ..frontend.models import load_architecture, load_model
-    from ..pipeline import convert, one_hot, vocab_size
+    from ..pipeline import one_hot, vocab_size
 
     rank = comm.Get_rank()
     if rank == OWNER:
@@ -111,9 +111,8 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
             plans = read_plans(config, loaded, parties, say)
             captured = capture(loaded.model, config.seq_len) if config.vanilla else None
         else:
-            say(f"converting {loaded.name} (seq {config.seq_len})")
-            converted = convert(loaded, config.seq_len, config.frac_bits)
-            plans, captured = make_plans(config, converted, parties, say), converted.captured
+            plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
+            captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
         mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
         return Setup(_run_order(plans, config), plans, captured, loaded)
     docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
