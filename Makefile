@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.truncbridge-installed
 TORCH_VERSION ?= 2.13.0
 # transformers moves a layer's float32 rounding between releases (5.23 -> 5.24 moved calibrated
-# ranges in their low bits): the versions measured in README are the ones installed here
+# ranges in their low bits): the versions measured in docs/ are the ones installed here
 TRANSFORMERS_VERSION ?= 5.24.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 

@@ -94,7 +94,7 @@ def bench_matmul(repeat: int) -> None:
 
 
 PI_REPEAT = 3  # each policy run 3 times, interleaved: median wall time
-PI_NETWORK = "mid"  # 10 ms round trip, 1 Gbit/s, emulated in software (README, "A stated network")
+PI_NETWORK = "mid"  # 10 ms round trip, 1 Gbit/s, emulated in software (docs/protocol.md, "A stated network")
 PI_RUNS = (  # (parties, truncation protocol, bounds): CrypTen's own truncation leaves lazy a 48-bit
     (3, "exact", "static"),  # budget, where static bounds do not fit a softmax row sum
     (2, "exact", "static"),

@@ -1,6 +1,6 @@
 """Write a random-weight Llama of a chosen shape as a local Hugging Face checkpoint, with the
 default model's tokenizer and held-out text: a model the size users care about, for `truncbridge
-emulate --model DIR` (e.g. the GPT-2-small shape of README's emulation measurement).
+emulate --model DIR` (e.g. the GPT-2-small shape of docs/benchmarks.md's emulation measurement).
 
     python launch/make_random_checkpoint.py /tmp/llama-gpt2small --layers 12 --hidden 768 --heads 12 --mlp 3072
 """

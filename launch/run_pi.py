@@ -2,7 +2,7 @@
 
     mpirun -n 3 python launch/run_pi.py [--model default] [--policy eager,lazy,optimal,vanilla] [--json out.json]
     mpirun -n 4 python launch/run_pi.py ...          # rank 2 only helps; the last rank deals
-    mpirun -H hostA,hostB,hostC -n 3 python launch/run_pi.py ...   # across machines (see README)
+    mpirun -H hostA,hostB,hostC -n 3 python launch/run_pi.py ...   # across machines (docs/protocol.md, "Across hosts")
     mpirun -n 3 python launch/run_pi.py --text prompt.txt --client-output out.json   # the client's input
     mpirun -n 3 python launch/run_pi.py --model M --seq-len N --plan lazy.json optimal.json  # plans made
                                                      # by truncbridge plan, for M and N, that CrypTen runs

@@ -5,7 +5,7 @@ Open MPI 5.0.11 cannot start ranks that live in separate network namespaces (MPI
 "PML add procs failed"), so each rank starts on the host, lets MPI connect (its side channel keeps
 those connections), and only then moves into its namespace — before CrypTen, gloo and the
 rendezvous store make a single socket. Every byte of the protocol then crosses the veth links,
-addressed as the README tells a cross-host run to (TRUNCBRIDGE_MASTER_ADDR, GLOO_SOCKET_IFNAME).
+addressed as docs/protocol.md ("Across hosts") tells a cross-host run to (TRUNCBRIDGE_MASTER_ADDR, GLOO_SOCKET_IFNAME).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The multi-host path, for real: every party in its own network namespace on this machine, joined
 by veth links through a bridge, each link's bandwidth shaped by the kernel (tc token bucket),
-started as the README tells a cross-host run to start (TRUNCBRIDGE_MASTER_ADDR, GLOO_SOCKET_IFNAME).
+started as docs/protocol.md ("Across hosts") tells a cross-host run to start (TRUNCBRIDGE_MASTER_ADDR, GLOO_SOCKET_IFNAME).
 Needs root and iproute2; skipped with the reason otherwise."""
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def add_precision_tolerance(p) -> None:
 
     _flag(p, "--precision-tolerance", type=tolerance_bits, default=PRECISION_TOLERANCE_BITS, metavar="BITS|off",
                    help="lazy, optimal: keep every value's scale at least eager's minus BITS (default "
-                        f"{PRECISION_TOLERANCE_BITS}; off: truncate to frac bits wherever that is cheaper; README, "
+                        f"{PRECISION_TOLERANCE_BITS}; off: truncate to frac bits wherever that is cheaper; docs/placement.md, "
                         "\"Precision floor\")")
 
 
@@ -148,7 +148,7 @@ def _add_numeric_args(p, lists=False, protocol_help: str | None = None):
     _flag(p, "--frac-bits", type=int, default=16, help="fixed-point fraction bits (default 16)")
     _flag(p, "--relu", default="comparison", choices=("comparison", "smooth"),
           help="ReLU, max, min, clamp: exact by a counted comparison (default), or smooth: no comparison, "
-               "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (README, \"Recipes and comparisons\")")
+               "(x + sqrt(x^2 + eps^2)) / 2 with its error bound recorded (docs/recipes.md)")
     _flag(p, "--protocol", default=DEFAULT_PROTOCOL, choices=protocol_names(),
           help=protocol_help or f"protocol profile from protocols/ (default {DEFAULT_PROTOCOL}: exact truncation, no headroom)")
     _flag(p, "--headroom", type=int, default=None, help="statistical headroom bits (default: the protocol's)")
@@ -159,7 +159,7 @@ def _add_numeric_args(p, lists=False, protocol_help: str | None = None):
     add_precision_tolerance(p)
     _flag(p, "--objective", default="elements",
           help="optimal: minimise truncated elements (default), or the online time on a network: lan, mid, wan "
-               "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (README, \"Placement objective\")")
+               "or rtt=MS,bw=MBIT, from the protocol's rounds and bytes (docs/placement.md, \"Placement objective\")")
 
 
 def _add_eval_args(p, windows=DEFAULT_WINDOWS):

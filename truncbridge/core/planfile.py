@@ -12,7 +12,7 @@ The owner gives the other parties (client, helpers) a *redacted* plan (``plan_to
 redacted=True)`` or ``redact_plan_json``): it keeps what they need to compute and drops what is
 a fact about the owner's weights or calibration: float bounds (a weight node's bound is max|W|),
 bound sources, declared bounds and row norms, recipe parameters, the weights hash and the solver
-block. Its leak budget — all a non-owner learns (README, "Who holds what"): the config, the op
+block. Its leak budget — all a non-owner learns (docs/threat-model.md, "What the plan reveals"): the config, the op
 structure and shapes (the architecture, with its public hyperparameters and buffers: rotary
 tables, masks, a norm's epsilon), every node's scale, the truncation sites and shifts, each node's
 integer bit width (derived from weight norms, and with calibrated bounds from the owner's

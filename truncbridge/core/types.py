@@ -19,7 +19,7 @@ ROUNDING_FLOOR_BITS = 8  # no real bound is below 2^8 LSBs of frac_bits: tiny va
 POLICIES = ("eager", "lazy", "optimal")
 BOUNDS_MODES = ("static", "calibrated")
 OPTIMAL_TIME_LIMIT_S = 120.0
-PRECISION_TOLERANCE_BITS = 2  # lazy, optimal: bits below eager's scale a value may go (README, "Precision floor")
+PRECISION_TOLERANCE_BITS = 2  # lazy, optimal: bits below eager's scale a value may go (docs/placement.md, "Precision floor")
 
 
 @dataclass(frozen=True)

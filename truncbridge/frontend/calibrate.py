@@ -110,7 +110,7 @@ def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Rang
 
 
 RANGE_MARGIN = 0.25  # widen calibrated intervals by this fraction of their span on each side
-SCORE_RANGE_MARGIN = 0.5  # softmax scores: held-out text went 5% past +25% (README, "Range assumptions")
+SCORE_RANGE_MARGIN = 0.5  # softmax scores: held-out text went 5% past +25% (docs/placement.md, "Range assumptions")
 
 
 POSITIVE_MARGIN = 4.0  # positive ranges (rsqrt, reciprocal inputs): lo / 4, hi * 4

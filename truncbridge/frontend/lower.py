@@ -41,7 +41,7 @@ class Lowerer(GraphWalk):
     secret_types = (Secret,)
     rules = RULES
     no_rule_hint = ("; if it is an elementwise function, register it: truncbridge.register_recipe(torch.ops."
-                    "<op>) fits it automatically, or pass your own recipe (README, \"Recipes\")")
+                    "<op>) fits it automatically, or pass your own recipe (docs/recipes.md)")
 
     def __init__(self, captured: Captured, ranges: dict[str, Range], frac_bits: int, relu: str = "comparison",
                  input_bound: float | None = None):
