@@ -137,11 +137,10 @@ def _draw_bits(ax, series: list[PlanSeries]) -> None:
                    label=f"{s.label}: {len(s.trunc_x):,} truncations")
     budgets = {(s.field_bits, s.budget_bits) for s in series}
     for field_bits, budget in sorted(budgets):
-        ax.axhline(field_bits, color="black", lw=1)
-        ax.text(0, field_bits, f" field: {field_bits} bits", va="bottom", fontsize=8)
+        ax.axhline(field_bits, color="black", lw=1, label=f"field: {field_bits} bits")
         if budget != field_bits:
-            ax.axhline(budget, color="black", lw=0.8, ls="--")
-            ax.text(0, budget, f" budget (less headroom): {budget} bits", va="top", fontsize=8)
+            ax.axhline(budget, color="black", lw=0.8, ls="--",
+                       label=f"budget: {budget} bits (the field less {field_bits - budget} bits of headroom)")
     starts = series[0].layer_starts
     for x in starts.values():
         ax.axvline(x, color="grey", lw=0.4, alpha=0.5)
@@ -154,9 +153,9 @@ def _draw_bits(ax, series: list[PlanSeries]) -> None:
                   ha="right")
     ax.set_ylabel("bits of the value (bound at its scale)")
     ax.set_xlabel("computed values, in program order (layers marked)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(field for field, _ in budgets) + 6)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(3, 2 * len(series)), loc="lower right")
+    ax.legend(fontsize=7, ncol=min(4, 2 * len(series) + len(budgets)), loc="lower right")
 
 
 def _draw_kinds(ax, costs: list[dict], labels: list[str], key: str, title: str, log: bool = False) -> None:
