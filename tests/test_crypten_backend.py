@@ -98,9 +98,11 @@ def test_crypten_comparisons_match_the_emulator(tmp_path):
         assert results[1]["truncations"] == counts["truncations"] == opened["trunc"]
 
 
-@pytest.mark.parametrize("parties", [2, 3])
+@pytest.mark.parametrize("parties", [3])
 def test_a_plan_module_in_a_crypten_program(parties, tmp_path):
-    """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with."""
+    """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with.
+    3PC only, for the suite's time: the module's wrapping is the same for any party count, and 2PC's
+    exact truncation runs in test_run_pi (every policy, audited) and 2PC's PlanRunner above."""
     results = run_parties(parties, "lazy", "exact", tmp_path, mode="module")
     opened = audited_openings(tmp_path, parties, outputs=1)
     assert all(results[r]["outputs"] is None for r in results if r != 1)
