@@ -4,6 +4,7 @@ source) changes the key, so a changed input never gets a stale plan."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import pytest
@@ -123,3 +124,17 @@ def test_run_pi_owner_reads_its_plans_from_the_cache_and_no_plan_cache_bypasses_
     _, converted = make_plans(fresh, loaded, 2, lines.append)
     assert converted is not None and not any("from cache" in line for line in lines)
     assert len(list(tmp_path.glob("*.json"))) == 2  # nor written
+
+
+def test_cli_plan_reads_the_cache_and_writes_the_same_plan_file(tmp_path, monkeypatch, capsys):
+    from truncbridge.cli import main
+
+    monkeypatch.setenv("TRUNCBRIDGE_CACHE", str(tmp_path / "cache"))
+    args = ["plan", "--model", "random-llama", "--seq-len", str(SEQ), "--policy", "lazy", "-o"]
+    outputs = []
+    for i, extra in enumerate(([], [], ["--no-plan-cache"])):
+        assert main([*args, str(tmp_path / f"p{i}.json"), *extra]) == 0
+        outputs.append(("from cache" in capsys.readouterr().err, (tmp_path / f"p{i}.json").read_text()))
+    assert [hit for hit, _ in outputs] == [False, True, False]
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "solver"}  # noqa: E731 - wall_s differs
+    assert strip(outputs[1][1]) == strip(outputs[0][1]) == strip(outputs[2][1])

@@ -261,6 +261,7 @@ def plan_protocol(args) -> str:
 def cmd_plan(args) -> None:
     from .core.planfile import save_plan
     from .frontend.models import load_model
+    from .plan_cache import PlanMaker
     from .report import print_plan_summary
 
     _check_field(args.field_bits, args.frac_bits, args.prime)
@@ -273,8 +274,13 @@ def cmd_plan(args) -> None:
     config = _config(args)
     _check_calibration_fits(args, args.seq_len, args.fake_weights)
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
-    converted = _converted(loaded, args.seq_len, args)
-    plan = _placed(converted, config)
+    cache = PlanMaker(loaded, args.seq_len, args.frac_bits, args.relu, args.calibration, use_cache=args.plan_cache)
+    plan = cache.cached(config)
+    if plan is None:
+        plan = _placed(_converted(loaded, args.seq_len, args), config)
+        cache.store(config, plan)
+    else:
+        print(f"plan: from cache (key {cache.hits[0][:12]})", file=sys.stderr)
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)
 

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_numeric_args(pl, protocol_help=f"protocol profile from protocols/ (default: {PLAN_PROTOCOL} in Z_2^64, a plan "
                       "CrypTen's backend runs — run_pi --plan, PlanModule; faithful-2pc in other fields)")
     pl.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
+    pl.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
+                    help="plan afresh instead of reading (and writing) the plan cache ($TRUNCBRIDGE_CACHE)")
     pl.add_argument("--fake-weights", action="store_true",
                     help="random:<type> at full size without holding it: weights generated one at a time, "
                          "kept as statistics (static bounds)")

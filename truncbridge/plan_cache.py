@@ -96,21 +96,29 @@ class PlanMaker:
 
     def plan(self, config: PlanConfig, hints: tuple = (), progress=None, announce=None) -> Plan:
         """The plan under ``config``; ``announce()`` is called before one is built (not on a hit)."""
+        plan = self.cached(config, hints)
+        if plan is None:
+            plan = self._build(config, hints, progress, announce)
+            self.store(config, plan, hints)
+        return plan
+
+    def cached(self, config: PlanConfig, hints: tuple = ()) -> Plan | None:
+        """The stored plan under ``config`` (its weights attached), or None."""
         if not self.caching:
-            return self._build(config, hints, progress, announce)
+            return None
         t = time.perf_counter()
         key = self.key(config, hints)
-        path = self.root / f"{key}.json"
-        plan = self._read(path)
+        plan = self._read(self.root / f"{key}.json")
         self.seconds += time.perf_counter() - t
         if plan is not None:
             self.hits.append(key)
-            return plan
-        plan = self._build(config, hints, progress, announce)
-        t = time.perf_counter()
-        self._write(path, plan)
-        self.seconds += time.perf_counter() - t
         return plan
+
+    def store(self, config: PlanConfig, plan: Plan, hints: tuple = ()) -> None:
+        if self.caching:
+            t = time.perf_counter()
+            self._write(self.root / f"{self.key(config, hints)}.json", plan)
+            self.seconds += time.perf_counter() - t
 
     def _build(self, config: PlanConfig, hints: tuple, progress, announce) -> Plan:
         converted = self.convert()
