@@ -9,7 +9,7 @@ import json
 import pytest
 
 from truncbridge.cli import main
-from truncbridge.frontend.models import TESTED_FAMILIES as FAMILIES  # what `truncbridge models --types` calls tested
+from truncbridge.frontend.model_types import TESTED_FAMILIES as FAMILIES  # what `truncbridge models --types` calls tested
 
 # FAMILIES: model_type -> a recipe (or "comparisons") its plan must contain: the family's own nonlinearity
 FAST = {"llama", "gpt2", "bert", "opt"}  # make test-fast runs these

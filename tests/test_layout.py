@@ -29,3 +29,20 @@ def test_no_function_is_over_60_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(PACKAGE)}:{node.name}"] = lines
     assert not long, f"split these functions (lines): {long}"
+
+
+def test_a_crypten_program_imports_the_protocol_backend_alone():
+    """What the import contract promises, in a fresh interpreter: the backend's modules load without the converter,
+    the run driver or transformers (negative control: the same probe sees them after importing the driver)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, importlib; [importlib.import_module(m) for m in sys.argv[1:]]; "
+             "print(' '.join(sorted(m for m in ('truncbridge.pi', 'truncbridge.pipeline', 'truncbridge.frontend', "
+             "'transformers') if m in sys.modules)))")
+    backend = [f"truncbridge.backends.crypten.{m}" for m in ("runner", "dealing", "truncation", "material")]
+    loaded = subprocess.run([sys.executable, "-c", probe, *backend], capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == []
+    driver = subprocess.run([sys.executable, "-c", probe, "truncbridge.pi.session"], capture_output=True, text=True,
+                            check=True)
+    assert "truncbridge.pi" in driver.stdout.split()

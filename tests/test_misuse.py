@@ -180,7 +180,7 @@ def test_a_preset_too_big_for_memory_is_refused(monkeypatch, capsys):
 
 
 def test_models_lists_what_converts(capsys):
-    from truncbridge.frontend.models import TESTED_FAMILIES
+    from truncbridge.frontend.model_types import TESTED_FAMILIES
 
     assert main(["models", "--types"]) == 0
     rows = [line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines()]

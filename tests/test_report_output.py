@@ -8,18 +8,18 @@ import time
 
 import pytest
 
-from truncbridge import report
+from truncbridge import progress
 from truncbridge.cli import main
 from truncbridge.core.planfile import save_plan
 
 
 def test_progress_lines_when_not_on_a_terminal(monkeypatch, capsys):
     """Under capsys stderr is not a terminal: a plain line every PROGRESS_EVERY_S, none after the block."""
-    monkeypatch.setattr(report, "PROGRESS_EVERY_S", 0.05)
-    with report.status_line("placing (optimal)") as update:
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.05)
+    with progress.status_line("placing (optimal)") as update:
         update("best 1234 truncated elements")
         time.sleep(0.4)
-    with report.progress_bar(4, "emulating") as advance:
+    with progress.progress_bar(4, "emulating") as advance:
         advance()
         advance()
         time.sleep(0.4)

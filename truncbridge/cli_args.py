@@ -169,12 +169,7 @@ def _add_eval_args(p, windows=DEFAULT_WINDOWS):
                    help="torch device for the emulator and the float model it is compared with (cpu, cuda, cuda:1, ...)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .core.protocols import protocol_names
-
-    parser = ArgumentParser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-
+def _add_emulate(sub) -> None:
     emu = sub.add_parser("emulate", help="run a fixed-point plan exactly in plaintext and compare with float")
     _add_model_args(emu)
     _add_numeric_args(emu)
@@ -193,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "a second full forward pass per window")
     emu.add_argument("--json", help="write the results as JSON to this path")
 
+
+def _add_plan(sub) -> None:
     pl = sub.add_parser("plan", help="analyse and place truncations; write a plan file")
     _add_model_args(pl)
     _add_numeric_args(pl, protocol_help=f"protocol profile from protocols/ (default: {PLAN_PROTOCOL} in Z_2^64, a plan "
@@ -204,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="random:<type> at full size without holding it: weights generated one at a time, "
                          "kept as statistics (static bounds)")
 
+
+def _add_report(sub) -> None:
+    from .core.protocols import protocol_names
+
     rep = sub.add_parser("report", help="costs of a plan under a protocol profile and network; several plans: "
                                         "side by side under every profile")
     rep.add_argument("plan", nargs="+", help="plan file(s)")
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="draw the plan(s): each value's bits against the field along the program, where each "
                           "policy truncates, and rounds and bytes per recipe kind (PNG)")
 
+
+def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="policies x field sizes: truncations, rounds, accuracy")
     _add_model_args(cmp)
     _add_numeric_args(cmp, lists=True)
@@ -225,8 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", help="write the rows as a JSON list to this path")
     cmp.add_argument("--plot", help="draw truncated elements and top-1 agreement against field size (PNG)")
 
+
+def _add_models(sub) -> None:
     models = sub.add_parser("models", help="list the built-in model names and presets")
     models.add_argument("--types", action="store_true",
                         help="list the model_types random:<model_type> converts (tested, then untested text models)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for add in (_add_emulate, _add_plan, _add_report, _add_compare, _add_models):
+        add(sub)
     parser.commands = sub.choices
     return parser

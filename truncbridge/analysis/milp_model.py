@@ -130,8 +130,7 @@ def milp_model(src: Program, f: int, bounds: dict[int, Bound], budget: int, obje
     (default f)."""
     from scipy.sparse import coo_matrix
 
-    nodes = src.nodes
-    n = len(nodes)
+    nodes, n = src.nodes, len(src.nodes)
     cols = Columns(n)
     p, q, z, ya, yb, w, h, g = (cols.block(b) for b in (P, Q, Z, YA, YB, W, H, G))
     m_eff = effective_bits(src, bounds, f)

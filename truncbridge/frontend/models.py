@@ -18,6 +18,15 @@ from pathlib import Path
 import torch
 
 from ..core.errors import UserError, first_line
+from .model_types import (
+    PRESET_TYPES,
+    PRESETS,
+    check_checkpoint_type,
+    check_model_type,
+    check_tokenizer,
+    check_tokenizer_files,
+    model_types,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
@@ -33,54 +42,7 @@ SMALL_SHAPES = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 160,
                 "query_pre_attn_scalar": 16, "max_position_embeddings": 512, "n_inner": 160, "ffn_dim": 160,
                 "word_embed_proj_dim": 64, "sliding_window": 512}
 
-# full-size shapes of published models (their config.json), weights random
-PRESETS = {
-    "llama-7b": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
-                               rms_norm_eps=1e-6, tie_word_embeddings=False)),
-    "gemma-2b": ("gemma", dict(vocab_size=256000, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
-                               num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-                               max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
-                               rms_norm_eps=1e-6, tie_word_embeddings=True)),
-    "gpt2-small": ("gpt2", dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024)),
-    "qwen2-0.5b": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                 num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)),
-}
-PRESET_TYPES = {preset: model_type for preset, (model_type, _) in PRESETS.items()}
 MODEL_NAMES = (*SHIPPED, "random:<model_type>", *ALIASES)
-
-# The families tests/test_families.py converts and emulates within their bounds (what `truncbridge
-# models --types` lists as tested): model_type -> a recipe (or "comparisons") its plan must contain,
-# the family's own nonlinearity
-TESTED_FAMILIES = {
-    "llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu",
-    "gemma": "gelu",  # tanh GeLU (gelu_pytorch_tanh), fitted by evaluating the op with its argument
-    "gemma2": "tanh",  # logit soft-capping: cap * tanh(x / cap)
-    "gemma3_text": "gelu", "phi3": "silu",
-    "gpt2": "tanh",  # GPT-2's gelu_new is written out with tanh
-    "gpt_neox": "gelu",  # erf GeLU; partial rotary is slices and cats
-    "opt": "comparisons",  # ReLU
-    "bloom": "tanh",  # bloom_gelu is tanh GeLU; ALiBi is public and folded
-    "falcon": "gelu",
-    "bert": "gelu",  # an encoder: LayerNorm, erf GeLU, bidirectional attention, pooler
-}
-
-# why a model_type is not converted: the first of transformers' auto-mapping tables that holds it
-# (MODEL_FOR_<TABLE>_MAPPING_NAMES); a text family (causal LM or encoder) in none of them may convert
-REFUSED_KINDS = (
-    ("an audio model", ("AUDIO_CLASSIFICATION", "AUDIO_FRAME_CLASSIFICATION", "AUDIO_XVECTOR", "CTC",
-                        "SPEECH_SEQ_2_SEQ", "TEXT_TO_WAVEFORM", "TEXT_TO_SPECTROGRAM", "RNNT", "TDT")),
-    ("a multimodal model", ("IMAGE_TEXT_TO_TEXT", "MULTIMODAL_LM", "VISUAL_QUESTION_ANSWERING",
-                            "DOCUMENT_QUESTION_ANSWERING", "VISION_2_SEQ")),
-    ("a vision model", ("IMAGE", "IMAGE_CLASSIFICATION", "ZERO_SHOT_IMAGE_CLASSIFICATION", "IMAGE_SEGMENTATION",
-                        "SEMANTIC_SEGMENTATION", "OBJECT_DETECTION", "DEPTH_ESTIMATION", "VIDEO_CLASSIFICATION",
-                        "MASKED_IMAGE_MODELING", "BACKBONE", "KEYPOINT_DETECTION", "IMAGE_TO_IMAGE")),
-    ("an encoder-decoder model", ("SEQ_TO_SEQ_CAUSAL_LM",)),
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model")
-
 
 @dataclass
 class LoadedModel:
@@ -102,52 +64,6 @@ def is_encoder(model: torch.nn.Module) -> bool:
     return model.get_output_embeddings() is None
 
 
-def model_types() -> list[str]:
-    from transformers import CONFIG_MAPPING
-
-    return sorted(CONFIG_MAPPING.keys())
-
-
-def refusal(model_type: str) -> str | None:
-    """Why ``model_type`` does not convert ("an audio model (TEXT_TO_WAVEFORM)", ...), or None: a tested
-    family, or a text model (causal LM or encoder) that may."""
-    from transformers.models.auto import modeling_auto
-
-    if model_type in TESTED_FAMILIES:
-        return None
-    for kind, tables in REFUSED_KINDS:
-        for table in tables:
-            if model_type in getattr(modeling_auto, f"MODEL_FOR_{table}_MAPPING_NAMES", {}):
-                return f"{kind} ({table.lower()})"
-    if not is_text_model(model_type):
-        return "neither a causal LM nor a text encoder in transformers"
-    return None
-
-
-def is_text_model(model_type: str) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def convertible_types() -> tuple[list[str], list[str]]:
-    """The tested families, and the other text model_types (untested: they may or may not convert)."""
-    untested = [t for t in model_types() if t not in TESTED_FAMILIES and refusal(t) is None]
-    return list(TESTED_FAMILIES), untested
-
-
-def _check_model_type(model_type: str) -> None:
-    from ..core.suggest import nearest
-
-    if model_type not in model_types():
-        raise UserError(f"unknown model_type {model_type!r}{nearest(model_type, model_types())}: "
-                        "`truncbridge models --types` lists those that convert")
-    why = refusal(model_type)
-    if why:
-        raise UserError(f"random:{model_type} is {why}: truncbridge converts text models (causal LMs and encoders); "
-                        f"tested: {', '.join(TESTED_FAMILIES)}")
-
-
 def check_model(name: str | None, preset: str | None = None, fake_weights: bool = False) -> str:
     """The model flags checked without building the model (one line for each misuse); the resolved name."""
     if name is None and (preset or fake_weights):
@@ -158,7 +74,7 @@ def check_model(name: str | None, preset: str | None = None, fake_weights: bool 
     name = ALIASES.get(name or "default", name or "default")
     if name.startswith(RANDOM_PREFIX):
         model_type = name[len(RANDOM_PREFIX):]
-        _check_model_type(model_type)
+        check_model_type(model_type)
         if preset is not None and model_type != PRESET_TYPES.get(preset, model_type):
             raise UserError(f"preset {preset} is a {PRESET_TYPES[preset]} model, not {model_type}")
         return name
@@ -169,35 +85,9 @@ def check_model(name: str | None, preset: str | None = None, fake_weights: bool 
         raise UserError(f"--preset applies to random:<model_type> models only: --model random:{PRESET_TYPES[preset]} "
                         f"--preset {preset}")
     path = _checkpoint_dir(name)
-    _check_checkpoint_type(path)
-    _check_tokenizer_files(path)
+    check_checkpoint_type(path)
+    check_tokenizer_files(path)
     return name
-
-
-def _check_checkpoint_type(path: Path) -> None:
-    import json
-
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from None
-    why = refusal(model_type) if model_type in model_types() else None
-    if why:
-        raise UserError(f"{path} holds {model_type}, {why}: truncbridge converts text models (causal LMs and encoders)")
-
-
-def _check_tokenizer_files(path: Path) -> None:
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"no tokenizer in {path} (looked for {', '.join(TOKENIZER_FILES)}): save the model's "
-                        "tokenizer there (tokenizer.save_pretrained(DIR))")
-
-
-def _check_tokenizer(tokenizer, path: Path) -> None:
-    """transformers builds an empty tokenizer from a vocabulary-less directory: name it, not its 0 tokens."""
-    if len(tokenizer) <= 1 or not tokenizer("a text")["input_ids"]:
-        raise UserError(f"the tokenizer in {path} is empty ({len(tokenizer)} tokens; tokenizer files there: "
-                        f"{', '.join(f for f in TOKENIZER_FILES if (path / f).is_file())}): save the model's "
-                        "tokenizer there (tokenizer.save_pretrained(DIR))")
 
 
 def random_config(model_type: str, preset: str | None = None):
@@ -211,7 +101,7 @@ def random_config(model_type: str, preset: str | None = None):
         if model_type != preset_type:
             raise UserError(f"preset {preset} is a {preset_type} model, not {model_type}")
         return AutoConfig.for_model(preset_type, **shapes)
-    _check_model_type(model_type)
+    check_model_type(model_type)
     defaults = AutoConfig.for_model(model_type)
     shapes = {k: v for k, v in SMALL_SHAPES.items() if hasattr(defaults, k) and _settable(defaults, k)}
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
@@ -319,7 +209,7 @@ def load_model(name: str | None, preset: str | None = None, fake_weights: bool =
     with _checkpoint_errors(path):
         model = _pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    _check_tokenizer(tokenizer, path)
+    check_tokenizer(tokenizer, path)
     return LoadedModel(_label(name, path), model.eval(), tokenizer, _heldout(path))
 
 
@@ -384,7 +274,7 @@ def load_tokenizer(name: str | None, preset: str | None = None, fake_weights: bo
     path = DEFAULT_MODEL_DIR if name.startswith(RANDOM_PREFIX) else _checkpoint_dir(name)
     with _checkpoint_errors(path):
         tokenizer = AutoTokenizer.from_pretrained(path)
-    _check_tokenizer(tokenizer, path)
+    check_tokenizer(tokenizer, path)
     return tokenizer
 
 
@@ -405,5 +295,5 @@ def load_architecture(name: str | None, preset: str | None = None) -> LoadedMode
         torch.manual_seed(0)
         model = from_config(AutoConfig.from_pretrained(path), str(path))
         tokenizer = AutoTokenizer.from_pretrained(path)
-    _check_tokenizer(tokenizer, path)
+    check_tokenizer(tokenizer, path)
     return LoadedModel(_label(name, path), model.float().eval(), tokenizer, _heldout(path))

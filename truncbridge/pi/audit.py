@@ -35,7 +35,7 @@ import torch
 from ..backends.crypten.material import combine
 from ..backends.crypten.roles import CLIENT, OWNER
 from ..backends.crypten.truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
-from .results import STATISTICS
+from .results import INSECURE, STATISTICS
 
 
 def digest(t: torch.Tensor) -> str:
@@ -274,3 +274,18 @@ def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:
         out += [f"{where}: {b}" for b in bad]
     return out
 
+
+MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
+
+
+def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
+    """The mask-accounting audit over every pass (``audit.findings``)."""
+    logs = [p["log"] for p in pooled[:parties]]
+    masks = pooled[parties]["masks"] if dealer == "separate" else pooled[0]["masks"]
+    found = findings(logs, masks, {0} if dealer == INSECURE else set())
+    used = {m for step in logs[0]["openings"] for m in step.masks}
+    steps = sum(len(step.parts) or 1 for step in logs[0]["openings"])  # a batch opens several in one message
+    return {"findings": found[:MAX_FINDINGS], "finding_count": len(found), "openings": len(logs[0]["openings"]),
+            "opened_steps": steps,
+            "masks_used": len(used), "masks_dealt": len(masks),
+            "output_receivers": [log["rank"] for log in logs if log["outputs"]]}

@@ -33,20 +33,19 @@ from ..backends.crypten.roles import CLIENT, OWNER, role
 from ..core.errors import UserError
 from ..crypten.vanilla import CountDivisions
 from . import mpi
-from .audit import findings, mpi_findings
+from .audit import MAX_FINDINGS, audit_summary, mpi_findings
 from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
 from .owner import make_plans, predictions, read_plans, references
 from .party import Party
-from .results import INSECURE, RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
+from .results import RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
 
 if TYPE_CHECKING:
     from ..core.types import Plan
     from ..frontend.capture import Captured
     from ..frontend.models import LoadedModel
 
-MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
 
 
 @dataclass
@@ -290,19 +289,6 @@ def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: li
     print(format_table(result))
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(result, indent=1) + "\n")
-
-
-def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
-    """The mask-accounting audit over every pass (``audit.findings``)."""
-    logs = [p["log"] for p in pooled[:parties]]
-    masks = pooled[parties]["masks"] if dealer == "separate" else pooled[0]["masks"]
-    found = findings(logs, masks, {0} if dealer == INSECURE else set())
-    used = {m for step in logs[0]["openings"] for m in step.masks}
-    steps = sum(len(step.parts) or 1 for step in logs[0]["openings"])  # a batch opens several in one message
-    return {"findings": found[:MAX_FINDINGS], "finding_count": len(found), "openings": len(logs[0]["openings"]),
-            "opened_steps": steps,
-            "masks_used": len(used), "masks_dealt": len(masks),
-            "output_receivers": [log["rank"] for log in logs if log["outputs"]]}
 
 
 if __name__ == "__main__":
