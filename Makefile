@@ -32,11 +32,13 @@ lint: install  # the linter and the import-layer contract (pyproject.toml: [tool
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# two xdist workers on CI's two cores: the tests that time what they see run in order on one (tests/conftest.py,
+# xdist_group "timed"); the others share both, filling the waits of the processes each test starts
 test: lint  # the slowest tests listed at the end: where the suite's time goes
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 test-fast: lint  # the quick loop (under a minute): unit and property tests; no process, no whole default model
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 bench: install
 	$(BIN)/python launch/bench.py
