@@ -56,12 +56,12 @@ def every_policy(tmp_path_factory, parties: int) -> tuple[dict, str]:
                     "--time-limit", "5", "--audit", "--benchmark-reveal", *network)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when xdist interleaves another module
 def two_party(tmp_path_factory):
     return every_policy(tmp_path_factory, 2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when xdist interleaves another module
 def three_party(tmp_path_factory):
     return every_policy(tmp_path_factory, 3)
 
