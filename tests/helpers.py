@@ -94,3 +94,21 @@ def newton_reciprocal():
         y = b.mul(y, b.add_public(b.neg(b.mul(u, y)), 2.0))
     b.output(y)
     return b.program, {"u": torch.linspace(0.5, 1.0, 32, dtype=torch.float64).view(4, 8)}
+
+
+def run_processes(argv_of, envs: list[dict], timeout_s: float) -> None:
+    """Start one process per environment (``argv_of(rank)``: its command line), wait for all, kill any left at the
+    timeout; each must exit 0 (the failing one's last output in the message)."""
+    import subprocess
+
+    procs = [subprocess.Popen(argv_of(r), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r, env in enumerate(envs)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout_s)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"process {r} failed: {p.stdout.read().decode()[-2000:]}"

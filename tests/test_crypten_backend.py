@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ from truncbridge.core.errors import UserError
 from truncbridge.pi.audit import findings
 
 from crypten_party import AFTER, COMPARE_INPUTS, INPUTS, plan_for
+from helpers import run_processes
 
 PARTY = Path(__file__).resolve().parent / "crypten_party.py"
 pytestmark = pytest.mark.slow  # real party processes
@@ -32,18 +32,8 @@ def run_parties(parties: int, policy: str, truncation: str, tmp: Path, mode: str
     tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WORLD_SIZE": str(parties), "RENDEZVOUS": f"file://{tmp / 'rendezvous'}",
            "DISTRIBUTED_BACKEND": "gloo"}
-    procs = [subprocess.Popen([sys.executable, str(PARTY), mode, policy, truncation, str(tmp / f"out{r}.json")],
-                              env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in range(parties + 1)]
-    try:
-        for p in procs:
-            p.wait(timeout=120)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"process {r} failed: {p.stdout.read().decode()[-2000:]}"
+    run_processes(lambda r: [sys.executable, str(PARTY), mode, policy, truncation, str(tmp / f"out{r}.json")],
+                [{**env, "RANK": str(r)} for r in range(parties + 1)], timeout_s=120)
     assert not (tmp / f"out{parties}.json").exists()  # the dealer only deals
     return {r: json.loads((tmp / f"out{r}.json").read_text()) for r in range(parties)}
 

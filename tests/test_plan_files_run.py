@@ -22,6 +22,8 @@ from truncbridge.pi.options import parse_args
 from truncbridge.pi.owner import read_plans
 from truncbridge.pipeline import build_plan, one_hot, plan_config
 
+from helpers import run_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 MPIRUN = Path(sys.executable).parent / "mpirun"
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -104,18 +106,8 @@ def test_a_default_plan_runs_as_a_plan_module(default_plan, tmp_path):
     save_plan(load_plan(default_plan), redacted, redacted=True)
     env = {**os.environ, "WORLD_SIZE": "2", "RENDEZVOUS": f"file://{tmp_path / 'rendezvous'}", "DISTRIBUTED_BACKEND": "gloo"}
     party = ROOT / "tests" / "plan_file_party.py"
-    procs = [subprocess.Popen([sys.executable, str(party), str(default_plan), str(redacted), ",".join(map(str, TOKENS)),
-                               str(tmp_path / f"out{r}.json")], env={**env, "RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(3)]
-    try:
-        for p in procs:
-            p.wait(timeout=180)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"process {r} failed: {p.stdout.read().decode()[-2000:]}"
+    run_processes(lambda r: [sys.executable, str(party), str(default_plan), str(redacted), ",".join(map(str, TOKENS)),
+                           str(tmp_path / f"out{r}.json")], [{**env, "RANK": str(r)} for r in range(3)], timeout_s=180)
     results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
     assert results[0]["output"] is None  # only the client learns the output
     exact, spread = emulated(default_plan, TOKENS)
