@@ -136,15 +136,9 @@ def from_config(config, name: str) -> torch.nn.Module:
         return auto.from_config(config, attn_implementation="eager")
 
 
-@contextmanager
 def _build_errors(name):
-    """Whatever stops transformers from building the model is the user's model choice: one line."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        except Exception as exc:  # noqa: BLE001 — any family transformers cannot build, however it says so
-            raise UserError(f"cannot build {name}: {type(exc).__name__}: {first_line(exc)}") from None
+    """Whatever stops transformers from building the model is the user's model choice: one line, naming the kind."""
+    return _one_line_errors(f"cannot build {name}", (Exception,), kind=True)
 
 
 def _random_model(name: str, preset: str | None, fake_weights: bool) -> LoadedModel:
@@ -250,15 +244,21 @@ def _label(name: str, path: Path) -> str:
     return name if name in SHIPPED else str(path)
 
 
-@contextmanager
 def _checkpoint_errors(path):
-    """Quiet transformers' warnings; a checkpoint it cannot read is the user's error, in one line."""
+    """A checkpoint transformers cannot read is the user's error, in one line."""
+    return _one_line_errors(f"cannot load model {path}", (OSError, ValueError, KeyError))
+
+
+@contextmanager
+def _one_line_errors(what: str, caught: tuple[type[BaseException], ...], kind: bool = False):
+    """Quiet transformers' warnings; an exception of ``caught`` becomes ``what: its first line`` (with its type
+    when ``kind``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             yield
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load model {path}: {first_line(exc)}") from None
+        except caught as exc:
+            raise UserError(f"{what}: {type(exc).__name__ + ': ' if kind else ''}{first_line(exc)}") from None
 
 
 def _heldout(path: Path) -> str | None:
