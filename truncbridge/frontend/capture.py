@@ -7,6 +7,8 @@ which one is the client's secret input: token ids (an LM), or a real-valued tens
 """
 from __future__ import annotations
 
+import inspect
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -78,14 +80,22 @@ def _run_on_cpu(exported: torch.export.ExportedProgram) -> None:
 
 
 def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None) -> Captured:
-    """torch.export the model on ``batch x seq_len`` token ids, with core-ATen decompositions."""
+    """torch.export the model on ``batch x seq_len`` token ids, with core-ATen decompositions.
+    A model that derives positions from the ids (``padding_positions``) gets them as a public input."""
     vocab = model.get_input_embeddings().weight.shape[0]
+    padding_idx = padding_positions(model)
     example = torch.randint(0, vocab, (batch, seq_len))
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if padding_idx is not None:
+        example[example == padding_idx] = (padding_idx + 1) % vocab  # the window is unpadded
+        kwargs["position_ids"] = unpadded_positions(padding_idx, batch, seq_len)
+        if generate is None:
+            _check_same_output(model, example, kwargs["position_ids"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with opaque_modules(model):
-                exported = torch.export.export(model, (example,), kwargs={"use_cache": False})
+                exported = torch.export.export(model, (example,), kwargs=kwargs)
             exported = exported.run_decompositions(decompositions())
         except UserError:
             raise
@@ -94,11 +104,43 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None)
 
     weights, publics, names, users = _placeholders(exported)
     tokens, *extra = users
-    for arg in extra:
-        publics[arg] = False  # use_cache
+    # the user inputs after the ids are the kwargs, in export's own (pytree) order: public values
+    publics.update(zip(extra, torch.utils._pytree.tree_flatten(kwargs)[0], strict=True))
     if generate is not None:
         _run_on_cpu(exported)
     return Captured(exported, weights, publics, names, tokens, (batch, seq_len), generate)
+
+
+def padding_positions(model: torch.nn.Module) -> int | None:
+    """The padding index of a model whose embeddings number positions from the token ids (RoBERTa, MPNet,
+    ...: ``create_position_ids_from_input_ids``, a cumsum of ``ids != padding_idx`` — an op that reads the
+    secret ids); None for any other model. In an unpadded window those positions are public:
+    padding_idx + 1, padding_idx + 2, ... (``unpadded_positions``)."""
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return None
+    for module in model.modules():
+        padding_idx = getattr(module, "padding_idx", None)
+        if isinstance(module, torch.nn.Embedding) or not isinstance(padding_idx, int):
+            continue
+        source = sys.modules.get(type(module).__module__)
+        if hasattr(module, "create_position_ids_from_input_ids") or hasattr(source, "create_position_ids_from_input_ids"):
+            return padding_idx
+    return None
+
+
+def unpadded_positions(padding_idx: int, batch: int, seq_len: int) -> torch.Tensor:
+    """The position ids such a model computes for a window without padding tokens."""
+    return torch.arange(padding_idx + 1, padding_idx + 1 + seq_len).expand(batch, seq_len)
+
+
+def _check_same_output(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> None:
+    """The public positions must be the ones the model computes from the ids itself: its outputs agree."""
+    with torch.no_grad():
+        own, given = model(ids, use_cache=False)[0], model(ids, position_ids=positions, use_cache=False)[0]
+    if not torch.equal(own, given):
+        raise UserError(f"{type(model).__name__} numbers positions from its token ids, and public positions "
+                        f"{positions[0, 0].item()}.. do not reproduce its output (max difference "
+                        f"{(own - given).abs().max().item():.3g}): its position scheme is not the unpadded RoBERTa one")
 
 
 def _placeholders(exported: torch.export.ExportedProgram) -> tuple[dict, dict, dict, list[str]]:
