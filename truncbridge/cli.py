@@ -80,7 +80,8 @@ def cmd_emulate(args) -> dict:
         plan = load_plan(args.plan)
         check_against_plan(args, plan)
         name = args.model or plan.model.get("name", "default")
-        loaded = load_model(name, args.preset or plan.model.get("preset"))
+        activations = args.activations if "activations" in args.given else plan.model.get("activations", "random")
+        loaded = load_model(name, args.preset or plan.model.get("preset"), activations=activations)
         attach_weights(plan, loaded.model, name)
         seq_len = plan.model["seq_len"]
     else:
@@ -88,7 +89,7 @@ def cmd_emulate(args) -> dict:
         check_applies(args, [args.policy])
         config = _config(args)
         check_calibration_fits(args, args.seq_len)
-        loaded = load_model(args.model, args.preset)
+        loaded = load_model(args.model, args.preset, activations=args.activations)
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
     if not args.plan:
@@ -159,7 +160,7 @@ def cmd_plan(args) -> None:
         raise UserError("--fake-weights plans use static bounds (--bounds calibrated needs the whole model's maxima)")
     config = _config(args)
     check_calibration_fits(args, args.seq_len, args.fake_weights)
-    loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights)
+    loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights, activations=args.activations)
     cache = PlanMaker(loaded, args.seq_len, args.frac_bits, args.relu, args.calibration, use_cache=args.plan_cache)
     plan = cache.cached(config)
     if plan is None:
@@ -196,7 +197,7 @@ def cmd_compare(args) -> list[dict]:
     read_texts(args)
     _check_some_config(args, fields)
     check_calibration_fits(args, args.seq_len)
-    loaded = load_model(args.model, args.preset)
+    loaded = load_model(args.model, args.preset, activations=args.activations)
     windows, source = _eval_windows(args, loaded, args.seq_len)
     converted = _converted(loaded, args.seq_len, args)
     protocol, network = load_protocol(args.protocol), load_network("lan")

@@ -123,12 +123,17 @@ def _word_list(text: str) -> list[str]:
 
 def _add_model_args(p, seq=True):
     from .frontend.models import MODEL_NAMES, PRESET_TYPES, PRESETS
+    from .frontend.realistic import ACTIVATION_MODES, MASSIVE_ACTIVATION
 
     p.add_argument("--model", default=None,
                    help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory (default: default)")
     _flag(p, "--preset", default=None, choices=sorted(PRESETS),
           help="random:<model_type> at the full-size shapes of a published model (with --model random:<type>: "
                + ", ".join(f"{k} random:{v}" for k, v in PRESET_TYPES.items()) + ")")
+    _flag(p, "--activations", default="random", choices=ACTIVATION_MODES,
+          help=f"random:<model_type>: random (the initialiser's ranges, a few units; default) or real: a trained LLM's "
+               f"ranges, massive activations of {MASSIVE_ACTIVATION:g} in two residual channels at '.' and newline, "
+               "attention logits spread over tens (docs/models.md, \"Real activation ranges\")")
     if seq:
         _flag(p, "--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
               help=f"tokens per window (default {DEFAULT_SEQ_LEN}; with --plan, the plan's)")

@@ -62,6 +62,8 @@ class Converted:
                     "seq_len": self.captured.seq_len, "batch": self.captured.batch, "vocab": self.vocab}
         if self.loaded.preset:
             identity["preset"] = self.loaded.preset
+        if self.loaded.activations != "random":  # realistic.py: the weights emulate --plan must rebuild
+            identity["activations"] = self.loaded.activations
         return identity
 
 
@@ -226,10 +228,12 @@ def emulate(model: torch.nn.Module, plan: Plan, windows: torch.Tensor, device: s
 
 def _metrics_per_window(floats, emus, windows, encoder: bool) -> dict[str, float]:
     """Mean of per-window metrics (windows have equal length); max for the max error; perplexity
-    from the mean log-perplexity. Encoders (hidden states, not logits): cosine_mean, max_abs_error."""
+    from the mean log-perplexity. Encoders (hidden states, not logits): cosine_mean (per token),
+    cosine_pooled (each window's mean-pooled sentence embedding), max_abs_error."""
     if encoder:
         parts = [compare_hidden(f, e) for f, e in zip(floats, emus)]
         return {"cosine_mean": sum(p["cosine_mean"] for p in parts) / len(parts),
+                "cosine_pooled": sum(p["cosine_pooled"] for p in parts) / len(parts),
                 "max_abs_error": max(p["max_abs_error"] for p in parts)}
     parts = [compare_logits(f, e, w) for f, e, w in zip(floats, emus, windows)]
     n = len(parts)

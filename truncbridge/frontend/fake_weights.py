@@ -52,8 +52,9 @@ class GeneratedWeights:
 
     PREFETCH_DEPTH = 2  # weights generated ahead: memory stays a few weights
 
-    def __init__(self, model: torch.nn.Module, seed: int = 0):
+    def __init__(self, model: torch.nn.Module, seed: int = 0, transform=None):
         self.model, self.seed = model, seed
+        self.transform = transform  # (name, value) -> value: realistic.RealRanges under --activations real
         self.stats: dict[str, WeightStats] = {}
         self.small: dict[str, torch.Tensor] = {}
         self.generated = 0  # elements generated, ties counted each time
@@ -93,6 +94,8 @@ class GeneratedWeights:
             torch.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
             self.model._init_weights(shell)
         value = shell._parameters[attr].detach()
+        if self.transform is not None:
+            value = self.transform(name, value)
         self.generated += value.numel()
         if name not in self.stats:
             if value.dim() >= 2:
@@ -104,4 +107,5 @@ class GeneratedWeights:
     def identity(self) -> str:
         """What the weights are, in place of their hash: the config and the seed."""
         config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
-        return "generated:" + hashlib.sha256(f"{self.seed}:{config}".encode()).hexdigest()
+        transform = "" if self.transform is None else f":{type(self.transform).__name__}"
+        return "generated:" + hashlib.sha256(f"{self.seed}:{config}{transform}".encode()).hexdigest()

@@ -27,6 +27,7 @@ from .model_types import (
     check_tokenizer_files,
     model_types,
 )
+from .realistic import check_activations
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
@@ -53,10 +54,12 @@ class LoadedModel:
 
     preset: str | None = None  # random:<model_type> at a preset's full-size shapes
     generated: object = None  # fake_weights.GeneratedWeights: parameters on meta, generated on demand
+    activations: str = "random"  # "real": random weights given a trained LLM's ranges (realistic.py)
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.preset})" if self.preset else self.name
+        details = [d for d in (self.preset, "real activations" if self.activations == "real" else None) if d]
+        return f"{self.name} ({', '.join(details)})" if details else self.name
 
 
 def is_encoder(model: torch.nn.Module) -> bool:
@@ -64,7 +67,7 @@ def is_encoder(model: torch.nn.Module) -> bool:
     return model.get_output_embeddings() is None
 
 
-def check_model(name: str | None, preset: str | None = None, fake_weights: bool = False) -> str:
+def check_model(name: str | None, preset: str | None = None, fake_weights: bool = False, activations: str = "random") -> str:
     """The model flags checked without building the model (one line for each misuse); the resolved name."""
     if name is None and (preset or fake_weights):
         flag = f"--preset {preset}" if preset else "--fake-weights"
@@ -72,9 +75,13 @@ def check_model(name: str | None, preset: str | None = None, fake_weights: bool 
         raise UserError(f"{flag} needs {needs}: it makes a random-weight model, and --model defaults to the "
                         "trained default")
     name = ALIASES.get(name or "default", name or "default")
+    if activations != "random" and not name.startswith(RANDOM_PREFIX):
+        raise UserError(f"--activations {activations} applies to random:<model_type> models only ({name} has its own "
+                        "activations): --model random:llama --activations real")
     if name.startswith(RANDOM_PREFIX):
         model_type = name[len(RANDOM_PREFIX):]
         check_model_type(model_type)
+        check_activations(model_type, activations)
         if preset is not None and model_type != PRESET_TYPES.get(preset, model_type):
             raise UserError(f"preset {preset} is a {PRESET_TYPES[preset]} model, not {model_type}")
         return name
@@ -141,26 +148,32 @@ def _build_errors(name):
     return _one_line_errors(f"cannot build {name}", (Exception,), kind=True)
 
 
-def _random_model(name: str, preset: str | None, fake_weights: bool) -> LoadedModel:
+def _random_model(name: str, preset: str | None, fake_weights: bool, activations: str = "random") -> LoadedModel:
     from transformers import AutoTokenizer
 
+    from . import realistic
     from .fake_weights import GeneratedWeights, params_on_meta
 
     model_type = name[len(RANDOM_PREFIX):]
     config = random_config(model_type, preset)
+    if activations == "real":
+        realistic.untie(config)
     if preset is not None and not fake_weights:
         _check_fits_in_memory(config, name, preset)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)  # ids < 1024 fit every vocabulary
+    # the default model's tokenizer, so its held-out text is the evaluation text too
+    transform = realistic.RealRanges(config, realistic.massive_token_ids(tokenizer)) if activations == "real" else None
     torch.manual_seed(0)
     generated = None
     if fake_weights:
         with params_on_meta():
             model = from_config(config, name)
-        generated = GeneratedWeights(model)
+        generated = GeneratedWeights(model, transform=transform)
     else:
         model = from_config(config, name)
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)  # ids < 1024 fit every vocabulary
-    # the default model's tokenizer, so its held-out text is the evaluation text too
-    return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset, generated)
+        if transform is not None:
+            realistic.apply(model, transform)
+    return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset, generated, activations)
 
 
 def available_memory_bytes() -> int | None:
@@ -188,17 +201,18 @@ def _check_fits_in_memory(config, name: str, preset: str) -> None:
                         "--fake-weights` plans it without holding it")
 
 
-def load_model(name: str | None, preset: str | None = None, fake_weights: bool = False) -> LoadedModel:
+def load_model(name: str | None, preset: str | None = None, fake_weights: bool = False,
+               activations: str = "random") -> LoadedModel:
     """Load ``default``, ``random:<model_type>`` (``preset``: full-size shapes; ``fake_weights``:
-    parameters on meta, generated on demand — ``fake_weights.py``), or a local Hugging Face
-    checkpoint directory."""
+    parameters on meta, generated on demand — ``fake_weights.py``; ``activations="real"``: a trained
+    LLM's activation ranges — ``realistic.py``), or a local Hugging Face checkpoint directory."""
     import transformers
     from transformers import AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # our own progress goes to stderr
-    name = check_model(name, preset, fake_weights)
+    name = check_model(name, preset, fake_weights, activations)
     if name.startswith(RANDOM_PREFIX):
-        return _random_model(name, preset, fake_weights)
+        return _random_model(name, preset, fake_weights, activations)
     path = _checkpoint_dir(name)
     with _checkpoint_errors(path):
         model = _pretrained(path)
