@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from truncbridge.metrics import compare_logits
@@ -18,3 +19,32 @@ def test_a_failed_truncation_gives_an_infinite_perplexity_not_a_traceback():
     assert math.isclose(m["ppl_float"], 5.0)  # uniform over 5 tokens
     e[:, 4] = 30.0  # merely bad: finite
     assert math.isfinite(compare_logits(f, e, ids)["ppl_emulated"])
+
+
+def test_encoder_cosines_per_token_and_of_the_mean_pooled_sentence_embedding():
+    from truncbridge.metrics import compare_hidden, mean_pooled
+
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    e = f.flip(0)  # each token's vector swapped: per-token cosine 0, the same sentence embedding
+    m = compare_hidden(f, e)
+    assert m["cosine_mean"] == 0.0 and math.isclose(m["cosine_pooled"], 1.0)
+    e = torch.tensor([[1.0, 0.0], [0.0, -1.0]])  # pooled (0.5, 0.5) vs (0.5, -0.5): orthogonal
+    assert math.isclose(compare_hidden(f, e)["cosine_pooled"], 0.0, abs_tol=1e-12)
+    # sentence-transformers' pooling: sum(mask * h) / sum(mask), the masked position left out
+    h = torch.tensor([[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]])
+    assert mean_pooled(h, torch.tensor([1, 1, 0])).tolist() == [2.0, 3.0]
+    assert torch.allclose(mean_pooled(h.double()), torch.tensor([104 / 3, -94 / 3], dtype=torch.float64))
+
+
+@pytest.mark.slow  # builds and converts random:bert (~10 s)
+def test_compare_on_an_encoder_reports_its_cosines(tmp_path, capsys):
+    import json
+
+    from truncbridge.cli import main
+
+    out = tmp_path / "rows.json"
+    assert main(["compare", "--model", "random:bert", "--seq-len", "8", "--windows", "1", "--field-bits", "64",
+                 "--policies", "lazy", "--json", str(out)]) == 0
+    row, = json.loads(out.read_text())
+    assert row["metrics"]["cosine_pooled"] >= 0.999 and row["bound_violations"] == 0
+    assert "pooled cosine" in capsys.readouterr().out

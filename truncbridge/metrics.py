@@ -31,11 +31,22 @@ def exp_or_inf(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf
 
 
-def compare_hidden(float_hidden: torch.Tensor, emu_hidden: torch.Tensor) -> dict[str, float]:
+def compare_hidden(float_hidden: torch.Tensor, emu_hidden: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> dict[str, float]:
     """Hidden states (positions, width) of an encoder: cosine_mean is the mean over positions of
-    the cosine similarity of the float and emulated vectors."""
+    the cosine similarity of the float and emulated vectors; cosine_pooled that of the sentence
+    embeddings, the way an encoder is used (``mean_pooled``)."""
     f, e = float_hidden.double(), emu_hidden.double()
+    pooled = [mean_pooled(h, attention_mask) for h in (f, e)]
     return {
         "cosine_mean": torch.nn.functional.cosine_similarity(f, e, dim=-1).mean().item(),
+        "cosine_pooled": torch.nn.functional.cosine_similarity(*pooled, dim=0).item(),
         "max_abs_error": (f - e).abs().max().item(),
     }
+
+
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The sentence embedding of sentence-transformers' mean pooling: the attention-mask-weighted mean of
+    the last hidden state (positions, width) over positions (no mask: every position, an unpadded window)."""
+    weights = torch.ones(hidden.shape[0], dtype=hidden.dtype) if attention_mask is None else attention_mask.to(hidden.dtype)
+    return (weights[:, None] * hidden).sum(0) / weights.sum().clamp(min=1e-9)

@@ -77,6 +77,7 @@ def _decoder_rows(m: dict, result) -> list[tuple[str, str]]:
 def _encoder_rows(m: dict, result) -> list[tuple[str, str]]:
     return [
         ("mean cosine of last hidden states", f"{m['cosine_mean']:.6f}"),
+        ("mean cosine of mean-pooled sentence embeddings", f"{m['cosine_pooled']:.6f}"),
         ("max |hidden-state error|", f"{m['max_abs_error']:.4g}"),
         ("  of which recipes alone (no rounding)", _recipes_alone(result)),
     ]
@@ -238,7 +239,9 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
 def print_compare(rows: list[dict], rounds: list, protocol: str, source: str, windows: int) -> None:
     t = Table(title=f"truncbridge compare — {rows[0]['model']}, rounds under {protocol} "
                     f"(accuracy on {source}, {windows} windows)", title_justify="left")
-    for col in ("field", "policy", "truncated elements", "truncations", "rounds", "top-1", "ppl ratio", "violations"):
+    encoder = any(row["feasible"] and "cosine_mean" in row["metrics"] for row in rows)
+    accuracy = ("cosine", "pooled cosine") if encoder else ("top-1", "ppl ratio")
+    for col in ("field", "policy", "truncated elements", "truncations", "rounds", *accuracy, "violations"):
         t.add_column(col, justify="right", overflow="fold")
     for row, r in zip(rows, rounds):
         if not row["feasible"]:
@@ -247,9 +250,15 @@ def print_compare(rows: list[dict], rounds: list, protocol: str, source: str, wi
             continue
         m, c = row["metrics"], row["counts"]
         t.add_row(row["field"], row["policy"], f"{c['truncated_elements']:,}", f"{c['truncations']:,}",
-                  f"{r:,.0f}", f"{m['top1_agreement']:.4f}", f"{m['ppl_emulated'] / m['ppl_float']:.4f}",
-                  str(row["bound_violations"]))
+                  f"{r:,.0f}", *_compare_accuracy(m), str(row["bound_violations"]))
     console.print(t)
+
+
+def _compare_accuracy(m: dict) -> tuple[str, str]:
+    """An encoder's cosines (per token, mean-pooled), or a causal LM's top-1 and perplexity ratio."""
+    if "cosine_mean" in m:
+        return f"{m['cosine_mean']:.6f}", f"{m['cosine_pooled']:.6f}"
+    return f"{m['top1_agreement']:.4f}", f"{m['ppl_emulated'] / m['ppl_float']:.4f}"
 
 
 def plot_compare(rows: list[dict], path: str) -> None:
@@ -260,7 +269,8 @@ def plot_compare(rows: list[dict], path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        pts = [(r["field_bits"], r["counts"]["truncated_elements"], r["metrics"]["top1_agreement"])
+        pts = [(r["field_bits"], r["counts"]["truncated_elements"],
+                r["metrics"].get("top1_agreement", r["metrics"].get("cosine_pooled")))
                for r in rows if r["policy"] == policy and r["feasible"]]
         if pts:
             ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
