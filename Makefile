@@ -40,6 +40,13 @@ test: lint  # the slowest tests listed at the end: where the suite's time goes
 test-fast: lint  # the quick loop (under a minute): unit and property tests; no process, no whole default model
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
+# real pretrained checkpoints, outside `make test` (minutes on two cores): each one in the cache
+# (python launch/fetch_checkpoint.py all-mpnet-base-v2; --list names them) emulates and compares within its
+# bounds; one not fetched is skipped with the command that fetches it
+test-real: install
+	TRUNCBRIDGE_TEST_REAL=1 $(BIN)/python -m pytest tests/test_real_checkpoints.py -v -s -rs -p no:cacheprovider
+.PHONY: test-real
+
 bench: install
 	$(BIN)/python launch/bench.py
 
