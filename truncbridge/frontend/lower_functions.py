@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from . import recipes
+from . import recipes, recipes_wide
 from .calibrate import SCORE_RANGE_MARGIN, positive_range, widened
 from .lower_comparisons import COMPARISON_RULES
 from .lower_rules import Secret, on_add, on_mul
@@ -116,10 +116,40 @@ def _rms_source(arg: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
 
 def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     """The automatic recipe: an elementwise op of one secret tensor (and public scalars) as a
-    Chebyshev fit of the op itself, evaluated with torch over the calibrated, widened range."""
+    Chebyshev fit of the op itself, evaluated with torch over the calibrated, widened range; the
+    tanh family (tanh, sigmoid, SiLU, GELU, erf) by ``recipes_wide.saturating``, which holds on
+    any finite range. Its tolerance shrinks by the public factor its output is scaled by next
+    (soft-capping's cap * tanh(x / cap)), so the error the model sees stays within tol."""
     name = aten_name(node.target).split(".")[-2]
     lo, hi = widened(lw.range_of(node.args[0]))
-    return Secret(recipes.chebyshev(lw.b, lw.plain(x, name), torch_function(node.target, rest, kw), lo, hi, lw.tol, name))
+    tol, x_id = lw.tol / output_scale(node), lw.plain(x, name)
+    family = recipes_wide.family_name(name, kw) if not rest else None
+    try:
+        if family is not None:
+            try:
+                return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol))
+            except UserError:
+                pass  # the plain fit below may still reach tol; if not, its refusal names the node
+        return Secret(recipes.chebyshev(lw.b, x_id, torch_function(node.target, rest, kw), lo, hi, tol, name))
+    except UserError as e:
+        raise UserError(f"{e} (node {node.name})") from None
+
+
+def output_scale(node) -> float:
+    """The largest public factor (> 1) the op's output is multiplied by where it is used: its error
+    is scaled by as much. 1 when any use is something else."""
+    scales = []
+    for user in node.users:
+        other = [a for a in user.args if a is not node]
+        if len(other) != 1 or not isinstance(other[0], (int, float)):
+            return 1.0
+        if user.target == aten.mul.Tensor:
+            scales.append(abs(other[0]))
+        elif user.target == aten.div.Tensor and user.args[0] is node and other[0]:
+            scales.append(1.0 / abs(other[0]))
+        else:
+            return 1.0
+    return max([1.0, *scales])
 
 
 def torch_function(target, rest, kw):

@@ -12,15 +12,18 @@ import torch
 from ..core.errors import UserError
 from ..core.ir import Builder
 from ..core.ops import real_value
+from ..core.types import PRECISION_TOLERANCE_BITS
 
 
 @contextmanager
 def recipe(b: Builder, name: str, **params):
-    """Tag the nodes emitted inside with the recipe name; record its parameters on the first."""
+    """Tag the nodes emitted inside with the recipe name; record its parameters on the first.
+    Yields the parameters' dict: what the recipe learns after emitting (its error bound, with the
+    roundings included) is added to it before it is recorded."""
     previous, first = b.recipe, len(b.program.nodes)
     b.recipe = name
     try:
-        yield
+        yield params
     finally:
         b.recipe = previous
         if len(b.program.nodes) > first:
@@ -31,14 +34,64 @@ GRID_POINTS = 4001
 GRID_SLACK = 1.001  # declared bounds: grid maximum x this, for extrema between grid points
 
 
-def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray) -> None:
+def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray, tol: float | None = None) -> dict[int, float]:
     """Declare bounds for the elementwise nodes emitted since ``first`` (all functions of node
     ``source`` and public scalars) by evaluating them on ``grid``, a dense sample of the range
-    the recipe was built for."""
+    the recipe was built for. With ``tol`` (the recipe's tolerance, which fixes frac_bits), each
+    bound is widened by what fixed-point rounding can add to it (``rounding_errors``), so that
+    the bounds hold for the emulated values, not only for real arithmetic; returns those errors."""
     env = {source: torch.as_tensor(grid, dtype=torch.float64)}
     for node in b.program.nodes[first:]:
         env[node.id] = real_value(node, [env[i] for i in node.inputs], b.program)
-        b.declare(node.id, env[node.id].abs().max().item() * GRID_SLACK)
+    magnitude = {i: v.abs().max().item() for i, v in env.items()}
+    errors = rounding_errors(b, first, source, magnitude, tol) if tol is not None else {}
+    for node in b.program.nodes[first:]:
+        b.declare(node.id, magnitude[node.id] * GRID_SLACK + errors.get(node.id, 0.0))
+    return errors
+
+
+RECIPE_TOL_SLACK_BITS = 4  # lower.py: recipes aim at 2^-(frac_bits - 4), so frac_bits = 4 - log2(tol)
+
+
+def truncation_error(tol: float) -> float:
+    """The most one truncation can move a value, as a recipe sees it: half an LSB of frac_bits
+    (nearest rounding), times 2^PRECISION_TOLERANCE_BITS because lazy and optimal may keep a
+    value that many bits below eager's scale."""
+    return tol * 2.0 ** (PRECISION_TOLERANCE_BITS - RECIPE_TOL_SLACK_BITS - 1)
+
+
+def encoding_error(value: torch.Tensor, tol: float) -> float:
+    """How far encoding a public constant at frac_bits moves it (0 for small integers: scale 0)."""
+    v = value.double()
+    if bool(torch.all(v == torch.round(v))):
+        return 0.0
+    step = tol * 2.0 ** -RECIPE_TOL_SLACK_BITS
+    return (torch.round(v / step) * step - v).abs().max().item()
+
+
+def rounding_errors(b: Builder, first: int, source: int, magnitude: dict[int, float], tol: float) -> dict[int, float]:
+    """Per node emitted since ``first``, a worst-case bound on |fixed point - real| caused by the
+    recipe's own roundings (the input ``source`` taken as exact): every product may be truncated
+    (``truncation_error``), public constants are encoded at frac_bits, and errors travel through
+    each op with the magnitudes the grid gave: |a'b' - ab| <= (|a| + ea) eb + |b| ea."""
+    err, trunc = {source: 0.0}, truncation_error(tol)
+    for node in b.program.nodes[first:]:
+        e = [err.get(i, 0.0) for i in node.inputs]
+        m = [magnitude.get(i, 0.0) for i in node.inputs]
+        if node.op == "mul":
+            err[node.id] = (m[0] + e[0]) * e[1] + m[1] * e[0] + trunc
+        elif node.op == "mul_public":
+            c = b.program.consts[node.attrs["const"]]
+            dc = encoding_error(c, tol)
+            integer = bool(torch.all(c == torch.round(c)))  # encoded at scale 0: no truncation follows
+            err[node.id] = e[0] * (c.abs().max().item() + dc) + m[0] * dc + (0.0 if integer else trunc)
+        elif node.op == "add_public":
+            err[node.id] = e[0] + encoding_error(b.program.consts[node.attrs["const"]], tol)
+        elif node.op == "pow2":
+            err[node.id] = e[0] * 2.0 ** node.attrs["exp"]
+        else:  # add, sub, neg, data moves: errors add
+            err[node.id] = sum(e)
+    return err
 
 
 RANGE_GRID_STEPS = 4  # steps per octave of the public range grid: 0 and +-2^(k/4), k any integer

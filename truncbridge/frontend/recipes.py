@@ -27,7 +27,7 @@ import torch
 from ..core.errors import UserError
 from ..core.ir import Builder
 from .newton import reciprocal, rsqrt  # noqa: F401 (recipes.rsqrt, recipes.reciprocal)
-from .recipe_base import GRID_POINTS, declare_by_grid, positive_range, public_range, recipe  # noqa: F401
+from .recipe_base import GRID_POINTS, declare_by_grid, encoding_error, public_range, recipe, truncation_error
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
 MAX_CHEBYSHEV_DEGREE = 96
@@ -83,50 +83,83 @@ def exp(b: Builder, x: int, lo: float, hi: float) -> int:
 ERROR_GRID_POINTS = 20001
 
 
-def fit_error(fn, m: float, K: int, coef: np.ndarray, lo: float, hi: float) -> float:
+def fit_error(fn, m: float, h: float, coef: np.ndarray, lo: float, hi: float) -> float:
     """A bound on max |fit(x) - fn(x)| over [lo, hi] in real arithmetic: the maximum on a dense
     grid plus half the largest change between neighbours (how far the error can rise between
     grid points when it is smooth at the grid's scale), widened by 1 %."""
     xs = np.linspace(lo, hi, ERROR_GRID_POINTS)
-    err = np.polynomial.chebyshev.chebval((xs - m) / 2.0**K, coef) - fn(xs)
+    err = np.polynomial.chebyshev.chebval((xs - m) / h, coef) - fn(xs)
     return float((np.max(np.abs(err)) + np.max(np.abs(np.diff(err))) / 2) * 1.01)
 
 
-def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[float, int, np.ndarray]:
-    """Centre m, shift K (t = (x - m) / 2^K in [-1, 1]) and coefficients of the lowest-degree fit."""
-    m = (lo + hi) / 2
-    K = math.ceil(math.log2(max((hi - lo) / 2, 2.0**-20)))
-    g = lambda t: fn(m + t * 2.0**K)  # noqa: E731
-    ts = np.linspace((lo - m) / 2.0**K, (hi - m) / 2.0**K, 4001)
+def chebyshev_rounding(coef: np.ndarray, tol: float, scaled: bool) -> float:
+    """Worst-case fixed-point error of evaluating the series (``recipe_base.rounding_errors``'s
+    model, with |T_k| <= 1): T_2k = 2 T_k^2 - 1 and T_2k+1 = 2 T_k T_k+1 - t roughly quadruple
+    the error per doubling (e_k ~ k^2 roundings), which is what limits the degree in fixed point."""
+    trunc = truncation_error(tol)
+    e = {1: trunc if scaled else 0.0}
+    for k in range(2, len(coef)):
+        h = k // 2
+        if k % 2 == 0:
+            e[k] = 2 * ((1 + e[h]) * e[h] + e[h] + trunc)
+        else:
+            e[k] = 2 * ((1 + e[h]) * e[h + 1] + e[h] + trunc) + e[1]
+    terms = [abs(c) * e[k] + encoding_error(torch.tensor(c), tol) + trunc for k, c in enumerate(coef) if k and c != 0.0]
+    return float(sum(terms) + encoding_error(torch.tensor(coef[0]), tol))
+
+
+def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[float, float, np.ndarray]:
+    """Centre m, half-width h (t = (x - m) / h in [-1, 1]) and the coefficients of the lowest
+    degree whose real-arithmetic error plus worst-case rounding (``chebyshev_rounding``) is within
+    tol; a UserError when no degree up to MAX_CHEBYSHEV_DEGREE is."""
+    m, h = (lo + hi) / 2, max((hi - lo) / 2, 2.0**-20)
+    g = lambda t: fn(m + t * h)  # noqa: E731
+    ts = np.linspace(-1.0, 1.0, 4001)
     exact = g(ts)
+    best = math.inf
     for degree in range(1, MAX_CHEBYSHEV_DEGREE + 1):
         series = np.polynomial.chebyshev.Chebyshev.interpolate(g, degree)
-        if np.max(np.abs(series(ts) - exact)) <= tol:
-            coef = series.coef.copy()
-            coef[np.abs(coef) < tol / (4 * len(coef))] = 0.0  # drop terms that cannot matter
-            return m, K, coef
-    raise UserError(f"{name}: no Chebyshev fit of degree <= {MAX_CHEBYSHEV_DEGREE} reaches {tol:.2g} "
-                    f"on [{lo:.4g}, {hi:.4g}]")
+        fit = np.max(np.abs(series(ts) - exact))
+        coef = series.coef.copy()
+        coef[np.abs(coef) < tol / (64 * len(coef))] = 0.0  # drop terms that cannot matter
+        total = fit + chebyshev_rounding(coef, tol, not is_power_of_two(h))
+        best = min(best, total)
+        if fit <= tol / 2:
+            return m, h, coef
+    raise UserError(f"{name}: no Chebyshev fit of degree <= {MAX_CHEBYSHEV_DEGREE} reaches {tol:.2g} on "
+                    f"[{lo:.4g}, {hi:.4g}] in fixed point (best {best:.2g}, rounding included)")
+
+
+def is_power_of_two(v: float) -> bool:
+    return v > 0 and math.frexp(v)[0] == 0.5
+
+
+def chebyshev_series(b: Builder, x: int, m: float, h: float, coef: np.ndarray) -> int:
+    """sum_k coef_k T_k((x - m) / h): the scaling is free where h is a power of two."""
+    degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
+    t = b.mul_public(b.add_public(x, -m), 1.0 / h)
+    T = chebyshev_basis(b, t, degree)
+    terms = [b.mul_public(T[k], float(coef[k])) for k in range(1, degree + 1) if coef[k] != 0.0]
+    if not terms:  # constant function on the range
+        terms = [b.mul_public(t, 0.0)]
+    out = terms[0]
+    for term in terms[1:]:
+        out = b.add(out, term)
+    return b.add_public(out, float(coef[0]))
 
 
 def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str) -> int:
     lo, hi = public_range(lo, hi)
-    m, K, coef = chebyshev_fit(fn, lo, hi, tol, name)
+    m, h, coef = chebyshev_fit(fn, lo, hi, tol, name)
     b.declare(x, max(-lo, hi), "range")
     degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
     first = len(b.program.nodes)
-    max_error = fit_error(fn, m, K, coef, lo, hi)  # on [lo, hi], before fixed-point rounding
-    with recipe(b, name, method="chebyshev", degree=degree, centre=m, shift=K, lo=lo, hi=hi, max_error=max_error):
-        t = b.pow2(b.add_public(x, -m), -K)
-        T = chebyshev_basis(b, t, degree)
-        terms = [b.mul_public(T[k], float(coef[k])) for k in range(1, degree + 1) if coef[k] != 0.0]
-        if not terms:  # constant function on the range
-            terms = [b.mul_public(t, 0.0)]
-        out = terms[0]
-        for term in terms[1:]:
-            out = b.add(out, term)
-        out = b.add_public(out, float(coef[0]))
-    declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS))
+    fitted = fit_error(fn, m, h, coef, lo, hi)  # on [lo, hi], before fixed-point rounding
+    params = dict(lo=lo, hi=hi, method="chebyshev", degree=degree, centre=m, half_width=h, fit_error=fitted)
+    with recipe(b, name, **params) as recorded:
+        out = chebyshev_series(b, x, m, h, coef)
+        rounding = declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS), tol)
+        recorded["max_error"] = fitted + rounding[out]  # holds in fixed point: the recipe's roundings included
     return out
 
 

@@ -1,0 +1,79 @@
+"""Recipes on wide ranges: the tanh family by doublings of a low-degree fit, the Chebyshev fit on
+its exact interval; every recorded error bound (fit plus fixed-point rounding) holds when the
+emitted program runs in the exact ring (64-bit, 16 fraction bits), and every declared bound holds
+on what the ring computes. A range no recipe covers is a one-line error naming the node."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from truncbridge.core.errors import UserError
+from truncbridge.core.ir import Builder
+from truncbridge.frontend import recipes, recipes_wide
+
+from helpers import emulate_program
+
+TOL = 2.0**-12  # lower.py's tolerance at 16 fraction bits
+SAMPLES = 100_000
+TORCH = {
+    "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu, "erf": torch.erf,
+    "gelu": torch.nn.functional.gelu, "gelu_tanh": lambda v: torch.nn.functional.gelu(v, approximate="tanh"),
+}
+CASES = [  # (recipe, lo, hi): up to +-1000 where the function saturates, the encoder's GELU range
+    ("tanh", -1000.0, 1000.0), ("tanh", -11.3, 6.7), ("sigmoid", -1000.0, 1000.0), ("silu", -1000.0, 1000.0),
+    ("silu", -25.79, 34.08), ("gelu_tanh", -25.79, 34.08), ("gelu", -11.3, 6.7), ("erf", -3.0, 3.0),
+]
+
+
+def _run(build, lo: float, hi: float, policy: str):
+    """The recipe's program on SAMPLES seeded uniform points of [lo, hi] in the exact ring; static
+    bounds, so the declared bounds are what the run checks."""
+    xs = torch.rand(SAMPLES, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * (hi - lo) + lo
+    b = Builder()
+    x = b.input("x", (SAMPLES,))
+    b.output(build(b, x))
+    (got,), _, violations = emulate_program(b.program, {"x": xs}, policy=policy, bounds="static")
+    return xs, got, violations, b.program.nodes[1].facts.recipe_params
+
+
+@pytest.mark.parametrize("name,lo,hi", CASES)
+def test_recorded_bound_holds_in_the_ring(name, lo, hi):
+    xs, got, violations, p = _run(lambda b, x: recipes_wide.saturating(b, x, name, lo, hi, TOL), lo, hi, "eager")
+    assert violations == 0  # no emulated value above its declared bound
+    assert {"lo", "hi", "method", "degree", "steps", "max_error"} <= set(p) and p["lo"] <= lo and p["hi"] >= hi
+    err = (got - TORCH[name](xs)).abs().max().item()
+    assert err <= p["max_error"], (err, p)
+
+
+def test_an_understated_bound_is_caught():
+    """Negative control: the same check fails when the bound is a hundredth of the recorded one."""
+    xs, got, _, p = _run(lambda b, x: recipes_wide.saturating(b, x, "tanh", -1000.0, 1000.0, TOL), -1000.0, 1000.0, "eager")
+    assert not (got - torch.tanh(xs)).abs().max().item() <= p["max_error"] / 100
+
+
+def test_wider_ranges_take_more_doublings():
+    steps = []
+    for r in (2.0, 16.0, 128.0, 1000.0):
+        b = Builder()
+        recipes_wide.saturating(b, b.input("x", (4,)), "tanh", -r, r, TOL)
+        steps.append(b.program.nodes[1].facts.recipe_params["steps"])
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 8
+
+
+@pytest.mark.parametrize("lo,hi", [(-5.66, 5.66), (-11.3, 6.7)])
+def test_chebyshev_on_the_default_gpt2_ranges_holds_its_bounds_in_the_ring(lo, hi):
+    """default-gpt2's tanh ranges: the fit on the exact interval (degree 54 where the power-of-two
+    interval took 87), and bounds widened by the roundings, so no value is above its bound."""
+    for policy in ("eager", "lazy"):
+        xs, got, violations, p = _run(lambda b, x: recipes.chebyshev(b, x, np.tanh, lo, hi, TOL, "tanh"), lo, hi, policy)
+        assert violations == 0 and p["degree"] <= 60
+        assert (got - torch.tanh(xs)).abs().max().item() <= p["max_error"]
+
+
+def test_an_uncoverable_range_is_one_line_naming_the_range():
+    with pytest.raises(UserError) as info:
+        b = Builder()
+        recipes.chebyshev(b, b.input("x", (4,)), lambda v: np.abs(np.sin(v)), -1000.0, 1000.0, TOL, "abs_sin")
+    message = str(info.value)
+    assert "\n" not in message and "abs_sin" in message and "-1024" in message and "1024" in message
