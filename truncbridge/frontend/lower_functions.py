@@ -20,6 +20,11 @@ from .walk import aten_name
 aten = torch.ops.aten
 
 def on_div(lw, node, a, b) -> Secret:
+    if isinstance(b, (int, float)) and abs(b) >= 2 and _feeds_scaled_pointwise(node):
+        # soft-capping's x / cap: computed as (x 2^j / cap) relabelled by 2^-j (free), j more
+        # fraction bits, which the error cap * f(x / cap) would otherwise multiply by cap
+        j = int(math.floor(math.log2(abs(b))))
+        return Secret(lw.b.pow2(lw.b.mul_public(lw.plain(a, "aten.div"), 2.0**j / b), -j))
     if not isinstance(b, Secret):
         return on_mul(lw, node, a, 1.0 / torch.as_tensor(b, dtype=torch.float64))
     inv = on_reciprocal(lw, node, b, range_node=node.args[1])
@@ -29,7 +34,7 @@ def on_div(lw, node, a, b) -> Secret:
 def on_pow(lw, node, x, exponent) -> Secret:
     x_id = lw.plain(x, "aten.pow")
     if exponent == 2:
-        return Secret(lw.b.mul(x_id, x_id))
+        return Secret(square(lw, node.args[0], x_id))
     if exponent == 0.5:
         return on_sqrt(lw, node, x)
     if exponent == -0.5:
@@ -39,6 +44,23 @@ def on_pow(lw, node, x, exponent) -> Secret:
     if float(exponent).is_integer() and 1 <= exponent <= 64:
         return Secret(recipes.power(x_id, int(exponent), lw.b.mul))
     raise UserError(f"aten.pow with exponent {exponent} on secret data is not supported")
+
+
+MAX_SQUARE_GAIN_BITS = 8
+
+
+def square(lw, arg, x_id: int) -> int:
+    """x^2 with as many fraction bits as |x| <= B leaves unused: (2^s x)^2 2^-2s with 2^s B <= 1,
+    both rescales free relabellings. A plain x * x truncated to frac_bits keeps only ~log2(B^2)
+    + frac_bits significant bits: RMSNorm's mean(x^2) of a small sublayer output (Gemma2's post-norms,
+    rms ~0.02: x^2 ~ 2^-11) loses 1-2 % to that rounding, and the norm passes it to every element."""
+    lo, hi = lw.range_of(arg).lo, lw.range_of(arg).hi
+    bound = max(abs(lo), abs(hi))
+    s = min(MAX_SQUARE_GAIN_BITS, int(math.floor(-math.log2(bound)))) if 0 < bound < 0.5 else 0
+    if s <= 0:
+        return lw.b.mul(x_id, x_id)
+    y = lw.b.pow2(x_id, s)
+    return lw.b.pow2(lw.b.mul(y, y), -2 * s)
 
 
 def on_rsqrt(lw, node, x) -> Secret:
@@ -122,17 +144,25 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     (soft-capping's cap * tanh(x / cap)), so the error the model sees stays within tol."""
     name = aten_name(node.target).split(".")[-2]
     lo, hi = widened(lw.range_of(node.args[0]))
-    tol, x_id = lw.tol / output_scale(node), lw.plain(x, name)
+    scale, x_id = output_scale(node), lw.plain(x, name)
+    tol, gain = lw.tol / scale, int(math.floor(math.log2(scale)))  # the output keeps `gain` more fraction bits
     family = recipes_wide.family_name(name, kw) if not rest else None
     try:
         if family is not None:
             try:
-                return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol))
+                return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
             except UserError:
                 pass  # the plain fit below may still reach tol; if not, its refusal names the node
-        return Secret(recipes.chebyshev(lw.b, x_id, torch_function(node.target, rest, kw), lo, hi, tol, name))
+        fn = torch_function(node.target, rest, kw)
+        return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
     except UserError as e:
         raise UserError(f"{e} (node {node.name})") from None
+
+
+def _feeds_scaled_pointwise(node) -> bool:
+    """Every use of ``node`` is an elementwise op whose output a public factor >= 2 scales up next."""
+    return bool(node.users) and all(torch.Tag.pointwise in getattr(u.target, "tags", ()) and output_scale(u) >= 2
+                                    for u in node.users)
 
 
 def output_scale(node) -> float:

@@ -27,7 +27,7 @@ import torch
 from ..core.errors import UserError
 from ..core.ir import Builder
 from .newton import reciprocal, rsqrt  # noqa: F401 (recipes.rsqrt, recipes.reciprocal)
-from .recipe_base import GRID_POINTS, declare_by_grid, encoding_error, public_range, recipe, truncation_error
+from .recipe_base import GRID_POINTS, declare_by_grid, public_range, recipe
 
 EXP_MIN_ITERS = 8  # CrypTen's choice; more only when the range needs it
 MAX_CHEBYSHEV_DEGREE = 96
@@ -92,42 +92,27 @@ def fit_error(fn, m: float, h: float, coef: np.ndarray, lo: float, hi: float) ->
     return float((np.max(np.abs(err)) + np.max(np.abs(np.diff(err))) / 2) * 1.01)
 
 
-def chebyshev_rounding(coef: np.ndarray, tol: float, scaled: bool) -> float:
-    """Worst-case fixed-point error of evaluating the series (``recipe_base.rounding_errors``'s
-    model, with |T_k| <= 1): T_2k = 2 T_k^2 - 1 and T_2k+1 = 2 T_k T_k+1 - t roughly quadruple
-    the error per doubling (e_k ~ k^2 roundings), which is what limits the degree in fixed point."""
-    trunc = truncation_error(tol)
-    e = {1: trunc if scaled else 0.0}
-    for k in range(2, len(coef)):
-        h = k // 2
-        if k % 2 == 0:
-            e[k] = 2 * ((1 + e[h]) * e[h] + e[h] + trunc)
-        else:
-            e[k] = 2 * ((1 + e[h]) * e[h + 1] + e[h] + trunc) + e[1]
-    terms = [abs(c) * e[k] + encoding_error(torch.tensor(c), tol) + trunc for k, c in enumerate(coef) if k and c != 0.0]
-    return float(sum(terms) + encoding_error(torch.tensor(coef[0]), tol))
-
-
-def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str) -> tuple[float, float, np.ndarray]:
+def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str,
+                  max_degree: int = MAX_CHEBYSHEV_DEGREE) -> tuple[float, float, np.ndarray]:
     """Centre m, half-width h (t = (x - m) / h in [-1, 1]) and the coefficients of the lowest
-    degree whose real-arithmetic error plus worst-case rounding (``chebyshev_rounding``) is within
-    tol; a UserError when no degree up to MAX_CHEBYSHEV_DEGREE is."""
+    degree whose error in real arithmetic is within tol / 2 on a 4001-point grid; the other half
+    is left to fixed-point rounding, which ``chebyshev`` bounds and records. A UserError when no
+    degree up to ``max_degree`` fits."""
     m, h = (lo + hi) / 2, max((hi - lo) / 2, 2.0**-20)
     g = lambda t: fn(m + t * h)  # noqa: E731
     ts = np.linspace(-1.0, 1.0, 4001)
     exact = g(ts)
     best = math.inf
-    for degree in range(1, MAX_CHEBYSHEV_DEGREE + 1):
+    for degree in range(1, max_degree + 1):
         series = np.polynomial.chebyshev.Chebyshev.interpolate(g, degree)
-        fit = np.max(np.abs(series(ts) - exact))
-        coef = series.coef.copy()
-        coef[np.abs(coef) < tol / (64 * len(coef))] = 0.0  # drop terms that cannot matter
-        total = fit + chebyshev_rounding(coef, tol, not is_power_of_two(h))
-        best = min(best, total)
+        fit = float(np.max(np.abs(series(ts) - exact)))
+        best = min(best, fit)
         if fit <= tol / 2:
+            coef = series.coef.copy()
+            coef[np.abs(coef) < tol / (64 * len(coef))] = 0.0  # drop terms that cannot matter
             return m, h, coef
-    raise UserError(f"{name}: no Chebyshev fit of degree <= {MAX_CHEBYSHEV_DEGREE} reaches {tol:.2g} on "
-                    f"[{lo:.4g}, {hi:.4g}] in fixed point (best {best:.2g}, rounding included)")
+    raise UserError(f"{name}: no Chebyshev fit of degree <= {max_degree} reaches {tol / 2:.2g} on "
+                    f"[{lo:.4g}, {hi:.4g}] (best {best:.2g}): narrow the range or register a recipe (register_recipe)")
 
 
 def is_power_of_two(v: float) -> bool:
@@ -148,7 +133,10 @@ def chebyshev_series(b: Builder, x: int, m: float, h: float, coef: np.ndarray) -
     return b.add_public(out, float(coef[0]))
 
 
-def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str) -> int:
+def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: str, gain_bits: int = 0) -> int:
+    """fn on [lo, hi] by its Chebyshev series. ``gain_bits`` j > 0: the series computes 2^j fn and
+    its output is relabelled by 2^-j (free), so it carries j more fraction bits — for an output a
+    public factor >= 2^j scales up next (soft-capping's cap * tanh(x / cap))."""
     lo, hi = public_range(lo, hi)
     m, h, coef = chebyshev_fit(fn, lo, hi, tol, name)
     b.declare(x, max(-lo, hi), "range")
@@ -157,7 +145,7 @@ def chebyshev(b: Builder, x: int, fn, lo: float, hi: float, tol: float, name: st
     fitted = fit_error(fn, m, h, coef, lo, hi)  # on [lo, hi], before fixed-point rounding
     params = dict(lo=lo, hi=hi, method="chebyshev", degree=degree, centre=m, half_width=h, fit_error=fitted)
     with recipe(b, name, **params) as recorded:
-        out = chebyshev_series(b, x, m, h, coef)
+        out = b.pow2(chebyshev_series(b, x, m, h, coef * 2.0**gain_bits), -gain_bits)
         rounding = declare_by_grid(b, first, x, np.linspace(lo, hi, GRID_POINTS), tol)
         recorded["max_error"] = fitted + rounding[out]  # holds in fixed point: the recipe's roundings included
     return out

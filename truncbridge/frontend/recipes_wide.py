@@ -24,7 +24,7 @@ from ..core.errors import UserError
 from ..core.ir import Builder
 from ..core.ops import real_value
 from .recipe_base import GRID_POINTS, GRID_SLACK, declare_by_grid, public_range, recipe, truncation_error
-from .recipes import MAX_CHEBYSHEV_DEGREE, chebyshev_fit, chebyshev_series, fit_error
+from .recipes import chebyshev_fit, chebyshev_series, fit_error
 
 RECIPROCAL_START = 2.0 / 3.0  # 1 / 1.5: |1 - u y0| <= 1/3 on u in [1, 2]
 MAX_DOUBLINGS = 24
@@ -69,21 +69,19 @@ def _plan(H, lo: float, hi: float, tol: float) -> tuple[int, tuple[float, float,
     newton = _reciprocal_iterations(tol)
     best = None
     for k in range(MAX_DOUBLINGS + 1):
+        if best is not None and k * (2 + 2 * newton) >= best[0]:
+            break  # the doublings alone cost more than the best so far
         core = lambda x, k=k: np.tanh(H(x) / 2.0**k)  # noqa: E731
         try:
-            fit = chebyshev_fit(core, lo, hi, tol / 2 / 2**k, "core")
+            fit = chebyshev_fit(core, lo, hi, tol / 2 / 2**k, "core", WIDE_MAX_DEGREE)
         except UserError:
             continue
         degree = int(np.max(np.nonzero(fit[2])[0])) if np.any(fit[2]) else 0
-        if degree > WIDE_MAX_DEGREE:
-            continue
         cost = max(degree - 1, 0) + k * (2 + 2 * newton)
         if best is None or cost < best[0]:
             best = (cost, k, fit)
-        elif degree <= 4:  # more doublings only cost more from here
-            break
     if best is None:
-        raise UserError(f"no fit of tanh(H(x) / 2^k) of degree <= {MAX_CHEBYSHEV_DEGREE} for k <= {MAX_DOUBLINGS}")
+        raise UserError(f"no fit of tanh(H(x) / 2^k) of degree <= {WIDE_MAX_DEGREE} for k <= {MAX_DOUBLINGS}")
     return best[1], best[2]
 
 
@@ -97,8 +95,10 @@ def double(b: Builder, t: int, iterations: int) -> int:
     return b.pow2(b.mul(t, r), 1)
 
 
-def saturating(b: Builder, x: int, name: str, lo: float, hi: float, tol: float) -> int:
-    """``name`` (a FAMILY member) of x in [lo, hi], by k doublings of a Chebyshev fit (k = 0: the fit alone)."""
+def saturating(b: Builder, x: int, name: str, lo: float, hi: float, tol: float, gain_bits: int = 0) -> int:
+    """``name`` (a FAMILY member) of x in [lo, hi], by k doublings of a Chebyshev fit (k = 0: the fit
+    alone, with the output's affine map folded into its coefficients). ``gain_bits``: as
+    ``recipes.chebyshev``'s, j more fraction bits on the output where no doubling comes between."""
     H, times_x, (a, c) = FAMILY[name]
     lo, hi = public_range(lo, hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -115,14 +115,15 @@ def saturating(b: Builder, x: int, name: str, lo: float, hi: float, tol: float) 
     params = dict(lo=lo, hi=hi, method="tanh_doubling", degree=degree, steps=k, newton=newton, fit_error=fitted)
     grid = np.linspace(lo, hi, GRID_POINTS)
     with recipe(b, name, **params) as recorded:
-        t = chebyshev_series(b, x, m, h, coef)
-        error = declare_by_grid(b, first, x, grid, tol)[t]  # the core's roundings, worst case
+        gain = 2.0**gain_bits if k == 0 and not times_x else 1.0
+        t = chebyshev_series(b, x, m, h, coef * a * gain + np.eye(len(coef))[0] * c * gain if gain > 1 else coef)
+        error = declare_by_grid(b, first, x, grid, tol)[t] / gain  # the core's roundings, worst case
         error = doubling_error(core(grid), k, error, tol)
         t_error = error
         for _ in range(k):
             t = double(b, t, newton)
-        out = b.add_public(b.mul_public(t, a), c)
-        error = abs(a) * (fitted + error)
+        out = b.pow2(t, -gain_bits) if gain > 1 else b.add_public(b.mul_public(t, a), c)
+        error = abs(a) * fitted + (error if gain > 1 else abs(a) * error)
         if times_x:
             out = b.mul(x, out)
             error = max(abs(lo), abs(hi)) * error + truncation_error(tol)
