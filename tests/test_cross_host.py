@@ -21,6 +21,7 @@ RATE_MBIT = 16  # every party's egress, shaped by tc tbf
 IFNAME = "tb0"
 SENT_SHARE = 0.3  # of CrypTen's byte count, the least a party's own link must carry (below)
 SHAPED_SHARE = 0.8  # of the dealing's bytes / rate, the least time it takes (tbf lets a small burst through)
+pytestmark = pytest.mark.timed  # shaped links: the dealing's time is checked against the rate
 
 
 def _ip(*args: str) -> None:

@@ -23,7 +23,7 @@ def start_dealer_alone(tmp_path, startup_s: float, wait_s: float) -> subprocess.
                           timeout=wait_s)
 
 
-pytestmark = pytest.mark.slow  # processes of their own, one waiting 5 s
+pytestmark = [pytest.mark.slow, pytest.mark.timed]  # processes of their own, one waiting 5 s
 
 
 def test_a_dealer_whose_parties_never_start_says_so_and_ends(tmp_path):

@@ -506,6 +506,7 @@ def test_default_model_policies_shrink_truncations_not_accuracy(default_plans, d
 
 
 @pytest.mark.slow
+@pytest.mark.timed  # a solver against the clock
 def test_the_default_model_is_solved_to_a_proven_gap_of_one_percent(default_converted):
     """Under the mid network's time, optimal's MILP proves its plan within 1 % of the best any
     placement can do (its lower bound holds for the cost model's count: the model never counts

@@ -22,6 +22,9 @@ TINY = ["--model", "random-llama", "--seq-len", "16"]
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
+timed = pytest.mark.timed  # its run's delays, watchdogs or time bounds: the every-policy runs (shared), the kills
+
+
 def starts_processes(test):
     """A test that starts processes: slow (each pays every process's imports: torch, CrypTen,
     transformers), skipped without mpirun. The unit tests of this file run in the fast loop."""
@@ -75,6 +78,7 @@ def rows_of(result: dict) -> dict:
     return {r["policy"]: r for r in result["rows"]}
 
 
+@timed
 @starts_processes
 def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(every_policy_run):
     """Owner, client, [helper] and a separate dealer: every policy, CrypTen's own (vanilla) too."""
@@ -121,6 +125,7 @@ def output_opening_bytes(parties: int, rank: int) -> int:
     return SEQ * VOCAB * 8 * ((parties - 1) if rank == 1 else 1)
 
 
+@timed
 @starts_processes
 def test_each_partys_online_bytes_are_the_cost_models(every_policy_run):
     """What each party's communicator counted in the online phase is, to the byte, the cost model's
@@ -139,6 +144,7 @@ def test_each_partys_online_bytes_are_the_cost_models(every_policy_run):
         assert row["bytes"] == predicted + output_opening_bytes(parties, 1)  # the row: the busiest party, the client
 
 
+@timed
 @starts_processes
 def test_vanilla_crypten_truncates_every_product_and_pays_its_protocols_rounds(two_party, three_party):
     """CrypTen's own run (no plan, no prediction) against counts made elsewhere: its truncations
@@ -158,6 +164,7 @@ def test_vanilla_crypten_truncates_every_product_and_pays_its_protocols_rounds(t
     assert three["bytes"] > two["bytes"]
 
 
+@timed
 @starts_processes
 def test_on_an_emulated_network_every_round_waits_and_the_prediction_holds(two_party):
     """2 parties, each communicator call of the online pass delayed by RTT_MS: the pass takes at
@@ -309,6 +316,7 @@ def test_the_owner_reads_the_client_tokens_when_it_deals(tmp_path):
     assert row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
 
 
+@timed
 @starts_processes
 def test_a_set_up_failure_on_one_rank_ends_every_rank(tmp_path):
     """Rank 1 (the client) cannot find its checkpoint: it says so, and every rank exits non-zero
@@ -404,6 +412,7 @@ def start_and_hurt(tmp_path, victim: int, sig: int, *mpi_flags: str, slow: int |
                 pass
 
 
+@timed
 @starts_processes
 def test_a_killed_party_ends_the_others_with_a_message_naming_it(tmp_path):
     """Plain mpirun tears the survivors down itself ~0.2 s after a death (naming the dead rank);
@@ -416,6 +425,7 @@ def test_a_killed_party_ends_the_others_with_a_message_naming_it(tmp_path):
     assert len(named) == 2 or "process rank 1 with PID" in log, log[-3000:]
 
 
+@timed
 @starts_processes
 def test_without_mpirun_teardown_every_survivor_names_the_killed_party(tmp_path):
     status, log, seconds = start_and_hurt(tmp_path, 1, signal.SIGKILL, "--enable-recovery")
@@ -424,6 +434,7 @@ def test_without_mpirun_teardown_every_survivor_names_the_killed_party(tmp_path)
         assert re.search(rf"party {survivor} \(\w[\w ]*\) stops: .*party 1 \(client\) was lost", log), log[-3000:]
 
 
+@timed
 @starts_processes
 def test_a_stalled_party_is_named_by_the_others_heartbeat_watch(tmp_path):
     """SIGSTOP: the party is alive but makes no progress; mpirun does not notice, the others do."""
@@ -432,6 +443,7 @@ def test_a_stalled_party_is_named_by_the_others_heartbeat_watch(tmp_path):
     assert re.search(r"party [01] \(\w[\w ]*\) stops: party 2 \(helper\) was lost: no heartbeat", log), log[-3000:]
 
 
+@timed
 @starts_processes
 @pytest.mark.parametrize("processes,slow", [(4, 2), (3, 1)])  # (4, None): the client-killed test above
 def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_path):
@@ -447,6 +459,7 @@ def test_a_killed_party_is_named_without_mpirun_teardown(processes, slow, tmp_pa
         assert re.search(rf"party {survivor} \(\w+\) stops: party 0 \(model owner\) was lost", log), log[-3000:]
 
 
+@timed
 @starts_processes
 def test_a_killed_dealer_is_named_as_the_dealer(tmp_path):
     """The dealer dies between the timed runs: party 0, whose next dealing fails, names the dealer
