@@ -11,13 +11,13 @@ import pytest
 import torch
 from test_auto_recipes import VOCAB, Lambda, _convert
 
+from truncbridge.analysis import place, static_bounds
 from truncbridge.backends.emulator import RingExecutor
 from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
+from truncbridge.core.types import PlanConfig
 from truncbridge.frontend import lower_functions, recipes, recipes_wide
 from truncbridge.pipeline import build_plan, one_hot, plan_config
-
-from helpers import emulate_program
 
 TOL = 2.0**-12  # lower.py's tolerance at 16 fraction bits
 SAMPLES = 100_000
@@ -38,8 +38,10 @@ def _run(build, lo: float, hi: float, policy: str):
     b = Builder()
     x = b.input("x", (SAMPLES,))
     b.output(build(b, x))
-    (got,), _, violations = emulate_program(b.program, {"x": xs}, policy=policy, bounds="static")
-    return xs, got, violations, b.program.nodes[1].facts.recipe_params
+    ex = RingExecutor(place(b.program, static_bounds(b.program), PlanConfig(64, 16, policy)))
+    outs, beyond_bits = ex.run({"x": xs}, check=True)
+    (got,) = ex.decode_outputs(outs)
+    return xs, got, beyond_bits + ex.above_bound, b.program.nodes[1].facts.recipe_params
 
 
 @functools.cache
@@ -50,7 +52,7 @@ def _family_case(name: str, lo: float, hi: float):
 @pytest.mark.parametrize("name,lo,hi", CASES)
 def test_recorded_bound_holds_in_the_ring(name, lo, hi):
     xs, got, violations, p = _family_case(name, lo, hi)
-    assert violations == 0  # no emulated value above its declared bound
+    assert violations == 0  # no emulated value above its declared bound (nor outside its bit width)
     assert {"lo", "hi", "method", "degree", "steps", "max_error"} <= set(p) and p["lo"] <= lo and p["hi"] >= hi
     err = (got - TORCH[name](xs)).abs().max().item()
     assert err <= p["max_error"], (err, p)
@@ -82,12 +84,15 @@ def test_chebyshev_on_the_default_gpt2_ranges_holds_its_bounds_in_the_ring(lo, h
         assert (got - torch.tanh(xs)).abs().max().item() <= p["max_error"]
 
 
-def test_an_uncoverable_range_is_one_line_naming_the_range():
+def test_an_uncoverable_range_is_one_line_naming_the_node_and_the_range():
+    """sin on hundreds of periods: no fit of degree <= 96; the conversion stops with one line that
+    names the op, the fitted range and the graph node."""
     with pytest.raises(UserError) as info:
-        b = Builder()
-        recipes.chebyshev(b, b.input("x", (4,)), lambda v: np.abs(np.sin(v)), -1000.0, 1000.0, TOL, "abs_sin")
+        _convert(Lambda(lambda x: torch.sin(400.0 * x)))
     message = str(info.value)
-    assert "\n" not in message and "abs_sin" in message and "-1024" in message and "1024" in message
+    assert "\n" not in message and message.startswith("sin: no Chebyshev fit") and "(node sin)" in message
+    lo, hi = (float(v) for v in message.split(" on [")[1].split("]")[0].split(", "))
+    assert lo < -100 and hi > 100
 
 
 def _ring_error(act, policy: str = "eager") -> float:

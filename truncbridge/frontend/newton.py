@@ -15,8 +15,9 @@ MAX_NEWTON_ITERS = 40
 NEWTON_STARTS = (0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[float, int]:
-    """Best public start c and iteration count so that ``step`` converges on u in [r, 1] to tol."""
+def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[float, int, float]:
+    """Best public start c, iteration count so that ``step`` converges on u in [r, 1] to tol, and
+    the relative error it reaches there (real arithmetic)."""
     us = np.geomspace(r, 1.0, 4000)
     best = None
     for c in NEWTON_STARTS:
@@ -25,7 +26,7 @@ def _newton_plan(step, start_error, r: float, tol: float, name: str) -> tuple[fl
             y = step(us, y)
             if np.all(np.isfinite(y)) and np.max(start_error(us, y)) <= tol:
                 if best is None or it < best[1]:
-                    best = (c, it)
+                    best = (c, it, float(np.max(start_error(us, y))))
                 break
     if best is None:
         raise UserError(f"{name}: no Newton start converges within {MAX_NEWTON_ITERS} iterations "
@@ -39,9 +40,10 @@ def reciprocal(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi))
     r = lo / 2.0**k
-    c, iters = _newton_plan(lambda u, y: y * (2 - u * y), lambda u, y: np.abs(1 - u * y), r, tol, "reciprocal")
+    c, iters, error = _newton_plan(lambda u, y: y * (2 - u * y), lambda u, y: np.abs(1 - u * y), r, tol, "reciprocal")
     first = len(b.program.nodes)
-    with recipe(b, "reciprocal", method="newton", start=c, iterations=iters, shift=k, lo=lo, hi=hi):
+    with recipe(b, "reciprocal", lo=lo, hi=hi, method="newton", steps=iters, max_error=error, relative=True,
+                start=c, iterations=iters, shift=k):
         u = b.pow2(x, -k)
         y = b.add_public(b.mul_public(u, -c * c), 2 * c)  # first step from the public start c
         for _ in range(iters - 1):
@@ -57,11 +59,12 @@ def rsqrt(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
     b.declare(x, hi, "range")
     k = math.ceil(math.log2(hi) / 2)  # may be negative: small inputs are scaled up, for free
     r = lo / 4.0**k
-    c, iters = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
-                            r, tol, "rsqrt")
+    c, iters, error = _newton_plan(lambda u, y: y * (1.5 - 0.5 * u * y * y), lambda u, y: np.abs(1 - np.sqrt(u) * y),
+                                   r, tol, "rsqrt")
     plain, coupled = _newton_split(c, r, iters - 1, tol)
     first = len(b.program.nodes)
-    with recipe(b, "rsqrt", method="newton", start=c, iterations=iters, coupled=coupled, shift=k, lo=lo, hi=hi):
+    with recipe(b, "rsqrt", lo=lo, hi=hi, method="newton", steps=iters, max_error=error, relative=True,
+                start=c, iterations=iters, coupled=coupled, shift=k):
         u = b.pow2(x, -2 * k)
         y = b.add_public(b.mul_public(u, -0.5 * c**3), 1.5 * c)  # first step from the public start c
         for _ in range(plain):

@@ -66,12 +66,20 @@ def exp_base(b: Builder, z: int, squarings: int) -> int:
     return b.add_public(b.add(b.add(u, b.pow2(u2, -1)), cubic), 1.0)
 
 
+def exp_error(lo: float, hi: float, squarings: int) -> float:
+    """max |limit / exp - 1| over [lo, hi] in real arithmetic (fixed point adds ~2^squarings LSBs, relative)."""
+    z = np.linspace(lo, hi, GRID_POINTS)
+    u = z / 2.0**squarings
+    return float(np.max(np.abs((1 + u + u * u / 2 + u**3 / 6) ** (2.0**squarings) / np.exp(z) - 1)))
+
+
 def exp(b: Builder, x: int, lo: float, hi: float) -> int:
     lo, hi = public_range(lo, hi)
     n = exp_iterations(lo)
     b.declare(x, max(-lo, hi), "range")
     first = len(b.program.nodes)
-    with recipe(b, "exp", method="limit", squarings=n, lo=lo, hi=hi):
+    with recipe(b, "exp", lo=lo, hi=hi, method="limit", steps=n, degree=3, max_error=exp_error(lo, hi, n),
+                relative=True, squarings=n):
         y = exp_base(b, x, n)
         for _ in range(n):
             y = b.mul(y, y)
@@ -193,7 +201,8 @@ def softmax(b: Builder, x: int, dim: int, keep: torch.Tensor | None, zlo: float,
     live = torch.ones(shape, dtype=torch.float64) if keep is None else keep.to(torch.float64)
     inv_count = 1.0 / live.sum(dim, keepdim=True).clamp(min=1)  # public: 1 / live entries per row
     m, N = softmax_plan(zlo, zhi, n)
-    with recipe(b, "softmax", normalisations=m, squarings=N, zlo=zlo, zhi=zhi, row=n):
+    with recipe(b, "softmax", lo=zlo, hi=zhi, method="limit-normalised", steps=N, max_error=tol, relative=True,
+                normalisations=m, squarings=N, zlo=zlo, zhi=zhi, row=n):
         xs = x if keep is None else b.mul_public(x, live)
         mean = b.mul_public(b.sum(xs, [dim], keepdim=True), inv_count)
         z = b.sub(x, mean)
