@@ -83,3 +83,40 @@ def test_calibration_text_is_the_one_given(converted, tmp_path):
     plan = tmp_path / "p.json"
     assert main(["plan", "--model", "random:llama", "--seq-len", "8", "--bounds", "calibrated",
                  "--calibration-text", str(path), "-o", str(plan)]) == 0
+
+
+def test_report_names_the_costliest_recipe_uses_with_their_ranges(converted, tmp_path, capsys):
+    """Each recipe use is one row of ``PlanCosts.recipes``: random:llama's two layers give two softmax
+    uses and five rsqrt uses (two norms a layer and the final one), every node a recipe emitted is
+    counted in one use (their bytes and truncated elements add up to the per-recipe totals, counted
+    apart), a use's own rounds never exceed the rounds of its nodes; report prints the ten that cost
+    most on the network, slowest first, each with the range it was fitted on."""
+    from truncbridge.analysis.cost import plan_costs
+    from truncbridge.core.protocols import load_network, load_protocol
+    from truncbridge.pipeline import build_plan, plan_config
+
+    plan = build_plan(converted, plan_config("lazy"))
+    mid = load_network("mid")
+    costs = plan_costs(plan, load_protocol(plan.protocol), mid)  # as report costs it
+    uses = {}
+    for use in costs.recipes:
+        uses[use.recipe] = uses.get(use.recipe, 0) + 1
+    layers = converted.loaded.model.config.num_hidden_layers
+    assert uses["softmax"] == layers and uses["rsqrt"] == 2 * layers + 1, uses
+    for name, totals in costs.by_recipe.items():
+        if name == "(linear)":
+            continue
+        mine = [u for u in costs.recipes if u.recipe == name]
+        assert sum(u.bytes for u in mine) == pytest.approx(totals["bytes"])
+        assert sum(u.truncated_elements for u in mine) == totals.get("truncated_elements", 0)
+    assert all(0 < u.rounds <= costs.rounds for u in costs.recipes if u.bytes)
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    assert main(["report", str(path), "--network", "mid"]) == 0
+    printed = capsys.readouterr().out.split("the 10 costliest recipes on mid")[1].splitlines()
+    rows = [line.split("│")[1:-1] for line in printed if line.startswith("│")]
+    top = costs.most_expensive_recipes(mid)
+    assert len(rows) == 10 and [r[0].strip() for r in rows] == [u.recipe for u in top]
+    assert [float(r[-1]) for r in rows] == sorted((float(r[-1]) for r in rows), reverse=True)
+    first = top[0].params
+    assert rows[0][2].strip() == f"[{first['lo']:.4g}, {first['hi']:.4g}]"

@@ -234,6 +234,28 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
         rec.add_row(name, f"{v.get('truncations', 0):,.0f}", f"{v.get('truncated_elements', 0):,.0f}",
                     f"{v.get('expected_failures', 0):.3g}", f"{v.get('critical_rounds', 0):,.0f}")
     console.print(rec)
+    print_costliest_recipes(costs, network)
+
+
+RECIPE_STEPS = ("degree", "steps")  # a recipe's size as every recipe records it (with lo, hi, method, max_error)
+
+
+def print_costliest_recipes(costs, network: str, count: int = 10) -> None:
+    """The ``count`` recipe uses that cost most on ``network`` (their own rounds and bytes), with the
+    range each was fitted on: where a real model's wide ranges cost."""
+    from .core.protocols import load_network
+
+    net = load_network(network)
+    t = Table(title=f"the {count} costliest recipes on {network} (own rounds and bytes; range fitted on)", title_justify="left")
+    for col in ("recipe", "where", "range", "method, steps", "max error", "rounds", "bytes", "trunc. elements", "seconds"):
+        t.add_column(col, justify="left" if col in ("recipe", "where", "range", "method, steps") else "right")
+    for r in costs.most_expensive_recipes(net, count):
+        p = r.params
+        steps = ", ".join(([str(p["method"])] if "method" in p else []) + [f"{k} {p[k]}" for k in RECIPE_STEPS if k in p])
+        t.add_row(r.recipe, r.origin.split(":")[0], f"[{p['lo']:.4g}, {p['hi']:.4g}]" if "lo" in p else "", steps,
+                  f"{p['max_error']:.2g}" if "max_error" in p else "", f"{r.rounds:,.0f}", _fmt_bytes(r.bytes),
+                  f"{r.truncated_elements:,}", f"{r.seconds(net):.3f}")
+    _print_whole(t)
 
 
 def print_compare(rows: list[dict], rounds: list, protocol: str, source: str, windows: int) -> None:

@@ -29,6 +29,25 @@ def opened_elements(plan: Plan, node) -> int:
 
 
 @dataclass(frozen=True)
+class RecipeCost:
+    """One use of a recipe (a softmax, the GELU of layer 3, ...): the parameters it recorded on the
+    plan (the range it was fitted on, its method, degree or steps, its error bound) and its costs:
+    ``rounds`` along its own longest chain (inputs from outside count as ready), bytes per party,
+    truncated elements, comparisons."""
+
+    recipe: str
+    origin: str  # the module (and op) of its first node
+    params: dict
+    rounds: float
+    bytes: float
+    truncated_elements: int
+    compared_elements: int
+
+    def seconds(self, network: dict) -> float:
+        return network_seconds(network, self.rounds, self.bytes)
+
+
+@dataclass(frozen=True)
 class PlanCosts:
     """A plan's costs under one protocol profile and network (``plan_costs``); ``to_json`` keeps
     the keys report's --json has always written."""
@@ -44,6 +63,11 @@ class PlanCosts:
     expected_truncation_failures: float
     by_layer: dict[str, dict[str, float]]
     by_recipe: dict[str, dict[str, float]]
+    recipes: list[RecipeCost]  # each recipe the lowering emitted, where it sits and what it costs
+
+    def most_expensive_recipes(self, network: dict, count: int = 10) -> list[RecipeCost]:
+        """The ``count`` recipes whose own rounds and bytes take longest on ``network``."""
+        return sorted(self.recipes, key=lambda r: -r.seconds(network))[:count]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -68,6 +92,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
     rounds_sequential = bits_total = failures = weights_bits = 0.0  # sequential: one operation at a time
     by_layer: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     by_recipe: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    own: dict[int, tuple[float, float]] = {}  # node -> (its rounds, its bits)
     for n in nodes:
         op, layer = spec(n), by_layer[layer_of(n.origin)]
         rounds, bits = 0.0, 0.0
@@ -93,6 +118,7 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
         came_from[n.id] = max((*n.inputs, *waits), key=depth.__getitem__, default=None)
         depth[n.id] = rounds + (depth[came_from[n.id]] if came_from[n.id] is not None else 0.0)
         rounds_sequential += rounds
+        own[n.id] = (rounds, bits)
         bits_total += bits
         layer["bytes"] += bits / 8
         by_recipe[n.recipe or "(linear)"]["bytes"] += bits / 8
@@ -105,7 +131,41 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
                      rounds_sequential=rounds_sequential, bytes=bytes_total, weights_bytes=weights_bits / 8,
                      latency_s=latency, expected_truncation_failures=failures,
                      by_layer={k: dict(v) for k, v in by_layer.items()},
-                     by_recipe={k: dict(v) for k, v in by_recipe.items()})
+                     by_recipe={k: dict(v) for k, v in by_recipe.items()}, recipes=recipe_costs(plan, own))
+
+
+def recipe_instances(plan: Plan) -> dict[int, int]:
+    """Node -> the first node of the recipe use that emitted it. A use starts at the node carrying
+    its ``recipe_params``; the nodes after it with the same recipe name are its own, until the next
+    use of that name starts (a recipe nested in another — softmax's reciprocals — has its own name)."""
+    current: dict[str, int] = {}
+    out: dict[int, int] = {}
+    for n in plan.program.nodes:
+        if not n.recipe:
+            continue
+        if n.facts.recipe_params is not None or n.recipe not in current:
+            current[n.recipe] = n.id
+        out[n.id] = current[n.recipe]
+    return out
+
+
+def recipe_costs(plan: Plan, own: dict[int, tuple[float, float]]) -> list[RecipeCost]:
+    """Each recipe use's costs from its nodes' own rounds and bits (``plan_costs``)."""
+    instance = recipe_instances(plan)
+    chain: dict[int, float] = {}  # rounds along the use's longest chain up to the node
+    totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0])  # rounds, bits, truncated, compared
+    for n in plan.program.nodes:
+        if n.id not in instance:
+            continue
+        first, (rounds, bits) = instance[n.id], own[n.id]
+        chain[n.id] = rounds + max((chain[i] for i in n.inputs if instance.get(i) == first), default=0.0)
+        t = totals[first]
+        t[0], t[1] = max(t[0], chain[n.id]), t[1] + bits
+        t[2] += n.numel if spec(n).cost == "truncation" else 0
+        t[3] += n.numel if spec(n).cost == "comparison" else 0
+    return [RecipeCost(plan.program[first].recipe, plan.program[first].origin,
+                       dict(plan.program[first].facts.recipe_params or {}), rounds, bits / 8, int(truncated), int(compared))
+            for first, (rounds, bits, truncated, compared) in totals.items()]
 
 
 def _book_critical_path(plan: Plan, depth: dict, came_from: dict, by_recipe: dict) -> None:
