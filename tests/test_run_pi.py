@@ -233,7 +233,8 @@ def masked_json(doc):
 def client_run(tmp_path, name: str, owner_args: list[str], client_args: list[str]) -> tuple[dict, list[str]]:
     """One run with each rank's own arguments (mpirun's MPMD form): the owner's JSON and lines."""
     out = tmp_path / f"{name}.json"
-    common = [sys.executable, str(RUN_PI), *TINY, "--policy", "eager", "--json", str(out)]
+    # the owner plans afresh each time: whether another test had already cached the plan is no business of this one
+    common = [sys.executable, str(RUN_PI), *TINY, "--policy", "eager", "--no-plan-cache", "--json", str(out)]
     ranks = [[*common, *owner_args], [*common, *client_args], [*common, *owner_args]]  # owner, client, dealer
     cmd = [str(MPIRUN), "--oversubscribe", "--tag-output"]
     for k, argv in enumerate(ranks):
