@@ -13,11 +13,13 @@ from .cli_checks import (
     check_calibration_fits,
     check_device,
     check_field,
+    check_memory,
     check_output_path,
     read_texts,
 )
 from .cli_report import cmd_models, cmd_report
 from .core.errors import UserError
+from .memory import peak_rss_bytes, ring_value_bytes
 
 
 def _eval_windows(args, loaded, seq_len: int):
@@ -81,6 +83,8 @@ def cmd_emulate(args) -> dict:
         check_against_plan(args, plan)
         name = args.model or plan.model.get("name", "default")
         activations = args.activations if "activations" in args.given else plan.model.get("activations", "random")
+        memory = check_memory(args, "emulate", plan.model["seq_len"], args.windows, ring_value_bytes(plan.field_bits, plan.prime),
+                              model=name, preset=args.preset or plan.model.get("preset"), activations=activations)
         loaded = load_model(name, args.preset or plan.model.get("preset"), activations=activations)
         attach_weights(plan, loaded.model, name)
         seq_len = plan.model["seq_len"]
@@ -89,6 +93,7 @@ def cmd_emulate(args) -> dict:
         check_applies(args, [args.policy])
         config = _config(args)
         check_calibration_fits(args, args.seq_len)
+        memory = check_memory(args, "emulate", args.seq_len, args.windows, ring_value_bytes(args.field_bits, args.prime))
         loaded = load_model(args.model, args.preset, activations=args.activations)
         seq_len = args.seq_len
     windows, source = _eval_windows(args, loaded, seq_len)
@@ -109,6 +114,7 @@ def cmd_emulate(args) -> dict:
                          truncation=truncation, seed=args.seed, recipes_error=args.recipes_error)
     record = _emulation_record(loaded.label, plan, result, args.check, truncation)
     record["phase_s"] = {**timings, **({"placement": plan.solver["wall_s"]} if timings else {})}
+    record["memory"] = {**memory, "peak_rss_bytes": peak_rss_bytes()}
     print_emulation(record, plan, timings, result, source)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
@@ -160,6 +166,7 @@ def cmd_plan(args) -> None:
         raise UserError("--fake-weights plans use static bounds (--bounds calibrated needs the whole model's maxima)")
     config = _config(args)
     check_calibration_fits(args, args.seq_len, args.fake_weights)
+    check_memory(args, "plan", args.seq_len, fake_weights=args.fake_weights)
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights, activations=args.activations)
     cache = PlanMaker(loaded, args.seq_len, args.frac_bits, args.relu, args.calibration, use_cache=args.plan_cache)
     plan = cache.cached(config)
@@ -197,6 +204,7 @@ def cmd_compare(args) -> list[dict]:
     read_texts(args)
     _check_some_config(args, fields)
     check_calibration_fits(args, args.seq_len)
+    memory = check_memory(args, "compare", args.seq_len, args.windows, max(ring_value_bytes(fb, p) for fb, p in fields))
     loaded = load_model(args.model, args.preset, activations=args.activations)
     windows, source = _eval_windows(args, loaded, args.seq_len)
     converted = _converted(loaded, args.seq_len, args)
@@ -225,6 +233,8 @@ def cmd_compare(args) -> list[dict]:
                 rows.append({**_emulation_record(loaded.label, plan, result, True), "feasible": True, "reason": ""})
                 rounds.append(plan_costs(plan, protocol, network).rounds)
                 advance()
+    for row in rows:  # the command's estimate and peak, on every row (the JSON is a list of rows)
+        row["memory"] = {**memory, "peak_rss_bytes": peak_rss_bytes()}
     print_compare(rows, rounds, protocol.name, source, len(windows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

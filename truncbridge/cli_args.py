@@ -139,6 +139,9 @@ def _add_model_args(p, seq=True):
               help=f"tokens per window (default {DEFAULT_SEQ_LEN}; with --plan, the plan's)")
     p.add_argument("--calibration-text", default=None, metavar="FILE",
                    help="text whose windows calibrate the recipes' input ranges (default: the bundled training text)")
+    p.add_argument("--memory-check", default="on", choices=("on", "off"),
+                   help="on (default): estimate the memory the model and the run take from the config before building "
+                        "anything and refuse where it exceeds what is available; off: try anyway (docs/cli.md, \"Memory\")")
 
 
 def _add_numeric_args(p, lists=False, protocol_help: str | None = None):

@@ -133,3 +133,24 @@ def check_against_plan(args, plan) -> None:
             flag = f"--{dest.replace('_', '-')}"
             raise UserError(f"{flag} {'off' if value is None else value} differs from the plan's {shown}: a plan is made "
                             f"for one {flag[2:]}; drop {flag}, or make a plan with it")
+
+
+def check_memory(args, command: str, seq_len: int, windows: int = 0, value_bytes: int = 8, fake_weights: bool = False,
+                 model: str | None = None, preset: str | None = None, activations: str | None = None) -> dict:
+    """The memory the command will take, estimated from the model's config before it is built
+    (``memory.py``); refused in one line, with the way out, where it exceeds what is available
+    (``--memory-check off``: reported only). The estimate and what was available, for the JSON."""
+    from .frontend.models import RANDOM_PREFIX, check_model
+    from .memory import check_fits, command_estimate, model_shape
+
+    model, preset = model or args.model, preset or args.preset
+    activations = activations or args.activations
+    shape = model_shape(model, preset, activations)
+    estimate = command_estimate(command, shape, seq_len, windows, value_bytes, fake_weights,
+                                getattr(args, "recipes_error", False))
+    name = check_model(model, preset, fake_weights, activations)
+    ways = ["a smaller --seq-len"] + (["fewer --windows"] if windows else []) + ["a bigger machine"]
+    if name.startswith(RANDOM_PREFIX) and not fake_weights:
+        ways.insert(0, "`truncbridge plan --fake-weights` plans it without holding its weights")
+    what = f"{command} of {name}{f' at {preset}' if preset else ''} ({shape.params / 1e9:.2f}e9 parameters, --seq-len {seq_len})"
+    return {**estimate.as_json(), **check_fits(estimate.total, what, "; ".join(ways), args.memory_check)}
