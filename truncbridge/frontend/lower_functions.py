@@ -148,11 +148,14 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     tol, gain = lw.tol / scale, int(math.floor(math.log2(scale)))  # the output keeps `gain` more fraction bits
     family = recipes_wide.family_name(name, kw) if not rest else None
     try:
-        if family is not None:
+        wide_erf = family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_wide.ERF_PLAIN_REACH
+        if family is not None and not wide_erf:
             try:
                 return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
             except UserError:
-                pass  # the plain fit below may still reach tol; if not, its refusal names the node
+                wide_erf = family in ("erf", "gelu")
+        if wide_erf:  # erf's own argument outgrows the doublings: compress it through tanh
+            return Secret(recipes_wide.erf_family(lw.b, x_id, family, lo, hi, tol))
         fn = torch_function(node.target, rest, kw)
         return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
     except UserError as e:

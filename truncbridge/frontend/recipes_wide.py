@@ -38,15 +38,77 @@ def _atanh_erf(z: np.ndarray) -> np.ndarray:
     return np.sign(z) * ((torch.log1p(torch.erf(a)) - log_erfc) / 2).numpy()
 
 
+ERF_SLOPE_CAP, ERF_CAP_SHARPNESS = 2.5, 16.0
+
+
+def _erf_argument(z: np.ndarray) -> np.ndarray:
+    """An odd H with tanh(H(z)) = erf(z) to far below any tolerance, growing linearly: atanh(erf(z))
+    grows like z^2, which would need twice the doublings; past |z| ~ 4, where erf is 1 - 1e-8,
+    any H >= 10 will do, so H / z is capped softly at ERF_SLOPE_CAP."""
+    z = np.asarray(z, dtype=np.float64)
+    safe = np.where(np.abs(z) < 1e-6, 1e-6, z)
+    slope = _atanh_erf(safe) / safe  # even, from 2/sqrt(pi) upwards
+    gap = ERF_SLOPE_CAP - slope
+    capped = ERF_SLOPE_CAP - np.logaddexp(0.0, ERF_CAP_SHARPNESS * gap) / ERF_CAP_SHARPNESS
+    return z * capped
+
+
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 FAMILY = {  # name -> (H, scale of x inside H's argument, times x afterwards?, output affine (a, c): a t + c)
     "tanh": (lambda x: x, False, (1.0, 0.0)),
     "sigmoid": (lambda x: x / 2, False, (0.5, 0.5)),
     "silu": (lambda x: x / 2, True, (0.5, 0.5)),
-    "erf": (_atanh_erf, False, (1.0, 0.0)),
-    "gelu": (lambda x: _atanh_erf(x / math.sqrt(2.0)), True, (0.5, 0.5)),
+    "erf": (_erf_argument, False, (1.0, 0.0)),
+    "gelu": (lambda x: _erf_argument(x / math.sqrt(2.0)), True, (0.5, 0.5)),
     "gelu_tanh": (lambda x: SQRT_2_OVER_PI * (x + 0.044715 * x**3), True, (0.5, 0.5)),
 }
+
+
+ERF_PLAIN_REACH = 8.0  # erf and GELU beyond +-8: erf_family at once (the plain fit is dear there, or fails)
+COMPRESSION = 2.0  # erf(x) = F(tanh(x / COMPRESSION)), a power of two: F's transition spans most of (-1, 1)
+
+
+def compressed_erf(b: Builder, x: int, lo: float, hi: float, tol: float, scale: float = 1.0) -> tuple[int, dict]:
+    """erf(scale x) for x in [lo, hi] as F(T), T = tanh(x / s) by ``saturating`` (any range), F(T) =
+    erf(scale s atanh T) by a Chebyshev fit on T's range: F is flat to every order at T = +-1, so a
+    fixed degree serves every range, where erf's own argument would need doublings that grow with
+    the range *and* a fit whose tolerance shrinks with them. F' <= 2 s scale / sqrt(pi): the
+    tanh's error grows by at most that. Returns the output node and (fit error, rounding error)."""
+    s = COMPRESSION  # a power of two: x / s is free
+    inner_lo, inner_hi = public_range(lo / s, hi / s)
+    y = b.pow2(x, -int(math.log2(s)))
+    inner = len(b.program.nodes)
+    t = saturating(b, y, "tanh", inner_lo, inner_hi, tol / 4)
+    tanh_params = b.program[inner].facts.recipe_params
+    tlo, thi = math.tanh(inner_lo), math.tanh(inner_hi)
+    F = lambda v: torch.erf(torch.as_tensor(scale * s * np.arctanh(np.clip(v, -1 + 1e-16, 1 - 1e-16)))).numpy()  # noqa: E731
+    m, h, coef = chebyshev_fit(F, tlo, thi, tol, "erf")
+    first = len(b.program.nodes)
+    out = chebyshev_series(b, t, m, h, coef)
+    spread = tanh_params["max_error"]  # T as computed may be off by this: its uses' bounds cover it
+    grid = np.tanh(np.linspace(inner_lo, inner_hi, GRID_POINTS))
+    grid = np.concatenate([grid - spread, grid, grid + spread])
+    rounding = declare_by_grid(b, first, t, grid, tol)[out]
+    slope = 2 * scale * s / math.sqrt(math.pi)
+    return out, {"fit_error": fit_error(F, m, h, coef, tlo, thi), "rounding": rounding + slope * tanh_params["max_error"],
+                 "degree": int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0, "steps": tanh_params["steps"]}
+
+
+def erf_family(b: Builder, x: int, name: str, lo: float, hi: float, tol: float) -> int:
+    """erf(x), or GELU(x) = x (1 + erf(x / sqrt 2)) / 2, on any finite range (``compressed_erf``)."""
+    lo, hi = public_range(lo, hi)
+    gelu = name == "gelu"
+    reach = max(abs(lo), abs(hi)) if gelu else 1.0
+    b.declare(x, max(-lo, hi), "range")
+    with recipe(b, name, lo=lo, hi=hi, method="tanh_compressed", compression=COMPRESSION) as recorded:
+        inner_tol = tol / reach
+        out, err = compressed_erf(b, x, lo, hi, inner_tol, 1 / math.sqrt(2.0) if gelu else 1.0)
+        if gelu:
+            out = b.mul(x, b.add_public(b.pow2(out, -1), 0.5))
+        error = (err["fit_error"] + err["rounding"]) * (reach / 2 if gelu else 1.0) + (truncation_error(tol) if gelu else 0)
+        recorded.update(degree=err["degree"], steps=err["steps"], fit_error=err["fit_error"] * (reach / 2 if gelu else 1.0),
+                        max_error=error)
+    return out
 
 
 def family_name(name: str, kwargs: dict) -> str | None:
@@ -68,7 +130,9 @@ def _plan(H, lo: float, hi: float, tol: float) -> tuple[int, tuple[float, float,
     a fit of degree d costs d - 1, a doubling 2 + 2 Newton steps."""
     newton = _reciprocal_iterations(tol)
     best = None
-    for k in range(MAX_DOUBLINGS + 1):
+    reach = float(np.max(np.abs(H(np.linspace(lo, hi, 1001)))))
+    last = min(MAX_DOUBLINGS, max(0, math.ceil(math.log2(max(reach, 1.0)))) + 2)  # the core's argument is within 1/4 by then
+    for k in range(last + 1):
         if best is not None and k * (2 + 2 * newton) >= best[0]:
             break  # the doublings alone cost more than the best so far
         core = lambda x, k=k: np.tanh(H(x) / 2.0**k)  # noqa: E731
@@ -81,7 +145,7 @@ def _plan(H, lo: float, hi: float, tol: float) -> tuple[int, tuple[float, float,
         if best is None or cost < best[0]:
             best = (cost, k, fit)
     if best is None:
-        raise UserError(f"no fit of tanh(H(x) / 2^k) of degree <= {WIDE_MAX_DEGREE} for k <= {MAX_DOUBLINGS}")
+        raise UserError(f"no fit of tanh(H(x) / 2^k) of degree <= {WIDE_MAX_DEGREE} for k <= {last}")
     return best[1], best[2]
 
 
