@@ -181,6 +181,7 @@ def cmd_plan(args) -> None:
 
 def cmd_compare(args) -> list[dict]:
     from .analysis.cost import plan_costs
+    from .compare_report import plot_compare, print_compare
     from .core.fields import field_name
     from .core.protocols import load_network, load_protocol
     from .core.suggest import nearest
@@ -188,7 +189,6 @@ def cmd_compare(args) -> list[dict]:
     from .frontend.models import load_model
     from .pipeline import build_plan, emulate
     from .progress import progress_bar
-    from .report import plot_compare, print_compare
 
     check_output_path(args.json, "--json")
     check_output_path(args.plot, "--plot")
