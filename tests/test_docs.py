@@ -69,6 +69,7 @@ def _alone(block):
     return pytest.param(block, id=block.where, marks=[pytest.mark.slow] if "load_model(" in block.text else [])
 
 
+@pytest.mark.slow  # each block in a fresh interpreter, most on a model
 @pytest.mark.parametrize("block", [_alone(b) for b in ALONE])
 def test_python_block_runs_alone(block, tmp_path):
     assert docs.run_block(block, docs.workdir(tmp_path)) is None

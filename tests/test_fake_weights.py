@@ -14,6 +14,7 @@ from truncbridge.frontend.models import load_model
 from truncbridge.pipeline import build_plan, convert, emulate, plan_config, tokenize_windows
 
 
+@pytest.mark.slow  # plans of whole random models
 @pytest.mark.parametrize("model_type", ["llama", "gemma"])
 def test_a_plan_from_statistics_holds_for_the_weights_they_came_from(model_type):
     """The plan is made from statistics alone; put the very weights that were generated into a model
@@ -62,6 +63,7 @@ def test_generated_plans_refuse_what_needs_the_model(tmp_path, capsys):
     assert "random:<model_type> models only" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # plans of whole random models
 def test_report_puts_plans_side_by_side_under_every_profile(tmp_path, capsys):
     paths = []
     for policy in ("eager", "lazy"):

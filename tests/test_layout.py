@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "truncbridge"
 MAX_FILE_LINES = 300
 MAX_FUNCTION_LINES = 60
@@ -31,6 +33,7 @@ def test_no_function_is_over_60_lines():
     assert not long, f"split these functions (lines): {long}"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and CrypTen
 def test_a_crypten_program_imports_the_protocol_backend_alone():
     """What the import contract promises, in a fresh interpreter: the backend's modules load without the converter,
     the run driver or transformers (negative control: the same probe sees them after importing the driver)."""

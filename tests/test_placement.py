@@ -207,6 +207,7 @@ def test_eager_truncates_an_input_relabelled_too_far_up_for_its_product():
 MAX_BRUTE_FORCE_SITES = 11
 
 
+@pytest.mark.slow  # a MILP per example
 @settings(max_examples=30, deadline=None)
 @given(programs(), st.sampled_from([40, 48, 64]), st.sampled_from(["elements", "mid"]))
 def test_optimal_finds_the_known_optimum_of_small_programs(case, field_bits, objective):

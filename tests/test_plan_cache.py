@@ -44,6 +44,7 @@ def _cpu_build(maker: PlanMaker, configs) -> tuple[list, float]:
     return plans, time.process_time() - t
 
 
+@pytest.mark.slow  # plans a model
 def test_second_build_is_served_from_the_cache_equal_and_cheaper(loaded, tmp_path):
     configs = [_config("eager"), _config("lazy")]
     first, built_cpu = _cpu_build(PlanMaker(loaded, SEQ, 16, root=tmp_path), configs)
@@ -105,6 +106,7 @@ def test_source_digest_follows_the_source_and_data_files(tmp_path):
     assert source_digest.__wrapped__(tmp_path) != before
 
 
+@pytest.mark.slow  # plans a model
 def test_run_pi_owner_reads_its_plans_from_the_cache_and_no_plan_cache_bypasses_it(loaded, tmp_path, monkeypatch,
                                                                                      capsys):
     monkeypatch.setenv("TRUNCBRIDGE_CACHE", str(tmp_path))
@@ -126,6 +128,7 @@ def test_run_pi_owner_reads_its_plans_from_the_cache_and_no_plan_cache_bypasses_
     assert len(list(tmp_path.glob("*.json"))) == 2  # nor written
 
 
+@pytest.mark.slow  # plans a model
 def test_cli_plan_reads_the_cache_and_writes_the_same_plan_file(tmp_path, monkeypatch, capsys):
     from truncbridge.cli import main
 

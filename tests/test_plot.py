@@ -14,6 +14,8 @@ from truncbridge.core.protocols import load_network, load_protocol
 from truncbridge.core.waves import input_independent
 from truncbridge.plot import kind_costs, plan_series, plot_plans
 
+pytestmark = pytest.mark.slow  # plans of a random model
+
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory):

@@ -17,6 +17,7 @@ from truncbridge.core.planfile import attach_weights, plan_from_json, plan_to_js
 from truncbridge.frontend.lower import lower
 from truncbridge.pipeline import build_plan, one_hot, plan_config
 
+pytestmark = pytest.mark.slow  # plans of random models, static and calibrated
 SECRET_KEYS = {"row_l2", "recipe_params", "hash"}
 PUBLIC_FACTS = {"row_stochastic"}
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")

@@ -41,6 +41,7 @@ def converted():
     return convert(load_model("random:llama"), 8, 16)
 
 
+@pytest.mark.slow  # plans of a random model
 def test_report_rows_name_their_models(converted, tmp_path, capsys):
     """Three plans of two models (one of them at a preset's shapes, as --fake-weights plans are): the
     title says several models are shown and every row names its own."""
@@ -63,6 +64,7 @@ def test_report_rows_name_their_models(converted, tmp_path, capsys):
     assert "truncbridge report — random:gemma (gemma-2b), eager" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # plans of a random model
 def test_calibration_text_is_the_one_given(converted, tmp_path):
     """--calibration-text: the calibration windows are the given text's; the bundled training text
     given explicitly calibrates exactly as the default does; another text calibrates otherwise."""
@@ -85,6 +87,7 @@ def test_calibration_text_is_the_one_given(converted, tmp_path):
                  "--calibration-text", str(path), "-o", str(plan)]) == 0
 
 
+@pytest.mark.slow  # plans of a random model
 def test_report_names_the_costliest_recipe_uses_with_their_ranges(converted, tmp_path, capsys):
     """Each recipe use is one row of ``PlanCosts.recipes``: random:llama's two layers give two softmax
     uses and five rsqrt uses (two norms a layer and the final one), every node a recipe emitted is

@@ -2,6 +2,7 @@
 model the number of messages equals the cost model's critical path."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from truncbridge.backends.reference import RealBackend
@@ -88,6 +89,7 @@ def test_weights_and_their_local_maps_are_input_independent():
     assert weight_side(b.program[xx], static) is None
 
 
+@pytest.mark.slow  # the whole default model
 def test_messages_on_the_default_model_equal_the_cost_models_critical_path(default_converted):
     from truncbridge.analysis.cost import plan_costs
     from truncbridge.core.protocols import load_network, load_protocol
