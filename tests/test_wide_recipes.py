@@ -16,7 +16,7 @@ from truncbridge.backends.emulator import RingExecutor
 from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
 from truncbridge.core.types import PlanConfig
-from truncbridge.frontend import lower_functions, recipes, recipes_wide
+from truncbridge.frontend import lower_functions, recipes, recipes_compressed, recipes_wide
 from truncbridge.pipeline import build_plan, one_hot, plan_config
 
 TOL = 2.0**-12  # lower.py's tolerance at 16 fraction bits
@@ -24,13 +24,17 @@ SAMPLES = 100_000
 TORCH = {
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu, "erf": torch.erf,
     "gelu": torch.nn.functional.gelu, "gelu_tanh": lambda v: torch.nn.functional.gelu(v, approximate="tanh"),
+    "ndtr": torch.special.ndtr,  # an op no rule names: the automatic recipe
 }
 CASES = [  # (recipe, lo, hi): up to +-1000 where the function saturates, the real encoder's GELU range
     ("tanh", -1000.0, 1000.0), ("sigmoid", -1000.0, 1000.0), ("silu", -1000.0, 1000.0),
     ("gelu_tanh", -25.79, 34.08), ("gelu", -3.0, 3.0), ("erf", -3.0, 3.0),
-    ("compressed gelu", -25.79, 34.08), ("compressed erf", -1000.0, 1000.0),
+    ("compressed gelu", -25.79, 34.08), ("compressed erf", -1000.0, 1000.0), ("auto ndtr", -1000.0, 1000.0),
 ]
-BUILD = {"saturating": recipes_wide.saturating, "compressed": recipes_wide.erf_family}
+BUILD = {
+    "saturating": recipes_wide.saturating, "compressed": recipes_compressed.erf_family,
+    "auto": lambda b, x, name, lo, hi, tol: recipes_compressed.auto_compressed(b, x, _numpy(TORCH[name]), lo, hi, tol, name),
+}
 
 
 def _run(build, lo: float, hi: float, policy: str, samples: int = SAMPLES):
@@ -44,6 +48,10 @@ def _run(build, lo: float, hi: float, policy: str, samples: int = SAMPLES):
     outs, beyond_bits = ex.run({"x": xs}, check=True)
     (got,) = ex.decode_outputs(outs)
     return xs, got, beyond_bits + ex.above_bound, b.program.nodes[1].facts.recipe_params
+
+
+def _numpy(fn):
+    return lambda v: fn(torch.as_tensor(v, dtype=torch.float64)).numpy()
 
 
 @functools.cache

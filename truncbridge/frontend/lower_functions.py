@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from . import recipes, recipes_wide
+from . import recipes, recipes_compressed, recipes_wide
 from .calibrate import SCORE_RANGE_MARGIN, positive_range, widened
 from .lower_comparisons import COMPARISON_RULES
 from .lower_rules import Secret, on_add, on_mul
@@ -148,16 +148,19 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     tol, gain = lw.tol / scale, int(math.floor(math.log2(scale)))  # the output keeps `gain` more fraction bits
     family = recipes_wide.family_name(name, kw) if not rest else None
     try:
-        wide_erf = family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_wide.ERF_PLAIN_REACH
+        wide_erf = family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_compressed.ERF_PLAIN_REACH
         if family is not None and not wide_erf:
             try:
                 return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
             except UserError:
                 wide_erf = family in ("erf", "gelu")
         if wide_erf:  # erf's own argument outgrows the doublings: compress it through tanh
-            return Secret(recipes_wide.erf_family(lw.b, x_id, family, lo, hi, tol))
+            return Secret(recipes_compressed.erf_family(lw.b, x_id, family, lo, hi, tol))
         fn = torch_function(node.target, rest, kw)
-        return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
+        try:
+            return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
+        except UserError:  # a function that flattens out may still fit through tanh; if not, one line
+            return Secret(recipes_compressed.auto_compressed(lw.b, x_id, fn, lo, hi, tol, name))
     except UserError as e:
         raise UserError(f"{e} (node {node.name})") from None
 

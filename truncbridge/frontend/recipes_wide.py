@@ -64,53 +64,6 @@ FAMILY = {  # name -> (H, scale of x inside H's argument, times x afterwards?, o
 }
 
 
-ERF_PLAIN_REACH = 8.0  # erf and GELU beyond +-8: erf_family at once (the plain fit is dear there, or fails)
-COMPRESSION = 2.0  # erf(x) = F(tanh(x / COMPRESSION)), a power of two: F's transition spans most of (-1, 1)
-
-
-def compressed_erf(b: Builder, x: int, lo: float, hi: float, tol: float, scale: float = 1.0) -> tuple[int, dict]:
-    """erf(scale x) for x in [lo, hi] as F(T), T = tanh(x / s) by ``saturating`` (any range), F(T) =
-    erf(scale s atanh T) by a Chebyshev fit on T's range: F is flat to every order at T = +-1, so a
-    fixed degree serves every range, where erf's own argument would need doublings that grow with
-    the range *and* a fit whose tolerance shrinks with them. F' <= 2 s scale / sqrt(pi): the
-    tanh's error grows by at most that. Returns the output node and (fit error, rounding error)."""
-    s = COMPRESSION  # a power of two: x / s is free
-    inner_lo, inner_hi = public_range(lo / s, hi / s)
-    y = b.pow2(x, -int(math.log2(s)))
-    inner = len(b.program.nodes)
-    t = saturating(b, y, "tanh", inner_lo, inner_hi, tol / 4)
-    tanh_params = b.program[inner].facts.recipe_params
-    tlo, thi = math.tanh(inner_lo), math.tanh(inner_hi)
-    F = lambda v: torch.erf(torch.as_tensor(scale * s * np.arctanh(np.clip(v, -1 + 1e-16, 1 - 1e-16)))).numpy()  # noqa: E731
-    m, h, coef = chebyshev_fit(F, tlo, thi, tol, "erf")
-    first = len(b.program.nodes)
-    out = chebyshev_series(b, t, m, h, coef)
-    spread = tanh_params["max_error"]  # T as computed may be off by this: its uses' bounds cover it
-    grid = np.tanh(np.linspace(inner_lo, inner_hi, GRID_POINTS))
-    grid = np.concatenate([grid - spread, grid, grid + spread])
-    rounding = declare_by_grid(b, first, t, grid, tol)[out]
-    slope = 2 * scale * s / math.sqrt(math.pi)
-    return out, {"fit_error": fit_error(F, m, h, coef, tlo, thi), "rounding": rounding + slope * tanh_params["max_error"],
-                 "degree": int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0, "steps": tanh_params["steps"]}
-
-
-def erf_family(b: Builder, x: int, name: str, lo: float, hi: float, tol: float) -> int:
-    """erf(x), or GELU(x) = x (1 + erf(x / sqrt 2)) / 2, on any finite range (``compressed_erf``)."""
-    lo, hi = public_range(lo, hi)
-    gelu = name == "gelu"
-    reach = max(abs(lo), abs(hi)) if gelu else 1.0
-    b.declare(x, max(-lo, hi), "range")
-    with recipe(b, name, lo=lo, hi=hi, method="tanh_compressed", compression=COMPRESSION) as recorded:
-        inner_tol = tol / reach
-        out, err = compressed_erf(b, x, lo, hi, inner_tol, 1 / math.sqrt(2.0) if gelu else 1.0)
-        if gelu:
-            out = b.mul(x, b.add_public(b.pow2(out, -1), 0.5))
-        error = (err["fit_error"] + err["rounding"]) * (reach / 2 if gelu else 1.0) + (truncation_error(tol) if gelu else 0)
-        recorded.update(degree=err["degree"], steps=err["steps"], fit_error=err["fit_error"] * (reach / 2 if gelu else 1.0),
-                        max_error=error)
-    return out
-
-
 def family_name(name: str, kwargs: dict) -> str | None:
     """The family member an ATen op computes (gelu with approximate='tanh' is its own), or None."""
     if name == "gelu" and kwargs.get("approximate", "none") == "tanh":
