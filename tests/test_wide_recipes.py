@@ -25,14 +25,17 @@ TORCH = {
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu, "erf": torch.erf,
     "gelu": torch.nn.functional.gelu, "gelu_tanh": lambda v: torch.nn.functional.gelu(v, approximate="tanh"),
     "ndtr": torch.special.ndtr,  # an op no rule names: the automatic recipe
+    "softplus": torch.nn.functional.softplus,
 }
 CASES = [  # (recipe, lo, hi): up to +-1000 where the function saturates, the real encoder's GELU range
     ("tanh", -1000.0, 1000.0), ("sigmoid", -1000.0, 1000.0), ("silu", -1000.0, 1000.0),
     ("gelu_tanh", -25.79, 34.08), ("gelu", -3.0, 3.0), ("erf", -3.0, 3.0),
     ("compressed gelu", -25.79, 34.08), ("compressed erf", -1000.0, 1000.0), ("auto ndtr", -1000.0, 1000.0),
+    ("softplus softplus", -1000.0, 1000.0),
 ]
 BUILD = {
     "saturating": recipes_wide.saturating, "compressed": recipes_compressed.erf_family,
+    "softplus": lambda b, x, name, lo, hi, tol: recipes_compressed.softplus(b, x, lo, hi, tol),
     "auto": lambda b, x, name, lo, hi, tol: recipes_compressed.auto_compressed(b, x, _numpy(TORCH[name]), lo, hi, tol, name),
 }
 

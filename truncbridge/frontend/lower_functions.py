@@ -160,6 +160,8 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
         try:
             return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
         except UserError:  # a function that flattens out may still fit through tanh; if not, one line
+            if name == "softplus" and all(float(a) == d for a, d in zip(rest, (1.0, 20.0))):
+                return Secret(recipes_compressed.softplus(lw.b, x_id, lo, hi, tol))
             return Secret(recipes_compressed.auto_compressed(lw.b, x_id, fn, lo, hi, tol, name))
     except UserError as e:
         raise UserError(f"{e} (node {node.name})") from None

@@ -17,7 +17,7 @@ from ..core.errors import UserError
 from ..core.ir import Builder
 from .recipe_base import GRID_POINTS, declare_by_grid, public_range, recipe, truncation_error
 from .recipes import chebyshev_fit, chebyshev_series, fit_error
-from .recipes_wide import WIDE_MAX_DEGREE, saturating
+from .recipes_wide import WIDE_MAX_DEGREE, _reciprocal_iterations, declare_with_margin, double, saturating
 
 ERF_PLAIN_REACH = 8.0  # erf and GELU beyond +-8: erf_family at once (the plain fit is dear there, or fails)
 COMPRESSION = 2.0  # erf(x) = F(tanh(x / COMPRESSION)), a power of two: F's transition spans most of (-1, 1)
@@ -99,4 +99,44 @@ def auto_compressed(b: Builder, x: int, fn, lo: float, hi: float, tol: float, na
         out, err = compressed(b, x, fn, lo, hi, tol, 2.0**j, name)
         recorded.update(degree=err["degree"], steps=err["steps"], fit_error=err["fit_error"],
                         max_error=err["fit_error"] + err["rounding"])
+    return out
+
+
+SOFTPLUS_COMPRESSION = 4.0  # T = tanh(x / 4): sigmoid(x) = (1 + T)^2 / (2 (1 + T^2)), and G below is C^3 at +-1
+
+
+def softplus(b: Builder, x: int, lo: float, hi: float, tol: float) -> int:
+    """log(1 + e^x) on any finite range: x sigmoid(x) + G(T), T = tanh(x / 4) (doublings, any range),
+    sigmoid(x) = (1 + T)^2 / (2 (1 + T^2)) with 1 / (1 + T^2) on [1, 2] by Newton, and G(T) =
+    softplus(x) - x sigmoid(x) (the binary entropy of sigmoid(x), decaying like |x| e^-|x| both
+    ways) by a Chebyshev fit on T's range. sigmoid's error is multiplied by |x|: T is computed to
+    tol / max|x|."""
+    lo, hi = public_range(lo, hi)
+    reach = max(abs(lo), abs(hi), 1.0)
+    s = SOFTPLUS_COMPRESSION
+    b.declare(x, max(-lo, hi), "range")
+    sp = lambda v: np.logaddexp(0.0, v)  # noqa: E731
+    G = _inverse_tanh(s, lambda v: sp(v) - v / (1 + np.exp(-np.clip(v, -700, 700))))
+    inner_lo, inner_hi = public_range(lo / s, hi / s)
+    tlo, thi = math.tanh(inner_lo), math.tanh(inner_hi)
+    m, h, coef = chebyshev_fit(G, tlo, thi, tol, "softplus", WIDE_MAX_DEGREE)
+    with recipe(b, "softplus", lo=lo, hi=hi, method="tanh_compressed", compression=s) as recorded:
+        inner = len(b.program.nodes) + 1
+        t = saturating(b, b.pow2(x, -2), "tanh", inner_lo, inner_hi, tol / reach)
+        tanh_params = b.program[inner].facts.recipe_params
+        first = len(b.program.nodes)
+        # (1 + T)^2 / (2 (1 + T^2)) = (1 + 2T / (1 + T^2)) / 2 = (1 + tanh(x / 2)) / 2: one doubling
+        sigmoid = b.add_public(b.pow2(double(b, t, _reciprocal_iterations(tol / reach)), -1), 0.5)
+        entropy = chebyshev_series(b, t, m, h, coef)
+        grid = np.linspace(lo, hi, GRID_POINTS)
+        rounding = declare_by_grid(b, first, t, np.tanh(grid / s), tol)  # everything so far is a function of t
+        error_sigmoid = rounding[sigmoid] + 2 * tanh_params["max_error"]
+        fitted = fit_error(G, m, h, coef, tlo, thi)
+        error = fitted + rounding[entropy] + reach * error_sigmoid + truncation_error(tol)
+        second = len(b.program.nodes)
+        out = b.add(b.mul(x, sigmoid), entropy)
+        sig = 1 / (1 + np.exp(-np.clip(grid, -700, 700)))
+        declare_with_margin(b, second, {x: grid, sigmoid: sig, entropy: G(np.tanh(grid / s))}, error)
+        recorded.update(degree=int(np.max(np.nonzero(coef)[0])), steps=tanh_params["steps"] + 1, fit_error=fitted,
+                        max_error=error)
     return out

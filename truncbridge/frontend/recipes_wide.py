@@ -144,7 +144,7 @@ def saturating(b: Builder, x: int, name: str, lo: float, hi: float, tol: float, 
         if times_x:
             out = b.mul(x, out)
             error = max(abs(lo), abs(hi)) * error + truncation_error(tol)
-        declare_with_margin(b, first, x, grid, t_error * (1 + max(abs(lo), abs(hi))))
+        declare_with_margin(b, first, {x: grid}, t_error * (1 + max(abs(lo), abs(hi))))
         recorded["max_error"] = error  # fit and fixed-point rounding
     return out
 
@@ -163,10 +163,11 @@ def doubling_error(t: np.ndarray, k: int, error: float, tol: float) -> float:
     return float(error)
 
 
-def declare_with_margin(b: Builder, first: int, x: int, grid: np.ndarray, margin: float) -> None:
-    """Bounds of the nodes since ``first`` from the grid, each widened by ``margin`` (Newton's
-    roundings are self-correcting, which a linear worst-case model cannot see)."""
-    env = {x: torch.as_tensor(grid, dtype=torch.float64)}
+def declare_with_margin(b: Builder, first: int, sources: dict, margin: float) -> None:
+    """Bounds of the nodes since ``first`` from grids of their ``sources`` (node -> values), each
+    widened by ``margin`` (Newton's roundings are self-correcting, which a linear worst-case model
+    cannot see). Nodes already declared keep the tighter of the two."""
+    env = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in sources.items()}
     for node in b.program.nodes[first:]:
         env[node.id] = real_value(node, [env[i] for i in node.inputs], b.program)
         b.declare(node.id, env[node.id].abs().max().item() * GRID_SLACK + margin)
