@@ -20,10 +20,10 @@ element: 8 in Z_2^l for l <= 64, 16 (two int64 words, ``core/wide.py``) for wide
 
 run_pi, per process (``pi_estimates``; q policies, each with its own runner):
 
-    every process    RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
+    a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
     owner            4 P + 8 P (the model, the program; planning) + q x SHARE_BYTES P + material
     client, helper   4 P (the architecture, built from the config) + q x SHARE_BYTES P + material
-    dealer           material x parties
+    dealer           DEALER_BYTES (its runtime: no model) + material x parties
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values)
 
 SHARE_BYTES = 24 per parameter and policy (the weights' share, their halves opened before the
@@ -42,7 +42,8 @@ from pathlib import Path
 from .core.errors import UserError
 
 RUNTIME_BYTES = 450e6  # emulate random:llama --seq-len 16 (0.2 M parameters) peaks at 0.48 GB here
-CRYPTEN_BYTES = 150e6
+CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.53 GB, client 0.47 GB
+DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
 SHARE_BYTES = 24
 MATERIAL = 16
@@ -162,7 +163,7 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, policies: int, d
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, "architecture": 4 * shape.params, **shares})
     if dealer:
-        out["dealer"] = Estimate({**base, "material": material * parties})
+        out["dealer"] = Estimate({"runtime": DEALER_BYTES, "material": material * parties})
     return out
 
 

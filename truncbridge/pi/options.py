@@ -55,6 +55,7 @@ class PiConfig:
     audit: bool = False  # INSECURE
     benchmark_reveal: bool = False  # INSECURE
     json_path: str | None = None  # rank 0's --json
+    memory_check: str = "on"  # memory.CHECK_MODES: refuse a run that will not fit this host, before building
     client: ClientOptions = ClientOptions()
 
     @property
@@ -111,6 +112,9 @@ def parse_args(argv: list[str]) -> PiConfig:
                         "receipt is a share, a fresh-masked opening or the client's output, and every MPI receipt after "
                         "set-up a statistic (reveals everything to rank 0; marked in every table)")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
+    p.add_argument("--memory-check", default="on", choices=("on", "off"),
+                   help="on (default): rank 0 estimates every process's memory from the model's config before any "
+                        "party builds, and all refuse where the processes on its host will not fit; off: try anyway")
     p.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
                    help="plan afresh instead of reading (and writing) the owner's plan cache ($TRUNCBRIDGE_CACHE, "
                         "default ~/.cache/truncbridge/plans)")
@@ -140,7 +144,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         timeout_s=args.timeout, silence_s=args.silence, vanilla_rsqrt_scale=args.vanilla_rsqrt_scale,
         network=None if args.network is None else load_network(args.network), fuse=args.fuse, batch=args.batch,
         dealer=args.dealer, audit=args.audit, benchmark_reveal=args.benchmark_reveal, json_path=args.json,
-        plan_cache=args.plan_cache,
+        plan_cache=args.plan_cache, memory_check=args.memory_check,
         client=ClientOptions(prompt=args.prompt, text=args.text, output=args.client_output,
                              output_logits=args.client_output_logits))
 

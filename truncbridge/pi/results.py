@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
-PER_PARTY = MEASURED + ("comm_s",)
+PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes")
 # what a computing party sends rank 0 after each timed run (numbers only; the audit checks it)
 STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_bytes", "dealt_requests",
                                     "online_dealer_requests", "truncations_executed"))
@@ -38,6 +38,7 @@ class RunMeasurement:
     dealt_requests: int
     online_dealer_requests: int  # requests the dealer answered during the online phase (0: all dealt before)
     truncations_executed: int
+    peak_rss_bytes: int = 0  # this party's peak resident set so far (ru_maxrss)
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
     logits: torch.Tensor | None = None  # the revealed output, at the client only
 
@@ -79,7 +80,8 @@ def policy_row(policy: str, parties: int, runs: list[list[RunMeasurement]], refe
             "dealt_requests": first[0].dealt_requests,
             "online_dealer_requests": max(m.online_dealer_requests for everyone in runs for m in everyone),
             "truncations_executed": first[0].truncations_executed,
-            "per_party": [{k: getattr(m, k) for k in PER_PARTY} for m in first]}
+            "per_party": [{**{k: getattr(m, k) for k in PER_PARTY}, "peak_rss_bytes": last.peak_rss_bytes}
+                          for m, last in zip(first, runs[-1])]}  # the peak after the policy's last run
     if references is not None and logits is not None:
         row.update(accuracy(policy, [x.double() for x in logits], references))
     return row
@@ -201,6 +203,14 @@ def _network(network: dict | None) -> str:
             f"{network['bandwidth_gbps'] * 1000:g} Mbit/s)")
 
 
+def memory_line(memory: dict) -> str:
+    """Each process's peak resident set beside its estimate (``memory.pi_estimates``), in GB."""
+    estimate = memory["estimate"]
+    peaks = ", ".join(f"{name} {peak / 1e9:.2f} (estimated {estimate[name]['estimate_bytes'] / 1e9:.2f})"
+                      for name, peak in memory["peak_rss_bytes"].items())
+    return f"memory: peak RSS in GB per process: {peaks}"
+
+
 def format_table(result: dict) -> str:
     dealer = ("dealer: INSECURE, the model owner deals and can read the client's data" if result["dealer"] == INSECURE
               else "a separate dealer")
@@ -219,6 +229,8 @@ def format_table(result: dict) -> str:
     lines += [_format_row(r) for r in result["rows"]]
     lines += LEGEND[:1 + revealed]
     lines += [f"hint: {h}" for h in hints(result)]
+    if "memory" in result:
+        lines.append(memory_line(result["memory"]))
     for name, ratio in result["ratios"].items():
         parts = ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
         lines.append(f"{name}: {parts}")

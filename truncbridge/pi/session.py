@@ -32,6 +32,7 @@ from ..backends.crypten.dealing import run_dealer
 from ..backends.crypten.roles import CLIENT, OWNER, role
 from ..core.errors import UserError
 from ..crypten.vanilla import CountDivisions
+from ..memory import peak_rss_bytes
 from . import mpi
 from .audit import MAX_FINDINGS, audit_summary, mpi_findings
 from .client import ClientInput, client_input
@@ -60,6 +61,7 @@ class Setup:
     given: ClientInput | None = None  # the client's input
     ids: torch.Tensor | None = None  # the client's token ids, (1, seq_len)
     inputs: dict[str, torch.Tensor] | None = None  # the client's one-hot tokens: the plans' input
+    memory: dict | None = None  # the owner's: every process's estimate and what its host had (``_check_memory``)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     who = role(rank, parties)
     computing = comm.Split(0 if rank < parties else MPI.UNDEFINED, rank)
     say = (lambda msg: print(f"[run_pi] {msg}", file=sys.stderr, flush=True)) if rank == 0 else (lambda msg: None)
+    host_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).allgather(rank)  # the processes sharing this host's memory
     try:
-        setup = _setup(comm, config, parties, say) if rank < parties else None
+        setup = _setup(comm, config, parties, say, host_ranks) if rank < parties else None
         address = mpi.rendezvous(comm)
         mpi.setup_done()  # from here on, MPI carries statistics only (checked by --audit)
     except mpi.PeerFailed as exc:
@@ -90,14 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"RANK": str(rank), "RENDEZVOUS": address, "DISTRIBUTED_BACKEND": "gloo"})
     if rank == parties:
         core = run_dealer(config.audit, linger_s=config.silence_s, startup_s=config.timeout_s)
-        mpi.gather(comm, {"masks": core.masks, "mpi": mpi.RECEIPTS} if config.audit else None, "audit")
+        mpi.gather(comm, {"peak_rss_bytes": peak_rss_bytes(),
+                          **({"masks": core.masks, "mpi": mpi.RECEIPTS} if config.audit else {})}, "audit")
         return 0
     return _compute(comm, computing, config, parties, setup, say)
 
 
-def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
-    """Rank 0 loads the model, plans (or reads ``--plan``), and sends the redacted plans; the others
-    build what they need from the architecture alone, and the client reads its input (``client.py``)."""
+def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0,)) -> Setup:
+    """Rank 0 checks the memory (``_check_memory``), loads the model, plans (or reads ``--plan``), and sends the
+    redacted plans; the others build what they need from the architecture alone, and the client reads its
+    input (``client.py``)."""
     from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
     from ..frontend.models import load_architecture, load_model
@@ -105,6 +110,7 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
 
     rank = comm.Get_rank()
     if rank == OWNER:
+        memory = _check_memory(config, parties, host_ranks)  # before anything is built; a refusal ends every rank
         loaded = load_model(config.model)  # the weights (and, under --benchmark-reveal, the references)
         if config.plan_files:
             plans = read_plans(config, loaded, parties, say)
@@ -113,7 +119,7 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
             plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
             captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
         mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
-        return Setup(_run_order(plans, config), plans, captured, loaded)
+        return Setup(_run_order(plans, config), plans, captured, loaded, memory=memory)
     docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
     setup = Setup(_run_order(docs, config), {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()})
     if not all(p.redacted for p in setup.plans.values()):  # never hold the owner's bounds
@@ -127,6 +133,29 @@ def _setup(comm, config: PiConfig, parties: int, say) -> Setup:
             setup.ids = setup.given.ids[None]
             setup.inputs = {"tokens": one_hot(setup.ids, vocab_size(loaded.model))}
     return setup
+
+
+def process_name(rank: int, parties: int, dealer: str) -> str:
+    """owner, client, helper or dealer: the names of ``memory.pi_estimates``."""
+    return "dealer" if rank == parties and dealer == "separate" else ("owner", "client", "helper")[rank]
+
+
+def _check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
+    """Every process's memory, estimated from the model's config before any party builds
+    (``memory.pi_estimates``); refused in one line where the processes on rank 0's host will not fit it."""
+    from ..memory import GB, check_fits, model_shape, pi_estimates
+
+    policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
+    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, policies, config.dealer == "separate")
+    names = [process_name(r, parties, config.dealer) for r in host_ranks]
+    on_host = sum(estimates[n].total for n in names)
+    each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
+    what = (f"run_pi of {config.model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
+            f"on this host ({each} GB)")
+    ways = "fewer policies (--policy), fewer parties, a smaller --seq-len, the processes on several hosts, a bigger machine"
+    facts = check_fits(on_host, what, ways, config.memory_check)
+    return {"estimate": {n: e.as_json() for n, e in estimates.items()}, "host_ranks": host_ranks,
+            "host_estimate_bytes": int(on_host), **facts}
 
 
 def _run_order(plans: dict, config: PiConfig) -> tuple[str, ...]:
@@ -182,7 +211,8 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           offline_s=offline["seconds"], offline_bytes=offline["bytes"],
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
-                          truncations_executed=executed, logits=None if opened is None else opened[0][0])
+                          truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(),
+                          logits=None if opened is None else opened[0][0])
 
 
 def statistics(mine: RunMeasurement) -> dict:
@@ -231,7 +261,8 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
         status = _client_result(comm, config, setup, outputs)
     elif rank == OWNER and config.benchmark_reveal:
         revealed = mpi.wait_for(comm, CLIENT, "reveal")
-    pooled = mpi.gather(comm, {"log": log, "masks": masks, "mpi": mpi.RECEIPTS} if config.audit else None, "audit")
+    pooled = mpi.gather(comm, {"peak_rss_bytes": peak_rss_bytes(),
+                               **({"log": log, "masks": masks, "mpi": mpi.RECEIPTS} if config.audit else {})}, "audit")
     if rank == OWNER:
         _report(config, parties, runs, setup, pooled, revealed, say)
     return status
@@ -280,6 +311,8 @@ def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: li
               "benchmark_reveal": config.benchmark_reveal, "threads_per_party": torch.get_num_threads(),
               "plan_files": list(config.plan_files), "rows": rows, "ratios": ratios(rows)}
     result["insecure"] = insecure_modes(result, config.audit)
+    result["memory"] = {**setup.memory, "peak_rss_bytes": {process_name(rank, parties, config.dealer): p["peak_rss_bytes"]
+                                                           for rank, p in enumerate(pooled)}}
     if config.audit:
         result["audit"] = audit = audit_summary(pooled, parties, config.dealer)
         over_mpi = mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=config.benchmark_reveal)
