@@ -48,7 +48,7 @@ LIVE_VALUES = 8
 SHARE_BYTES = 24
 MATERIAL = 16
 FAKE_WEIGHT_BYTES = 8
-AGREEMENT = (0.5, 2.0)  # estimate / measured peak RSS, checked by tests/test_memory.py
+AGREEMENT = (0.75, 1.5)  # estimate / measured peak RSS, checked by tests/test_memory.py (seen: 1.03-1.19)
 CHECK_MODES = ("on", "off")
 GB = 1e9
 
