@@ -166,16 +166,17 @@ def test_a_model_transformers_cannot_build_is_one_line(monkeypatch, capsys):
 
 
 def test_a_preset_too_big_for_memory_is_refused(monkeypatch, capsys):
-    """--preset without --fake-weights builds the whole model: counted on the meta device first, and
-    refused when its float32 weights exceed the memory available (here pretended to be 100 MB)."""
-    from truncbridge.frontend import models
+    """--preset without --fake-weights builds the whole model: its memory estimated from the config first
+    (truncbridge/memory.py), and refused when it exceeds the memory available (here pretended to be 100 MB)."""
+    from truncbridge import memory
 
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 100_000_000)
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 100_000_000)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
     start = time.perf_counter()
     assert main(["plan", "--model", "random:gpt2", "--preset", "gpt2-small", "-o", "/dev/null"]) == 2
     elapsed = time.perf_counter() - start
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "random:gpt2 at gpt2-small's shapes holds 0.12e9 parameters: 0.5 GB" in err[0]
+    assert len(err) == 1 and "plan of random:gpt2 at gpt2-small (0.12e9 parameters, --seq-len 128) needs about 2.4 GB" in err[0]
     assert "--fake-weights" in err[0] and elapsed < LIMIT_S
 
 

@@ -158,8 +158,6 @@ def _random_model(name: str, preset: str | None, fake_weights: bool, activations
     config = random_config(model_type, preset)
     if activations == "real":
         realistic.untie(config)
-    if preset is not None and not fake_weights:
-        _check_fits_in_memory(config, name, preset)
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)  # ids < 1024 fit every vocabulary
     # the default model's tokenizer, so its held-out text is the evaluation text too
     transform = realistic.RealRanges(config, realistic.massive_token_ids(tokenizer)) if activations == "real" else None
@@ -174,31 +172,6 @@ def _random_model(name: str, preset: str | None, fake_weights: bool, activations
         if transform is not None:
             realistic.apply(model, transform)
     return LoadedModel(name, model.float().eval(), tokenizer, _heldout(DEFAULT_MODEL_DIR), preset, generated, activations)
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (None where there is none)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _check_fits_in_memory(config, name: str, preset: str) -> None:
-    """A preset's full-size model, built whole, must fit in memory: counted on the meta device first
-    (no weights allocated), refused in one line rather than swapped or killed."""
-    free = available_memory_bytes()
-    if free is None:
-        return
-    with torch.device("meta"):
-        params = sum(p.numel() for p in from_config(config, name).parameters())
-    if params * 4 > free:
-        raise UserError(f"{name} at {preset}'s shapes holds {params / 1e9:.2f}e9 parameters: {params * 4 / 1e9:.1f} GB of "
-                        f"float32 weights, more than the {free / 1e9:.1f} GB of memory available: `truncbridge plan "
-                        "--fake-weights` plans it without holding it")
 
 
 def load_model(name: str | None, preset: str | None = None, fake_weights: bool = False,
