@@ -148,15 +148,16 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     tol, gain = lw.tol / scale, int(math.floor(math.log2(scale)))  # the output keeps `gain` more fraction bits
     family = recipes_wide.family_name(name, kw) if not rest else None
     try:
+        fn = torch_function(node.target, rest, kw)
         wide_erf = family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_compressed.ERF_PLAIN_REACH
         if family is not None and not wide_erf:
             try:
-                return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
+                if recipes_wide.products(family, lo, hi, tol) < _plain_products(fn, lo, hi, tol, name):
+                    return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
             except UserError:
                 wide_erf = family in ("erf", "gelu")
         if wide_erf:  # erf's own argument outgrows the doublings: compress it through tanh
             return Secret(recipes_compressed.erf_family(lw.b, x_id, family, lo, hi, tol))
-        fn = torch_function(node.target, rest, kw)
         try:
             return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
         except UserError:  # a function that flattens out may still fit through tanh; if not, one line
@@ -165,6 +166,15 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
             return Secret(recipes_compressed.auto_compressed(lw.b, x_id, fn, lo, hi, tol, name))
     except UserError as e:
         raise UserError(f"{e} (node {node.name})") from None
+
+
+def _plain_products(fn, lo: float, hi: float, tol: float, name: str) -> float:
+    """Secret products of the plain Chebyshev fit (degree - 1), infinite where none fits."""
+    try:
+        coef = recipes.chebyshev_fit(fn, *recipes.public_range(lo, hi), tol, name)[2]
+    except UserError:
+        return math.inf
+    return max(int(np.max(np.nonzero(coef)[0])) - 1, 0) if np.any(coef) else 0
 
 
 def _feeds_scaled_pointwise(node) -> bool:

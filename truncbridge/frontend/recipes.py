@@ -100,13 +100,33 @@ def fit_error(fn, m: float, h: float, coef: np.ndarray, lo: float, hi: float) ->
     return float((np.max(np.abs(err)) + np.max(np.abs(np.diff(err))) / 2) * 1.01)
 
 
+POWER_OF_TWO_SLACK = 2  # degrees a free power-of-two scaling may add before the exact one's truncation pays
+
+
 def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str,
                   max_degree: int = MAX_CHEBYSHEV_DEGREE) -> tuple[float, float, np.ndarray]:
-    """Centre m, half-width h (t = (x - m) / h in [-1, 1]) and the coefficients of the lowest
-    degree whose error in real arithmetic is within tol / 2 on a 4001-point grid; the other half
-    is left to fixed-point rounding, which ``chebyshev`` bounds and records. A UserError when no
-    degree up to ``max_degree`` fits."""
+    """Centre m, half-width h (t = (x - m) / h) and the coefficients of the lowest degree whose
+    error in real arithmetic is within tol / 2 on a dense grid; the other half is left to
+    fixed-point rounding, which ``chebyshev`` bounds and records. h is the range's own half-width
+    (t fills [-1, 1]; scaling by 1/h costs a truncation) or the power of two above it (free; t
+    fills part of [-1, 1], up to twice the degree on a wide range), whichever needs at most
+    POWER_OF_TWO_SLACK degrees more. A UserError when no degree up to ``max_degree`` fits."""
     m, h = (lo + hi) / 2, max((hi - lo) / 2, 2.0**-20)
+    coef, best = _lowest_fit(fn, m, h, tol, max_degree)
+    if coef is None:
+        raise UserError(f"{name}: no Chebyshev fit of degree <= {max_degree} reaches {tol / 2:.2g} on "
+                        f"[{lo:.4g}, {hi:.4g}] (best {best:.2g}): narrow the range or register a recipe (register_recipe)")
+    h2 = 2.0 ** math.ceil(math.log2(h))
+    if h2 != h:
+        coef2, _ = _lowest_fit(fn, m, h2, tol, min(max_degree, len(coef) - 1 + POWER_OF_TWO_SLACK))
+        if coef2 is not None:
+            return m, h2, coef2
+    return m, h, coef
+
+
+def _lowest_fit(fn, m: float, h: float, tol: float, max_degree: int) -> tuple[np.ndarray | None, float]:
+    """Coefficients of the lowest-degree interpolant of fn(m + h t) on [-1, 1] within tol / 2 (or
+    None), and the best error seen."""
     g = lambda t: fn(m + t * h)  # noqa: E731
     ts = np.linspace(-1.0, 1.0, 4001)
     exact = g(ts)
@@ -118,9 +138,8 @@ def chebyshev_fit(fn, lo: float, hi: float, tol: float, name: str,
         if fit <= tol / 2:
             coef = series.coef.copy()
             coef[np.abs(coef) < tol / (64 * len(coef))] = 0.0  # drop terms that cannot matter
-            return m, h, coef
-    raise UserError(f"{name}: no Chebyshev fit of degree <= {max_degree} reaches {tol / 2:.2g} on "
-                    f"[{lo:.4g}, {hi:.4g}] (best {best:.2g}): narrow the range or register a recipe (register_recipe)")
+            return coef, best
+    return None, best
 
 
 def is_power_of_two(v: float) -> bool:

@@ -102,6 +102,15 @@ def _plan(H, lo: float, hi: float, tol: float) -> tuple[int, tuple[float, float,
     return best[1], best[2]
 
 
+def products(name: str, lo: float, hi: float, tol: float) -> int:
+    """How many secret products ``saturating`` would emit for ``name`` on [lo, hi] (UserError if none fits)."""
+    H, times_x, _ = FAMILY[name]
+    lo, hi = public_range(lo, hi)
+    k, (_, _, coef) = _plan(H, lo, hi, tol)
+    degree = int(np.max(np.nonzero(coef)[0])) if np.any(coef) else 0
+    return max(degree - 1, 0) + k * (2 + 2 * _reciprocal_iterations(tol)) + int(times_x)
+
+
 def double(b: Builder, t: int, iterations: int) -> int:
     """tanh(2y) = 2t / (1 + t^2), t = tanh(y); 1 / (1 + t^2) by Newton from the public start."""
     u = b.add_public(b.mul(t, t), 1.0)
