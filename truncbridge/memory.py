@@ -18,19 +18,21 @@ element: 8 in Z_2^l for l <= 64, 16 (two int64 words, ``core/wide.py``) for wide
                                         for the metrics (k = 2; 3 with --recipes-error)
     --fake-weights   8 L                replaces the three weight terms: one parameter generated, one prefetched
 
-run_pi, per process (``pi_estimates``; q policies, each with its own runner):
+run_pi, per process (``pi_estimates``):
 
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
-    owner            4 P + 8 P (the model, the program; planning) + q x SHARE_BYTES P + material
-    client, helper   4 P (the architecture, built from the config) + q x SHARE_BYTES P + material
+    owner            4 P + 8 P (the model, the program; planning) + SHARE_BYTES x P + material
+    client, helper   4 P (the architecture, built from the config) + SHARE_BYTES x P + material
     dealer           DEALER_BYTES (its runtime: no model) + material x parties
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values)
 
-SHARE_BYTES = 24 per parameter and policy (the weights' share, their halves opened before the
-online phase, and the triples' weight-shaped masks) fits the 11.6 GB peak of issue 27's 114 M-parameter
-Llama with four policies; MATERIAL = 16 fits its 493 MB dealt per party. The constants were measured
-on a 2-core x86-64 Linux machine (tests/test_memory.py checks the estimate against peak RSS of real
-commands within ``AGREEMENT``). ``--memory-check off`` skips the refusal (the estimate is still reported).
+SHARE_BYTES = 80 per parameter (the weights' shares, their halves opened before the online phase, the
+triples' weight-shaped masks and the products' temporaries): measured 84 beyond the model with one
+policy (a 22 M-parameter Llama, seq 16: owner 2.61 GB, client 2.44 GB) and 85 with four (issue 27's
+114 M-parameter Llama, 11.6 GB): it does not grow with the policies, run one after another.
+MATERIAL = 16 fits the 493 MB dealt per party there. The constants were measured on a 2-core x86-64
+Linux machine (tests/test_memory.py checks the estimate against peak RSS of real commands within
+``AGREEMENT``). ``--memory-check off`` skips the refusal (the estimate is still reported).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ RUNTIME_BYTES = 450e6  # emulate random:llama --seq-len 16 (0.2 M parameters) pe
 CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.53 GB, client 0.47 GB
 DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
-SHARE_BYTES = 24
+SHARE_BYTES = 80
 MATERIAL = 16
 FAKE_WEIGHT_BYTES = 8
 AGREEMENT = (0.75, 1.5)  # estimate / measured peak RSS, checked by tests/test_memory.py (seen: 1.03-1.19)
@@ -154,11 +156,11 @@ def command_estimate(command: str, shape: ModelShape, seq_len: int, windows: int
     return Estimate(terms)
 
 
-def pi_estimates(shape: ModelShape, seq_len: int, parties: int, policies: int, dealer: bool) -> dict[str, Estimate]:
+def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool) -> dict[str, Estimate]:
     """run_pi: role -> the estimate of its process (the module docstring's model)."""
     material = MATERIAL * seq_len * shape.layers * (4 * shape.hidden + 2 * shape.mlp + shape.heads * seq_len) * 8
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
-    shares = {"shares": policies * SHARE_BYTES * shape.params, "material": material}
+    shares = {"shares": SHARE_BYTES * shape.params, "material": material}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params, **shares})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, "architecture": 4 * shape.params, **shares})

@@ -146,7 +146,7 @@ def _check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict
     from ..memory import GB, check_fits, model_shape, pi_estimates
 
     policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
-    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, policies, config.dealer == "separate")
+    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, config.dealer == "separate")
     names = [process_name(r, parties, config.dealer) for r in host_ranks]
     on_host = sum(estimates[n].total for n in names)
     each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
