@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from truncbridge.core.errors import UserError  # noqa: E402
 from truncbridge.frontend.models import load_model  # noqa: E402
+from truncbridge.memory import check_fits, command_estimate, model_shape  # noqa: E402
 from truncbridge.pipeline import build_plan, convert, emulate, plan_config, tokenize_windows  # noqa: E402
 
 
@@ -39,6 +40,10 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--time-limit", type=float, default=10.0)
     args = parser.parse_args()
+    shape = model_shape(args.model, args.preset, args.activations)  # refused before building where it will not fit
+    check_fits(command_estimate("emulate", shape, args.seq_len, args.windows, 16, args.fake_weights).total,
+               f"{args.model} ({shape.params / 1e9:.2f}e9 parameters)", "--fake-weights, a smaller --seq-len or --windows",
+               override="")
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights, activations=args.activations)
     converted = convert(loaded, args.seq_len, 16)
     windows = None if args.fake_weights else tokenize_windows(loaded.tokenizer, loaded.heldout_text, args.seq_len,

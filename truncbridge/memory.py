@@ -221,13 +221,13 @@ def _cgroup_folders() -> list[Path]:
     return out
 
 
-def check_fits(estimate: float, what: str, ways_out: str, mode: str = "on") -> dict:
+def check_fits(estimate: float, what: str, ways_out: str, mode: str = "on", override: str = "--memory-check off") -> dict:
     """Refuse (one line) where ``estimate`` bytes exceed what is available; the facts, for the JSON."""
     free, source = available_bytes()
     if mode == "on" and free is not None and estimate > free:
         raise UserError(f"{what} needs about {estimate / GB:.1f} GB (estimated from its config, before building "
-                        f"anything), more than the {free / GB:.1f} GB available ({source}): {ways_out}, or pass "
-                        "--memory-check off to try anyway")
+                        f"anything), more than the {free / GB:.1f} GB available ({source}): {ways_out}"
+                        + (f", or pass {override} to try anyway" if override else ""))
     return {"available_bytes": None if free is None else int(free), "available_from": source, "check": mode}
 
 
