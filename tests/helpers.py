@@ -36,7 +36,7 @@ def emulate_program(program: Program, inputs: dict[str, torch.Tensor], field_bit
 EMULATE_KEYS = {"model", "field_bits", "field", "prime", "frac_bits", "policy", "metrics", "counts", "bound_violations",
                 "above_bound",
                 "bound_offenders", "time_s", "recipes_alone_max_abs_error",
-                "truncation_model"}
+                "truncation_model", "memory"}  # memory: the estimate and peak RSS (truncbridge/memory.py)
 
 
 def _encoding_error(value: torch.Tensor, scale: int) -> float:
