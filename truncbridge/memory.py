@@ -23,7 +23,7 @@ run_pi, per process (``pi_estimates``):
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
     owner            4 P + 8 P (the model, the program; planning) + SHARE_BYTES x P + material
     client, helper   4 P (the architecture, built from the config) + SHARE_BYTES x P + material
-    dealer           DEALER_BYTES (its runtime: no model) + material x parties
+    dealer           DEALER_BYTES (its runtime: no model) + material x parties (the owner's, with --dealer owner-insecure)
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values)
 
 SHARE_BYTES = 80 per parameter (the weights' shares, their halves opened before the online phase, the
@@ -164,8 +164,11 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool) ->
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params, **shares})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, "architecture": 4 * shape.params, **shares})
+    dealing = {"runtime": DEALER_BYTES, "material": material * parties}
     if dealer:
-        out["dealer"] = Estimate({"runtime": DEALER_BYTES, "material": material * parties})
+        out["dealer"] = Estimate(dealing)
+    else:  # --dealer owner-insecure: the owner deals too
+        out["owner"].terms["dealing"] = dealing["material"]
     return out
 
 
