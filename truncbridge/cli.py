@@ -182,7 +182,6 @@ def cmd_plan(args) -> None:
 def cmd_compare(args) -> list[dict]:
     from .analysis.cost import plan_costs
     from .compare_report import plot_compare, print_compare
-    from .core.fields import field_name
     from .core.protocols import load_network, load_protocol
     from .core.suggest import nearest
     from .core.types import POLICIES
@@ -220,12 +219,7 @@ def cmd_compare(args) -> list[dict]:
                     plan = build_plan(converted, _config(args, pol, fb, prime), hints)
                     sites.setdefault(pol, []).append(plan.sites)
                 except UserError as exc:
-                    rows.append({"model": loaded.label, "field_bits": fb, "field": field_name(fb, prime), "prime": prime,
-                                 "frac_bits": args.frac_bits, "policy": pol,
-                                 "metrics": None, "counts": None, "bound_violations": None,
-                                 "above_bound": None, "bound_offenders": None, "time_s": None,
-                                 "recipes_alone_max_abs_error": None, "truncation_model": "nearest",
-                                 "feasible": False, "reason": str(exc)})
+                    rows.append(_infeasible_row(loaded.label, fb, prime, args.frac_bits, pol, str(exc)))
                     rounds.append(None)
                     advance()
                     continue
@@ -241,6 +235,16 @@ def cmd_compare(args) -> list[dict]:
     if args.plot:
         plot_compare(rows, args.plot)
     return rows
+
+
+def _infeasible_row(model: str, field_bits: int, prime, frac_bits: int, policy: str, reason: str) -> dict:
+    """compare's row for a (field, policy) pair that cannot be planned: why, and no numbers."""
+    from .core.fields import field_name
+
+    return {"model": model, "field_bits": field_bits, "field": field_name(field_bits, prime), "prime": prime,
+            "frac_bits": frac_bits, "policy": policy, "metrics": None, "counts": None, "bound_violations": None,
+            "above_bound": None, "bound_offenders": None, "time_s": None, "recipes_alone_max_abs_error": None,
+            "truncation_model": "nearest", "feasible": False, "reason": reason}
 
 
 def _check_some_config(args, fields) -> None:

@@ -142,3 +142,35 @@ def references(model, plans: dict, ids: torch.Tensor, inputs: dict, truncation: 
         out[f"{policy}/spread"] = max((noisy.decode_outputs(noisy.run(inputs)[0])[0][0] - exact).abs().max().item()
                                       for _ in range(SPREAD_SEEDS))
     return out
+
+
+def process_name(rank: int, parties: int, dealer: str) -> str:
+    """owner, client, helper or dealer: the names of ``memory.pi_estimates``."""
+    return "dealer" if rank == parties and dealer == "separate" else ("owner", "client", "helper")[rank]
+
+
+def check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
+    """Every process's memory, estimated from the model's config before any party builds
+    (``memory.pi_estimates``); refused in one line where the processes on rank 0's host will not fit it."""
+    from ..memory import GB, check_fits, model_shape, pi_estimates
+
+    policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
+    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, config.dealer == "separate")
+    names = [process_name(r, parties, config.dealer) for r in host_ranks]
+    on_host = sum(estimates[n].total for n in names)
+    each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
+    what = (f"run_pi of {config.model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
+            f"on this host ({each} GB)")
+    ways = "fewer policies (--policy), fewer parties, a smaller --seq-len, the processes on several hosts, a bigger machine"
+    facts = check_fits(on_host, what, ways, config.memory_check)
+    return {"estimate": {n: e.as_json() for n, e in estimates.items()}, "host_ranks": host_ranks,
+            "host_estimate_bytes": int(on_host), **facts}
+
+
+def revealed_references(config: PiConfig, parties: int, model, plans: dict, revealed: dict, say) -> dict:
+    """--benchmark-reveal: the float and emulated references on the client's revealed ids."""
+    from ..pipeline import one_hot, vocab_size
+
+    ids = revealed["ids"]
+    say("emulating the plans on the revealed input (exact, and with the protocol's truncation model)")
+    return references(model, plans, ids, {"tokens": one_hot(ids[None], vocab_size(model))}, config.truncation, parties)

@@ -38,7 +38,7 @@ from .audit import MAX_FINDINGS, audit_summary, mpi_findings
 from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
-from .owner import make_plans, predictions, read_plans, references
+from .owner import check_memory, make_plans, predictions, process_name, read_plans, revealed_references
 from .party import Party
 from .results import RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
 
@@ -61,7 +61,7 @@ class Setup:
     given: ClientInput | None = None  # the client's input
     ids: torch.Tensor | None = None  # the client's token ids, (1, seq_len)
     inputs: dict[str, torch.Tensor] | None = None  # the client's one-hot tokens: the plans' input
-    memory: dict | None = None  # the owner's: every process's estimate and what its host had (``_check_memory``)
+    memory: dict | None = None  # the owner's: every process's estimate and what its host had (``owner.check_memory``)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0,)) -> Setup:
-    """Rank 0 checks the memory (``_check_memory``), loads the model, plans (or reads ``--plan``), and sends the
+    """Rank 0 checks the memory (``owner.check_memory``), loads the model, plans (or reads ``--plan``), and sends the
     redacted plans; the others build what they need from the architecture alone, and the client reads its
     input (``client.py``)."""
     from ..core.planfile import plan_from_json, plan_to_json
@@ -110,7 +110,7 @@ def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0
 
     rank = comm.Get_rank()
     if rank == OWNER:
-        memory = _check_memory(config, parties, host_ranks)  # before anything is built; a refusal ends every rank
+        memory = check_memory(config, parties, host_ranks)  # before anything is built; a refusal ends every rank
         loaded = load_model(config.model)  # the weights (and, under --benchmark-reveal, the references)
         if config.plan_files:
             plans = read_plans(config, loaded, parties, say)
@@ -133,29 +133,6 @@ def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0
             setup.ids = setup.given.ids[None]
             setup.inputs = {"tokens": one_hot(setup.ids, vocab_size(loaded.model))}
     return setup
-
-
-def process_name(rank: int, parties: int, dealer: str) -> str:
-    """owner, client, helper or dealer: the names of ``memory.pi_estimates``."""
-    return "dealer" if rank == parties and dealer == "separate" else ("owner", "client", "helper")[rank]
-
-
-def _check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
-    """Every process's memory, estimated from the model's config before any party builds
-    (``memory.pi_estimates``); refused in one line where the processes on rank 0's host will not fit it."""
-    from ..memory import GB, check_fits, model_shape, pi_estimates
-
-    policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
-    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, config.dealer == "separate")
-    names = [process_name(r, parties, config.dealer) for r in host_ranks]
-    on_host = sum(estimates[n].total for n in names)
-    each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
-    what = (f"run_pi of {config.model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
-            f"on this host ({each} GB)")
-    ways = "fewer policies (--policy), fewer parties, a smaller --seq-len, the processes on several hosts, a bigger machine"
-    facts = check_fits(on_host, what, ways, config.memory_check)
-    return {"estimate": {n: e.as_json() for n, e in estimates.items()}, "host_ranks": host_ranks,
-            "host_estimate_bytes": int(on_host), **facts}
 
 
 def _run_order(plans: dict, config: PiConfig) -> tuple[str, ...]:
@@ -284,18 +261,8 @@ def _client_result(comm, config: PiConfig, setup: Setup, outputs: dict) -> int:
     return status
 
 
-def _revealed_references(config: PiConfig, parties: int, setup: Setup, revealed: dict, say) -> dict:
-    """--benchmark-reveal: the float and emulated references on the client's revealed ids."""
-    from ..pipeline import one_hot, vocab_size
-
-    model, ids = setup.loaded.model, revealed["ids"]
-    say("emulating the plans on the revealed input (exact, and with the protocol's truncation model)")
-    return references(model, setup.plans, ids, {"tokens": one_hot(ids[None], vocab_size(model))}, config.truncation,
-                      parties)
-
-
 def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: list, revealed: dict | None, say) -> None:
-    refs = _revealed_references(config, parties, setup, revealed, say) if revealed is not None else None
+    refs = None if revealed is None else revealed_references(config, parties, setup.loaded.model, setup.plans, revealed, say)
     rows = []
     for policy in setup.policies:
         row = policy_row(policy, parties, runs[policy], refs, revealed["logits"][policy] if revealed else None)
