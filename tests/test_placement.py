@@ -254,10 +254,11 @@ def test_field_too_small_names_the_value():
     b.output(b.mul(x, x))
     bounds = calibrated_bounds(b.program, float_maxabs(b.program, {"x": torch.linspace(-1, 1, 4)}), 1)
     want = ("field too small: mul at model.layers.0.mlp:mul needs 35 bits (|value| <= 2 (calibrated) at scale 32) "
-            "but the budget is 24 bits")
+            "but the budget is 24 bits; a field of 35 bits would fit (--field-bits 35)")
     for policy in ("eager", "lazy", "optimal"):
         with pytest.raises(UserError, match=f"^{re.escape(want)}$"):
             place(b.program, bounds, plan_config(policy, field_bits=24))
+        place(b.program, bounds, plan_config(policy, field_bits=35))  # the field it names does fit
 
 
 def test_protocol_headroom_shrinks_the_budget():
@@ -524,3 +525,36 @@ def test_the_default_model_is_solved_to_a_proven_gap_of_one_percent(default_conv
     sites = {p: set(build_plan(default_converted, dataclasses.replace(config, policy=p)).sites) for p in ("eager", "lazy")}
     for policy, chosen in {**sites, "optimal": set(plan.sites)}.items():
         assert max(milp_rounds(program, goal, chosen)[0]) <= goal.rounds(program, chosen), policy
+
+
+@pytest.mark.parametrize("hi", [20.0, 100.0, 1000.0])
+def test_a_recipes_range_the_field_cannot_hold_names_the_range_and_the_field_that_would(hi):
+    """exp on [-1000, hi] is a recipe for any finite range, but its values reach e^hi: the refusal is
+    one line naming the recipe, the range it was fitted on (rounded out to the public grid) and the
+    field that would hold it: one the ring offers (which then plans, and one bit less does not), or
+    none — wider than 128 bits, or beyond float64 itself."""
+    from truncbridge.analysis import static_bounds
+    from truncbridge.frontend import recipes
+    from truncbridge.frontend.recipe_base import public_range
+
+    lo, top = public_range(-1000.0, hi)
+    b = Builder()
+    b.origin = "model.layers.0.mlp:exp"
+    x = b.input("x", (4,))
+    with pytest.raises(UserError) as info:
+        b.output(recipes.exp(b, x, -1000.0, hi))
+        place(b.program, static_bounds(b.program), plan_config("eager", field_bits=64))
+    message = str(info.value)
+    assert "\n" not in message and (f"[exp fitted on [{lo:.4g}, {top:.4g}]]" in message or
+                                    message.startswith(f"exp on [{lo:.4g}, {top:.4g}] reaches values over 2^1024")), message
+    if hi == 1000.0:
+        assert message.endswith("no field holds them (the widest has 128 bits); narrow the input range (--bounds calibrated)")
+        return
+    fits = int(re.search(r"a field of (\d+) bits", message).group(1))
+    if fits > 128:
+        assert f"it needs a field of {fits} bits, wider than any (128)" in message
+        return
+    assert message.endswith(f"a field of {fits} bits would fit (--field-bits {fits})")
+    place(b.program, static_bounds(b.program), plan_config("eager", field_bits=fits))
+    with pytest.raises(UserError, match="field too small"):
+        place(b.program, static_bounds(b.program), plan_config("eager", field_bits=fits - 1))

@@ -3,6 +3,7 @@ nodes inserted where a policy asks (``greedy.py``, or an optimal solution)."""
 from __future__ import annotations
 
 from ..core.errors import UserError
+from ..core.fields import MAX_RING_BITS
 from ..core.ir import Facts, Node, Program
 from ..core.ops import spec
 from ..core.types import Bound, needed_bits
@@ -101,8 +102,13 @@ class Emitter:
         return self.out
 
 
-def too_small(node: Node, bits: int, budget: int, bound: Bound, scale: int) -> UserError:
-    where = node.origin + (f" [{node.recipe}]" if node.recipe else "")
+def too_small(node: Node, bits: int, budget: int, bound: Bound, scale: int, fits: int, fitted: dict | None = None) -> UserError:
+    """``fits``: the field size that would hold every value of the placement; ``fitted``: the recipe
+    parameters of the use the node belongs to (its input range: what a wide range costs)."""
+    where = node.origin + (f" [{node.recipe}" + (f" fitted on [{fitted['lo']:.4g}, {fitted['hi']:.4g}]" if fitted and
+                                                  "lo" in fitted else "") + "]" if node.recipe else "")
+    way = (f"a field of {fits} bits would fit (--field-bits {fits})" if fits <= MAX_RING_BITS else
+           f"it needs a field of {fits} bits, wider than any ({MAX_RING_BITS}): narrow the input range "
+           "(--bounds calibrated) or the model's")
     return UserError(f"field too small: {node.op} at {where} needs {bits} bits "
-                     f"(|value| <= {bound.value:.4g} ({bound.source}) at scale {scale}) "
-                     f"but the budget is {budget} bits")
+                     f"(|value| <= {bound.value:.4g} ({bound.source}) at scale {scale}) but the budget is {budget} bits; {way}")

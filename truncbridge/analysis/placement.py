@@ -25,6 +25,7 @@ import time
 from ..core.ir import Program
 from ..core.ops import check_node
 from ..core.types import Bound, Plan, PlanConfig
+from .cost import recipe_instances
 from .emit import Emitter, too_small
 from .greedy import place_fixed, place_greedy, precision_floors
 from .milp import solve_optimal
@@ -107,8 +108,11 @@ def _finish(e: Emitter, config: PlanConfig, solver: dict) -> Plan:
     plan.sites = sorted({e.source_of[t.inputs[0]] for t in plan.program.nodes
                          if t.op == "trunc" and t.inputs[0] in e.source_of})
     plan.source_of = dict(e.source_of)
-    for node in plan.program.nodes:
-        need = plan.bound_bits(node)
-        if need > plan.budget_bits:
-            raise too_small(node, need, plan.budget_bits, plan.bounds[node.id], node.scale)
+    needs = {node.id: plan.bound_bits(node) for node in plan.program.nodes}
+    over = [node for node in plan.program.nodes if needs[node.id] > plan.budget_bits]
+    if over:  # the first value that does not fit, and the field that would hold every value of this placement
+        fits = config.field_bits + max(needs.values()) - plan.budget_bits
+        use = recipe_instances(plan).get(over[0].id)  # a recipe's node: the range it was fitted on says why
+        fitted = plan.program[use].facts.recipe_params if use is not None else None
+        raise too_small(over[0], needs[over[0].id], plan.budget_bits, plan.bounds[over[0].id], over[0].scale, fits, fitted)
     return plan

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
+from ..core.fields import MAX_RING_BITS
 from ..core.ir import Builder
 from ..core.ops import real_value
 from ..core.types import PRECISION_TOLERANCE_BITS
@@ -44,6 +45,10 @@ def declare_by_grid(b: Builder, first: int, source: int, grid: np.ndarray, tol: 
     for node in b.program.nodes[first:]:
         env[node.id] = real_value(node, [env[i] for i in node.inputs], b.program)
     magnitude = {i: v.abs().max().item() for i, v in env.items()}
+    if not all(math.isfinite(m) for m in magnitude.values()):  # beyond float64, so beyond every field
+        name = b.program.nodes[first].recipe if len(b.program.nodes) > first else "a recipe"
+        raise UserError(f"{name or 'a recipe'} on [{grid[0]:.4g}, {grid[-1]:.4g}] reaches values over 2^1024: no field "
+                        f"holds them (the widest has {MAX_RING_BITS} bits); narrow the input range (--bounds calibrated)")
     errors = rounding_errors(b, first, source, magnitude, tol) if tol is not None else {}
     for node in b.program.nodes[first:]:
         b.declare(node.id, magnitude[node.id] * GRID_SLACK + errors.get(node.id, 0.0))
