@@ -558,3 +558,29 @@ def test_a_recipes_range_the_field_cannot_hold_names_the_range_and_the_field_tha
     place(b.program, static_bounds(b.program), plan_config("eager", field_bits=fits))
     with pytest.raises(UserError, match="field too small"):
         place(b.program, static_bounds(b.program), plan_config("eager", field_bits=fits - 1))
+
+
+def test_a_fractional_constant_added_below_frac_bits_is_modelled_where_it_is_emitted():
+    """x * 2^3 is a free relabel to scale f - 3; adding 0.1 there needs f fraction bits, so the
+    emitter shifts it back up. Every model of the placement (the checker's scales, the local search,
+    the MILP) must see the same scale, or optimal picks a placement whose emitted values overflow:
+    what the real MiniLM's GELU did under calibrated bounds (a product at scale 62 of a 62-bit budget)."""
+    from truncbridge.analysis import static_bounds
+    from truncbridge.analysis.emit import Emitter
+    from truncbridge.analysis.greedy import place_fixed
+    from truncbridge.analysis.scales import placement_vector
+
+    b = Builder()
+    x = b.input("x", (4,))
+    b.declare(x, 1.0, "range")
+    z = b.add_public(b.pow2(x, 3), 0.1)
+    b.output(b.mul(b.mul(z, z), b.mul(z, z)))
+    f, n = 16, len(b.program.nodes)
+    bounds = static_bounds(b.program)
+    e = Emitter(b.program, f, bounds, 62)
+    place_fixed(e, {})
+    emitted = [e.out[e.current[v.id]].scale for v in b.program.nodes]
+    assert emitted == [int(s) for s in placement_vector(b.program, f, set())[:n]] and emitted[z] == f
+    for policy in ("lazy", "optimal"):  # 4 z^4 at scale 4f = 64 does not fit: both must truncate, and fit
+        plan = place(b.program, bounds, plan_config(policy, field_bits=64, frac_bits=f, headroom_bits=2))
+        assert plan.counts()["truncations"] >= 1

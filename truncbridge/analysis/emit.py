@@ -7,7 +7,7 @@ from ..core.fields import MAX_RING_BITS
 from ..core.ir import Facts, Node, Program
 from ..core.ops import spec
 from ..core.types import Bound, needed_bits
-from .scales import is_small_integer, scale_rule
+from .scales import scale_rule
 
 
 class Emitter:
@@ -85,10 +85,8 @@ class Emitter:
     def emit(self, node: Node, ins: list[int], scale: int, extra: dict) -> int:
         if spec(node).aligned(node):
             ins = [self.to_scale(i, scale) for i in ins]
-        if node.op == "add_public" and scale < self.f:  # a fractional constant needs fraction bits
-            c = self.src.consts[node.attrs["const"]]
-            if not is_small_integer(c * 2.0**scale):
-                ins, scale = [self.to_scale(ins[0], self.f)], self.f
+        if node.op == "add_public" and self.scale(ins[0]) < scale:  # a fractional constant needs fraction bits
+            ins = [self.to_scale(ins[0], scale)]  # (``scales.scale_rule``, which every placement model shares)
         attrs = {**node.attrs, **extra}
         nid = self._append(node.op, ins, node.shape, attrs, node.origin, node.recipe, scale, self.src_bounds[node.id],
                            node.facts)

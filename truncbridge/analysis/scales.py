@@ -45,6 +45,8 @@ def scale_rule(src: Program, node: Node, s: list, f: int) -> tuple:
     if scaling == "max":
         return max(s), {}
     if scaling == "same":
+        if node.op == "add_public" and s[0] < f and not is_small_integer(src.consts[node.attrs["const"]] * 2.0**s[0]):
+            return f, {}  # a fractional constant needs frac_bits: the input is shifted up (``Emitter.emit``)
         return s[0], {}
     if scaling == "relabel":
         return s[0] - node.attrs["exp"], {}
