@@ -38,7 +38,7 @@ class RunMeasurement:
     dealt_requests: int
     online_dealer_requests: int  # requests the dealer answered during the online phase (0: all dealt before)
     truncations_executed: int
-    peak_rss_bytes: int = 0  # this party's peak resident set so far (ru_maxrss)
+    peak_rss_bytes: int | None = 0  # this party's peak resident set so far (ru_maxrss); None: the client kept it
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
     logits: torch.Tensor | None = None  # the revealed output, at the client only
 
@@ -206,7 +206,8 @@ def _network(network: dict | None) -> str:
 def memory_line(memory: dict) -> str:
     """Each process's peak resident set beside its estimate (``memory.pi_estimates``), in GB."""
     estimate = memory["estimate"]
-    peaks = ", ".join(f"{name} {peak / 1e9:.2f} (estimated {estimate[name]['estimate_bytes'] / 1e9:.2f})"
+    peaks = ", ".join(f"{name} {'kept by the client' if peak is None else f'{peak / 1e9:.2f}'} "
+                      f"(estimated {estimate[name]['estimate_bytes'] / 1e9:.2f})"
                       for name, peak in memory["peak_rss_bytes"].items())
     return f"memory: peak RSS in GB per process: {peaks}"
 

@@ -192,10 +192,15 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           logits=None if opened is None else opened[0][0])
 
 
-def statistics(mine: RunMeasurement) -> dict:
+def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:
     """What a party sends rank 0 after a timed run: its measurements, never the output (the
-    client's logits stay with the client). ``results.STATISTICS`` names them; ``--audit`` checks."""
-    return mine.statistics()
+    client's logits stay with the client); its peak RSS too with ``keeps_memory``. ``--audit`` checks them."""
+    return {**mine.statistics(), "peak_rss_bytes": None} if keeps_memory else mine.statistics()
+
+
+def keeps_its_memory(rank: int, config: PiConfig) -> bool:
+    """The client's peak RSS stays on its rank unless --benchmark-reveal: reading its input (any --text) grew it."""
+    return rank == CLIENT and not config.benchmark_reveal
 
 
 def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say) -> int:
@@ -224,7 +229,7 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
                     mine = replace(on_network, loopback_s=mine.wall_s)
                 if rank == CLIENT:
                     outputs[policy].append(mine.logits)
-                received = mpi.gather(computing, statistics(mine), "stats")
+                received = mpi.gather(computing, statistics(mine, keeps_its_memory(rank, config)), "stats")
                 runs[policy].append(None if received is None else [RunMeasurement.from_statistics(m) for m in received])
                 if rank == 0:
                     say(f"{policy}: online {max(m.wall_s for m in runs[policy][-1]):.2f} s")
@@ -238,7 +243,7 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
         status = _client_result(comm, config, setup, outputs)
     elif rank == OWNER and config.benchmark_reveal:
         revealed = mpi.wait_for(comm, CLIENT, "reveal")
-    pooled = mpi.gather(comm, {"peak_rss_bytes": peak_rss_bytes(),
+    pooled = mpi.gather(comm, {"peak_rss_bytes": None if keeps_its_memory(rank, config) else peak_rss_bytes(),
                                **({"log": log, "masks": masks, "mpi": mpi.RECEIPTS} if config.audit else {})}, "audit")
     if rank == OWNER:
         _report(config, parties, runs, setup, pooled, revealed, say)
