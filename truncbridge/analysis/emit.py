@@ -103,8 +103,8 @@ class Emitter:
 def too_small(node: Node, bits: int, budget: int, bound: Bound, scale: int, fits: int, fitted: dict | None = None) -> UserError:
     """``fits``: the field size that would hold every value of the placement; ``fitted``: the recipe
     parameters of the use the node belongs to (its input range: what a wide range costs)."""
-    where = node.origin + (f" [{node.recipe}" + (f" fitted on [{fitted['lo']:.4g}, {fitted['hi']:.4g}]" if fitted and
-                                                  "lo" in fitted else "") + "]" if node.recipe else "")
+    fitted_on = f" fitted on [{fitted['lo']:.4g}, {fitted['hi']:.4g}]" if fitted and "lo" in fitted else ""
+    where = node.origin + (f" [{node.recipe}{fitted_on}]" if node.recipe else "")
     way = (f"a field of {fits} bits would fit (--field-bits {fits})" if fits <= MAX_RING_BITS else
            f"it needs a field of {fits} bits, wider than any ({MAX_RING_BITS}): narrow the input range "
            "(--bounds calibrated) or the model's")

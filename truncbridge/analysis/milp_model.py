@@ -11,7 +11,7 @@ from ..core.ir import Program
 from ..core.ops import spec
 from ..core.types import Bound
 from .objective import Objective
-from .scales import const_scale, effective_bits, is_small_integer, lowest_possible_scales, placement_vector, source_scale
+from .scales import adds_a_fraction, const_scale, effective_bits, lowest_possible_scales, placement_vector, source_scale
 
 
 def milp_rounds(program: Program, objective: Objective, truncated: set[int]) -> tuple[list[float], dict, set, set]:
@@ -202,7 +202,7 @@ def _scale_rows(src: Program, v, f: int, budget: int, m_eff: list[int], var_lo, 
         for j in ins:
             coefs[q[j]] = coefs.get(q[j], 0) - 1
         con(coefs, 0, 0)
-    elif v.op == "add_public" and not is_small_integer(src.consts[v.attrs["const"]] * 2.0 ** (f - 1)):
+    elif adds_a_fraction(src, v, f - 1):  # fractional at f - 1, so at every scale below f
         con({p[i]: 1, q[ins[0]]: -1}, 0, np.inf)  # p = max(q, f): a fractional constant needs frac_bits
         var_lo[p[i]] = max(var_lo[p[i]], f)  # (scales.scale_rule; the check of the result is exact)
     else:  # p = q + c: c the public multiplier's scale, minus a relabel's exponent, or 0

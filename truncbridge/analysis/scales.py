@@ -25,6 +25,11 @@ def is_small_integer(t: torch.Tensor) -> bool:
     return bool(torch.all(t == torch.round(t))) and bool(t.abs().max() < INTEGER_CONST_LIMIT)
 
 
+def adds_a_fraction(src: Program, node: Node, scale: float) -> bool:
+    """An add_public whose constant is not a (small) integer at ``scale``: it needs more fraction bits."""
+    return node.op == "add_public" and not is_small_integer(src.consts[node.attrs["const"]] * 2.0**scale)
+
+
 def const_scale(program: Program, node: Node, frac_bits: int) -> int:
     """Scale a public multiplier is encoded at: 0 for small integers, else frac_bits."""
     return 0 if is_small_integer(program.consts[node.attrs["const"]]) else frac_bits
@@ -45,7 +50,7 @@ def scale_rule(src: Program, node: Node, s: list, f: int) -> tuple:
     if scaling == "max":
         return max(s), {}
     if scaling == "same":
-        if node.op == "add_public" and s[0] < f and not is_small_integer(src.consts[node.attrs["const"]] * 2.0**s[0]):
+        if s[0] < f and adds_a_fraction(src, node, s[0]):
             return f, {}  # a fractional constant needs frac_bits: the input is shifted up (``Emitter.emit``)
         return s[0], {}
     if scaling == "relabel":
