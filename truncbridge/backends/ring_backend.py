@@ -1,6 +1,6 @@
 """Exact field integers for every op kind (``core.interpret``): the emulator's backend.
 
-Four things make it fast without touching what it computes:
+What makes it fast without touching what it computes:
 
 * **folding** — values that depend on weights alone (a weight, its transpose) are computed once
   per executor, not once per run (``precomputed``); those read only by matrix products are kept
@@ -9,7 +9,10 @@ Four things make it fast without touching what it computes:
 * **in place** — an elementwise op whose input was freshly made by the op before it and is read
   by nothing else overwrites it instead of allocating (decided once, from the program);
 * **fused offsets** — a product read only by a round-to-nearest truncation adds the truncation's
-  offset in the same pass, leaving the truncation a shift (``_fused_offsets``);
+  offset right after it, leaving the truncation a shift (``_fused_offsets``);
+* **one-hot rows** — a matrix product whose left operand is an input that holds a one-hot matrix
+  (the client's tokens: exactly one 1 per row, checked on the values every run) is a row gather
+  of the right operand (``gemm.select_rows``), not a GEMM over the vocabulary;
 * the field's own fast paths (``core.ring``, ``core.wide``).
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import Counter
 import torch
 
 from ..core.fields import make_field
-from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits
+from ..core.gemm import FLOAT64_EXACT_BITS, magnitude_bits, one_hot_rows, select_rows
 from ..core.interpret import schedule
 from ..core.ops import Public, spec
 from ..core.ring import Ring
@@ -49,6 +52,9 @@ class RingBackend:
         self.in_place = _in_place_nodes(plan, set(self.precomputed))
         fuse = truncation == "nearest" and hasattr(self.field, "mul_add")
         self.offsets = _fused_offsets(plan) if fuse else {}  # product id -> the rounding offset it adds
+        self.selectors = {program[n.inputs[0]].id for n in program.nodes  # inputs that may hold a one-hot matrix
+                          if n.op == "matmul" and program[n.inputs[0]].op == "input"}
+        self.rows: dict[int, torch.Tensor | None] = {}  # this run's one-hot inputs: the 1's column per row
 
     # -- folding ----------------------------------------------------------------------------
     def _fold(self) -> dict[int, object]:
@@ -98,6 +104,10 @@ class RingBackend:
     # -- one method per op kind ---------------------------------------------------------------
     def source(self, node, op, xs):
         given = self.inputs[node.attrs["name"]].to(self.device)
+        if node.id in self.selectors:  # a one-hot at scale 0 (or given as integers): its elements are its 0s and 1s
+            rows = self.rows[node.id] = one_hot_rows(given) if given.dtype == torch.int64 or node.scale == 0 else None
+            if rows is not None:
+                return self.field.from_int64(given.to(torch.int64))
         # int64 inputs are field elements already; floats are real values to encode
         return self.field.from_int64(given) if given.dtype == torch.int64 else self.field.encode(given, node.scale)
 
@@ -114,6 +124,9 @@ class RingBackend:
         return f.linear(lambda ts: op.real(ts, node, self), xs)  # any other linear map (ops.py)
 
     def product(self, node, op, xs):
+        rows = self.rows.get(node.inputs[0]) if node.op == "matmul" else None
+        if rows is not None and isinstance(xs[1], torch.Tensor) and xs[1].dim() == 2:
+            return self.field.from_int64(select_rows(xs[1], rows))  # one_hot @ table: exactly the table's rows
         if node.op == "matmul":
             a_bits, b_bits = (self.bits.get(i) for i in node.inputs)
             return self.field.matmul(*xs, a_bits=a_bits, b_bits=b_bits)
@@ -188,8 +201,8 @@ def _in_place_nodes(plan: Plan, folded: set[int]) -> set[int]:
 
 def _fused_offsets(plan: Plan) -> dict[int, int]:
     """Elementwise products (private or public) read only by a round-to-nearest truncation: the
-    truncation's offset 2^(k-1) is added with the product (one pass, ``torch.addcmul``) and the
-    truncation is a shift — the same ring result, reduce(a b + 2^(k-1)) >> k, one pass fewer."""
+    truncation's offset 2^(k-1) is added with the product (``Ring.mul_add``) and the truncation is
+    a shift — the same ring result, reduce(a b + 2^(k-1)) >> k."""
     program = plan.program
     readers = Counter(i for node in program.nodes for i in node.inputs)
     outputs = set(program.outputs)

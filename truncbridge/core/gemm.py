@@ -10,6 +10,10 @@ wide rings carry into a second limb).
 
 Operands are int64 tensors (signed integers) or float64 tensors that hold integers exactly (the
 emulator keeps weights that only feed products that way, converted once).
+
+A product whose left operand is a one-hot matrix (the client's tokens, ``one_hot(ids) @ table``)
+needs no GEMM at all: each row of the result is one row of the table (``one_hot_rows``,
+``select_rows``) — the same integers, exactly, whatever the table holds.
 """
 from __future__ import annotations
 
@@ -79,10 +83,43 @@ def matmul_parts(a: torch.Tensor, b: torch.Tensor, a_bits: int | None = None,
     a_limbs, b_limbs = split(a, a_bits, wa), split(b, b_bits, wb)
     for i, al in enumerate(a_limbs):
         for j, bl in enumerate(b_limbs):
-            yield torch.matmul(al, bl).to(torch.int64), wa * i + wb * j
+            yield _as_int64(torch.matmul(al, bl)), wa * i + wb * j
+
+
+def _as_int64(x: torch.Tensor) -> torch.Tensor:
+    """A fresh float64 tensor of integers (|x| <= 2^53) as int64, in its own memory where it is
+    contiguous: the GEMM's output is not written twice (at the head, 128 x 50257, that second
+    buffer was 51 MB and most of the conversion's time in page faults)."""
+    same_size = x.dtype == torch.float64 and x.is_contiguous()
+    return x.view(torch.int64).copy_(x) if same_size else x.to(torch.int64)
 
 
 def gemm_count(a_bits: int, b_bits: int, k: int) -> int:
     """How many float64 GEMMs ``matmul_parts`` runs for these magnitudes."""
     wa, wb = limb_plan(a_bits, b_bits, k)
     return _limbs(a_bits, wa) * _limbs(b_bits, wb)
+
+
+def one_hot_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The column of the single 1 in each row (last dim) of ``x`` — an int64 tensor of x.shape[:-1] —
+    where every row of ``x`` holds exactly one 1 and 0 elsewhere; else None. Checked on the values
+    themselves (any real dtype), so whoever made ``x`` cannot make a product that uses it inexact."""
+    if x.dim() == 0 or x.shape[-1] == 0 or x.dtype == torch.bool or x.is_complex():
+        return None
+    flat = x.reshape(-1, x.shape[-1])
+    if not bool((flat.sum(-1) == 1).all()):  # checked first, it keeps nonzero()'s list short on other inputs
+        return None
+    where = torch.nonzero(flat)  # (row, column) pairs in row-major order
+    n = flat.shape[0]
+    if where.shape[0] != n or not torch.equal(where[:, 0], torch.arange(n, device=x.device)):
+        return None  # some row has no nonzero, or several
+    return where[:, 1].reshape(x.shape[:-1])  # a row's one nonzero is its sum, 1
+
+
+def select_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """one_hot(rows, K) @ table for a 2-D ``table`` (K, N) of integers (int64, or float64 holding
+    them exactly), as int64: a row gather, exact — each output entry is 1 * one table entry."""
+    if table.dim() != 2:
+        raise ValueError(f"select_rows needs a 2-D table, got shape {tuple(table.shape)}")
+    picked = table.index_select(0, rows.reshape(-1)).reshape(*rows.shape, table.shape[1])
+    return picked if picked.dtype == torch.int64 else picked.to(torch.int64)

@@ -8,6 +8,8 @@ torch's int64 matmul (which wraps like every other int64 op) where limbs would c
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import UserError
@@ -60,7 +62,7 @@ class Ring:
 
     @staticmethod
     def decode(x: torch.Tensor, scale: int) -> torch.Tensor:
-        return x.double() * 2.0 ** (-scale)
+        return x.to(torch.float64, copy=True).mul_(2.0 ** (-scale))  # one new buffer, not two
 
     def from_int64(self, x: torch.Tensor) -> torch.Tensor:
         """Integers given as int64: their signed representatives."""
@@ -83,11 +85,11 @@ class Ring:
         return self._reduce_(a.mul_(b) if in_place else a * b)
 
     def mul_add(self, a: torch.Tensor, b: torch.Tensor, c: int) -> torch.Tensor:
-        """a * b + c for a public integer c, in one pass."""
+        """a * b + c for a public integer c."""
         key = ((c + 2**63) % 2**64 - 2**63, a.device)  # as an int64 (the ring wraps anyway)
         if key not in self._consts:
             self._consts[key] = torch.tensor(key[0], dtype=torch.int64, device=a.device)
-        return self._reduce_(torch.addcmul(self._consts[key], a, b))
+        return self._reduce_(torch.mul(a, b).add_(self._consts[key]))  # addcmul with a 0-dim tensor: 1.4x slower
 
     def shl(self, a: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
         """Multiply by the public integer 2^k."""
@@ -147,7 +149,10 @@ class Ring:
         return v.tolist()
 
 
-CPU_MAX_FLOAT64_GEMMS = 2  # on CPU an int64 matmul costs about 2.6 float64 GEMMs (measured, 128x768x3072)
+CPU_MAX_FLOAT64_GEMMS = 2  # up to this many limb GEMMs a CPU product always takes them; more, and tiny, it goes int64:
+CPU_INT64_MACS_PER_GEMM = 2**15  # an int64 matmul wins only below this many multiply-adds per limb GEMM. torch 2.13,
+# 1 thread: 2-4 ns per multiply-add, 25-65x one float64 GEMM from 128^3 up and 3-5x nine of them (128x768x3072: 1.16 s
+# against 18 ms for one GEMM, 208 ms for nine); at 8^3 and 32x64x32 a GEMM's own overhead loses
 
 
 def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits: int | None = None,
@@ -155,14 +160,15 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
     """torch.matmul of integer tensors (int64, or float64 holding integers), exact mod 2^64.
 
     ``method``: "auto" (float64 GEMMs on as few limbs as the operands' magnitudes need; on CPU an
-    int64 matmul instead when that needs more than CPU_MAX_FLOAT64_GEMMS), "int64" (CPU only) or
+    int64 matmul instead for tiny products of many limbs, CPU_INT64_MACS_PER_GEMM), "int64" (CPU only) or
     "split" (always the float64 limbs; CUDA has no int64 GEMM). ``a_bits`` / ``b_bits``: known
     magnitude bits of the operands (``gemm.magnitude_bits``), else measured.
     """
     if method == "auto" and a.device.type == "cpu":
         a_bits = magnitude_bits(a) if a_bits is None else a_bits
         b_bits = magnitude_bits(b) if b_bits is None else b_bits
-        if gemm_count(a_bits, b_bits, a.shape[-1]) > CPU_MAX_FLOAT64_GEMMS:
+        count, macs = gemm_count(a_bits, b_bits, a.shape[-1]), math.prod(_product_shape(a, b)) * a.shape[-1]
+        if count > CPU_MAX_FLOAT64_GEMMS and macs <= CPU_INT64_MACS_PER_GEMM * count:
             method = "int64"
     if method == "int64":
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
