@@ -9,6 +9,8 @@ VARIANT:
   reused     a Beaver triple is handed out again for the next request of the same shape
   gather-logits  the old run_pi: every party's statistics go to rank 0 with its logits (the
              client's revealed output too), without --benchmark-reveal — the MPI audit must flag it
+  open-cache  --generate: each step opens its new keys and values to the client with the logits (a KV
+             cache opened by mistake) — the audit must flag it
   attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
              ids from its own view: the first opening of one_hot @ embedding, plus the masks it
              knows — all of them when it deals (--dealer owner-insecure), none otherwise.
@@ -112,6 +114,15 @@ def main() -> int:
         reuse_material()
     elif variant == "gather-logits":
         session.statistics = lambda mine, keeps_memory=False: {**mine.statistics(), "logits": mine.logits}  # logits too
+    elif variant == "open-cache":
+        from truncbridge.backends.crypten.roles import CLIENT
+        from truncbridge.pi import generation_run
+
+        def open_everything(self, cached, outs):  # every output, the cache's too
+            opened = self.runners[cached].open_outputs(outs, dst=CLIENT)
+            return None if opened is None else opened[0][0, -1]
+
+        generation_run.StepRunners.open_logits = open_everything
     elif variant == "attack":
         digest = audit.digest
         audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash

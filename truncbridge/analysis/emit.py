@@ -83,6 +83,8 @@ class Emitter:
         return not spec(node).aligned(node) or all(self.bits(i, scale) <= self.budget for i in ins)
 
     def emit(self, node: Node, ins: list[int], scale: int, extra: dict) -> int:
+        if node.op == "output" and node.attrs.get("state"):  # a cache tensor: the next plan reads it at frac_bits
+            ins, scale = [self.to_scale(ins[0], self.f)], self.f
         if spec(node).aligned(node):
             ins = [self.to_scale(i, scale) for i in ins]
         if node.op == "add_public" and self.scale(ins[0]) < scale:  # a fractional constant needs fraction bits

@@ -195,8 +195,9 @@ class Builder:
         self.program.weights[name] = value.detach()  # the model's own tensor: float64 copies are made at use
         return self.emit("weight", (), tuple(value.shape), name=name)
 
-    def output(self, x: int) -> int:
-        nid = self.emit("output", (x,), self.shape(x))
+    def output(self, x: int, state: bool = False) -> int:
+        """``state``: a cache tensor that another plan reads back as an input, so placed at frac_bits."""
+        nid = self.emit("output", (x,), self.shape(x), **({"state": True} if state else {}))
         self.program.outputs.append(nid)
         return nid
 

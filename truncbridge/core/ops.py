@@ -190,8 +190,9 @@ _SPECS = [
     OpSpec("nonneg", "compare", 1, "integer", real=lambda xs, n, p: (xs[0] >= 0).to(xs[0].dtype),
            bound=rules.unit_bound, cost="comparison", count="comparisons",
            doc="1 where the input is >= 0, else 0 (a secret comparison; an integer at scale 0)"),
-    OpSpec("output", "output", 1, "same", real=_identity, bound=rules.same_bound, norms=rules.same_norms,
-           doc="the revealed result"),
+    OpSpec("output", "output", 1, "same", params=("state",), real=_identity, bound=rules.same_bound,
+           norms=rules.same_norms, doc="the revealed result; or (attrs: state) a cache tensor another plan reads, "
+           "kept secret-shared and placed at frac_bits"),
     OpSpec("trunc", "truncate", 1, "placed", params=("shift", "rounding"), real=_identity, bound=rules.same_bound,
            cost="truncation", count="truncations",
            doc="drop attrs.shift fractional bits (placement; rounding nearest | floor)"),

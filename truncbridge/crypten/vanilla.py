@@ -100,10 +100,14 @@ class VanillaRunner(GraphWalk):
             }.items()},
         }
 
-    def run(self, input_ids: torch.Tensor | None) -> list:
-        """Evaluate the graph; ``input_ids`` only on the client's rank. Returns the output MPCTensors."""
-        self.input_ids = input_ids
+    def run(self, input_ids: torch.Tensor | None, state: dict | None = None) -> list:
+        """Evaluate the graph; ``input_ids`` only on the client's rank; ``state``: the KV cache's MPCTensors by
+        name, where the graph reads one (``capture_cached``). Returns the output MPCTensors."""
+        self.input_ids, self.state = input_ids, state or {}
         return self.walk()
+
+    def state_input(self, node):
+        return self.state[self.captured.state_inputs[node.name]]
 
     # -- the walk's hooks -----------------------------------------------------------------------
     def placeholder(self, node):

@@ -45,10 +45,10 @@ def centered_scores(scores: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(live, scores - mean, scores)
 
 
-def input_dependent(graph: torch.fx.Graph, client_input: str) -> set[str]:
-    """Nodes whose value depends on the client's input: the only ones a recipe can read (weights
-    alone, or public tables, are owner-known or public and never ranged)."""
-    out = {client_input}
+def input_dependent(graph: torch.fx.Graph, client_input: str | set[str]) -> set[str]:
+    """Nodes whose value depends on the client's input (or a KV cache, which depends on it): the only
+    ones a recipe can read (weights alone, or public tables, are owner-known or public and never ranged)."""
+    out = {client_input} if isinstance(client_input, str) else set(client_input)
     for node in graph.nodes:
         if any(a.name in out for a in node.all_input_nodes):
             out.add(node.name)
@@ -68,7 +68,8 @@ def weight_order(captured: Captured) -> list[str]:
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range], client_input: str, generate=None):
+    def __init__(self, module: torch.fx.GraphModule, ranges: dict[str, Range], client_input: str | set[str],
+                 generate=None):
         super().__init__(module)  # values are dropped after their last use: one weight at a time
         self.ranges = ranges
         self.ranged = input_dependent(module.graph, client_input)
@@ -97,15 +98,17 @@ class _Recorder(torch.fx.Interpreter):
 
 
 @torch.no_grad()
-def calibrate(captured: Captured, batches: list[torch.Tensor]) -> dict[str, Range]:
+def calibrate(captured: Captured, batches: list[torch.Tensor], states: list[dict] | None = None) -> dict[str, Range]:
     """Min/max of every floating-point ATen node that depends on the client's input (token ids,
-    or a real-valued tensor), over the calibration batches."""
+    or a real-valued tensor), over the calibration batches; ``states``: each batch's KV cache, where
+    the graph reads one (``capture_cached``)."""
     ranges: dict[str, Range] = {}
-    recorder = _Recorder(captured.exported.graph_module, ranges, captured.client_input, captured.generate)
+    sources = {captured.client_input, *captured.state_inputs}
+    recorder = _Recorder(captured.exported.graph_module, ranges, sources, captured.generate)
     if captured.generate is not None and len(batches) == 1:
         captured.generate.prefetch(weight_order(captured))
-    for ids in batches:
-        recorder.run(*captured.placeholder_values(ids))
+    for k, ids in enumerate(batches):
+        recorder.run(*captured.placeholder_values(ids, None if states is None else states[k]))
     return ranges
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +37,9 @@ class Captured:
     input_shape: tuple[int, ...]  # its shape: (batch, seq_len) token ids, or the real-valued tensor's
     generate: Any = None  # name -> tensor, where parameters are on meta (fake_weights.GeneratedWeights)
     real_input: bool = False  # the client's input is a real-valued tensor, not token ids
+    # generation (``capture_cached``): the KV cache, secret-shared among the parties and never opened
+    state_inputs: dict[str, str] = field(default_factory=dict)  # placeholder name -> cache tensor's name
+    state_outputs: tuple[str, ...] = ()  # names of the trailing outputs: the new positions' cache tensors
 
     @property
     def graph(self) -> torch.fx.Graph:
@@ -50,14 +53,17 @@ class Captured:
     def seq_len(self) -> int:
         return self.input_shape[1]
 
-    def placeholder_values(self, x: torch.Tensor) -> list[Any]:
-        """Arguments of the graph module, in placeholder order, for a concrete client input."""
+    def placeholder_values(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None) -> list[Any]:
+        """Arguments of the graph module, in placeholder order, for a concrete client input (and
+        cache tensors by name, ``state``, where the graph reads a cache)."""
         values = []
         for node in self.graph.nodes:
             if node.op != "placeholder":
                 continue
             if node.name == self.client_input:
                 values.append(x)
+            elif node.name in self.state_inputs:
+                values.append(state[self.state_inputs[node.name]])
             elif node.name in self.weights:
                 w = self.weights[node.name]
                 values.append(LazyWeight(self.parameter_names[node.name]) if w.is_meta else w)

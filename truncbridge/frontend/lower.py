@@ -93,8 +93,15 @@ class Lowerer(GraphWalk):
         self.b.declare(x, self.input_bound, "input")
         return Secret(x)
 
+    def state_input(self, node) -> Secret:
+        """A cache tensor ("cache.<layer>.k|v", at frac_bits): its bound is the cache's, settled over the prefill's
+        and every step's outputs (``generation.bounds``) and declared before analysis."""
+        name = self.captured.state_inputs[node.name]
+        return Secret(self.b.input(name, tuple(node.meta["val"].shape)))
+
     def output(self, value: Secret) -> int:
-        return self.b.output(value.id)
+        state = len(self.b.program.outputs) > 0 and bool(self.captured.state_outputs)  # after the logits: the cache
+        return self.b.output(self.plain(value, "an output"), state=state)
 
     def range_of(self, arg: torch.fx.Node) -> Range:
         if arg.name not in self.ranges:
@@ -123,6 +130,8 @@ class Lowerer(GraphWalk):
                 return v
             raise UserError(f"{aten_name(node.target)}: unsupported argument {v!r} (node {node.name})")
 
+        if node.target == torch.ops.aten.cat.default:  # an empty public piece (a cache before its first token) adds nothing
+            args = ([a for a in args[0] if not (isinstance(a, torch.Tensor) and a.numel() == 0)], *args[1:])
         arg_t = template(list(args))
         if kwargs:
             raise UserError(f"{aten_name(node.target)} with keyword arguments is not supported (node {node.name})")

@@ -74,7 +74,7 @@ class GraphWalk:
             self.begin(node)
             if node.op == "placeholder":
                 self.env[node.name] = self.client_input(node) if node.name == self.captured.client_input \
-                    else self.placeholder(node)
+                    else self.state_input(node) if node.name in self.captured.state_inputs else self.placeholder(node)
             elif node.op == "call_function":
                 self.env[node.name] = self.call(node)
             elif node.op == "output":
@@ -92,6 +92,10 @@ class GraphWalk:
 
     def real_input(self, node) -> Any:
         raise UserError(f"{type(self).__name__} takes token ids only, not a real-valued input")
+
+    def state_input(self, node) -> Any:
+        """A cache tensor (``capture_cached``): secret-shared among the parties."""
+        raise UserError(f"{type(self).__name__} takes no KV cache")
 
     def is_secret(self, v) -> bool:
         return isinstance(v, self.secret_types)

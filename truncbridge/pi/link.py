@@ -49,13 +49,15 @@ class Link:
             self._delaying = False
 
     @contextmanager
-    def revealing_output(self):
-        """Receipts inside are the revealed result (which only the client may receive)."""
-        self._label = "output"
+    def revealing_output(self, elements: int | None = None):
+        """Receipts inside are the revealed result (which only the client may receive); ``elements``: its size,
+        where the caller knows it (a generation step's logits) — a receipt of another size is no output then,
+        and the audit flags it (a KV cache opened by mistake)."""
+        self._label, self._output_elements = "output", elements
         try:
             yield
         finally:
-            self._label = "protocol"
+            self._label, self._output_elements = "protocol", None
 
     @contextmanager
     def audited(self):
@@ -93,4 +95,6 @@ class Link:
     def _record(self, name: str, result) -> None:
         tensors = [t for t in (result if isinstance(result, (list, tuple)) else [result]) if isinstance(t, torch.Tensor)]
         if tensors or result is not None:
-            self.log.receive(name, tensors, output=self._label == "output")
+            size = sum(t.numel() for t in tensors)
+            expected = getattr(self, "_output_elements", None)
+            self.log.receive(name, tensors, output=self._label == "output" and expected in (None, size))

@@ -93,8 +93,8 @@ class PlanRunner:
         return self.AST.from_shares(share, precision=0)
 
     def run(self, inputs: dict[str, torch.Tensor] | None = None, shared: dict | None = None) -> list:
-        """Execute the plan; ``inputs`` (real values) are needed only on the client's rank, or
-        ``shared`` gives already-shared inputs (``ArithmeticSharedTensor`` at the input's scale).
+        """Execute the plan; ``inputs`` (real values) are needed only on the client's rank, and
+        ``shared`` gives already-shared inputs by name (``ArithmeticSharedTensor`` at the input's scale).
         Returns the output shares (``ArithmeticSharedTensor``), unopened."""
         self.inputs, self.shared = inputs, shared
         self.truncations_executed = self.comparisons_executed = 0
@@ -126,7 +126,7 @@ class PlanRunner:
     # -- the backend: one method per op kind (core.interpret) ------------------------------------
     def source(self, node, op, xs):
         name = node.attrs["name"]
-        if node.op == "input" and self.shared is not None:
+        if node.op == "input" and self.shared is not None and name in self.shared:  # e.g. a KV cache, kept shared
             return self.shared[name]
         holder, values = (self.client, self.inputs) if node.op == "input" else (self.owner, self.plan.program.weights)
         value = self.ring.encode(values[name], node.scale) if self.rank == holder else None
