@@ -117,6 +117,15 @@ def test_parties_match_the_emulator_and_every_receipt_is_accounted_for(every_pol
     assert audit["output_receivers"] == [1]  # only the client
     assert audit["openings"] > 100 and audit["masks_used"] == audit["masks_dealt"]
     assert audit["opened_steps"] > audit["openings"]  # several steps in one message
+    # local compute: each party's wall less its time inside communicator calls; the row's, the most of any party's
+    for policy, row in rows.items():
+        local = [p["wall_s"] - p["comm_s"] for p in row["per_party"]]
+        assert 0 < max(local) <= row["wall_s"] and row["local_s"] == pytest.approx(max(local)), policy
+    # start-up: from rank 0's launch to its first online pass, after its set-up lines (their ages ascending)
+    ages = [age for age, _ in result["startup_phases"]]
+    assert ages == sorted(ages) and 0 < ages[0] < result["startup_s"] < ages[-1], result["startup_phases"]
+    assert any(msg.startswith("running eager") for _, msg in result["startup_phases"])
+    assert re.search(r"start-up: \d+\.\d s from launch to the first online pass", output)
 
 
 def output_opening_bytes(parties: int, rank: int) -> int:
@@ -142,6 +151,26 @@ def test_each_partys_online_bytes_are_the_cost_models(every_policy_run):
         for rank, party in enumerate(row["per_party"]):
             assert party["bytes"] == predicted + output_opening_bytes(parties, rank), (policy, rank, party["bytes"], predicted)
         assert row["bytes"] == predicted + output_opening_bytes(parties, 1)  # the row: the busiest party, the client
+
+
+@timed
+@starts_processes
+def test_a_second_run_deals_the_cached_requests_without_the_untimed_pass(three_party, tmp_path):
+    """The 3-party command again, for lazy alone: the owner's plan and its dealer requests come from the cache
+    (``plan_cache``), every party deals them without the untimed recording pass, and the run is the first one's:
+    the same rounds, bytes, truncations and dealt requests, nothing asked of the dealer online, the audit clean
+    (every receipt accounted for, every dealt mask used)."""
+    first, _ = three_party
+    again, _ = run_json(tmp_path, 4, *TINY, "--policy", "lazy", "--time-limit", "5", "--audit", "--benchmark-reveal")
+    said = [msg for _, msg in again["startup_phases"]]
+    assert any(m.startswith("dealer requests of lazy: from cache") for m in said), said
+    assert not any(m.startswith(("recording ", "converting ", "planning ")) for m in said), said
+    row, before = rows_of(again)["lazy"], rows_of(first)["lazy"]
+    assert [row[k] for k in ("rounds", "bytes", "truncations_executed", "dealt_requests", "planned_truncations")] == \
+        [before[k] for k in ("rounds", "bytes", "truncations_executed", "dealt_requests", "planned_truncations")]
+    assert row["online_dealer_requests"] == 0 and row["max_abs_diff_vs_emulator"] <= 2 * row["emulated_protocol_spread"] + 1e-9
+    audit = again["audit"]
+    assert audit["findings"] == [] and audit["masks_used"] == audit["masks_dealt"] > 0
 
 
 @timed
@@ -215,18 +244,24 @@ TEXT = ('import os\nimport sys\n\ndef main(argv):\n    """Print where this proce
 TIMING = re.compile(r"\d+\.\d+|pid \d+")  # what may differ between two runs of the owner: timings, its pid
 
 
+PROGRESS = re.compile(r"\[run_pi\]   ")  # a long pass's progress lines: printed or not as the machine's load has it
+
+
 def owner_lines(output: str) -> list[str]:
-    """What rank 0 printed (mpirun --tag-output), timings and pid masked."""
+    """What rank 0 printed (mpirun --tag-output), timings and pid masked, progress lines aside."""
     return [TIMING.sub("#", line.split(":", 1)[1]) for line in output.splitlines()
-            if re.match(r"\[\d+,0\]<std(out|err)>:", line)]
+            if re.match(r"\[\d+,0\]<std(out|err)>:", line) and not PROGRESS.search(line)]
 
 
 def masked_json(doc):
-    """The owner's JSON with every float masked (timings, sizes in MB: numbers only, never ids)."""
+    """The owner's JSON with every float masked (timings, sizes in MB: numbers only, never ids), and the decimals
+    in its strings as in its printed lines (the seconds of startup_phases' 'memory checked (2.7 s)')."""
     if isinstance(doc, dict):
         return {k: masked_json(v) for k, v in doc.items()}
     if isinstance(doc, list):
         return [masked_json(v) for v in doc]
+    if isinstance(doc, str):
+        return TIMING.sub("#", doc)
     return "#" if isinstance(doc, float) else doc
 
 
@@ -490,6 +525,7 @@ BAD_ARGUMENTS = [
     (["--network", "rtt=10"], "unknown network 'rtt=10': choose lan, mid, wan or rtt=MS,bw=MBIT"),
     (["--prompt", "x", "--text", "y"], "argument --text: not allowed with argument --prompt"),
     (["--client-output-logits"], "--client-output-logits needs --client-output PATH"),
+    (["--model", "random:llama", "--preset", "gpt2-small"], "preset gpt2-small is a gpt2 model, not llama"),
 ]
 
 
@@ -505,7 +541,7 @@ def test_bad_arguments_are_a_user_error(args, message):
 
 
 @starts_processes
-@pytest.mark.parametrize("args,message", [BAD_ARGUMENTS[0], BAD_ARGUMENTS[3]], ids=["ours", "argparse"])
+@pytest.mark.parametrize("args,message", [BAD_ARGUMENTS[5], BAD_ARGUMENTS[3]], ids=["ours", "argparse"])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     """Under mpirun: one line for all three ranks, exit status 2, no traceback — for a check of
     ours and for one of argparse's own (both raise the ``UserError`` the test above sees)."""

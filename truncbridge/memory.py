@@ -22,7 +22,8 @@ run_pi, per process (``pi_estimates``):
 
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
     owner            4 P + 8 P (the model, the program; planning) + SHARE_BYTES x P + material
-    client, helper   4 P (the architecture, built from the config) + SHARE_BYTES x P + material
+    client, helper   SHARE_BYTES x P + material, + 4 P where vanilla runs (the architecture, built from the
+                     config; else the client builds it on the meta device: its shapes, no weights)
     dealer           DEALER_BYTES (its runtime: no model) + material x parties (the owner's, with --dealer owner-insecure)
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values)
 
@@ -156,14 +157,14 @@ def command_estimate(command: str, shape: ModelShape, seq_len: int, windows: int
     return Estimate(terms)
 
 
-def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool) -> dict[str, Estimate]:
+def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, vanilla: bool = True) -> dict[str, Estimate]:
     """run_pi: role -> the estimate of its process (the module docstring's model)."""
     material = MATERIAL * seq_len * shape.layers * (4 * shape.hidden + 2 * shape.mlp + shape.heads * seq_len) * 8
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
     shares = {"shares": SHARE_BYTES * shape.params, "material": material}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params, **shares})}
     for role in ("client", "helper")[:parties - 1]:
-        out[role] = Estimate({**base, "architecture": 4 * shape.params, **shares})
+        out[role] = Estimate({**base, **({"architecture": 4 * shape.params} if vanilla else {}), **shares})
     dealing = {"runtime": DEALER_BYTES, "material": material * parties}
     if dealer:
         out["dealer"] = Estimate(dealing)

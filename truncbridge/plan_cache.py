@@ -146,3 +146,48 @@ class PlanMaker:
         partial = path.with_suffix(f".{os.getpid()}.part")
         partial.write_text(json.dumps({**plan_to_json(plan), "sites": [int(s) for s in plan.sites]}) + "\n")
         os.replace(partial, path)
+
+
+# -- the dealer's request sequence of a plan, as run_pi runs it ------------------------------------
+# run_pi records, in an untimed pass, the sequence of correlated-randomness requests a plan makes (kinds
+# and sizes: what the dealer sees), to deal it before the timed pass. It is a function of the redacted
+# plan, the parties and the runner's settings, so a second run of the same command reads it from here.
+TRACES = "traces"
+
+
+def trace_key(redacted_doc: dict, parties: int, runner: dict) -> str:
+    """The key of the request sequence of the plan ``redacted_doc`` (``plan_to_json(plan, redacted=True)``,
+    what every party holds) run by ``parties`` parties with the runner's settings (truncation, fuse, batch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        crypten = version("crypten")
+    except PackageNotFoundError:
+        crypten = None
+    fields = {"plan": hashlib.sha256(json.dumps(redacted_doc, sort_keys=True, default=repr).encode()).hexdigest(),
+              "parties": parties, "runner": runner, "source": source_digest(), "torch": torch.__version__,
+              "crypten": crypten}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _tuples(x):
+    """JSON's lists back to the tuples a request is made of (``material.request_key``)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def read_trace(key: str, root: Path | None = None) -> list | None:
+    """The stored request sequence, or None if absent or unreadable (then recorded again)."""
+    path = (root or cache_root()) / TRACES / f"{key}.json"
+    try:
+        return [_tuples(r) for r in json.loads(path.read_text())["requests"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_trace(key: str, trace: list, root: Path | None = None) -> None:
+    """Store a recorded request sequence (written to a private name, then renamed)."""
+    path = (root or cache_root()) / TRACES / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps({"requests": trace}) + "\n")
+    os.replace(partial, path)

@@ -242,7 +242,8 @@ def _pool(kind: str, per_party: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 
 # -- MPI, the side channel (on the pooled receipt logs, ``mpi.RECEIPTS``) ------------------------
 NUMBERS = ("int", "float", "bool", "NoneType")  # mpi.describe's names of the values a statistic may take
-AT_SETUP = {"hosts": "str", "address": "str"}  # the rendezvous: host names, then rank 0's address
+# the rendezvous (host names, rank 0's address), and the owner's cached dealer requests of the redacted plans
+AT_SETUP = {"hosts": "str", "address": "str", "traces": "traces"}
 
 
 def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:

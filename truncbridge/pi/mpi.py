@@ -10,7 +10,7 @@ notices. Two rules keep a run from hanging before the parties' own watchdogs exi
   says who failed and exits non-zero too — within one poll, not at some timeout.
 
 Every receipt is logged (``RECEIPTS``): who sent it, what the receiver expected (``kind``:
-``hosts``, ``address``, ``plans``, ``stats``, ``reveal``, ``audit``, ``notice``), whether set-up
+``hosts``, ``address``, ``plans``, ``traces``, ``stats``, ``reveal``, ``audit``, ``notice``), whether set-up
 was over (``setup_done``), and the receipt's shape — types, keys, tensor shapes, never values.
 ``audit.mpi_findings`` checks the log like the communicator's receipts: after set-up a party may
 receive statistics and failure notices only, plus what an insecure mode announces (the
@@ -34,7 +34,7 @@ POLL_S = 0.05
 EXIT_SETUP = 1  # a set-up failure that is not the user's (UserError exits 2)
 RECEIPTS: list[dict] = []  # this rank's receipts over MPI (see the module docstring)
 _PHASE = {"setup": True}
-OPAQUE = ("audit",)  # kinds logged without their shape: the --audit pool (whole views)
+OPAQUE = ("audit", "traces")  # kinds logged without their shape: the --audit pool, the dealer's request sequences
 
 
 class PeerFailed(Exception):

@@ -34,6 +34,7 @@ class PiConfig:
     """One run_pi session, as the command line asked for it (``parse_args``), checked."""
 
     model: str = "default"
+    preset: str | None = None  # --preset: random:<model_type> at a published model's full-size shapes
     seq_len: int = 32
     policies: tuple[str, ...] = POLICIES  # with --plan: () or ("vanilla",), the plans name theirs
     plan_files: tuple[str, ...] = ()  # --plan: the owner's plans, instead of planning here
@@ -64,11 +65,14 @@ class PiConfig:
 
 
 def parse_args(argv: list[str]) -> PiConfig:
-    from ..frontend.models import MODEL_NAMES
+    from ..frontend.models import MODEL_NAMES, PRESET_TYPES, PRESETS
 
     p = ArgumentParser(prog="run_pi.py", description="Private inference with real CrypTen parties and a separate dealer "
                 "(mpirun -n 3: owner, client, dealer; -n 4: owner, client, helper, dealer).")
     p.add_argument("--model", default="default", help=f"{' | '.join(MODEL_NAMES)} | a local HF checkpoint directory")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="random:<model_type> at the full-size shapes of a published model, as emulate takes it (with "
+                        "--model random:<type>: " + ", ".join(f"{k} random:{v}" for k, v in PRESET_TYPES.items()) + ")")
     p.add_argument("--seq-len", type=int, default=32,
                    help="tokens in the client's input, public (default 32): a longer prompt keeps its last ones, a "
                         "shorter one is right-padded")
@@ -125,6 +129,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
     """The checked ``PiConfig`` of parsed arguments: the one place a Namespace is read."""
     policies = _policies(args.policy, args.plan)
     _planning_flags(args)
+    _model_flags(args.model, args.preset)
     if args.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.client_output_logits and not args.client_output:
@@ -136,7 +141,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
     return PiConfig(
-        model=args.model, seq_len=args.seq_len, policies=policies, plan_files=tuple(args.plan or ()),
+        model=args.model, preset=args.preset, seq_len=args.seq_len, policies=policies, plan_files=tuple(args.plan or ()),
         truncation=args.truncation, bounds=args.bounds or PiConfig.bounds,
         frac_bits=PiConfig.frac_bits if args.frac_bits is None else args.frac_bits,
         time_limit_s=PiConfig.time_limit_s if args.time_limit is None else args.time_limit,
@@ -173,6 +178,15 @@ def _planning_flags(args: argparse.Namespace) -> None:
     if args.plan and given:
         raise UserError(f"--plan runs plan files as they were made: {' and '.join(given)} would change how they were "
                         "planned (give them to truncbridge plan instead)")
+
+
+def _model_flags(model: str, preset: str | None) -> None:
+    """--model random:<type> and --preset checked on every rank alike, before anything is built (a checkpoint
+    directory is checked where it is read: the owner's weights, the others' config)."""
+    from ..frontend.models import ALIASES, RANDOM_PREFIX, check_model
+
+    if preset is not None or ALIASES.get(model, model).startswith(RANDOM_PREFIX):
+        check_model(model, preset)
 
 
 def computing_parties(size: int, dealer: str) -> int:

@@ -155,11 +155,13 @@ def check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
     from ..memory import GB, check_fits, model_shape, pi_estimates
 
     policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
-    estimates = pi_estimates(model_shape(config.model), config.seq_len, parties, config.dealer == "separate")
+    estimates = pi_estimates(model_shape(config.model, config.preset), config.seq_len, parties, config.dealer == "separate",
+                             config.vanilla)
     names = [process_name(r, parties, config.dealer) for r in host_ranks]
     on_host = sum(estimates[n].total for n in names)
     each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
-    what = (f"run_pi of {config.model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
+    model = f"{config.model} --preset {config.preset}" if config.preset else config.model
+    what = (f"run_pi of {model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
             f"on this host ({each} GB)")
     ways = "fewer policies (--policy), fewer parties, a smaller --seq-len, the processes on several hosts, a bigger machine"
     facts = check_fits(on_host, what, ways, config.memory_check)
@@ -174,3 +176,53 @@ def revealed_references(config: PiConfig, parties: int, model, plans: dict, reve
     ids = revealed["ids"]
     say("emulating the plans on the revealed input (exact, and with the protocol's truncation model)")
     return references(model, plans, ids, {"tokens": one_hot(ids[None], vocab_size(model))}, config.truncation, parties)
+
+
+def set_up(config: PiConfig, parties: int, say, host_ranks: list[int]) -> tuple[dict, object, object, dict]:
+    """Rank 0's set-up: the memory check (before anything is built; a refusal ends every rank), the model, the
+    plans (made, from the plan cache, or ``--plan``'s) and, where vanilla runs, the captured graph; returns
+    (plans, captured, loaded, memory)."""
+    from ..frontend.capture import capture
+    from ..frontend.models import load_model
+
+    t = time.perf_counter()
+    memory = check_memory(config, parties, host_ranks)
+    say(f"memory checked ({time.perf_counter() - t:.1f} s)")
+    t = time.perf_counter()
+    loaded = load_model(config.model, config.preset)  # the weights (and, under --benchmark-reveal, the references)
+    say(f"model loaded ({time.perf_counter() - t:.1f} s)")
+    if config.plan_files:
+        plans, converted = read_plans(config, loaded, parties, say), None
+    else:
+        plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
+    captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
+    return plans, captured, loaded, memory
+
+
+def runner_settings(config: PiConfig) -> dict:
+    """What the request sequence of a plan depends on besides the plan and the parties."""
+    return {"truncation": config.truncation, "fuse": config.fuse, "batch": config.batch}
+
+
+def dealer_traces(config: PiConfig, parties: int, docs: dict, say) -> tuple[dict, dict]:
+    """(policy -> key, policy -> request sequence) of the plans' dealer requests (``plan_cache.trace_key``), the
+    sequences found in the cache: every party then deals them without the untimed recording pass. None
+    with ``--no-plan-cache``."""
+    from ..plan_cache import read_trace, trace_key
+
+    if not config.plan_cache:
+        return {}, {}
+    t = time.perf_counter()
+    keys = {policy: trace_key(doc, parties, runner_settings(config)) for policy, doc in docs.items()}
+    found = {policy: trace for policy, key in keys.items() if (trace := read_trace(key)) is not None}
+    if found:
+        say(f"dealer requests of {', '.join(found)}: from cache, no untimed pass ({time.perf_counter() - t:.2f} s)")
+    return keys, found
+
+
+def store_trace(keys: dict, policy: str, trace: list) -> None:
+    """A recorded request sequence, kept in the cache for the next run (only the owner holds ``keys``)."""
+    if policy in keys:
+        from ..plan_cache import write_trace
+
+        write_trace(keys[policy], trace)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
-PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes")
+PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes", "started_s")
 # what a computing party sends rank 0 after each timed run (numbers only; the audit checks it)
 STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_bytes", "dealt_requests",
                                     "online_dealer_requests", "truncations_executed"))
@@ -40,13 +40,15 @@ class RunMeasurement:
     truncations_executed: int
     peak_rss_bytes: int | None = 0  # this party's peak resident set so far (ru_maxrss); None: the client kept it
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
+    started_s: float | None = None  # seconds from this process's launch to this online pass's start (progress.py)
     logits: torch.Tensor | None = None  # the revealed output, at the client only
 
     def statistics(self) -> dict:
         """What a party sends rank 0: numbers only (``STATISTICS``; ``--audit`` checks)."""
         out = {k: v for k, v in asdict(self).items() if k != "logits"}
-        if out["loopback_s"] is None:
-            del out["loopback_s"]
+        for optional in ("loopback_s", "started_s"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod
@@ -95,6 +97,15 @@ def accuracy(policy: str, logits: list, refs: dict) -> dict:
             "top1_agreement_vs_float": min((x.argmax(-1) == refs["float"].argmax(-1)).double().mean().item()
                                            for x in logits),
             "max_abs_diff_vs_float": max((x - refs["float"]).abs().max().item() for x in logits)}
+
+
+def startup(rows: list[dict], say=None) -> dict:
+    """``startup_s``: seconds from rank 0's launch to the start of its first online pass (the first policy's
+    first timed run: imports, the memory check, the model, the plans, the parties' start, the recording
+    passes and the first dealing before it); ``startup_phases``: rank 0's lines with the age it said them at."""
+    started = [p["started_s"] for r in rows for p in r["per_party"][:1] if p.get("started_s") is not None]
+    lines = [[age, msg] for age, msg in getattr(say, "lines", ()) if not msg.startswith(" ")]  # progress aside
+    return {"startup_s": min(started, default=None), "startup_phases": lines}
 
 
 def insecure_modes(result: dict, audit: bool) -> list[str]:
@@ -146,7 +157,9 @@ WITHIN_SPREAD = 2.0
 VANILLA_TOP1_HINT = 0.9
 LEGEND = (
     "columns: wall_s online wall time (median, slowest party); pred_s the cost model's wall time (loopback pass + "
-    "predicted network time; only with --network); loop_s the same pass on loopback; rounds and MB online, per party "
+    "predicted network time; only with --network); loop_s the same pass on loopback; local_s its local compute: wall "
+    "less the time inside communicator calls (waiting for peers, the emulated network), the most of any party; "
+    "rounds and MB online, per party "
     "(the most of any party); offline_s and offline_MB dealing (what the dealer sent); weights_MB the weights' halves "
     "opened before the online phase (- for vanilla: it opens them online); truncs truncation protocols executed "
     "(vanilla: CrypTen divisions, one call per tensor)",
@@ -171,6 +184,7 @@ def _format_row(r: dict) -> str:
     weights = "-" if vanilla else f"{r['weights_bytes'] / 1e6:.2f}"
     truncs = f"{r['truncations_executed']}{' div' if vanilla else ''}"
     line = (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
+            f"{'-' if r.get('local_s') is None else format(r['local_s'], '.2f'):>7} "
             f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
             f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {weights:>10} {truncs:>8}")
     if "top1_agreement_vs_float" not in r:
@@ -216,7 +230,8 @@ def format_table(result: dict) -> str:
     dealer = ("dealer: INSECURE, the model owner deals and can read the client's data" if result["dealer"] == INSECURE
               else "a separate dealer")
     revealed = any("top1_agreement_vs_float" in r for r in result["rows"])
-    lines = [f"{result['model']}, {result['parties']} computing parties and {dealer}, seq {result['seq_len']}, "
+    model = f"{result['model']} --preset {result['preset']}" if result.get("preset") else result["model"]
+    lines = [f"{model}, {result['parties']} computing parties and {dealer}, seq {result['seq_len']}, "
              f"{result['truncation']} truncation, {result['bounds']} bounds, "
              f"{result['threads_per_party']} thread(s) per party, median wall of {result['repeat']} run(s); "
              f"online = after all dealing; {_network(result.get('network'))}"
@@ -224,12 +239,15 @@ def format_table(result: dict) -> str:
              + ("; openings batched per round, weights' halves opened before the online phase (weights_MB)"
                 if result.get("batch", True) else "; one step at a time"),
              *(f"INSECURE: {why}" for why in result.get("insecure", ())),
-             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'rounds':>7} {'MB':>9} "
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'local_s':>7} {'rounds':>7} {'MB':>9} "
              f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>8}"
              + (f" {'vs_emu':>10} {'spread':>10} {'ok?':>4} {'top1':>6}" if revealed else "")]
     lines += [_format_row(r) for r in result["rows"]]
     lines += LEGEND[:1 + revealed]
     lines += [f"hint: {h}" for h in hints(result)]
+    if result.get("startup_s") is not None:
+        lines.append(f"start-up: {result['startup_s']:.1f} s from launch to the first online pass (rank 0; "
+                     "--json's startup_phases say where it went)")
     if "memory" in result:
         lines.append(memory_line(result["memory"]))
     for name, ratio in result["ratios"].items():

@@ -38,15 +38,15 @@ from .audit import MAX_FINDINGS, audit_summary, mpi_findings
 from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
-from .owner import check_memory, make_plans, predictions, process_name, read_plans, revealed_references
+from .owner import dealer_traces, predictions, process_name, revealed_references, set_up, store_trace
 from .party import Party
-from .results import RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios
+from .progress import Say, launch_age_s, with_progress
+from .results import RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios, startup
 
 if TYPE_CHECKING:
     from ..core.types import Plan
     from ..frontend.capture import Captured
     from ..frontend.models import LoadedModel
-
 
 
 @dataclass
@@ -62,6 +62,8 @@ class Setup:
     ids: torch.Tensor | None = None  # the client's token ids, (1, seq_len)
     inputs: dict[str, torch.Tensor] | None = None  # the client's one-hot tokens: the plans' input
     memory: dict | None = None  # the owner's: every process's estimate and what its host had (``owner.check_memory``)
+    traces: dict = field(default_factory=dict)  # policy -> its dealer requests, from the owner's cache (no recording pass)
+    trace_keys: dict = field(default_factory=dict)  # the owner's: policy -> where a recorded sequence is cached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["WORLD_SIZE"] = str(parties)  # CrypTen's world: the computing parties (role() names the dealer)
     who = role(rank, parties)
     computing = comm.Split(0 if rank < parties else MPI.UNDEFINED, rank)
-    say = (lambda msg: print(f"[run_pi] {msg}", file=sys.stderr, flush=True)) if rank == 0 else (lambda msg: None)
+    say = Say() if rank == 0 else (lambda msg: None)
     host_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).allgather(rank)  # the processes sharing this host's memory
     try:
         setup = _setup(comm, config, parties, say, host_ranks) if rank < parties else None
@@ -105,27 +107,24 @@ def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0
     input (``client.py``)."""
     from ..core.planfile import plan_from_json, plan_to_json
     from ..frontend.capture import capture
-    from ..frontend.models import load_architecture, load_model
+    from ..frontend.models import load_architecture
     from ..pipeline import one_hot, vocab_size
 
     rank = comm.Get_rank()
     if rank == OWNER:
-        memory = check_memory(config, parties, host_ranks)  # before anything is built; a refusal ends every rank
-        loaded = load_model(config.model)  # the weights (and, under --benchmark-reveal, the references)
-        if config.plan_files:
-            plans = read_plans(config, loaded, parties, say)
-            captured = capture(loaded.model, config.seq_len) if config.vanilla else None
-        else:
-            plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
-            captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
-        mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
-        return Setup(_run_order(plans, config), plans, captured, loaded, memory=memory)
+        plans, captured, loaded, memory = set_up(config, parties, say, host_ranks)
+        docs = mpi.bcast(comm, {k: plan_to_json(p, redacted=True) for k, p in plans.items()}, "plans", ranks=range(parties))
+        keys, traces = dealer_traces(config, parties, docs, say)
+        mpi.bcast(comm, traces, "traces", ranks=range(parties))
+        return Setup(_run_order(plans, config), plans, captured, loaded, memory=memory, traces=traces, trace_keys=keys)
     docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
-    setup = Setup(_run_order(docs, config), {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()})
+    setup = Setup(_run_order(docs, config), {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()},
+                  traces=mpi.bcast(comm, None, "traces", ranks=range(parties)))
     if not all(p.redacted for p in setup.plans.values()):  # never hold the owner's bounds
         raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
     if rank == CLIENT or config.vanilla:
-        loaded = load_architecture(config.model)
+        with torch.device("cpu" if config.vanilla else "meta"):  # the client's input needs the shapes, not weights
+            loaded = load_architecture(config.model, config.preset)
         setup.captured = capture(loaded.model, config.seq_len) if config.vanilla else None
         if rank == CLIENT:  # the client's input: read, tokenized and fitted to --seq-len here only
             setup.loaded = loaded
@@ -176,7 +175,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     weights = party.stats()
     party.crypten.communicator.get().barrier()
     party.reset_stats()
-    t = time.perf_counter()
+    t, started = time.perf_counter(), launch_age_s() if party.rank == OWNER else None
     with party.audited(), party.on_network(network), CountDivisions(ArithmeticSharedTensor) as divisions:
         outs = runner.run(inputs)
         with party.revealing_output():
@@ -188,7 +187,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           offline_s=offline["seconds"], offline_bytes=offline["bytes"],
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
-                          truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(),
+                          truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(), started_s=started,
                           logits=None if opened is None else opened[0][0])
 
 
@@ -208,7 +207,7 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
     try:
         party = Party(timeout_s=config.timeout_s, silence_s=config.silence_s, audit=config.audit, dealer=config.dealer,
                       network=config.network).start()
-        runners = {policy: _runner(policy, setup, config) for policy in setup.policies}
+        runners = {policy: with_progress(_runner(policy, setup, config), policy, say) for policy in setup.policies}
     except Exception as exc:  # noqa: BLE001
         return mpi.fail_setup(comm, role(rank), exc)
     print(f"truncbridge: {role(rank)} pid {os.getpid()} started", file=sys.stderr, flush=True)
@@ -216,10 +215,11 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
     runs: dict[str, list] = {policy: [] for policy in setup.policies}
     outputs: dict[str, list] = {policy: [] for policy in setup.policies}  # the client's logits, per run
     try:
-        traces = {}
-        for policy in setup.policies:
+        traces = dict(setup.traces)  # the owner's cached sequences: no recording pass for those
+        for policy in [p for p in setup.policies if p not in traces]:
             say(f"recording {policy}'s dealer requests (untimed pass)")
             traces[policy] = record_requests(party, runners[policy], inputs[policy])
+            store_trace(setup.trace_keys, policy, traces[policy])  # the owner keeps it for the next run
         for repetition in range(config.repeat):  # interleaved, so load drifts hit every policy alike
             for policy in setup.policies:
                 say(f"running {policy} with {parties} parties ({repetition + 1}/{config.repeat})")
@@ -277,11 +277,11 @@ def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: li
                                                    config.batch))
         rows.append(row)
     bounds = sorted({p.config.bounds for p in setup.plans.values()}) if config.plan_files else [config.bounds]
-    result = {"parties": parties, "model": config.model, "seq_len": config.seq_len, "truncation": config.truncation,
-              "network": config.network, "fuse": config.fuse, "batch": config.batch,
+    result = {"parties": parties, "model": config.model, "preset": config.preset, "seq_len": config.seq_len,
+              "truncation": config.truncation, "network": config.network, "fuse": config.fuse, "batch": config.batch,
               "bounds": ",".join(bounds), "repeat": config.repeat, "dealer": config.dealer,
               "benchmark_reveal": config.benchmark_reveal, "threads_per_party": torch.get_num_threads(),
-              "plan_files": list(config.plan_files), "rows": rows, "ratios": ratios(rows)}
+              "plan_files": list(config.plan_files), "rows": rows, "ratios": ratios(rows), **startup(rows, say)}
     result["insecure"] = insecure_modes(result, config.audit)
     result["memory"] = {**setup.memory, "peak_rss_bytes": {process_name(rank, parties, config.dealer): p["peak_rss_bytes"]
                                                            for rank, p in enumerate(pooled)}}
