@@ -49,6 +49,11 @@ test-real: install
 
 bench: install
 	$(BIN)/python launch/bench.py
+	$(BIN)/python launch/bench_generation.py
+
+bench-generate: install  # private generation only: 3PC + dealer on `mid`, per-token costs against vanilla and re-running the prefix
+	$(BIN)/python launch/bench_generation.py
+.PHONY: bench-generate
 
 docs: install  # re-run the commands whose output README.md and docs/ show, and write it there
 	$(BIN)/python launch/regen_docs.py

@@ -97,16 +97,7 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None)
         kwargs["position_ids"] = unpadded_positions(padding_idx, batch, seq_len)
         if generate is None:
             _check_same_output(model, example, kwargs["position_ids"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with opaque_modules(model):
-                exported = torch.export.export(model, (example,), kwargs=kwargs)
-            exported = exported.run_decompositions(decompositions())
-        except UserError:
-            raise
-        except Exception as exc:  # export failures are long; keep their first line
-            raise UserError(f"torch.export failed for {type(model).__name__}: {first_line(exc)}") from None
+    exported = export_decomposed(model, (example,), kwargs)
 
     weights, publics, names, users = _placeholders(exported)
     tokens, *extra = users
@@ -115,6 +106,23 @@ def capture(model: torch.nn.Module, seq_len: int, batch: int = 1, generate=None)
     if generate is not None:
         _run_on_cpu(exported)
     return Captured(exported, weights, publics, names, tokens, (batch, seq_len), generate)
+
+
+def export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, opaque_in=None,
+                      what: str = "") -> torch.export.ExportedProgram:
+    """torch.export ``module`` on ``args`` (the opaque modules of ``opaque_in``, default the module itself, kept
+    whole), decomposed to core ATen; a failure is one line naming the model."""
+    model = module if opaque_in is None else opaque_in
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with opaque_modules(model):
+                exported = torch.export.export(module, args, kwargs=kwargs)
+            return exported.run_decompositions(decompositions())
+        except UserError:
+            raise
+        except Exception as exc:  # export failures are long; keep their first line
+            raise UserError(f"torch.export failed for {type(model).__name__}{what}: {first_line(exc)}") from None
 
 
 def padding_positions(model: torch.nn.Module) -> int | None:
@@ -182,18 +190,10 @@ def capture_module(module: torch.nn.Module, dummy_input) -> Captured:
                         "token ids take the LM path (truncbridge.pipeline.convert)")
     training = module.training
     module.eval()  # inference: dropout off, batch norm on its running statistics
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with opaque_modules(module):
-                exported = torch.export.export(module, (dummy_input,))
-            exported = exported.run_decompositions(decompositions())
-        except UserError:
-            raise
-        except Exception as exc:  # export failures are long; keep their first line
-            raise UserError(f"torch.export failed for {type(module).__name__}: {first_line(exc)}") from None
-        finally:
-            module.train(training)
+    try:
+        exported = export_decomposed(module, (dummy_input,))
+    finally:
+        module.train(training)
     weights, publics, names, users = _placeholders(exported)
     if len(users) != 1:
         raise UserError(f"the module must take one real-valued input tensor, its export has {len(users)}")

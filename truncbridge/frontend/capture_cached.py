@@ -14,13 +14,10 @@ that placement brings back to frac_bits, the scale the next step's cache inputs 
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from ..core.errors import UserError, first_line
-from .capture import Captured, _placeholders, _run_on_cpu
-from .registry import decompositions, opaque_modules
+from ..core.errors import UserError
+from .capture import Captured, _placeholders, _run_on_cpu, export_decomposed
 
 
 def cache_names(layers: int) -> list[str]:
@@ -97,17 +94,8 @@ def capture_cached(model: torch.nn.Module, new_tokens: int, cached: int, generat
     positions = torch.arange(cached, cached + new_tokens)[None]
     device = "meta" if generate is not None else "cpu"  # --fake-weights: traced beside meta parameters
     cache = tuple(torch.zeros(1, heads, cached, dim, device=device) for heads, dim in layout.values()) if cached else ()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            wrapper = CachedLM(model).eval()
-            with opaque_modules(model):
-                exported = torch.export.export(wrapper, (example_ids, positions.to(device), *cache))
-            exported = exported.run_decompositions(decompositions())
-        except UserError:
-            raise
-        except Exception as exc:  # export failures are long; keep their first line
-            raise UserError(f"torch.export of {type(model).__name__} with a KV cache failed: {first_line(exc)}") from None
+    exported = export_decomposed(CachedLM(model).eval(), (example_ids, positions.to(device), *cache), opaque_in=model,
+                                 what=" with a KV cache")
     weights, publics, names, users = _placeholders(exported)
     tokens, position_input, *cache_inputs = users
     publics[position_input] = positions

@@ -13,10 +13,11 @@ from .convert import GenerationPrograms, cache_lengths, convert_generation
 
 
 def generation_plans(loaded: LoadedModel, prompt_len: int, tokens: int, config: PlanConfig, use_cache: bool = True,
-                     say=None, relu: str = "comparison") -> dict[int, Plan]:
-    """Cache length -> plan under ``config``, read from the plan cache where it holds them."""
+                     say=None, relu: str = "comparison", made: list | None = None) -> dict[int, Plan]:
+    """Cache length -> plan under ``config``, read from the plan cache where it holds them. ``made``: a list that
+    keeps the conversion for the next call (another policy's plans of the same generation)."""
     say = say or (lambda text: None)
-    made: list[GenerationPrograms] = []
+    made: list[GenerationPrograms] = [] if made is None else made
 
     def converted(cached: int):
         if not made:

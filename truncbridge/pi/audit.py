@@ -243,7 +243,12 @@ def _pool(kind: str, per_party: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 # -- MPI, the side channel (on the pooled receipt logs, ``mpi.RECEIPTS``) ------------------------
 NUMBERS = ("int", "float", "bool", "NoneType")  # mpi.describe's names of the values a statistic may take
 # the rendezvous (host names, rank 0's address), and the owner's cached dealer requests of the redacted plans
-AT_SETUP = {"hosts": "str", "address": "str", "traces": "traces"}
+AT_SETUP = {"hosts": "str", "address": "str", "traces": "traces", "length": "int"}  # length: the prompt's (--generate)
+
+
+def _redacted(what) -> bool:
+    """A plan's receipt shape is a redacted plan's, or (--generate) every cache length's is."""
+    return what == "redacted plan" or isinstance(what, dict) and bool(what) and all(map(_redacted, what.values()))
 
 
 def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:
@@ -259,12 +264,14 @@ def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:
             bad = [] if r["setup"] and what == AT_SETUP[kind] else [f"{kind}: {what}"]
         elif kind == "plans":
             bad = (["plans after set-up"] if not r["setup"] else
-                   [f"plan {k}: {v}" for k, v in what.items() if v != "redacted plan"] if isinstance(what, dict) else
+                   [f"plan {k}: {v}" for k, v in what.items() if not _redacted(v)] if isinstance(what, dict) else
                    [f"plans: {what}"])
         elif kind == "stats":
             bad = ([f"statistics that are a {what}"] if not isinstance(what, dict) else
                    [f"{k!r} ({v}) among its statistics, which are numbers only" for k, v in what.items()
                     if k not in STATISTICS or v not in NUMBERS])
+        elif kind == "control":  # --generate --eos: the client's word after each step, go on or stop (public)
+            bad = [] if r["source"] == CLIENT and not r["setup"] and what == "bool" else [f"a control message: {what}"]
         elif kind == "reveal":
             allowed = reveal and r["rank"] == OWNER and r["source"] == CLIENT and not r["setup"]
             bad = [] if allowed else [f"the client's revealed data ({what}) without --benchmark-reveal"]

@@ -69,7 +69,7 @@ def set_up(comm, config: PiConfig, parties: int, say, host_ranks) -> GenerationS
         memory = check_memory(config, parties, host_ranks)
     loaded, prompt, source = None, None, ""
     if rank == CLIENT:
-        loaded = load_architecture(config.model)
+        loaded = load_architecture(config.model, config.preset)
         prompt, source = client_prompt(config, loaded)
         eos = eos_id(loaded, config.generation.eos)
     length = mpi.bcast(comm, None if prompt is None else len(prompt), "length", root=CLIENT, ranks=range(parties))
@@ -116,16 +116,18 @@ def owner_plans(config: PiConfig, parties: int, prompt_len: int, say) -> tuple[d
     from ..pipeline import plan_config
     from .owner import protocol_profile, runnable
 
-    loaded = load_model(config.model, getattr(config, "preset", None))
+    loaded = load_model(config.model, config.preset)
     profile = protocol_profile(config.truncation, parties)
-    plans = {}
+    plans, made = {}, []  # made: the conversion, once for every policy
     for policy in [p for p in ("eager", "lazy", "optimal") if p in config.policies]:
         headroom = 0 if policy == "eager" and config.truncation == "crypten" else None
         settings = plan_config(policy, field_bits=64, frac_bits=config.frac_bits, bounds=config.bounds, protocol=profile,
                                headroom_bits=headroom, time_limit_s=config.time_limit_s,
+                               objective=config.network["name"] if config.network else "elements",
                                precision_tolerance_bits=config.precision_tolerance_bits)
         say(f"planning {policy}: a prefill of {prompt_len} tokens and {config.generation.tokens - 1} steps")
-        plans[policy] = generation_plans(loaded, prompt_len, config.generation.tokens, settings, config.plan_cache, say)
+        plans[policy] = generation_plans(loaded, prompt_len, config.generation.tokens, settings, config.plan_cache, say,
+                                         made=made)
         for cached, plan in plans[policy].items():
             runnable(plan, config.truncation, parties, f"the {policy} plan at cache length {cached}")
     return plans, loaded
@@ -137,7 +139,7 @@ def vanilla_graphs(config: PiConfig, loaded, prompt_len: int, tokens: int) -> di
     from ..frontend.models import load_architecture
     from ..generation.convert import PREFILL, cache_lengths
 
-    model = (loaded or load_architecture(config.model)).model
+    model = (loaded or load_architecture(config.model, config.preset)).model
     return {c: capture_cached(model, prompt_len if c == PREFILL else 1, c) for c in cache_lengths(prompt_len, tokens)}
 
 

@@ -50,6 +50,8 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions | None:
         raise UserError(f"--generate must be at least 1 token, got {args.generate}")
     if args.plan:
         raise UserError("--generate plans its prefill and steps itself: --plan files are for one forward pass")
+    if args.repeat != 1:
+        raise UserError("--generate runs each policy once: its steps are the repetitions (--repeat is for one pass)")
     options = GenerationOptions(args.generate, args.temperature, args.top_k, args.seed, args.eos)
     options.sampler()  # an unknown sampling setting: refused here, on every rank alike
     return options

@@ -82,6 +82,9 @@ def format_table(result: dict) -> str:
                      f"{'-' if acc is None else f'{acc:.3f}':>8}")
     for name, value in result["ratios"].items():
         lines.append(f"{name}: {value:.3f}")
+    peaks = result["memory"]["peak_rss_bytes"]
+    lines.append("peak memory: " + ", ".join(f"{who} {'kept by the client' if b is None else f'{b / 2**30:.2f} GiB'}"
+                                             for who, b in peaks.items()))
     return "\n".join(lines)
 
 

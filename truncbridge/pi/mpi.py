@@ -55,9 +55,9 @@ def describe(obj, kind: str = "") -> object:
     document as whether it is redacted."""
     if kind in OPAQUE:
         return kind
-    if kind == "plans" and isinstance(obj, dict):
-        return {str(k): "redacted plan" if isinstance(d, dict) and d.get("redacted") is True else describe(d)
-                for k, d in obj.items()}
+    if kind == "plans" and isinstance(obj, dict):  # policy -> plan, or (--generate) policy -> cache length -> plan
+        return {str(k): "redacted plan" if isinstance(d, dict) and d.get("redacted") is True else
+                describe(d, kind) if isinstance(d, dict) and "schema" not in d else describe(d) for k, d in obj.items()}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return type(obj).__name__
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a torch tensor or numpy array

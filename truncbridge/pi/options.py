@@ -14,6 +14,7 @@ from ..core.errors import ArgumentParser, UserError
 from ..core.protocols import load_network
 from ..core.types import POLICIES as PLAN_POLICIES
 from ..core.types import PRECISION_TOLERANCE_BITS
+from .generation_options import GenerationOptions, add_generation_arguments, generation_options
 from .results import INSECURE
 
 POLICIES = PLAN_POLICIES + ("vanilla",)  # vanilla: CrypTen as is, no plan
@@ -58,6 +59,7 @@ class PiConfig:
     json_path: str | None = None  # rank 0's --json
     memory_check: str = "on"  # memory.CHECK_MODES: refuse a run that will not fit this host, before building
     client: ClientOptions = ClientOptions()
+    generation: GenerationOptions | None = None  # --generate T (generation_options.py)
 
     @property
     def vanilla(self) -> bool:
@@ -77,6 +79,7 @@ def parse_args(argv: list[str]) -> PiConfig:
                    help="tokens in the client's input, public (default 32): a longer prompt keeps its last ones, a "
                         "shorter one is right-padded")
     _client_arguments(p)
+    add_generation_arguments(p)
     p.add_argument("--policy", default=None, help="comma-separated subset of " + ",".join(POLICIES) + " (default: all; "
                    "with --plan, the plan files' policies: --policy may add vanilla)")
     p.add_argument("--plan", nargs="+", metavar="FILE",
@@ -151,7 +154,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         dealer=args.dealer, audit=args.audit, benchmark_reveal=args.benchmark_reveal, json_path=args.json,
         plan_cache=args.plan_cache, memory_check=args.memory_check,
         client=ClientOptions(prompt=args.prompt, text=args.text, output=args.client_output,
-                             output_logits=args.client_output_logits))
+                             output_logits=args.client_output_logits), generation=generation_options(args))
 
 
 

@@ -12,9 +12,8 @@ protocol: the rendezvous address, the *redacted* plans for the client and helper
 (``core.planfile.redact_plan_json``), statistics (timings, rounds, bytes), failure notices. The
 client keeps its logits: it prints its result and writes it (``--client-output``) on its own rank.
 Only ``--benchmark-reveal`` (INSECURE, a benchmark mode) sends the client's ids and logits to rank 0
-after the timed runs, which compares them with the emulator and the float model (``owner.py``);
-with ``--audit`` (INSECURE too) every MPI receipt is checked (``audit.mpi_findings``). Parties
-other than the owner build the architecture from its config and never read the weight files.
+after the timed runs, for the emulator and the float model (``owner.py``); ``--audit`` (INSECURE too) checks
+every MPI receipt. Only the owner reads weights. ``--generate T``: ``generation.py`` sets up and computes.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from ..backends.crypten.roles import CLIENT, OWNER, role
 from ..core.errors import UserError
 from ..crypten.vanilla import CountDivisions
 from ..memory import peak_rss_bytes
-from . import mpi
+from . import generation, mpi
 from .audit import MAX_FINDINGS, audit_summary, mpi_findings
 from .client import ClientInput, client_input
 from .client import report as client_report
@@ -83,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     computing = comm.Split(0 if rank < parties else MPI.UNDEFINED, rank)
     say = Say() if rank == 0 else (lambda msg: None)
     host_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).allgather(rank)  # the processes sharing this host's memory
+    set_up, compute = (generation.set_up, generation.compute) if config.generation else (_setup, _compute)
     try:
-        setup = _setup(comm, config, parties, say, host_ranks) if rank < parties else None
+        setup = set_up(comm, config, parties, say, host_ranks) if rank < parties else None
         address = mpi.rendezvous(comm)
         mpi.setup_done()  # from here on, MPI carries statistics only (checked by --audit)
     except mpi.PeerFailed as exc:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         mpi.gather(comm, {"peak_rss_bytes": peak_rss_bytes(),
                           **({"masks": core.masks, "mpi": mpi.RECEIPTS} if config.audit else {})}, "audit")
         return 0
-    return _compute(comm, computing, config, parties, setup, say)
+    return compute(comm, computing, config, parties, setup, say)
 
 
 def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0,)) -> Setup:
