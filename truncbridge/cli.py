@@ -154,6 +154,7 @@ def plan_protocol(args) -> str:
 def cmd_plan(args) -> None:
     from .core.planfile import save_plan
     from .frontend.models import load_model
+    from .generation.full_size import decode_step_window, plan_decode_step
     from .plan_cache import PlanMaker
     from .report import print_plan_summary
 
@@ -165,15 +166,17 @@ def cmd_plan(args) -> None:
     if args.fake_weights and args.bounds == "calibrated":
         raise UserError("--fake-weights plans use static bounds (--bounds calibrated needs the whole model's maxima)")
     config = _config(args)
-    check_calibration_fits(args, args.seq_len, args.fake_weights)
-    check_memory(args, "plan", args.seq_len, fake_weights=args.fake_weights)
+    step = args.decode_step is not None  # generation.full_size: one token after --decode-step cached positions
+    seq_len = decode_step_window(args.decode_step, args.given, args.calibration) if step else args.seq_len
+    check_calibration_fits(args, seq_len, args.fake_weights)
+    check_memory(args, "plan", seq_len, fake_weights=args.fake_weights)
     loaded = load_model(args.model, args.preset, fake_weights=args.fake_weights, activations=args.activations)
     cache = PlanMaker(loaded, args.seq_len, args.frac_bits, args.relu, args.calibration, use_cache=args.plan_cache)
-    plan = cache.cached(config)
+    plan = plan_decode_step(loaded, args.decode_step, config, args.frac_bits, args.relu) if step else cache.cached(config)
     if plan is None:
         plan = _placed(_converted(loaded, args.seq_len, args), config)
         cache.store(config, plan)
-    else:
+    elif not step:
         print(f"plan: from cache (key {cache.hits[0][:12]})", file=sys.stderr)
     save_plan(plan, args.output)
     print_plan_summary(plan, args.output)

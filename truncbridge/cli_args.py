@@ -208,6 +208,9 @@ def _add_plan(sub) -> None:
     pl.add_argument("--fake-weights", action="store_true",
                     help="random:<type> at full size without holding it: weights generated one at a time, "
                          "kept as statistics (static bounds)")
+    pl.add_argument("--decode-step", type=int, metavar="C",
+                    help="the plan of one generated token after C cached positions (a KV-cache decode step; its cache "
+                         "bounds settled over the prefill of C tokens and the step); --seq-len means nothing with it")
 
 
 def _add_report(sub) -> None:
