@@ -17,6 +17,7 @@ from .cli_checks import (
     check_output_path,
     read_texts,
 )
+from .cli_generate import cmd_generate
 from .cli_report import cmd_models, cmd_report
 from .core.errors import UserError
 from .memory import peak_rss_bytes, ring_value_bytes
@@ -264,7 +265,8 @@ def _check_some_config(args, fields) -> None:
     raise refused[0]
 
 
-COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "models": cmd_models}
+COMMANDS = {"emulate": cmd_emulate, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "models": cmd_models,
+            "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

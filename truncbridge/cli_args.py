@@ -246,10 +246,33 @@ def _add_models(sub) -> None:
                         help="list the model_types random:<model_type> converts (tested, then untested text models)")
 
 
+def _add_generate(sub) -> None:
+    """``truncbridge generate`` (``cli_generate.py``)."""
+    gen = sub.add_parser("generate", help="private generation in the ring (a prefill and KV-cache steps) against "
+                                          "the float model's own generation")
+    _add_model_args(gen, seq=False)
+    _add_numeric_args(gen)
+    given = gen.add_mutually_exclusive_group()
+    given.add_argument("--prompt", help="the prompt (default: the first 32 tokens of the model's held-out text)")
+    given.add_argument("--prompt-file", metavar="FILE", help="the prompt, a UTF-8 file")
+    _flag(gen, "--prompt-tokens", type=positive_int, default=32,
+          help="without --prompt: the prompt is the first this many tokens of the held-out text (default 32)")
+    _flag(gen, "--tokens", type=positive_int, default=16, help="tokens to generate (default 16)")
+    _flag(gen, "--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sample at this temperature")
+    _flag(gen, "--top-k", type=int, default=0, help="sample from the k most likely tokens (default 0: all)")
+    _flag(gen, "--seed", type=int, default=0, help="the sampling's seed (default 0)")
+    gen.add_argument("--eos", action="store_true", help="stop at the tokenizer's end-of-sequence token")
+    gen.add_argument("--device", default="cpu", help="torch device of the emulator (cpu, cuda, ...)")
+    gen.add_argument("--no-check", dest="check", action="store_false",
+                     help="skip the run-time bound check (bound_violations: 0)")
+    gen.add_argument("--json", help="write the generation, per step, as JSON to this path")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="truncbridge", description="LLMs as fixed-point MPC plans with statically placed truncations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for add in (_add_emulate, _add_plan, _add_report, _add_compare, _add_models):
         add(sub)
+    _add_generate(sub)
     parser.commands = sub.choices
     return parser

@@ -63,14 +63,24 @@ class Emitter:
         if nid in self.truncated:
             return self.truncated[nid]
         node = self.src[self.source_of[nid]] if nid in self.source_of else None
-        if node is not None and len(node.inputs) == 1 and spec(node).hoistable and not spec(node).site(node, self.src):
-            base = self.truncate_down(self.out[nid].inputs[0])
-            scale, extra = self.natural_scale(node, [base])
-            out = self.emit(node, [base], scale, extra)
+        hoist = node is not None and spec(node).hoistable and not spec(node).site(node, self.src)
+        if hoist and (len(node.inputs) == 1 or self._aligned_up(nid)):
+            bases = [self.truncate_down(i) for i in self.out[nid].inputs]
+            scale, extra = self.natural_scale(node, bases)
+            out = self.emit(node, bases, scale, extra)
+        elif node is None and self.out[nid].op == "shl":  # an operand shifted up to align: what it shifted is enough
+            out = self.truncate_down(self.out[nid].inputs[0])
         else:
             out = self.to_scale(nid, min(self.floor(nid), self.scale(nid)))
         self.truncated[nid] = out
         return out
+
+    def _aligned_up(self, nid: int) -> bool:
+        """A data move of several operands, one shifted up to the others' scale (a KV cache at frac_bits joined
+        with a new token's keys at a product's scale): truncating the operands above their floors touches
+        only those (the new token's), not the whole joined tensor."""
+        ins = self.out[nid].inputs
+        return len(ins) > 1 and any(self.out[i].op == "shl" and i not in self.source_of for i in ins)
 
     def natural_scale(self, node: Node, ins: list[int]) -> tuple[int, dict]:
         """Scale of a node's result computed from placed inputs (before any truncation of it)."""
