@@ -199,6 +199,7 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
         ("rounds (one operation at a time, as CrypTen runs)", f"{costs.rounds_sequential:,.0f}"),
         ("communication per party", _fmt_bytes(costs.bytes)),
         ("estimated latency", f"{costs.latency_s:.3f} s"),
+        *_local_rows(plan, costs, network),
         ("expected truncation failures per forward pass", f"{costs.expected_truncation_failures:.3g}"),
     ], title=f"truncbridge report — {model_label(plan.model)}, {plan.policy}, {plan.field_name}, "
              f"{plan.frac_bits} fraction bits; costs under {costs.protocol} on {network}"))
@@ -235,6 +236,20 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
                     f"{v.get('expected_failures', 0):.3g}", f"{v.get('critical_rounds', 0):,.0f}")
     console.print(rec)
     print_costliest_recipes(costs, network)
+
+
+def _local_rows(plan, costs, network: str) -> list[tuple[str, str]]:
+    """The cost model's local compute (CrypTen's backend, calibrated on this machine: ``protocols/compute.json``)
+    and the predicted wall time: local compute + the network's time for the rounds and bytes."""
+    from .analysis.cost import local_compute
+    from .core.protocols import load_compute, load_protocol
+
+    calibration = load_compute()
+    local = local_compute(plan, load_protocol(costs.protocol), calibration)
+    missing = f"; not calibrated: {', '.join(local['uncalibrated'])}" if local["uncalibrated"] else ""
+    where = f"{calibration['machine']['threads']} thread(s), protocols/compute.json{missing}"
+    return [(f"local compute per party (CrypTen backend, {where})", f"{local['local_s']:.3f} s"),
+            (f"predicted wall on {network} = local compute + network", f"{local['local_s'] + costs.latency_s:.3f} s")]
 
 
 RECIPE_STEPS = ("degree", "steps")  # a recipe's size as every recipe records it (with lo, hi, method, max_error)

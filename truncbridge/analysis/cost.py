@@ -134,6 +134,16 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
                      by_recipe={k: dict(v) for k, v in by_recipe.items()}, recipes=recipe_costs(plan, own))
 
 
+def local_compute(plan: Plan, protocol: Protocol, calibration: dict, fuse: bool = True, batch: bool = True) -> dict:
+    """The local-compute term of the plan's online pass on CrypTen's backend (``analysis.compute``,
+    ``core.protocols.load_compute``) with ``protocol``'s parties, its truncation exact unless the profile's
+    is probabilistic (CrypTen's own division then): ``local_s``, ``by_kind``, ``uncalibrated``."""
+    from .compute import plan_local_seconds
+
+    exact = not protocol.truncation_kind.startswith("probabilistic")
+    return plan_local_seconds(plan, calibration, fuse and protocol.fuses_products, batch, exact, protocol.parties)
+
+
 def recipe_instances(plan: Plan) -> dict[int, int]:
     """Node -> the first node of the recipe use that emitted it. A use starts at the node carrying
     its ``recipe_params``; the nodes after it with the same recipe name are its own, until the next

@@ -12,6 +12,10 @@ from .errors import UserError
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "protocols"
 DEFAULT_PROTOCOL = "faithful-2pc"
+COMPUTE_FILE = PROTOCOL_DIR / "compute.json"  # the local-compute term's coefficients (analysis/compute.py)
+NOT_PROTOCOLS = ("networks", "compute")  # the other data files of protocols/
+COMPUTE_KINDS = ("source", "local", "public", "relabel", "shift", "output", "matmul", "mul", "carried", "truncate",
+                 "compare", "wave")  # the local-compute term's kinds (analysis/compute.py says what each counts)
 FAILURE_MODELS = {  # probability that one truncation of a value below 2^bits (sign included) fails
     "none": lambda bits, l: 0.0,
     "abs_over_ring": lambda bits, l: min(1.0, 2.0 ** (bits - 1 - l)),  # |x| / 2^l
@@ -64,14 +68,14 @@ class Protocol:
 
 
 def protocol_names() -> list[str]:
-    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.json") if p.stem != "networks")
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.json") if p.stem not in NOT_PROTOCOLS)
 
 
 @cache
 def load_protocol(name: str | None) -> Protocol:
     name = name or DEFAULT_PROTOCOL
     path = PROTOCOL_DIR / f"{name}.json"
-    if name == "networks" or not path.is_file():
+    if name in NOT_PROTOCOLS or not path.is_file():
         raise UserError(f"unknown protocol {name!r}: choose one of {', '.join(protocol_names())}")
     data = json.loads(path.read_text())
     if data["truncation"]["failure"] not in FAILURE_MODELS:
@@ -105,3 +109,22 @@ def load_network(spec: str) -> dict:
 def network_seconds(network: dict, rounds: float, nbytes: float) -> float:
     """What ``rounds`` sequential round trips and ``nbytes`` through one link cost on ``network``."""
     return rounds * network["rtt_ms"] / 1e3 + nbytes * 8 / (network["bandwidth_gbps"] * 1e9)
+
+
+@cache
+def load_compute(path: str | Path | None = None) -> dict:
+    """The local-compute coefficients measured on this machine (``protocols/compute.json``, written by
+    ``launch/calibrate_compute.py``): refused in one line if missing, unreadable, or not every kind's
+    ``per_node_s`` and ``per_element_s`` a finite number >= 0 (``COMPUTE_KINDS``)."""
+    path = Path(path or COMPUTE_FILE)
+    try:
+        data = json.loads(path.read_text())
+        numbers = [data["dispatch_s"], *(data["kinds"][k][c] for k in COMPUTE_KINDS for c in ("per_node_s", "per_element_s"))]
+        factor = data["parties_factor"]["value"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: no local-compute calibration ({type(exc).__name__}: {exc}); "
+                        "make one with python launch/calibrate_compute.py") from exc
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in [*numbers, factor]) or not factor:
+        raise UserError(f"{path}: every coefficient must be a finite number >= 0 (parties_factor > 0); recalibrate with "
+                        "python launch/calibrate_compute.py")
+    return data

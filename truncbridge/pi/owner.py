@@ -110,9 +110,12 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
                 batch: bool = True) -> dict:
     """The cost model's online rounds and bytes for the plan, as run_pi runs it (``batch``: every
     opening ready in the same round in one message, the critical path; else one operation at a
-    time), then one opening of the output, and what they cost on ``network``."""
+    time), then one opening of the output, and what they cost on ``network``; ``local_s``: the local compute
+    of the pass (``analysis.compute``, calibrated in ``protocols/compute.json``) and, on ``network``,
+    ``wall_model_s`` = ``local_s`` + ``network_s``: the wall time from the cost model alone."""
+    from ..analysis.compute import plan_local_seconds
     from ..analysis.cost import plan_costs
-    from ..core.protocols import load_network, load_protocol, network_seconds
+    from ..core.protocols import load_compute, load_network, load_protocol, network_seconds
 
     c = plan_costs(plan, load_protocol(protocol_profile(truncation, parties)), load_network("lan"), fuse=fuse,
                    weights_apart=batch)
@@ -121,8 +124,11 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
            "bytes": c.bytes, "weights_bytes": c.weights_bytes,
            "expected_truncation_failures": c.expected_truncation_failures,
            "fused_products": c.fused_products, "fused_pairs": c.fused_pairs}
+    local = plan_local_seconds(plan, load_compute(), fuse, batch, truncation == "exact", parties)
+    out["local_s"], out["local_uncalibrated"] = local["local_s"], local["uncalibrated"]
     if network is not None:
         out["network_s"] = network_seconds(network, out["rounds"] + 1, c.bytes)
+        out["wall_model_s"] = out["local_s"] + out["network_s"]
     return out
 
 
