@@ -145,3 +145,53 @@ def test_generate_command_writes_its_steps(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["agreement"] == 1.0 and len(doc["steps"]) == 2 and doc["steps"][1]["cached"] == 8
     assert doc["text"] == doc["float_text"] and "agreement with the float generation: 2/2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_generation_stops_at_the_end_of_sequence_token(default, eager_plans):
+    """--eos: the emulator stops right after it picks the end-of-sequence id (here the float model's first token,
+    standing in for the tokenizer's), as the float reference does; without it, it goes on."""
+    loaded, prompt, _ = default
+    reference = float_generation(loaded.model, prompt, TOKENS)
+    eos = reference.ids[0]
+    emulated = emulated_generation(eager_plans, prompt, TOKENS, vocab_size(loaded.model), eos=eos)
+    assert emulated.ids == reference.ids[:1] == float_generation(loaded.model, prompt, TOKENS, eos=eos).ids
+    assert len(reference.ids) == TOKENS
+
+
+def _cached_attention(cached: int = 15):
+    """A step's attention in miniature: the new token's key (a product, scale 2f) joined with a cache read at
+    frac_bits, then the scores q . [cache; k]^T — wide enough (bounds 2^10) that 48 bits do not hold the scores at 3f."""
+    from truncbridge.core.ir import Builder
+
+    b, d = Builder(), 8
+    x = b.input("x", (1, d))
+    b.declare(x, 2.0**10, "input")
+    cache = b.input("cache.0.k", (cached, d))
+    b.declare(cache, 2.0**10, "input")
+    k = b.matmul(x, b.weight("w", torch.eye(d, dtype=torch.float64)))
+    keys = b.move("aten.cat.default", [cache, k], [["$0", "$1"], 0])
+    b.output(b.matmul(x, b.move("aten.t.default", [keys], ["$0"])))
+    b.output(b.move("aten.slice.Tensor", [keys], ["$0", 0, cached, cached + 1]), state=True)  # as DynamicCache does
+    return b.program
+
+
+def test_lazy_truncates_the_new_keys_not_the_whole_cache():
+    """Lazy hoists its truncation above the join (``Emitter._aligned_up``): it truncates the new token's key
+    (8 elements), never the joined cache (128). Negative control: without the hoist, the whole join is truncated."""
+    from truncbridge.analysis import place, static_bounds
+    from truncbridge.analysis.emit import Emitter
+    from truncbridge.core.types import PlanConfig
+
+    def truncated_shapes():
+        program = _cached_attention()
+        plan = place(program, static_bounds(program), PlanConfig(48, 8, "lazy"))
+        return sorted(plan.program[n.inputs[0]].shape for n in plan.program.nodes if n.op == "trunc")
+
+    assert (16, 8) not in truncated_shapes() and (1, 8) in truncated_shapes()
+    hoist = Emitter._aligned_up
+    Emitter._aligned_up = lambda self, nid: False
+    try:
+        assert (16, 8) in truncated_shapes()
+    finally:
+        Emitter._aligned_up = hoist

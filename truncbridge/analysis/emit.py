@@ -63,8 +63,8 @@ class Emitter:
         if nid in self.truncated:
             return self.truncated[nid]
         node = self.src[self.source_of[nid]] if nid in self.source_of else None
-        hoist = node is not None and spec(node).hoistable and not spec(node).site(node, self.src)
-        if hoist and (len(node.inputs) == 1 or self._aligned_up(nid)):
+        movable = node is not None and spec(node).hoistable
+        if movable and (len(node.inputs) == 1 and not spec(node).site(node, self.src) or self._aligned_up(nid)):
             bases = [self.truncate_down(i) for i in self.out[nid].inputs]
             scale, extra = self.natural_scale(node, bases)
             out = self.emit(node, bases, scale, extra)
