@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "local_s over the same plans' local compute in one process, is measured from it")
     ap.add_argument("--check", metavar="JSON", help="calibrate nothing: the calibration's local_s beside a run_pi --json "
                     "output's measured local_s, per policy (the run's plans from the plan cache; --time-limit as it ran)")
-    ap.add_argument("--time-limit", type=float, default=60.0, help="with --check: the run's optimal --time-limit")
+    ap.add_argument("--time-limit", type=float, default=60.0,
+                    help="the optimal --time-limit the --run-pi / --check runs were made with (their plans from the plan cache)")
     ap.add_argument("--out", default=str(COMPUTE_FILE), help="where to write (default protocols/compute.json; - prints)")
     return ap.parse_args(argv)
 
@@ -68,7 +69,8 @@ def start_crypten(threads: int):
     return install_provider(crypten, "owner-insecure")
 
 
-def make_plans(model: str, seq_len: int, policies: list[str], time_limit_s: float = 60.0) -> tuple[list, dict]:
+def make_plans(model: str, seq_len: int, policies: list[str], time_limit_s: float = 60.0, objective: str = "elements"
+               ) -> tuple[list, dict]:
     """The plans run_pi makes (exact truncation, 2 parties; from the plan cache where it holds them)."""
     from truncbridge.frontend.models import load_model
     from truncbridge.pipeline import one_hot, plan_config, vocab_size
@@ -76,7 +78,8 @@ def make_plans(model: str, seq_len: int, policies: list[str], time_limit_s: floa
 
     loaded = load_model(model)
     maker = PlanMaker(loaded, seq_len, 16)
-    plans = [maker.plan(plan_config(p, field_bits=64, frac_bits=16, protocol="crypten-exact-2pc", time_limit_s=time_limit_s))
+    plans = [maker.plan(plan_config(p, field_bits=64, frac_bits=16, protocol="crypten-exact-2pc", time_limit_s=time_limit_s,
+                                    objective=objective))
              for p in policies]
     ids = torch.randint(0, vocab_size(loaded.model), (seq_len,), generator=torch.Generator().manual_seed(0))
     return plans, {"tokens": one_hot(ids[None], vocab_size(loaded.model))}
@@ -198,7 +201,7 @@ def machine(threads: int) -> dict:
             "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def parties_factor(paths: list[str], provider, passes: int) -> dict:
+def parties_factor(paths: list[str], provider, passes: int, time_limit_s: float) -> dict:
     """run_pi's measured local_s (2 parties and the dealer sharing this machine: the most of any party) over
     the same plan's local compute alone in this process: the median over the runs' rows (1.0 without runs)."""
     found = []
@@ -207,7 +210,8 @@ def parties_factor(paths: list[str], provider, passes: int) -> dict:
         if doc["parties"] != PARTIES or doc["truncation"] != "exact" or not doc["fuse"] or not doc["batch"]:
             raise SystemExit(f"{path}: a 2-party run_pi with exact truncation, fused and batched, please")
         rows_ = [r for r in doc["rows"] if r["policy"] in ("eager", "lazy", "optimal")]
-        plans, inputs = make_plans(doc["model"], doc["seq_len"], [r["policy"] for r in rows_])
+        objective = doc["network"]["name"] if doc.get("network") else "elements"
+        plans, inputs = make_plans(doc["model"], doc["seq_len"], [r["policy"] for r in rows_], time_limit_s, objective)
         for row, plan in zip(rows_, plans):
             alone = measure(plan, provider, inputs, passes)["wall_s"]
             found.append({"run_pi": path, "model": doc["model"], "policy": row["policy"], "run_pi_local_s": row["local_s"],
@@ -235,7 +239,7 @@ def calibrate(args) -> dict:
                    "parties_factor": {"value": 1.0}}
     for c in checks:  # the fit on the passes it was fitted on (one process: no parties_factor)
         c["predicted_s"] = local_seconds(c.pop("counts"), calibration)["local_s"]
-    calibration["parties_factor"] = parties_factor(args.run_pi, provider, args.passes)
+    calibration["parties_factor"] = parties_factor(args.run_pi, provider, args.passes, args.time_limit)
     return {"about": "local compute of one computing party's online pass on CrypTen shares (analysis/compute.py): "
                      "per kind, per_node_s per node + per_element_s per element; dispatch_s per node around them; all "
                      "times parties_factor (2 parties and the dealer on this machine against one process alone)",
@@ -251,7 +255,8 @@ def check(path: str, time_limit_s: float) -> None:
 
     doc = json.loads(Path(path).read_text())
     rows_ = [r for r in doc["rows"] if r["policy"] in ("eager", "lazy", "optimal")]
-    plans, _ = make_plans(doc["model"], doc["seq_len"], [r["policy"] for r in rows_], time_limit_s)
+    objective = doc["network"]["name"] if doc.get("network") else "elements"  # as run_pi plans optimal
+    plans, _ = make_plans(doc["model"], doc["seq_len"], [r["policy"] for r in rows_], time_limit_s, objective)
     factor = load_compute()["parties_factor"]["value"]
     for row, plan in zip(rows_, plans):
         predicted = predictions(plan, doc["parties"], doc["truncation"], doc["fuse"], None, doc["batch"])["local_s"]
