@@ -52,7 +52,7 @@ def main() -> None:
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="bench-generate-"))
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model, "--network", args.network, "--time-limit", str(args.time_limit),
-              "--vanilla-rsqrt-scale", "4", "--benchmark-reveal"]
+              "--vanilla-rsqrt-scale", "4", "--benchmark-reveal", "--timeout", "300"]  # dealing a whole generation: minutes
     gen = run_pi(args.parties + 1, [*common, "--generate", str(args.tokens), "--seq-len", str(args.prompt_tokens),
                                     "--policy", args.policies], out / "generate.json")
     prefix_len = args.prompt_tokens + args.tokens - 1

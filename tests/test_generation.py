@@ -141,10 +141,11 @@ def test_bad_generation_input_is_one_line_and_exit_2(argv, words, capsys):
 @pytest.mark.slow
 def test_generate_command_writes_its_steps(tmp_path, capsys):
     out = tmp_path / "gen.json"
-    assert main(["generate", "--prompt-tokens", "8", "--tokens", "2", "--policy", "eager", "--json", str(out)]) == 0
-    doc = json.loads(out.read_text())
-    assert doc["agreement"] == 1.0 and len(doc["steps"]) == 2 and doc["steps"][1]["cached"] == 8
-    assert doc["text"] == doc["float_text"] and "agreement with the float generation: 2/2" in capsys.readouterr().out
+    assert main(["generate", "--prompt-tokens", "6", "--tokens", "1", "--policy", "eager", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())  # the prefill alone: the steps' path is the tests' above
+    assert doc["agreement"] == 1.0 and len(doc["steps"]) == 1 and doc["steps"][0]["cached"] == 0
+    assert doc["prompt_tokens"] == 6 and set(doc["cache_bounds"]) == {f"cache.{i}.{x}" for i in range(4) for x in "kv"}
+    assert doc["text"] == doc["float_text"] and "agreement with the float generation: 1/1" in capsys.readouterr().out
 
 
 @pytest.mark.slow
