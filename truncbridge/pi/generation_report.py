@@ -5,6 +5,7 @@ the emulator's generation."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def policy_row(policy: str, gathered: list, plans: dict | None, config: PiConfig
                      for c in lengths]
         row["predicted_per_token"] = {"rounds": statistics.mean(p["rounds"] + 1 for p in predicted),
                                       "bytes": statistics.mean(p["bytes"] for p in predicted)}
-        if config.network is not None:
-            network = statistics.mean(p["network_s"] for p in predicted)
+        row["predicted_per_token"]["local_s"] = statistics.mean(p.get("local_s", math.nan) for p in predicted)
+        if config.network is not None:  # wall_s: this pass's measured local compute + the predicted network time;
+            network = statistics.mean(p["network_s"] for p in predicted)  # wall_model_s: the cost model's alone
             row["predicted_per_token"]["wall_s"] = row["per_token_local_s"] + network
+            row["predicted_per_token"]["wall_model_s"] = statistics.mean(p.get("wall_model_s", math.nan) for p in predicted)
     return row
 
 
