@@ -21,7 +21,7 @@ from ..core.fusion import carried
 from ..core.ops import Kind, spec
 from ..core.protocols import COMPUTE_KINDS
 from ..core.types import Plan
-from ..core.waves import LOCAL, OPENS, STEPS, input_independent, waves, weight_side
+from ..core.waves import how, input_independent, waves, weight_side
 
 KINDS = COMPUTE_KINDS
 
@@ -32,16 +32,6 @@ def node_kind(node, riding: set[int]) -> str:
     if kind == Kind.PRODUCT:
         return "carried" if node.id in riding else "matmul" if node.op == "matmul" else "mul"
     return str(kind)
-
-
-def _how(node, riding: set[int], exact: bool, parties: int) -> str:
-    """As ``backends.crypten.batched.how`` (the runner's wave walk) decides it."""
-    kind = spec(node).kind
-    if kind == Kind.PRODUCT:
-        return LOCAL if node.id in riding else OPENS
-    if kind == Kind.TRUNCATE:
-        return OPENS if exact else LOCAL if parties == 2 else STEPS
-    return STEPS if kind == Kind.COMPARE else LOCAL
 
 
 def node_terms(plan: Plan, fuse: bool = True, batch: bool = True, exact: bool = True, parties: int = 2
@@ -71,7 +61,7 @@ def node_terms(plan: Plan, fuse: bool = True, batch: bool = True, exact: bool = 
     if not batch:
         return terms, list(opened.values())
     others = {t: c.others for t, c in fused.items()}
-    schedule = waves(program, lambda n: _how(n, riding, exact, parties), others)
+    schedule = waves(program, lambda n: how(n, riding, exact, parties), others)
     return terms, [sum(opened.get(n.id, 0) for n in w.opened) for w in schedule if any(n.id in opened for n in w.opened)]
 
 

@@ -21,9 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .ir import Node, Program
-from .ops import spec
+from .ops import Kind, spec
 
 OPENS, STEPS, LOCAL = "opens", "steps", "local"  # one batched opening | rounds of its own | none
+
+
+def how(node: Node, riding: set[int], exact: bool, parties: int) -> str:
+    """How the runner executes ``node`` in a wave: OPENS (one batched opening), STEPS (rounds of
+    its own) or LOCAL. A riding product is made at its truncation's opening; CrypTen's own division
+    is local with 2 parties and the wraps protocol with more."""
+    kind = spec(node).kind
+    if kind == Kind.PRODUCT:
+        return LOCAL if node.id in riding else OPENS
+    if kind == Kind.TRUNCATE:
+        return OPENS if exact else LOCAL if parties == 2 else STEPS
+    return STEPS if kind == Kind.COMPARE else LOCAL
 
 
 @dataclass

@@ -11,22 +11,9 @@ Beaver products they enter (``openings.half_opened``), in one message.
 from __future__ import annotations
 
 from ...core.interpret import Backend, run_node
-from ...core.ir import Node, Program
-from ...core.ops import Kind, spec
-from ...core.waves import LOCAL, OPENS, STEPS, Wave, waves, weight_side
+from ...core.ir import Program
+from ...core.waves import Wave, how, waves, weight_side
 from . import openings
-
-
-def how(node: Node, riding: set[int], exact: bool, parties: int) -> str:
-    """How the runner executes ``node`` in a wave: OPENS (one batched opening), STEPS (rounds of
-    its own) or LOCAL. A riding product is made at its truncation's opening; CrypTen's own division
-    is local with 2 parties and the wraps protocol with more."""
-    kind = spec(node).kind
-    if kind == Kind.PRODUCT:
-        return LOCAL if node.id in riding else OPENS
-    if kind == Kind.TRUNCATE:
-        return OPENS if exact else LOCAL if parties == 2 else STEPS
-    return STEPS if kind == Kind.COMPARE else LOCAL
 
 
 def wave_schedule(program: Program, riding: set[int], carried: dict, exact: bool, parties: int) -> list[Wave]:
