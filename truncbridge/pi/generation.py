@@ -101,12 +101,14 @@ def eos_id(loaded, stop: bool) -> int | None:
 
 
 def plan_vocab(setup: GenerationSetup) -> int:
-    """The vocabulary, from the shapes every party holds: a plan's one-hot input, or vanilla's graph."""
+    """The vocabulary, from the shapes every party holds: a plan's one-hot input, or vanilla's graph (the
+    embedding table is the weight its token ids index)."""
     for by_length in setup.plans.values():
         plan = next(iter(by_length.values()))
         return plan.program[plan.program.inputs["tokens"]].shape[-1]
     graph = next(iter(setup.captured.values()))
-    return graph.weights[next(k for k, v in graph.parameter_names.items() if "embed" in v or "wte" in v)].shape[0]
+    embedding = next(n for n in graph.graph.nodes if n.target == torch.ops.aten.embedding.default)
+    return embedding.args[0].meta["val"].shape[0]
 
 
 def owner_plans(config: PiConfig, parties: int, prompt_len: int, say) -> tuple[dict, object]:
