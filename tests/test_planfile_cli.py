@@ -99,6 +99,9 @@ def test_report_under_protocols(plan_file, tmp_path, capsys):
     crypten = json.loads(out.read_text())
     assert crypten["expected_truncation_failures"] > 0  # a 64-bit faithful plan is too full for local truncation
     assert crypten["expected_truncation_failures"] == pytest.approx(local_truncation_failures(plan_file), rel=1e-9)
+    local = crypten["local_compute"]  # the cost model's local term, beside the network's
+    assert local["local_s"] > 0 and local["wall_model_s"] == pytest.approx(local["local_s"] + crypten["latency_s"])
+    assert sum(local["local_by_kind"].values()) == pytest.approx(local["local_s"])
     printed = capsys.readouterr().out
     assert "per layer" in printed and "rounds on the critical path" in printed
 

@@ -13,7 +13,7 @@ def cmd_report(args) -> None:
     from .analysis.cost import plan_costs, protocol_fit
     from .core.planfile import load_plan
     from .core.protocols import load_network, load_protocol
-    from .report import print_report
+    from .report import local_and_wall, print_report
 
     check_output_path(args.json, "--json")
     check_output_path(args.plot, "--plot")
@@ -29,7 +29,8 @@ def cmd_report(args) -> None:
     print_report(plan, costs, args.network, fit.warning)
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": args.plan[0], "network": args.network, "counts": plan.counts(),
-                                               **costs.to_json(), "fit": fit.to_json()}, indent=2) + "\n")
+                                               **costs.to_json(), "fit": fit.to_json(),
+                                               "local_compute": local_and_wall(plan, costs)}, indent=2) + "\n")
 
 
 def _plot_plans(args) -> None:

@@ -238,18 +238,25 @@ def print_report(plan, costs, network: str, warning: str = "") -> None:
     print_costliest_recipes(costs, network)
 
 
-def _local_rows(plan, costs, network: str) -> list[tuple[str, str]]:
-    """The cost model's local compute (CrypTen's backend, calibrated on this machine: ``protocols/compute.json``)
-    and the predicted wall time: local compute + the network's time for the rounds and bytes."""
+def local_and_wall(plan, costs) -> dict:
+    """The cost model's local compute per party (CrypTen's backend, calibrated on this machine:
+    ``protocols/compute.json``) and the predicted wall time: local compute + the network's time for the
+    rounds and bytes (``costs``' network). What report prints and writes to --json."""
     from .analysis.cost import local_compute
     from .core.protocols import load_compute, load_protocol
 
     calibration = load_compute()
     local = local_compute(plan, load_protocol(costs.protocol), calibration)
+    return {"local_s": local["local_s"], "local_by_kind": local["by_kind"], "uncalibrated": local["uncalibrated"],
+            "calibration_threads": calibration["machine"]["threads"], "wall_model_s": local["local_s"] + costs.latency_s}
+
+
+def _local_rows(plan, costs, network: str) -> list[tuple[str, str]]:
+    local = local_and_wall(plan, costs)
     missing = f"; not calibrated: {', '.join(local['uncalibrated'])}" if local["uncalibrated"] else ""
-    where = f"{calibration['machine']['threads']} thread(s), protocols/compute.json{missing}"
+    where = f"{local['calibration_threads']} thread(s), protocols/compute.json{missing}"
     return [(f"local compute per party (CrypTen backend, {where})", f"{local['local_s']:.3f} s"),
-            (f"predicted wall on {network} = local compute + network", f"{local['local_s'] + costs.latency_s:.3f} s")]
+            (f"predicted wall on {network} = local compute + network", f"{local['wall_model_s']:.3f} s")]
 
 
 RECIPE_STEPS = ("degree", "steps")  # a recipe's size as every recipe records it (with lo, hi, method, max_error)
