@@ -21,6 +21,18 @@ def test_a_failed_truncation_gives_an_infinite_perplexity_not_a_traceback():
     assert math.isfinite(compare_logits(f, e, ids)["ppl_emulated"])
 
 
+def test_a_flip_reports_the_float_margin_it_overturned():
+    ids = torch.tensor([0, 1, 2])
+    f = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.9], [5.0, 0.0, 4.0]])
+    e = f.clone()
+    e[1, 2] += 0.2  # position 1: 2.0 vs 1.9, a near tie, overturned by a 0.2 error
+    e[2, 2] += 1.5  # position 2: a margin of 1.0 overturned
+    m = compare_logits(f, e, ids)
+    assert m["top1_flips"] == 2 and math.isclose(m["top1_agreement"], 1 / 3)
+    assert math.isclose(m["flip_margin_max"], 1.0)
+    assert compare_logits(f, f, ids)["top1_flips"] == 0 and compare_logits(f, f, ids)["flip_margin_max"] == 0.0
+
+
 def test_encoder_cosines_per_token_and_of_the_mean_pooled_sentence_embedding():
     from truncbridge.metrics import compare_hidden, mean_pooled
 

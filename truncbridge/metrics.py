@@ -10,14 +10,21 @@ import torch
 def compare_logits(float_logits: torch.Tensor, emu_logits: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
     """Logits (positions, vocab) of both models and the token ids they were run on.
 
-    top1_agreement: share of positions where both models predict the same next token;
-    kl_mean: mean KL(p_float || p_emulated) in nats; perplexities are of ids[1:] given the prefix.
+    top1_agreement: share of positions where both models predict the same next token; top1_flips those
+    where they do not, and flip_margin_max the largest float margin such a flip overturned (the float
+    logit of the float's top token less that of the emulation's): a near tie where it is within the logit
+    error; kl_mean: mean KL(p_float || p_emulated) in nats; perplexities are of ids[1:] given the prefix.
     """
     f, e = float_logits.double(), emu_logits.double()
     logp_f, logp_e = f.log_softmax(-1), e.log_softmax(-1)
     targets = ids[1:]
+    top_f, top_e = f.argmax(-1), e.argmax(-1)
+    flipped = top_f != top_e
+    margins = (f.gather(-1, top_f[:, None]) - f.gather(-1, top_e[:, None]))[:, 0][flipped]
     return {
-        "top1_agreement": (f.argmax(-1) == e.argmax(-1)).double().mean().item(),
+        "top1_agreement": (~flipped).double().mean().item(),
+        "top1_flips": int(flipped.sum()),
+        "flip_margin_max": margins.max().item() if len(margins) else 0.0,
         "kl_mean": (logp_f.exp() * (logp_f - logp_e)).sum(-1).mean().item(),
         "max_abs_logit_error": (f - e).abs().max().item(),
         "ppl_float": exp_or_inf(-logp_f[:-1].gather(-1, targets[:, None]).mean().item()),

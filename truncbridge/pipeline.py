@@ -239,6 +239,8 @@ def _metrics_per_window(floats, emus, windows, encoder: bool) -> dict[str, float
     n = len(parts)
     out = {k: sum(p[k] for p in parts) / n for k in ("top1_agreement", "kl_mean")}
     out["max_abs_logit_error"] = max(p["max_abs_logit_error"] for p in parts)
+    out["top1_flips"] = sum(p["top1_flips"] for p in parts)
+    out["flip_margin_max"] = max(p["flip_margin_max"] for p in parts)
     for k in ("ppl_float", "ppl_emulated"):
         out[k] = exp_or_inf(sum(math.log(p[k]) for p in parts) / n)
     return out

@@ -64,8 +64,11 @@ def print_emulation(record: dict, plan, timings: dict, result, source: str) -> N
 
 
 def _decoder_rows(m: dict, result) -> list[tuple[str, str]]:
+    flips = [("  top-1 flips: largest float margin overturned", f"{m['flip_margin_max']:.4g} ({m['top1_flips']} "
+              "position(s); a near tie where within the logit error)")] if m.get("top1_flips") else []
     return [
         ("top-1 agreement", f"{m['top1_agreement']:.4f}"),
+        *flips,
         ("mean KL(float || emulated) [nats]", f"{m['kl_mean']:.3g}"),
         ("max |logit error|", f"{m['max_abs_logit_error']:.4g}"),
         ("  of which recipes alone (no rounding)", _recipes_alone(result)),
