@@ -58,6 +58,7 @@ class PiConfig:
     benchmark_reveal: bool = False  # INSECURE
     json_path: str | None = None  # rank 0's --json
     memory_check: str = "on"  # memory.CHECK_MODES: refuse a run that will not fit this host, before building
+    material_window_mb: int = 1024  # dealt material a party expands ahead of use (dealer.DealtProvider)
     client: ClientOptions = ClientOptions()
     generation: GenerationOptions | None = None  # --generate T (generation_options.py)
 
@@ -122,6 +123,9 @@ def parse_args(argv: list[str]) -> PiConfig:
     p.add_argument("--memory-check", default="on", choices=("on", "off"),
                    help="on (default): rank 0 estimates every process's memory from the model's config before any "
                         "party builds, and all refuse where the processes on its host will not fit; off: try anyway")
+    p.add_argument("--material-window", type=int, default=1024, metavar="MB",
+                   help="dealt material each party expands before the pass, in MB (default 1024); what lies beyond is "
+                        "expanded when the pass takes it, reported as late_expansion_s (local work, no communication)")
     p.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
                    help="plan afresh instead of reading (and writing) the owner's plan cache ($TRUNCBRIDGE_CACHE, "
                         "default ~/.cache/truncbridge/plans)")
@@ -143,6 +147,8 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.timeout <= 0 or args.silence <= 0:
         raise UserError("--timeout and --silence must be positive")
+    if args.material_window < 0:
+        raise UserError(f"--material-window must be >= 0 MB, got {args.material_window}")
     return PiConfig(
         model=args.model, preset=args.preset, seq_len=args.seq_len, policies=policies, plan_files=tuple(args.plan or ()),
         truncation=args.truncation, bounds=args.bounds or PiConfig.bounds,
@@ -152,7 +158,7 @@ def pi_config(args: argparse.Namespace) -> PiConfig:
         timeout_s=args.timeout, silence_s=args.silence, vanilla_rsqrt_scale=args.vanilla_rsqrt_scale,
         network=None if args.network is None else load_network(args.network), fuse=args.fuse, batch=args.batch,
         dealer=args.dealer, audit=args.audit, benchmark_reveal=args.benchmark_reveal, json_path=args.json,
-        plan_cache=args.plan_cache, memory_check=args.memory_check,
+        plan_cache=args.plan_cache, memory_check=args.memory_check, material_window_mb=args.material_window,
         client=ClientOptions(prompt=args.prompt, text=args.text, output=args.client_output,
                              output_logits=args.client_output_logits), generation=generation_options(args))
 

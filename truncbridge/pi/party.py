@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..backends.crypten.compat import import_crypten
+from ..backends.crypten.dealer import WINDOW_BYTES
 from ..backends.crypten.dealing import DealerLost, configure, install_provider
 from ..backends.crypten.roles import role, stop_process
 from ..core.errors import first_line
@@ -53,6 +54,7 @@ class Party(Link):
     audit: bool = False
     dealer: str = "separate"  # or "owner-insecure" (dealer.py)
     network: dict | None = None  # emulated network (see the module docstring); None: as is
+    material_window: int = WINDOW_BYTES  # dealt material expanded ahead of use (``dealer.DealtProvider``)
 
     def __post_init__(self):
         self.crypten = import_crypten()
@@ -74,7 +76,7 @@ class Party(Link):
         self.crypten.cfg.communicator.verbose = True  # CrypTen counts rounds / bytes only then
         configure(self.crypten, self.dealer)
         self.crypten.init()
-        self.provider = install_provider(self.crypten, self.dealer, audit=self.audit)
+        self.provider = install_provider(self.crypten, self.dealer, audit=self.audit, window_bytes=self.material_window)
         self.log = OpeningLog(self.rank)
         if self.audit:
             instrument(self.log)

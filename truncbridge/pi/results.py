@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
-PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes", "started_s")
+PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes", "started_s", "late_expansion_s")
 # what a computing party sends rank 0 after each timed run (numbers only; the audit checks it)
 STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_bytes", "dealt_requests",
                                     "online_dealer_requests", "truncations_executed"))
@@ -41,6 +41,7 @@ class RunMeasurement:
     peak_rss_bytes: int | None = 0  # this party's peak resident set so far (ru_maxrss); None: the client kept it
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
     started_s: float | None = None  # seconds from this process's launch to this online pass's start (progress.py)
+    late_expansion_s: float = 0.0  # of wall_s: dealt material expanded in the pass, beyond --material-window
     logits: torch.Tensor | None = None  # the revealed output, at the client only
 
     def statistics(self) -> dict:
@@ -71,6 +72,7 @@ def policy_row(policy: str, parties: int, runs: list[list[RunMeasurement]], refe
     first = runs[0]
     row = {"policy": policy, "parties": parties,
             "wall_s": statistics.median(walls), "wall_s_runs": walls, "local_s": statistics.median(local),
+            "late_expansion_s": statistics.median(max(m.late_expansion_s for m in everyone) for everyone in runs),
             "loopback_s": statistics.median(loopback),
             "rounds": max(m.rounds for m in first),
             "bytes": max(m.bytes for m in first),
@@ -156,8 +158,9 @@ WITHIN_SPREAD = 2.0
 # [0.1, 64]) on a norm's small mean of squares is the usual cause
 VANILLA_TOP1_HINT = 0.9
 LEGEND = (
-    "columns: wall_s online wall time (median, slowest party); pred_s the cost model's wall time (loopback pass + "
-    "predicted network time; only with --network); loop_s the same pass on loopback; local_s its local compute: wall "
+    "columns: wall_s online wall time (median, slowest party); pred_s the loopback pass + the cost model's network "
+    "time (only with --network); model_s the cost model's alone: its local compute (protocols/compute.json) + its "
+    "network time (on loopback: its local compute); loop_s the same pass on loopback; local_s its local compute: wall "
     "less the time inside communicator calls (waiting for peers, the emulated network), the most of any party; "
     "rounds and MB online, per party "
     "(the most of any party); offline_s and offline_MB dealing (what the dealer sent); weights_MB the weights' halves "
@@ -179,11 +182,13 @@ def _format_row(r: dict) -> str:
     def num(v):
         return "-" if v is None else f"{v:.3g}"
 
-    predicted = r.get("predicted", {}).get("wall_s")
+    predicted = r.get("predicted", {})
+    model = predicted.get("wall_model_s", predicted.get("local_s"))
     vanilla = r["policy"] == "vanilla"
     weights = "-" if vanilla else f"{r['weights_bytes'] / 1e6:.2f}"
     truncs = f"{r['truncations_executed']}{' div' if vanilla else ''}"
-    line = (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted):>7} {r['loopback_s']:>7.2f} "
+    line = (f"{r['policy']:<8} {r['parties']:>7} {r['wall_s']:>7.2f} {num(predicted.get('wall_s')):>7} {num(model):>7} "
+            f"{r['loopback_s']:>7.2f} "
             f"{'-' if r.get('local_s') is None else format(r['local_s'], '.2f'):>7} "
             f"{r['rounds']:>7} {r['bytes'] / 1e6:>9.2f} "
             f"{r['offline_s']:>9.2f} {r['offline_bytes'] / 1e6:>10.2f} {weights:>10} {truncs:>8}")
@@ -239,7 +244,8 @@ def format_table(result: dict) -> str:
              + ("; openings batched per round, weights' halves opened before the online phase (weights_MB)"
                 if result.get("batch", True) else "; one step at a time"),
              *(f"INSECURE: {why}" for why in result.get("insecure", ())),
-             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'loop_s':>7} {'local_s':>7} {'rounds':>7} {'MB':>9} "
+             f"{'policy':<8} {'parties':>7} {'wall_s':>7} {'pred_s':>7} {'model_s':>7} {'loop_s':>7} {'local_s':>7} "
+             f"{'rounds':>7} {'MB':>9} "
              f"{'offline_s':>9} {'offline_MB':>10} {'weights_MB':>10} {'truncs':>8}"
              + (f" {'vs_emu':>10} {'spread':>10} {'ok?':>4} {'top1':>6}" if revealed else "")]
     lines += [_format_row(r) for r in result["rows"]]

@@ -172,7 +172,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     party.reset_stats()
     with party.audited():  # input-independent: the weights' halves of their products (runner.prepare)
         getattr(runner, "prepare", lambda: None)()
-    weights = party.stats()
+    weights, _ = party.stats(), provider.ready_for_pass()
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t, started = time.perf_counter(), launch_age_s() if party.rank == OWNER else None
@@ -188,7 +188,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
                           truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(), started_s=started,
-                          logits=None if opened is None else opened[0][0])
+                          late_expansion_s=provider.late["seconds"], logits=None if opened is None else opened[0][0])
 
 
 def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:
@@ -206,7 +206,7 @@ def _compute(comm, computing, config: PiConfig, parties: int, setup: Setup, say)
     rank = comm.Get_rank()
     try:
         party = Party(timeout_s=config.timeout_s, silence_s=config.silence_s, audit=config.audit, dealer=config.dealer,
-                      network=config.network).start()
+                      network=config.network, material_window=config.material_window_mb << 20).start()
         runners = {policy: with_progress(_runner(policy, setup, config), policy, say) for policy in setup.policies}
     except Exception as exc:  # noqa: BLE001
         return mpi.fail_setup(comm, role(rank), exc)

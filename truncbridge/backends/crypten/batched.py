@@ -10,6 +10,8 @@ Beaver products they enter (``openings.half_opened``), in one message.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from ...core.interpret import Backend, run_node
 from ...core.ir import Program
 from ...core.waves import Wave, how, waves, weight_side
@@ -21,24 +23,51 @@ def wave_schedule(program: Program, riding: set[int], carried: dict, exact: bool
     return waves(program, lambda n: how(n, riding, exact, parties), {t: c.others for t, c in carried.items()})
 
 
+HALVES_PER_MESSAGE = 1 << 24  # weight elements opened in one message before the online phase (128 MB of shares)
+
+
 def prepare_static(program: Program, backend: Backend, static_ids: set[int], riding: set[int], rank: int
                    ) -> tuple[dict, dict]:
     """(precomputed, halves): the input-independent values (node id -> value where an online node
     reads it, else None: ``interpret_waves``'s ``precomputed``) and, for every private product of a
-    weight, (the activation's side, the weight's half of its Beaver opening), opened here in one
-    message — before the online phase, since none of it depends on the client's input."""
-    env = {}
+    weight, (the activation's side, the weight's half of its Beaver opening), opened here — before
+    the online phase, since none of it depends on the client's input. Memory stays bounded: the
+    halves go in messages of about ``HALVES_PER_MESSAGE`` elements, and a weight's share is dropped
+    once its halves are open unless an online node reads it (what a half keeps is its triple and
+    the opened w − b)."""
+    sides = {n.id: side for n in program.nodes if n.id not in riding
+             and (side := weight_side(n, static_ids)) is not None}
+    online = {i for n in program.nodes if n.id not in static_ids and n.id not in sides for i in n.inputs if i in static_ids}
+    uses = Counter(i for n in program.nodes if n.id in static_ids for i in n.inputs)
+    uses.update(program[p].inputs[side] for p, side in sides.items())
+    env, pending, halves = {}, {}, {}
+
+    def release(i: int) -> None:
+        uses[i] -= 1
+        if not uses[i] and i not in online:
+            del env[i]
+
+    def flush() -> None:
+        openings.reveal_together([h for _, h in pending.values()])  # looked up here: the audit wraps it
+        halves.update({i: (side, h.result) for i, (side, h) in pending.items()})
+        pending.clear()
+
+    queued = 0
     for n in program.nodes:
         if n.id in static_ids:
             env[n.id] = run_node(backend, n, [env[i] for i in n.inputs])
-    pending = {}  # product id -> (the activation's side, the weight's half)
-    for n in program.nodes:
-        side = None if n.id in riding else weight_side(n, static_ids)
-        if side is not None:
+            for i in n.inputs:
+                release(i)
+            if not uses[n.id] and n.id not in online:  # read by nothing here or online
+                del env[n.id]
+        elif n.id in sides:
+            side, w = sides[n.id], n.inputs[sides[n.id]]
             other = program[n.inputs[1 - side]]
-            pending[n.id] = (1 - side, openings.half_opened(side, env[n.inputs[side]], other.shape, n.op))
-    openings.reveal_together([h for _, h in pending.values()])  # looked up here: the audit wraps it
-    halves = {i: (side, h.result) for i, (side, h) in pending.items()}
-    needed = {i for n in program.nodes if n.id not in static_ids and n.id not in halves
-              for i in n.inputs if i in static_ids}
-    return {i: env[i] if i in needed else None for i in static_ids}, halves
+            pending[n.id] = (1 - side, openings.half_opened(side, env[w], other.shape, n.op))
+            release(w)
+            queued += program[w].numel
+            if queued >= HALVES_PER_MESSAGE:
+                flush()
+                queued = 0
+    flush()
+    return {i: env.get(i) if i in online else None for i in static_ids}, halves

@@ -16,8 +16,14 @@ comparisons (binary triples, B2A bits, wraps) come from a **dealer** that is not
 
 The plan is static, so the material is dealt **before** the online phase: a first pass records
 the request sequence (the dealer answers on demand while it runs); then ``DealtProvider.deal``
-fetches everything for the next pass at once, and the timed pass draws from that queue. A request
+fetches everything for the next pass, and the timed pass draws from that queue. A request
 that does not match the queue is an error; one beyond it is answered on demand and counted.
+
+Memory stays bounded at any model size: party 0 fetches its corrections in messages of at most
+``FETCH_BYTES`` (the dealer holds one message's worth), and each party expands its own draws from
+its stream (``material.expand``) ahead of use up to ``window_bytes``; what lies beyond the window
+is expanded when it is taken — local work with no communication, moved into the pass and counted
+apart (``late``: requests and seconds), so a report can say what of the online wall it is.
 """
 from __future__ import annotations
 
@@ -29,9 +35,11 @@ from dataclasses import dataclass
 import torch
 
 from . import randomness
-from .material import corrections, expand, request_key, validate
+from .material import corrections, expand, layout, request_key, validate
 
 DEALERS = ("separate", "owner-insecure")
+FETCH_BYTES = 256 << 20  # party 0's corrections per message from the dealer
+WINDOW_BYTES = 1 << 30  # a party's material expanded ahead of use (run_pi --material-window)
 
 
 class DealerCore:
@@ -58,10 +66,18 @@ class DealerCore:
 
 @dataclass
 class Dealt:
-    """One request's material as this party holds it (its shares), with its dealing index."""
+    """One request's material as this party holds it, with its dealing index: party 0's
+    corrections (``fix``) from the dealer, and its shares once expanded from its stream."""
     index: int
     request: tuple
-    shares: dict[str, torch.Tensor]
+    fix: dict[str, torch.Tensor] | None = None
+    shares: dict[str, torch.Tensor] | None = None
+
+
+def material_bytes(req: tuple) -> int:
+    """The bytes of a request's material one party holds (every component at 8 bytes an element)."""
+    randoms, deriveds = layout(req)
+    return 8 * sum(torch.Size(c.size).numel() for c in randoms + deriveds)
 
 
 class DealtProvider:
@@ -69,30 +85,59 @@ class DealtProvider:
 
     NAME = "dealt"
 
-    def __init__(self, rank: int, stream, fetch):
+    def __init__(self, rank: int, stream, fetch, window_bytes: int = WINDOW_BYTES):
         self.rank, self.stream = rank, stream  # this party's stream, shared with the dealer
         self.fetch = fetch  # rank 0: requests -> (its corrections, bytes that travelled for them)
+        self.window_bytes = window_bytes
         self.ready: deque[Dealt] = deque()
         self.issued = 0  # dealing index of the next request
+        self.expanded = 0  # of ``ready``, how many (from the front) are expanded
+        self.held = 0  # their bytes
         self.online_requests = 0  # answered on demand (not dealt in advance)
         self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.late = {"seconds": 0.0, "requests": 0, "bytes": 0}  # expanded on take: beyond the window
         self.recording: list | None = None
         self.on_take = None  # the receipt audit's hook: called with each Dealt handed out
 
     # -- dealing ----------------------------------------------------------------------------------
     def deal(self, requests: list[tuple]) -> None:
-        """Fetch and expand the material for ``requests`` now (every party calls this alike)."""
+        """Fetch the material for ``requests`` now and expand it up to the window (every party calls
+        this alike)."""
         t = time.perf_counter()
-        fixes, travelled = self.fetch(requests) if self.rank == 0 else ([None] * len(requests), 0)
-        for req, fix in zip(requests, fixes):
-            drawn = expand(req, {self.rank: self.stream})
-            shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
-            shares.update(fix or {})
-            self.ready.append(Dealt(self.issued, req, shares))
-            self.issued += 1
-        self.offline["bytes"] += travelled
+        for batch in _batches(requests, FETCH_BYTES):
+            fixes, travelled = self.fetch(batch) if self.rank == 0 else ([None] * len(batch), 0)
+            self.offline["bytes"] += travelled
+            for req, fix in zip(batch, fixes):
+                self.ready.append(Dealt(self.issued, req, fix))
+                self.issued += 1
+        self._fill()
         self.offline["seconds"] += time.perf_counter() - t
         self.offline["requests"] += len(requests)
+
+    def ready_for_pass(self) -> None:
+        """Before a timed pass (after the weights' halves took theirs): expand up to the window again,
+        offline, and count late expansion from here."""
+        t = time.perf_counter()
+        self._fill()
+        self.offline["seconds"] += time.perf_counter() - t
+        self.reset_late()
+
+    def _fill(self) -> None:
+        while self.expanded < len(self.ready):
+            item = self.ready[self.expanded]
+            size = material_bytes(item.request)
+            if self.held + size > self.window_bytes:
+                return
+            self._expand(item)
+            self.held += size
+            self.expanded += 1
+
+    def _expand(self, item: Dealt) -> None:
+        """This party's shares of ``item``: its draws from its stream, and party 0's corrections."""
+        drawn = expand(item.request, {self.rank: self.stream})
+        item.shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
+        item.shares.update(item.fix or {})
+        item.fix = None
 
     @contextmanager
     def recording_requests(self):
@@ -105,7 +150,11 @@ class DealtProvider:
 
     def reset_offline(self) -> None:
         self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.reset_late()
         self.online_requests = 0
+
+    def reset_late(self) -> None:
+        self.late = {"seconds": 0.0, "requests": 0, "bytes": 0}
 
     def _take(self, req: tuple) -> dict[str, torch.Tensor]:
         if self.recording is not None:
@@ -116,6 +165,15 @@ class DealtProvider:
         item = self.ready.popleft()
         if item.request != req:
             raise RuntimeError(f"dealt material out of step: dealt {item.request[:2]}, the protocol asked for {req[:2]}")
+        if self.expanded:
+            self.expanded -= 1
+            self.held -= material_bytes(req)
+        else:  # beyond the window: expanded now, in the pass
+            t = time.perf_counter()
+            self._expand(item)
+            self.late["seconds"] += time.perf_counter() - t
+            self.late["requests"] += 1
+            self.late["bytes"] += material_bytes(req)
         if self.on_take is not None:
             self.on_take(item)
         return item.shares
@@ -157,3 +215,17 @@ def _binary(share: torch.Tensor):
     from crypten.mpc.primitives import BinarySharedTensor
 
     return BinarySharedTensor.from_shares(share)
+
+
+def _batches(requests: list[tuple], most_bytes: int) -> list[list[tuple]]:
+    """``requests`` in consecutive batches of at most ``most_bytes`` of material (one request alone
+    may be more)."""
+    out, size = [[]], 0
+    for req in requests:
+        n = material_bytes(req)
+        if out[-1] and size + n > most_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(req)
+        size += n
+    return out if out[0] else []

@@ -22,7 +22,7 @@ import torch
 
 from ...core.errors import first_line
 from . import randomness
-from .dealer import DEALERS, DealerCore, DealtProvider
+from .dealer import DEALERS, WINDOW_BYTES, DealerCore, DealtProvider
 from .roles import role, stop_process
 
 WATCH_S = 0.2  # how often the dealer looks for an abort in the rendezvous store
@@ -34,7 +34,7 @@ def configure(crypten, dealer: str) -> None:
     crypten.cfg.mpc.provider = "TTP" if dealer == "separate" else "TFP"
 
 
-def install_provider(crypten, dealer: str, audit: bool = False) -> DealtProvider:
+def install_provider(crypten, dealer: str, audit: bool = False, window_bytes: int = WINDOW_BYTES) -> DealtProvider:
     """This computing party's provider, registered as CrypTen's default, after re-keying CrypTen's
     own generators. With ``owner-insecure`` party 0 keeps a ``DealerCore`` (``provider.core``)
     holding every party's stream key."""
@@ -59,7 +59,7 @@ def install_provider(crypten, dealer: str, audit: bool = False) -> DealtProvider
         key, fetch = keys[0], lambda requests: (core.deal(requests), 0)  # nothing travels
     else:
         key, fetch = randomness.recv_key(0, comm.main_group), None
-    provider = DealtProvider(rank, randomness.stream(key), fetch)
+    provider = DealtProvider(rank, randomness.stream(key), fetch, window_bytes)
     provider.core = core
     vars(crypten.mpc)["__SUPPORTED_PROVIDERS"][crypten.cfg.mpc.provider] = provider
     return provider

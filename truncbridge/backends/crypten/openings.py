@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .material import RING_PRODUCTS
+
 
 @dataclass
 class Pending:
@@ -48,7 +50,7 @@ def _ast(share: torch.Tensor):
 def _product(triple: tuple, eps: torch.Tensor, delta: torch.Tensor, op: str, rank: int):
     """c + ε·b + a·δ + ε·δ (the public term on party 0): this party's share of x·y."""
     a, b, c = triple
-    f = getattr(torch, op)
+    f = RING_PRODUCTS[op]
     z = c.share + f(eps, b.share) + f(a.share, delta)
     return _ast(z + f(eps, delta) if rank == 0 else z)
 
@@ -111,3 +113,4 @@ def reveal_together(steps: list[Pending]) -> None:
             values.append(opened[offset:offset + n].view(m.share.shape))
             offset += n
         s.result = s.finish(values)
+        s.secrets, s.masked = (), []  # opened: a weight's half outlives its step, its shares need not

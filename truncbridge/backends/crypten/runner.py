@@ -111,7 +111,7 @@ class PlanRunner:
         try:
             return interpret_waves(self.plan.program, self, self._waves, visit=visit, precomputed=self._static)
         finally:
-            self._static = None  # a half's triple serves one pass
+            self._static, self._halves = None, {}  # a half's triple serves one pass: hold none between passes
 
     def prepare(self) -> None:
         """The weights' shares and, for every private product of a weight, the weight's half of its
@@ -196,7 +196,7 @@ class PlanRunner:
                                                 others=tuple(self._held[z] for z in c.others), degree=c.degree,
                                                 other_degrees=tuple(c.other_degrees), pairs=tuple(c.pairs))
         if node.id in self._halves:  # the weight's half was opened before the online phase
-            side, pre = self._halves[node.id]
+            side, pre = self._halves.pop(node.id)  # its triple and w − b serve this product once
             return openings.half_finished(side, xs[side], pre, node.op, self.rank)
         if node.op == "matmul":
             return openings.beaver(*xs, "matmul", self.rank)
