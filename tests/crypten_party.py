@@ -104,7 +104,9 @@ def main() -> None:
     generators = sorted({type(g).__name__ for by_device in crypten.generators.values() for g in by_device.values()}
                         | {type(provider.stream).__name__})
     with receipts.audited():
-        if mode == "module":
+        if mode == "generate":  # POLICY names the folder of the generation plans and the client's prompt
+            outputs, executed, compared = _generate(tbc, Path(policy), rank, receipts), 0, 0
+        elif mode == "module":
             model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
             x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
             y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
@@ -125,6 +127,29 @@ def main() -> None:
                                "outputs": outputs}))
     crypten.uninit()
     exit_now(0)
+
+
+def _generate(tbc, folder: Path, rank: int, receipts) -> list[int] | None:
+    """``tbc.PrivateGeneration`` on the plans in ``folder`` (plan<C>.json per cache length, vocab.json): the
+    client's prompt (prompt.json, read on its rank only) in, its tokens out; each logit opening counted as output."""
+    from truncbridge.core.planfile import load_plan
+    from truncbridge.crypten.generation import Hooks
+
+    class Counted(Hooks):
+        def revealing(self, elements):
+            return receipts.revealing_output()
+
+    plans = {int(p.stem[4:]): load_plan(p) for p in sorted(folder.glob("plan*.json"), key=lambda p: int(p.stem[4:]))}
+    if rank == 0:  # the model owner: the plans' weights, from the model they were made for
+        from truncbridge.core.planfile import attach_weights
+        from truncbridge.frontend.models import load_model
+
+        model = load_model("default").model
+        for plan in plans.values():
+            attach_weights(plan, model, "default")
+    prompt = torch.tensor(json.loads((folder / "prompt.json").read_text())) if rank == 1 else None
+    generation = tbc.PrivateGeneration(plans, vocab=json.loads((folder / "vocab.json").read_text()))
+    return generation.generate(prompt, hooks=Counted())
 
 
 def exit_now(status: int) -> None:

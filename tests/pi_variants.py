@@ -116,13 +116,13 @@ def main() -> int:
         session.statistics = lambda mine, keeps_memory=False: {**mine.statistics(), "logits": mine.logits}  # logits too
     elif variant == "open-cache":
         from truncbridge.backends.crypten.roles import CLIENT
-        from truncbridge.pi import generation_run
+        from truncbridge.crypten import generation
 
         def open_everything(self, cached, outs):  # every output, the cache's too
             opened = self.runners[cached].open_outputs(outs, dst=CLIENT)
             return None if opened is None else opened[0][0, -1]
 
-        generation_run.StepRunners.open_logits = open_everything
+        generation.CachedRunners.open_logits = open_everything
     elif variant == "attack":
         digest = audit.digest
         audit.digest = lambda t: t.clone()  # keep what each party received, not just its hash

@@ -19,7 +19,8 @@ inside an authenticated, encrypted network (a VPN or TLS tunnel).
     y = model(crypten.cryptensor(x, src=1))     # an MPCTensor in CrypTen's own encoding
 
 This package is what a CrypTen program imports: ``module`` (the plan as a ``crypten.nn.Module``),
-``convert`` (``from_pytorch``: any module on one real-valued tensor as a ``PlanModule``) and
+``convert`` (``from_pytorch``: any module on one real-valued tensor as a ``PlanModule``), ``generation``
+(``PrivateGeneration``: the client's prompt in, its tokens out, the KV cache kept as shares) and
 ``vanilla`` (the same model with CrypTen's own functions, for comparison). The protocol itself lives in
 ``truncbridge.backends.crypten`` (on ``core`` alone: runner, truncations, openings, dealer,
 randomness); the mpirun driver of ``launch/run_pi.py`` in ``truncbridge.pi``.
@@ -27,7 +28,9 @@ randomness); the mpirun driver of ``launch/run_pi.py`` in ``truncbridge.pi``.
 from ..backends.crypten.compat import import_crypten
 from ..backends.crypten.runner import PlanRunner
 from .convert import from_pytorch, module_plan
+from .generation import PrivateGeneration
 from .module import PlanModule, emulate, init
 from .vanilla import VanillaRunner
 
-__all__ = ["import_crypten", "init", "PlanModule", "PlanRunner", "VanillaRunner", "from_pytorch", "module_plan", "emulate"]
+__all__ = ["import_crypten", "init", "PlanModule", "PlanRunner", "PrivateGeneration", "VanillaRunner", "from_pytorch",
+           "module_plan", "emulate"]

@@ -151,16 +151,16 @@ def compute(comm, computing, config: PiConfig, parties: int, setup: GenerationSe
 
     from ..backends.crypten.roles import role
     from ..memory import peak_rss_bytes
-    from .generation_run import StepRunners, record, timed
+    from .generation_run import record, step_runners, timed
     from .party import Party
 
     rank = comm.Get_rank()
     gen = config.generation
     try:
         party = Party(timeout_s=config.timeout_s, silence_s=config.silence_s, audit=config.audit, dealer=config.dealer,
-                      network=config.network).start()
+                      network=config.network, material_window=config.material_window_mb << 20).start()
         vocab = plan_vocab(setup)
-        runners = {policy: StepRunners(policy, setup, config, vocab) for policy in setup.policies}
+        runners = {policy: step_runners(policy, setup, config, vocab) for policy in setup.policies}
     except Exception as exc:  # noqa: BLE001
         return mpi.fail_setup(comm, role(rank), exc)
     print(f"truncbridge: {role(rank)} pid {os.getpid()} started", file=sys.stderr, flush=True)
