@@ -196,7 +196,7 @@ def test_run_pi_refuses_every_party_before_any_builds(config_of_7b):
                            "--seq-len", "16", "--policy", "lazy"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    each = "(1 policy, --seq-len 16) on this host (owner 623.0, client 542.1, dealer 5.5 GB)"  # no vanilla: no 4 P arch
+    each = "(1 policy, --seq-len 16) on this host (owner 190.9, client 110.1, dealer 0.9 GB)"  # no vanilla: no 4 P arch
     assert len(errors) == 1 and each in errors[0], done.stderr[-3000:]
     assert "more than the" in errors[0] and "fewer parties" in errors[0] and "--memory-check off" in errors[0]
     stops = [line for line in done.stderr.splitlines() if "stops: party 0 (model owner) failed during set-up" in line]
@@ -219,3 +219,11 @@ def test_run_pi_rows_carry_each_party_s_peak_and_the_table_each_process_s(capsys
     line = memory_line({"estimate": {"owner": {"estimate_bytes": 6e8}, "dealer": {"estimate_bytes": 4e8}},
                         "peak_rss_bytes": {"owner": 5.3e8, "dealer": 3.6e8}})
     assert line == "memory: peak RSS in GB per process: owner 0.53 (estimated 0.60), dealer 0.36 (estimated 0.40)"
+
+
+def test_run_pi_s_constants_are_the_backend_s():
+    """memory.py stays light (no backend import for a refusal): its copies of the backend's sizes must agree."""
+    from truncbridge.backends.crypten import batched, dealer
+
+    assert (memory.WINDOW_BYTES, memory.FETCH_BYTES, memory.HALVES_PER_MESSAGE) == (
+        dealer.WINDOW_BYTES, dealer.FETCH_BYTES, batched.HALVES_PER_MESSAGE)

@@ -18,22 +18,27 @@ element: 8 in Z_2^l for l <= 64, 16 (two int64 words, ``core/wide.py``) for wide
                                         for the metrics (k = 2; 3 with --recipes-error)
     --fake-weights   8 L                replaces the three weight terms: one parameter generated, one prefetched
 
-run_pi, per process (``pi_estimates``):
+run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default):
 
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
-    owner            4 P + 8 P (the model, the program; planning) + SHARE_BYTES x P + material
-    client, helper   SHARE_BYTES x P + material, + 4 P where vanilla runs (the architecture, built from the
-                     config; else the client builds it on the meta device: its shapes, no weights)
-    dealer           DEALER_BYTES (its runtime: no model) + material x parties (the owner's, with --dealer owner-insecure)
-    material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values)
+    owner            4 P + 8 P (the model, the program; planning) + a party's
+    client, helper   SHARE_BYTES x P + min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
+                     architecture, built from the config; else the client builds it on the meta device)
+    dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES)
+                     (--dealer owner-insecure: the owner deals, and that term is the owner's)
+    material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values
+                     besides the weights' masks, 8 P)
+    halves' message  5 x 8 x min(P, HALVES_PER_MESSAGE): the shares, masked shares, their concatenation and
+                     its opening of one message of weights' halves (``backends/crypten/batched.py``)
 
-SHARE_BYTES = 80 per parameter (the weights' shares, their halves opened before the online phase, the
-triples' weight-shaped masks and the products' temporaries): measured 84 beyond the model with one
-policy (a 22 M-parameter Llama, seq 16: owner 2.61 GB, client 2.44 GB) and 85 with four (issue 27's
-114 M-parameter Llama, 11.6 GB): it does not grow with the policies, run one after another.
-MATERIAL = 16 fits the 493 MB dealt per party there. The constants were measured on a 2-core x86-64
-Linux machine (tests/test_memory.py checks the estimate against peak RSS of real commands within
-``AGREEMENT``). ``--memory-check off`` skips the refusal (the estimate is still reported).
+SHARE_BYTES = 16 per parameter: what a weight's product keeps from its halves until it runs, its
+triple's mask b and the opened w − b (``openings.half_opened``); the weights' own shares go as their
+halves open, and material is expanded at most W ahead (``dealer.DealtProvider``). Measured on issue
+27's 114 M-parameter Llama, 2PC, seq 32, one policy: owner 4.5 GB, client 3.7 GB, dealer 0.94 GB (11.4,
+10.7 and 1.9 GB before memory was bounded). MATERIAL = 16 fits the 449 MB dealt there. The constants were
+measured on a 2-core x86-64 Linux machine (tests/test_memory.py and tests/test_run_pi_medium.py check the
+estimate against peak RSS of real commands within ``AGREEMENT``). ``--memory-check off`` skips the refusal
+(the estimate is still reported).
 """
 from __future__ import annotations
 
@@ -48,7 +53,10 @@ RUNTIME_BYTES = 450e6  # emulate random:llama --seq-len 16 (0.2 M parameters) pe
 CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.53 GB, client 0.47 GB
 DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
-SHARE_BYTES = 80
+SHARE_BYTES = 16
+WINDOW_BYTES = 1 << 30  # run_pi's default --material-window (backends/crypten/dealer.py)
+FETCH_BYTES = 256 << 20  # party 0's corrections per message (backends/crypten/dealer.py)
+HALVES_PER_MESSAGE = 1 << 24  # weights' elements per message of halves (backends/crypten/batched.py)
 MATERIAL = 16
 FAKE_WEIGHT_BYTES = 8
 AGREEMENT = (0.75, 1.5)  # estimate / measured peak RSS, checked by tests/test_memory.py (seen: 1.03-1.19)
@@ -157,15 +165,17 @@ def command_estimate(command: str, shape: ModelShape, seq_len: int, windows: int
     return Estimate(terms)
 
 
-def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, vanilla: bool = True) -> dict[str, Estimate]:
+def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, vanilla: bool = True,
+                 window: int = WINDOW_BYTES) -> dict[str, Estimate]:
     """run_pi: role -> the estimate of its process (the module docstring's model)."""
     material = MATERIAL * seq_len * shape.layers * (4 * shape.hidden + 2 * shape.mlp + shape.heads * seq_len) * 8
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
-    shares = {"shares": SHARE_BYTES * shape.params, "material": material}
+    shares = {"weights' halves": SHARE_BYTES * shape.params, "material": min(material + 8 * shape.params, window),
+              "halves' message": 5 * 8 * min(shape.params, HALVES_PER_MESSAGE)}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params, **shares})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, **({"architecture": 4 * shape.params} if vanilla else {}), **shares})
-    dealing = {"runtime": DEALER_BYTES, "material": material * parties}
+    dealing = {"runtime": DEALER_BYTES, "material": 2 * min(material * parties, FETCH_BYTES)}
     if dealer:
         out["dealer"] = Estimate(dealing)
     else:  # --dealer owner-insecure: the owner deals too

@@ -138,7 +138,7 @@ def instrument(log: OpeningLog) -> None:
 
     def half_finished(side, x, pre, *args):  # its triple was taken by the first half: the same mask
         step = finish_half(side, x, pre, *args)
-        step.audit.masks = list(pre[2].audit.masks) if pre[2].audit is not None else []
+        step.audit.masks = list(pre[2].masks) if pre[2] is not None else []
         return step
 
     openings.half_finished = half_finished

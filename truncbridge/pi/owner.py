@@ -162,14 +162,15 @@ def check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
 
     policies = len(config.plan_files) + config.vanilla if config.plan_files else len(config.policies)
     estimates = pi_estimates(model_shape(config.model, config.preset), config.seq_len, parties, config.dealer == "separate",
-                             config.vanilla)
+                             config.vanilla, window=config.material_window_mb << 20)
     names = [process_name(r, parties, config.dealer) for r in host_ranks]
     on_host = sum(estimates[n].total for n in names)
     each = ", ".join(f"{n} {estimates[n].total / GB:.1f}" for n in names)
     model = f"{config.model} --preset {config.preset}" if config.preset else config.model
     what = (f"run_pi of {model} ({policies} polic{'y' if policies == 1 else 'ies'}, --seq-len {config.seq_len}) "
             f"on this host ({each} GB)")
-    ways = "fewer policies (--policy), fewer parties, a smaller --seq-len, the processes on several hosts, a bigger machine"
+    ways = ("a smaller --material-window, fewer parties, a smaller --seq-len, the processes on several hosts, "
+            "a bigger machine")
     facts = check_fits(on_host, what, ways, config.memory_check)
     return {"estimate": {n: e.as_json() for n, e in estimates.items()}, "host_ranks": host_ranks,
             "host_estimate_bytes": int(on_host), **facts}

@@ -66,12 +66,13 @@ def beaver(x, y, op: str, rank: int) -> Pending:
 def half_opened(side: int, w, other_size, op: str) -> Pending:
     """Before the online phase, half of a Beaver product whose operand ``side`` (0 or 1) is ``w``,
     known before the client's input (a weight): take the triple now and open w − its mask (kind
-    "half-a" or "half-b"). The result, (triple, opened value, this step), is what
-    ``half_finished`` needs."""
+    "half-a" or "half-b"). The result, (triple, opened value, this step's audit record or None), is
+    what ``half_finished`` needs; it does not hold the step, so nothing waits for the cyclic garbage
+    collector (a weight-sized triple per half did, between passes)."""
     sizes = (w.size(), torch.Size(other_size)) if side == 0 else (torch.Size(other_size), w.size())
     triple = _provider().generate_additive_triple(*sizes, op, device=w.device)
     step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share - triple[side].share)],
-                   lambda opened: (triple, opened[0], step))
+                   lambda opened: (triple, opened[0], step.audit))
     return step
 
 
@@ -113,4 +114,4 @@ def reveal_together(steps: list[Pending]) -> None:
             values.append(opened[offset:offset + n].view(m.share.shape))
             offset += n
         s.result = s.finish(values)
-        s.secrets, s.masked = (), []  # opened: a weight's half outlives its step, its shares need not
+        s.secrets, s.masked, s.finish = (), [], None  # opened: what a half keeps outlives its step, not its shares
