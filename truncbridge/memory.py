@@ -21,7 +21,8 @@ element: 8 in Z_2^l for l <= 64, 16 (two int64 words, ``core/wide.py``) for wide
 run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default):
 
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
-    owner            4 P + 8 P (the model, the program; planning) + a party's
+    owner            4 P + 8 P (the model, the program; planning) + material (party 0's corrections from the
+                     dealer, held for the whole pass: the window bounds draws, not these) + a party's
     client, helper   SHARE_BYTES x P + min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
                      architecture, built from the config; else the client builds it on the meta device)
     dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES)
@@ -172,7 +173,8 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, va
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
     shares = {"weights' halves": SHARE_BYTES * shape.params, "material": min(material + 8 * shape.params, window),
               "halves' message": 5 * 8 * min(shape.params, HALVES_PER_MESSAGE)}
-    out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params, **shares})}
+    out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params,
+                              "corrections": material, **shares})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, **({"architecture": 4 * shape.params} if vanilla else {}), **shares})
     dealing = {"runtime": DEALER_BYTES, "material": 2 * min(material * parties, FETCH_BYTES)}
