@@ -11,7 +11,8 @@ from truncbridge.cli import main
 
 from helpers import EMULATE_KEYS as KEYS  # noqa: E402
 
-METRIC_KEYS = {"top1_agreement", "kl_mean", "max_abs_logit_error", "ppl_float", "ppl_emulated"}
+METRIC_KEYS = {"top1_agreement", "top1_flips", "flip_margin_max", "kl_mean", "max_abs_logit_error", "ppl_float",
+               "ppl_emulated"}
 COUNT_KEYS = {"mul_private", "mul_public", "truncations", "truncated_elements", "comparisons", "compared_elements"}
 
 

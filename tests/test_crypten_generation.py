@@ -15,7 +15,7 @@ from truncbridge.generation.convert import build_generation_plans, convert_gener
 from truncbridge.generation.emulate import emulated_generation, float_generation
 from truncbridge.pipeline import plan_config, vocab_size
 
-PROMPT, TOKENS = 8, 3
+PROMPT, TOKENS = 8, 2
 
 
 @pytest.mark.slow

@@ -183,7 +183,17 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
 
 
 def _product_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
-    return tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])) + (a.shape[-2], b.shape[-1])
+    return _broadcast(tuple(a.shape[:-2]), tuple(b.shape[:-2])) + (a.shape[-2], b.shape[-1])
+
+
+def _broadcast(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+    """torch.broadcast_shapes of two shapes, in plain Python: torch's takes ~1 ms a call, more than a
+    small product's whole matmul."""
+    n = max(len(x), len(y))
+    x, y = (1,) * (n - len(x)) + x, (1,) * (n - len(y)) + y
+    if any(p != q and 1 not in (p, q) for p, q in zip(x, y)):
+        raise RuntimeError(f"shapes {x} and {y} do not broadcast")
+    return tuple(q if p == 1 else p for p, q in zip(x, y))
 
 
 EXACT_MSB_LIMIT_BITS = 62  # |x| < 2^62 keeps x + 2^62 below 2^63, where the wrap test is exact

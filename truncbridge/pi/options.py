@@ -96,8 +96,6 @@ def parse_args(argv: list[str]) -> PiConfig:
     add_precision_tolerance(p)
     p.add_argument("--repeat", type=int, default=1, help="run every policy this many times, interleaved; "
                    "wall_s is the median (default 1)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per party (default: this host's cores / parties on it, at least 1)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a party waits on a peer before giving up (default 30)")
     p.add_argument("--silence", type=float, default=5.0, help="seconds without a heartbeat before a peer is lost (default 5)")
     p.add_argument("--vanilla-rsqrt-scale", type=int, default=1,
@@ -120,6 +118,14 @@ def parse_args(argv: list[str]) -> PiConfig:
                         "receipt is a share, a fresh-masked opening or the client's output, and every MPI receipt after "
                         "set-up a statistic (reveals everything to rank 0; marked in every table)")
     p.add_argument("--json", help="write the rows as JSON to this path (rank 0)")
+    _resource_arguments(p)
+    return pi_config(p.parse_args(argv))
+
+
+def _resource_arguments(p) -> None:
+    """What each process may take: threads, memory (the check, the material window), the plan cache."""
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per party (default: this host's cores / parties on it, at least 1)")
     p.add_argument("--memory-check", default="on", choices=("on", "off"),
                    help="on (default): rank 0 estimates every process's memory from the model's config before any "
                         "party builds, and all refuse where the processes on its host will not fit; off: try anyway")
@@ -129,7 +135,6 @@ def parse_args(argv: list[str]) -> PiConfig:
     p.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
                    help="plan afresh instead of reading (and writing) the owner's plan cache ($TRUNCBRIDGE_CACHE, "
                         "default ~/.cache/truncbridge/plans)")
-    return pi_config(p.parse_args(argv))
 
 
 def pi_config(args: argparse.Namespace) -> PiConfig:

@@ -17,6 +17,7 @@ same code (``expand``), so their streams stay in step as long as the request seq
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -68,9 +69,10 @@ def request_key(fn: str, *parts) -> tuple:
 
 # the products a Beaver triple may be for: a request names one, the dealer never looks a name up
 PRODUCTS = {"mul": torch.mul, "matmul": torch.matmul}
-# the same products on ring values, exact mod 2^64 on the fastest path: a matmul of full 64-bit operands as
-# float64 GEMMs on limbs (core.ring.matmul_mod64), 2-7x torch's int64 matmul at 32-128 x 768 x 3072 here
-RING_PRODUCTS = {"mul": torch.mul, "matmul": matmul_mod64}
+# the same products on ring values, exact mod 2^64 on the fastest path: a matmul as float64 GEMMs on limbs
+# (core.ring.matmul_mod64; tiny ones as torch's int64 matmul), 2-7x torch's int64 matmul at 32-128 x 768 x
+# 3072 here. Shares, masks and masked openings are uniform 64-bit values: no magnitude to measure.
+RING_PRODUCTS = {"mul": torch.mul, "matmul": functools.partial(matmul_mod64, a_bits=64, b_bits=64)}
 KINDS = ("additive", "square", "binary", "wraps", "B2A", "trunc")
 MAX_ELEMENTS = 1 << 28  # per component (2 GiB of int64): far above any plan run here, far below harm
 MAX_DEGREE = 8  # powers of r >> k a truncation's opening carries (core.fusion carries at most a few)
