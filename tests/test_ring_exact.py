@@ -294,3 +294,19 @@ def test_check_names_a_value_above_its_bound_even_within_its_bit_width():
     assert worst["origin"] == "model.layers.3.mlp:act" and worst["source"] == "range"
     assert worst["bound"] == 5.0 and worst["seen"] == 6.0 and worst["elements"] == 1 and worst["beyond_bits"] == 0
     assert ex.above_bound == 3  # the input (5 > 4), the sum and the output (6 > 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 4), max_size=4), st.lists(st.integers(1, 4), max_size=4))
+def test_broadcast_shape_is_torch_s(x, y):
+    """core.ring.broadcast_shape (plain Python, for the online pass's hot paths) = torch.broadcast_shapes,
+    the refusal of shapes that do not broadcast included."""
+    from truncbridge.core.ring import broadcast_shape
+
+    try:
+        expected = tuple(torch.broadcast_shapes(tuple(x), tuple(y)))
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            broadcast_shape(x, y)
+        return
+    assert broadcast_shape(x, y) == expected

@@ -183,12 +183,13 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
 
 
 def _product_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
-    return _broadcast(tuple(a.shape[:-2]), tuple(b.shape[:-2])) + (a.shape[-2], b.shape[-1])
+    return broadcast_shape(tuple(a.shape[:-2]), tuple(b.shape[:-2])) + (a.shape[-2], b.shape[-1])
 
 
-def _broadcast(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+def broadcast_shape(x, y) -> tuple[int, ...]:
     """torch.broadcast_shapes of two shapes, in plain Python: torch's takes ~1 ms a call, more than a
-    small product's whole matmul."""
+    small product's whole matmul or a whole step of the online pass's bookkeeping."""
+    x, y = tuple(x), tuple(y)
     n = max(len(x), len(y))
     x, y = (1,) * (n - len(x)) + x, (1,) * (n - len(y)) + y
     if any(p != q and 1 not in (p, q) for p, q in zip(x, y)):

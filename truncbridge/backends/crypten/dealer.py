@@ -27,6 +27,7 @@ apart (``late``: requests and seconds), so a report can say what of the online w
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ class Dealt:
     shares: dict[str, torch.Tensor] | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # a pass asks the same few sizes thousands of times
 def material_bytes(req: tuple) -> int:
     """The bytes of a request's material one party holds (every component at 8 bytes an element)."""
     randoms, deriveds = layout(req)

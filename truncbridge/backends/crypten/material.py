@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...core.ring import logical_shift, matmul_mod64
+from ...core.ring import broadcast_shape, logical_shift, matmul_mod64
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
     if fn == "binary":
         _, s0, s1 = req
         return ([Component("a", s0, xor=True), Component("b", s1, xor=True)],
-                [Component("c", tuple(torch.broadcast_shapes(s0, s1)), xor=True)])
+                [Component("c", broadcast_shape(s0, s1), xor=True)])
     if fn == "wraps":
         return [Component("r", req[1])], [Component("theta_r", req[1])]
     if fn == "B2A":
@@ -143,11 +143,11 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
         randoms = [Component(R, size)] + [Component(mask(j), other) for j, other in enumerate(others)]
         deriveds = _powers_times((), size, degree)
         for j, (other, d) in enumerate(zip(others, other_degrees)):
-            deriveds += _powers_times((j,), tuple(torch.broadcast_shapes(size, other)), d)
+            deriveds += _powers_times((j,), broadcast_shape(size, other), d)
         for j, l, d in pairs:
-            both = tuple(torch.broadcast_shapes(others[j], others[l]))
+            both = broadcast_shape(others[j], others[l])
             deriveds += [Component(Part(operands=(j, l)).name, both)]
-            deriveds += _powers_times((j, l), tuple(torch.broadcast_shapes(size, both)), d)
+            deriveds += _powers_times((j, l), broadcast_shape(size, both), d)
         return randoms, deriveds
     raise ValueError(f"unknown correlated-randomness request {fn!r}")
 

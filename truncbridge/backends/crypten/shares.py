@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ...core.ring import broadcast_shape
+
 
 def share_from(ast_cls, value: torch.Tensor | None, size, src: int, rank: int, device=None):
     """Secret-share ``value`` held by ``src`` (int64 ring elements, precision 0); the other
@@ -15,7 +17,7 @@ def share_from(ast_cls, value: torch.Tensor | None, size, src: int, rank: int, d
 def add_public(ast_cls, x, value: torch.Tensor | int, rank: int):
     """x + a public value (broadcast): one party adds it to its share."""
     value = torch.as_tensor(value, dtype=torch.int64)
-    share = x.share.expand(torch.broadcast_shapes(x.share.shape, value.shape)).clone()
+    share = x.share.expand(broadcast_shape(x.share.shape, value.shape)).clone()
     if rank == 0:
         share = share + value
     return ast_cls.from_shares(share, precision=0)
