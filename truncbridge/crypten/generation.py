@@ -22,6 +22,7 @@ import torch
 
 from ..backends.crypten.roles import CLIENT
 from ..core.types import Plan
+from ..generation.convert import one_hot_tokens
 from ..generation.sampling import Sampler
 
 
@@ -50,8 +51,7 @@ class CachedRunners:
         runner = self.runners[cached]
         if self.vanilla:
             return runner.run(ids, state=cache)
-        tokens = None if ids is None else {"tokens": torch.nn.functional.one_hot(ids, self.vocab).to(torch.float64)}
-        return runner.run(tokens, shared=cache)
+        return runner.run(None if ids is None else one_hot_tokens(ids, self.vocab), shared=cache)
 
     def open_logits(self, cached: int, outs: list) -> torch.Tensor | None:
         """The last position's logits, opened to the client only (None elsewhere)."""
@@ -121,7 +121,7 @@ def generate(runners: CachedRunners, prompt: torch.Tensor | None, sampler: Sampl
             picked.append(sampler.pick(logits))
             ids = torch.tensor([[picked[-1]]])
         hooks.stepped(cached, picked[-1] if is_client else None)
-        if eos is not None and not hooks.go_on(is_client and picked[-1] != eos):
+        if eos is not None and not hooks.go_on(is_client and picked[-1] != eos, client):
             break
     return picked if is_client else None
 

@@ -65,8 +65,8 @@ class MeasuredSteps(Hooks):
             self.out.ids.append(picked)
             self.out.step_s.append(self.wall)
 
-    def go_on(self, client_says: bool) -> bool:
-        return mpi.bcast(self.control, client_says, "control", root=CLIENT)
+    def go_on(self, client_says: bool, client: int = CLIENT) -> bool:
+        return mpi.bcast(self.control, client_says, "control", root=client)
 
 
 def generate(party, steps: CachedRunners, prompt, sampler, eos: int | None, control=None,
