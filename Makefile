@@ -55,6 +55,12 @@ bench-generate: install  # private generation only: 3PC + dealer on `mid`, per-t
 	$(BIN)/python launch/bench_generation.py
 .PHONY: bench-generate
 
+# issue 27's real-size matrix (GPT-2-small and a Llama of its shape; seq 32, 128; eager, optimal, vanilla; 2PC and
+# 3PC + dealer; loopback, mid, lan): hours in full. A subset: make bench-scale ARGS='--models gpt2-small --seq-lens 32'
+bench-scale: install  # ARGS='--dry-run' prints the mpirun commands; python launch/bench_scale.py --help for the options
+	$(BIN)/python launch/bench_scale.py $(ARGS)
+.PHONY: bench-scale
+
 docs: install  # re-run the commands whose output README.md and docs/ show, and write it there
 	$(BIN)/python launch/regen_docs.py
 .PHONY: docs

@@ -108,6 +108,8 @@ def main() -> None:
             outputs, executed, compared = _generate(tbc, Path(policy), rank, receipts), 0, 0
         elif mode == "module":
             model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
+            with receipts.audited(before_input=True):
+                model.runner.prepare()  # the weights' halves, before the client's input is shared
             x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)
             y = model(x) * AFTER  # the module's output is an MPCTensor: CrypTen goes on from it
             with receipts.revealing_output():
@@ -117,6 +119,8 @@ def main() -> None:
         else:
             compare = mode == "compare"
             runner = tbc.PlanRunner(plan_for(policy, compare=compare), truncation=truncation)
+            with receipts.audited(before_input=True):
+                runner.prepare()
             shares = runner.run((COMPARE_INPUTS if compare else INPUTS) if rank == 1 else None)
             with receipts.revealing_output():
                 opened = runner.open_outputs(shares, dst=1)
@@ -136,6 +140,9 @@ def _generate(tbc, folder: Path, rank: int, receipts) -> list[int] | None:
     from truncbridge.crypten.generation import Hooks
 
     class Counted(Hooks):
+        def preparing(self):
+            return receipts.audited(before_input=True)
+
         def revealing(self, elements):
             return receipts.revealing_output()
 

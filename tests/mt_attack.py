@@ -84,8 +84,8 @@ def keep_own_shares() -> None:
     took, export = audit.OpeningLog.took, audit.OpeningLog.export
 
     def took_and_kept(self, item):
-        if item.request[0] == "additive":
-            HELD[item.index] = {name: item.shares[name].clone() for name in ("a", "b")}
+        if item.request[0] in ("additive", "weight"):  # a weight's mask b: the owner's alone (no share elsewhere)
+            HELD[item.index] = {name: item.shares[name].clone() for name in ("a", "b") if item.shares.get(name) is not None}
         took(self, item)
 
     def exported(self):
@@ -155,7 +155,7 @@ def client_reads_weights(view: dict, vocab: int) -> tuple[torch.Tensor, bool]:
     eps, delta, held = product["eps"], product["delta"], view["held"][product["mask"]]
     drawn = recover_draws(-(eps + held["a"]), tail=delta.numel())  # a_0, then b_0
     b0 = torch.zeros_like(delta) if drawn is None else drawn[eps.numel():].view(delta.shape)
-    return delta + b0 + held["b"], drawn is not None
+    return delta + b0 + held.get("b", 0), drawn is not None
 
 
 def attacks(pooled: list[dict], parties: int, model) -> None:

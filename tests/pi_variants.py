@@ -129,13 +129,13 @@ def main() -> int:
         ARGS = options.parse_args(argv)
         summary = session.audit_summary
 
-        def summary_and_attack(pooled, parties, dealer_mode):
+        def summary_and_attack(pooled, parties, dealer_mode, **kwargs):
             attack(pooled, session_model().model.get_input_embeddings().weight.shape[0])
             audit.digest = digest
             for log in (p["log"] for p in pooled[:parties]):
                 for step in log["openings"]:
                     step.received = [(method, [digest(t) for t in got]) for method, got in step.received]
-            return summary(pooled, parties, dealer_mode)
+            return summary(pooled, parties, dealer_mode, **kwargs)
 
         session.audit_summary = summary_and_attack
     else:

@@ -162,6 +162,28 @@ def test_a_triples_two_halves_may_be_opened_apart_once_each():
     assert findings(joined(online, again), masks, set()) == ["opening 1 (batch): mask 0 was already used by opening 0"]
 
 
+def test_a_weights_mask_drawn_alone_is_known_to_its_owner_only_before_any_input():
+    """A weight's triple (kind "weight") has the weight's mask b drawn by the owner alone: the owner may
+    receive w − b in the weights' phase (it knows w). Negative controls: the same receipt online, and a
+    weight's mask drawn by the client (which would learn w), are found."""
+    x, w, a, b, _ = beaver()
+
+    def run(drawn_by: int, before_input: bool):
+        masks = {0: (("weight", (3, 4), (4, 2), "matmul", 1, drawn_by), {"a": a, "b": b})}
+        halves = batch_logs([("half-b", [w], 0)], flat(w - b))
+        online = batch_logs([("half-a", [x], 0)], flat(x - a))
+        for log in halves:
+            log["openings"][0].parts[0].before_input = before_input
+        logs = [{**halves[r], "openings": halves[r]["openings"] + online[r]["openings"]} for r in range(2)]
+        return findings(logs, masks, set())
+
+    assert run(drawn_by=0, before_input=True) == []
+    assert run(drawn_by=0, before_input=False) == [
+        "opening 0 (batch): party 0 receives an opening whose mask it drew (a half-b online)"]
+    assert run(drawn_by=1, before_input=True) == [
+        "opening 0 (batch): party 1 receives an opening whose mask it drew (a half-b before any input)"]
+
+
 # -- MPI, the side channel -----------------------------------------------------------------------
 def receipt(kind: str, what, setup: bool = False, rank: int = 0, source: int = 1) -> dict:
     return {"rank": rank, "source": source, "kind": kind, "setup": setup, "what": what}
@@ -178,7 +200,7 @@ def test_mpi_describe_keeps_shapes_not_values():
 
 
 def test_mpi_receipts_are_set_up_material_statistics_or_announced():
-    from truncbridge.pi.audit import mpi_findings
+    from truncbridge.pi.audit_mpi import mpi_findings
 
     fine = [receipt("hosts", "str", setup=True), receipt("address", "str", setup=True, rank=1, source=0),
             receipt("plans", {"eager": "redacted plan"}, setup=True, rank=2, source=0),

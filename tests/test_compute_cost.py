@@ -44,11 +44,12 @@ def test_a_broken_calibration_is_refused_in_one_line(tmp_path, broken):
         load_compute(str(path))
 
 
-def _online_scalar_products(plan) -> int:
-    """Scalar products of the matmuls the online pass runs, counted here from the nodes' shapes."""
+def _online_scalar_products(plan, of_weights: bool) -> int:
+    """Scalar products of the matmuls the online pass runs (those with a weight, an input-independent
+    operand, or those without), counted here from the nodes' shapes."""
     static = input_independent(plan.program)
     return sum(n.numel * plan.program[n.inputs[0]].shape[-1] for n in plan.program.nodes
-               if n.op == "matmul" and n.id not in static)
+               if n.op == "matmul" and n.id not in static and any(i in static for i in n.inputs) == of_weights)
 
 
 @pytest.mark.slow  # plans of two models
@@ -61,7 +62,8 @@ def test_predictions_grow_with_the_model(default_converted, random_converted):
     calibration = load_compute()
     for plan in (small, large):
         counts = online_counts(plan)
-        assert counts["matmul"][1] == _online_scalar_products(plan)
+        assert counts["matmul"][1] == _online_scalar_products(plan, of_weights=False)
+        assert counts["weight_matmul"][1] == _online_scalar_products(plan, of_weights=True) > 0
         # one message per round on the critical path: the wave schedule and the cost model agree
         assert counts["wave"][0] == plan_costs(plan, load_protocol("crypten-exact-2pc"), load_network("lan")).rounds
         local = local_seconds(counts, calibration)

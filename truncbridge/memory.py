@@ -21,10 +21,11 @@ element: 8 in Z_2^l for l <= 64, 16 (two int64 words, ``core/wide.py``) for wide
 run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default):
 
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
-    owner            4 P + 8 P (the model, the program; planning) + material (party 0's corrections from the
-                     dealer, held for the whole pass: the window bounds draws, not these) + a party's
+    owner            4 P + 8 P (the model, the program; planning) + 2 x min(material, FETCH_BYTES) (one message
+                     of party 0's corrections and its pickle; those beyond the window wait on its disk) + a party's
     client, helper   SHARE_BYTES x P + min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
                      architecture, built from the config; else the client builds it on the meta device)
+                     (the owner's "a party's" adds OWNER_WEIGHT_BYTES x P)
     dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES)
                      (--dealer owner-insecure: the owner deals, and that term is the owner's)
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values
@@ -32,14 +33,15 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
     halves' message  5 x 8 x min(P, HALVES_PER_MESSAGE): the shares, masked shares, their concatenation and
                      its opening of one message of weights' halves (``backends/crypten/batched.py``)
 
-SHARE_BYTES = 16 per parameter: what a weight's product keeps from its halves until it runs, its
-triple's mask b and the opened w − b (``openings.half_opened``); the weights' own shares go as their
-halves open, and material is expanded at most W ahead (``dealer.DealtProvider``). Measured on issue
-27's 114 M-parameter Llama, 2PC, seq 32, one policy: owner 4.5 GB, client 3.7 GB, dealer 0.94 GB (11.4,
-10.7 and 1.9 GB before memory was bounded). MATERIAL = 16 fits the 449 MB dealt there. The constants were
-measured on a 2-core x86-64 Linux machine (tests/test_memory.py and tests/test_run_pi_medium.py check the
-estimate against peak RSS of real commands within ``AGREEMENT``). ``--memory-check off`` skips the refusal
-(the estimate is still reported).
+SHARE_BYTES = 8 per parameter: every party's share of the weights while their halves open (each goes
+as its halves open); OWNER_WEIGHT_BYTES = 8: the weights in the ring that the owner keeps for its online
+products (``openings.half_opened``: the others keep nothing weight-sized); material is expanded at
+most W ahead (``dealer.DealtProvider``). Measured on issue 27's 114 M-parameter Llama, 2PC, seq 32, one
+policy: owner 4.6 GB, client 3.0 GB, dealer 0.97 GB (11.4, 10.7 and 1.9 GB before memory was
+bounded). MATERIAL = 16 fits the 449 MB dealt there. The constants were measured on a 2-core x86-64
+Linux machine (tests/test_memory.py and tests/test_run_pi_medium.py check the estimate against peak RSS
+of real commands within ``AGREEMENT``). ``--memory-check off`` skips the refusal (the estimate is still
+reported).
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ RUNTIME_BYTES = 450e6  # emulate random:llama --seq-len 16 (0.2 M parameters) pe
 CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.53 GB, client 0.47 GB
 DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
-SHARE_BYTES = 16
+SHARE_BYTES = 8
+OWNER_WEIGHT_BYTES = 8
 WINDOW_BYTES = 1 << 30  # run_pi's default --material-window (backends/crypten/dealer.py)
 FETCH_BYTES = 256 << 20  # party 0's corrections per message (backends/crypten/dealer.py)
 HALVES_PER_MESSAGE = 1 << 24  # weights' elements per message of halves (backends/crypten/batched.py)
@@ -174,7 +177,8 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, va
     shares = {"weights' halves": SHARE_BYTES * shape.params, "material": min(material + 8 * shape.params, window),
               "halves' message": 5 * 8 * min(shape.params, HALVES_PER_MESSAGE)}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params,
-                              "corrections": material, **shares})}
+                              "corrections' message": 2 * min(material, FETCH_BYTES), **shares,
+                              "ring weights": OWNER_WEIGHT_BYTES * shape.params})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, **({"architecture": 4 * shape.params} if vanilla else {}), **shares})
     dealing = {"runtime": DEALER_BYTES, "material": 2 * min(material * parties, FETCH_BYTES)}

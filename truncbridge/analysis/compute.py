@@ -3,7 +3,9 @@ online pass of a plan on CrypTen (``backends.crypten.runner.PlanRunner``), from 
 the coefficients measured on this machine (``protocols/compute.json``, ``launch/calibrate_compute.py``).
 
 Every node the online pass executes is one *term* of a kind — ``matmul`` (a Beaver matrix product:
-its elements are scalar products, out elements × inner size), ``mul`` (an elementwise Beaver product
+its elements are scalar products, out elements × inner size), ``weight_matmul`` (the same of a weight,
+whose online work is the owner's one product of the weight by the opened activation: the owner's cost),
+``mul`` (an elementwise Beaver product
 or square: output elements), ``truncate`` (exact truncation: truncated elements), ``carried`` (the
 products a truncation's opening carries, made when it opens: their output elements), ``compare``,
 ``source`` (the client's input, shared online), and the local kinds ``local``, ``public``, ``shift``,
@@ -48,12 +50,12 @@ def node_terms(plan: Plan, fuse: bool = True, batch: bool = True, exact: bool = 
         if n.id in static:
             continue
         kind = node_kind(n, riding)
-        if kind == "matmul":
-            terms[n.id] = (kind, spec(n).scalar_products(n, program))
+        side = weight_side(n, static) if kind in ("matmul", "mul") else None
+        if kind == "matmul":  # a weight's: the owner's one product with the weight's few bits (openings.half_finished)
+            terms[n.id] = ("matmul" if side is None else "weight_matmul", spec(n).scalar_products(n, program))
         else:
             terms[n.id] = (kind, n.numel)
         if kind in ("matmul", "mul"):
-            side = weight_side(n, static)
             inputs = list(dict.fromkeys(n.inputs)) if side is None else [n.inputs[1 - side]]
             opened[n.id] = sum(program[i].numel for i in inputs)
         elif kind == "truncate" and exact:

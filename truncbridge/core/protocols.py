@@ -14,8 +14,8 @@ PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "protocols"
 DEFAULT_PROTOCOL = "faithful-2pc"
 COMPUTE_FILE = PROTOCOL_DIR / "compute.json"  # the local-compute term's coefficients (analysis/compute.py)
 NOT_PROTOCOLS = ("networks", "compute")  # the other data files of protocols/
-COMPUTE_KINDS = ("source", "local", "public", "relabel", "shift", "output", "matmul", "mul", "carried", "truncate",
-                 "compare", "wave")  # the local-compute term's kinds (analysis/compute.py says what each counts)
+COMPUTE_KINDS = ("source", "local", "public", "relabel", "shift", "output", "matmul", "weight_matmul", "mul", "carried",
+                 "truncate", "compare", "wave")  # the local-compute term's kinds (analysis/compute.py says what each counts)
 FAILURE_MODELS = {  # probability that one truncation of a value below 2^bits (sign included) fails
     "none": lambda bits, l: 0.0,
     "abs_over_ring": lambda bits, l: min(1.0, 2.0 ** (bits - 1 - l)),  # |x| / 2^l

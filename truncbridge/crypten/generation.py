@@ -82,6 +82,10 @@ class Hooks:
     """What a caller wraps around the steps; these defaults do nothing but the one thing every caller
     needs, the client's stop bit (``go_on``). run_pi's measure and audit (``pi/generation_run.py``)."""
 
+    def preparing(self):
+        """Around ``runners.prepare()``: the weights' phase, before any input is shared."""
+        return nullcontext()
+
     def step(self, cached: int):
         """Around one step: its run, the opening of its logits, the cache's append."""
         return nullcontext()
@@ -138,5 +142,7 @@ class PrivateGeneration:
                  hooks: Hooks | None = None) -> list[int] | None:
         """The client's new tokens (one per plan, fewer with ``eos``: on the other parties any value, the
         client's bit decides); None on the other parties. ``sampler``: the client's (greedy by default)."""
-        self.runners.prepare()
+        hooks = hooks or Hooks()
+        with hooks.preparing():
+            self.runners.prepare()
         return generate(self.runners, prompt, sampler or Sampler(), eos, hooks, client=self.client)

@@ -18,11 +18,7 @@ each mask was used by one step only; no receiver knows the mask in the clear (th
 when it deals: ``owner-insecure``); and no receipt is left unexplained. Any broken opening (mask
 removed, reused, known) is a finding.
 
-MPI, the launcher's side channel, is checked too (``mpi_findings`` on every rank's
-``mpi.RECEIPTS``): at set-up a party may receive host names, the rendezvous address and redacted
-plans; after set-up only statistics (numbers under the names ``results.STATISTICS`` lists) and
-failure notices — and what an announced insecure mode sends: the client's ids and logits to the
-owner under ``--benchmark-reveal``, the pooled views of this audit itself.
+MPI, the launcher's side channel, is checked by ``audit_mpi.py``.
 """
 from __future__ import annotations
 
@@ -32,10 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backends.crypten.material import combine
-from ..backends.crypten.roles import CLIENT, OWNER
+from ..backends.crypten.material import combine, layout
+from ..backends.crypten.roles import OWNER
 from ..backends.crypten.truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
-from .results import INSECURE, STATISTICS
+from .results import INSECURE
 
 
 def digest(t: torch.Tensor) -> str:
@@ -49,6 +45,7 @@ class Opening:
     masks: list[int] = field(default_factory=list)  # dealing indices used inside
     received: list[tuple[str, list[str]]] = field(default_factory=list)  # (method, digests)
     parts: list = field(default_factory=list)  # a batch's steps (Openings), in message order
+    before_input: bool = False  # opened in the weights' phase, before any client input was shared
 
 
 class OpeningLog:
@@ -61,10 +58,11 @@ class OpeningLog:
         self.outputs = 0
         self._stack: list[Opening] = []
         self.active = False
+        self.before_input = False  # set by ``Link.audited``
 
     @contextmanager
     def opening(self, kind: str, *secrets, logged: bool = True):
-        entry = Opening(kind, [s.share.clone() for s in secrets])
+        entry = Opening(kind, [s.share.clone() for s in secrets], before_input=self.before_input)
         self._stack.append(entry)
         try:
             yield entry
@@ -138,7 +136,7 @@ def instrument(log: OpeningLog) -> None:
 
     def half_finished(side, x, pre, *args):  # its triple was taken by the first half: the same mask
         step = finish_half(side, x, pre, *args)
-        step.audit.masks = list(pre[2].masks) if pre[2] is not None else []
+        step.audit.masks = list(pre.audit.masks) if pre.audit is not None else []
         return step
 
     openings.half_finished = half_finished
@@ -225,6 +223,8 @@ def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
             continue
         if rank in mask_holders:
             out.append(f"{where}: party {rank} receives an opening whose mask it knows (it dealt it)")
+        out += [f"{where}: party {rank} receives an opening whose mask it drew ({why})"
+                for why in _drawn_by_receiver(step, rank, dealer_masks)]
         if kind == "wraps":  # party 0 gathers every x_i + r_i; it must not know r_i
             masks = dealer_masks[step.masks[0]][1]
             want = [s.secrets[0] + masks[f"r@{p}"] for p, s in enumerate(steps)]
@@ -235,65 +235,40 @@ def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
     return out
 
 
+def _drawn_by_receiver(step: Opening, rank: int, dealer_masks: dict) -> list[str]:
+    """Why it is wrong that ``rank`` knows a mask of this step: it drew it alone (``material``'s
+    ``drawn_by``). Allowed only to the owner for its weights' halves, opened before any input is shared."""
+    out = []
+    for part in step.parts or [step]:
+        opened = [HALVES[part.kind]] if part.kind in HALVES else ["a", "b"] if part.kind == "beaver" else []
+        for m in (m for m in part.masks if dealer_masks[m][0][0] == "weight"):  # the one kind with masks drawn alone
+            drawn = {c.name: c.drawn_by for c in layout(dealer_masks[m][0])[0]}
+            if any(drawn.get(name) == rank for name in opened) and not (rank == OWNER and part.before_input):
+                out.append(f"a {part.kind} {'before any input' if part.before_input else 'online'}")
+    return out
+
+
 def _pool(kind: str, per_party: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """The hidden secrets from every party's shares (XOR for binary steps)."""
     return [combine([shares[i] for shares in per_party], xor=kind in ("and", "b2a")) for i in range(len(per_party[0]))]
 
 
-# -- MPI, the side channel (on the pooled receipt logs, ``mpi.RECEIPTS``) ------------------------
-NUMBERS = ("int", "float", "bool", "NoneType")  # mpi.describe's names of the values a statistic may take
-# the rendezvous (host names, rank 0's address), and the owner's cached dealer requests of the redacted plans
-AT_SETUP = {"hosts": "str", "address": "str", "traces": "traces", "length": "int"}  # length: the prompt's (--generate)
-
-
-def _redacted(what) -> bool:
-    """A plan's receipt shape is a redacted plan's, or (--generate) every cache length's is."""
-    return what == "redacted plan" or isinstance(what, dict) and bool(what) and all(map(_redacted, what.values()))
-
-
-def mpi_findings(receipts: list[list[dict]], reveal: bool = False) -> list[str]:
-    """Every MPI receipt (each rank's log) that is neither set-up material, a statistic, a
-    failure notice, nor data an announced insecure mode sends (``reveal``: --benchmark-reveal)."""
-    out = []
-    for r in (r for log in receipts for r in log):
-        where = f"party {r['rank']} received over MPI from party {r['source']} {'at' if r['setup'] else 'after'} set-up"
-        kind, what = r["kind"], r["what"]
-        if kind == "notice":
-            bad = [] if what == "str" else [f"a failure notice that is a {what}"]
-        elif kind in AT_SETUP:
-            bad = [] if r["setup"] and what == AT_SETUP[kind] else [f"{kind}: {what}"]
-        elif kind == "plans":
-            bad = (["plans after set-up"] if not r["setup"] else
-                   [f"plan {k}: {v}" for k, v in what.items() if not _redacted(v)] if isinstance(what, dict) else
-                   [f"plans: {what}"])
-        elif kind == "stats":
-            bad = ([f"statistics that are a {what}"] if not isinstance(what, dict) else
-                   [f"{k!r} ({v}) among its statistics, which are numbers only" for k, v in what.items()
-                    if k not in STATISTICS or v not in NUMBERS])
-        elif kind == "control":  # --generate --eos: the client's word after each step, go on or stop (public)
-            bad = [] if r["source"] == CLIENT and not r["setup"] and what == "bool" else [f"a control message: {what}"]
-        elif kind == "reveal":
-            allowed = reveal and r["rank"] == OWNER and r["source"] == CLIENT and not r["setup"]
-            bad = [] if allowed else [f"the client's revealed data ({what}) without --benchmark-reveal"]
-        elif kind == "audit":  # this audit's own pool: an --audit run is insecure by itself (and says so)
-            bad = [] if r["rank"] == OWNER and not r["setup"] else ["the audit's pooled views, not at the owner"]
-        else:
-            bad = [f"an unexpected {kind}: {what}"]
-        out += [f"{where}: {b}" for b in bad]
-    return out
-
-
 MAX_FINDINGS = 50  # kept in the JSON; the count says how many there were
 
 
-def audit_summary(pooled: list[dict], parties: int, dealer: str) -> dict:
-    """The mask-accounting audit over every pass (``audit.findings``)."""
+def audit_summary(pooled: list[dict], parties: int, dealer: str, reveal: bool = False) -> dict:
+    """The mask-accounting audit over every pass (``audit.findings``) and over MPI, the side channel
+    (``audit_mpi.mpi_findings``; ``reveal``: --benchmark-reveal)."""
+    from .audit_mpi import mpi_findings
+
     logs = [p["log"] for p in pooled[:parties]]
     masks = pooled[parties]["masks"] if dealer == "separate" else pooled[0]["masks"]
     found = findings(logs, masks, {0} if dealer == INSECURE else set())
     used = {m for step in logs[0]["openings"] for m in step.masks}
     steps = sum(len(step.parts) or 1 for step in logs[0]["openings"])  # a batch opens several in one message
+    found += mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=reveal)
     return {"findings": found[:MAX_FINDINGS], "finding_count": len(found), "openings": len(logs[0]["openings"]),
             "opened_steps": steps,
             "masks_used": len(used), "masks_dealt": len(masks),
-            "output_receivers": [log["rank"] for log in logs if log["outputs"]]}
+            "output_receivers": [log["rank"] for log in logs if log["outputs"]],
+            "mpi_receipts": sum(len(p["mpi"]) for p in pooled if p is not None)}

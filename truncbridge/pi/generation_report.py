@@ -107,12 +107,9 @@ def report(config: PiConfig, parties: int, setup, passes: dict, pooled: list, re
                   process_name(rank, parties, config.dealer): p["peak_rss_bytes"] for rank, p in enumerate(pooled)}}}
     result["insecure"] = insecure_modes(result, config.audit)
     if config.audit:
-        from .audit import audit_summary, mpi_findings
+        from .audit import audit_summary
 
-        result["audit"] = audit = audit_summary(pooled, parties, config.dealer)
-        over_mpi = mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=config.benchmark_reveal)
-        audit["findings"] += over_mpi
-        audit["finding_count"] += len(over_mpi)
+        result["audit"] = audit_summary(pooled, parties, config.dealer, reveal=config.benchmark_reveal)
     print(format_table(result), flush=True)
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(result, indent=1) + "\n")

@@ -74,7 +74,7 @@ def generate(party, steps: CachedRunners, prompt, sampler, eos: int | None, cont
     """Prepare every runner, then the prefill and the steps, each measured; the client picks each token. With
     ``eos``, after each step the client tells the others over ``control`` (MPI, the computing parties) whether to go on."""
     party.reset_stats()
-    with party.audited():
+    with party.audited(before_input=True):
         steps.prepare()
     weights, _ = party.stats(), party.provider.ready_for_pass()
     party.crypten.communicator.get().barrier()

@@ -60,13 +60,16 @@ class Link:
             self._label, self._output_elements = "protocol", None
 
     @contextmanager
-    def audited(self):
-        """Log receipts against openings while inside (the online phase)."""
-        self.log.active = self.audit
+    def audited(self, before_input: bool = False):
+        """Log receipts against openings while inside: the online phase, or (``before_input``) the
+        weights' phase, before any client input is shared — where the owner may open its weights under
+        masks it drew itself."""
+        was = self.log.active, self.log.before_input
+        self.log.active, self.log.before_input = self.audit, before_input
         try:
             yield
         finally:
-            self.log.active = False
+            self.log.active, self.log.before_input = was
 
     # -- communicator wrapper ----------------------------------------------------------------
     def _wrap_communicator(self) -> None:

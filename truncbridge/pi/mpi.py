@@ -12,7 +12,7 @@ notices. Two rules keep a run from hanging before the parties' own watchdogs exi
 Every receipt is logged (``RECEIPTS``): who sent it, what the receiver expected (``kind``:
 ``hosts``, ``address``, ``plans``, ``traces``, ``stats``, ``reveal``, ``audit``, ``notice``), whether set-up
 was over (``setup_done``), and the receipt's shape — types, keys, tensor shapes, never values.
-``audit.mpi_findings`` checks the log like the communicator's receipts: after set-up a party may
+``audit_mpi.mpi_findings`` checks the log like the communicator's receipts: after set-up a party may
 receive statistics and failure notices only, plus what an insecure mode announces (the
 client's revealed ids and logits under ``--benchmark-reveal``, the pooled views of ``--audit``).
 """

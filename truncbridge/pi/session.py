@@ -33,7 +33,7 @@ from ..core.errors import UserError
 from ..crypten.vanilla import CountDivisions
 from ..memory import peak_rss_bytes
 from . import generation, mpi
-from .audit import MAX_FINDINGS, audit_summary, mpi_findings
+from .audit import audit_summary
 from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
@@ -153,10 +153,13 @@ def _runner(policy: str, setup: Setup, config: PiConfig):
 
 def record_requests(party: Party, runner, inputs) -> list:
     """An untimed pass with the dealer answering on demand; returns its request sequence."""
-    with party.audited(), party.provider.recording_requests() as trace:
-        outs = runner.run(inputs)
-        with party.revealing_output():
-            runner.open_outputs(outs, dst=1)
+    with party.provider.recording_requests() as trace:
+        with party.audited(before_input=True):  # the weights' halves, as run_once opens them
+            getattr(runner, "prepare", lambda: None)()
+        with party.audited():
+            outs = runner.run(inputs)
+            with party.revealing_output():
+                runner.open_outputs(outs, dst=1)
     return trace
 
 
@@ -170,7 +173,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider.deal(trace)
     offline = dict(provider.offline)
     party.reset_stats()
-    with party.audited():  # input-independent: the weights' halves of their products (runner.prepare)
+    with party.audited(before_input=True):  # input-independent: the weights' halves of their products
         getattr(runner, "prepare", lambda: None)()
     weights, _ = party.stats(), provider.ready_for_pass()
     party.crypten.communicator.get().barrier()
@@ -286,11 +289,7 @@ def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: li
     result["memory"] = {**setup.memory, "peak_rss_bytes": {process_name(rank, parties, config.dealer): p["peak_rss_bytes"]
                                                            for rank, p in enumerate(pooled)}}
     if config.audit:
-        result["audit"] = audit = audit_summary(pooled, parties, config.dealer)
-        over_mpi = mpi_findings([p["mpi"] for p in pooled if p is not None], reveal=config.benchmark_reveal)
-        audit["mpi_receipts"] = sum(len(p["mpi"]) for p in pooled if p is not None)
-        audit["findings"] = (audit["findings"] + over_mpi)[:MAX_FINDINGS]
-        audit["finding_count"] += len(over_mpi)
+        result["audit"] = audit_summary(pooled, parties, config.dealer, reveal=config.benchmark_reveal)
     print(format_table(result))
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(result, indent=1) + "\n")

@@ -63,7 +63,7 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
         elif n.id in sides:
             side, w = sides[n.id], n.inputs[sides[n.id]]
             other = program[n.inputs[1 - side]]
-            pending[n.id] = (1 - side, openings.half_opened(side, env[w], other.shape, n.op))
+            pending[n.id] = (1 - side, openings.half_opened(side, env[w], other.shape, n.op, rank, backend.owner))
             release(w)
             queued += program[w].numel
             if queued >= HALVES_PER_MESSAGE:

@@ -23,11 +23,15 @@ Memory stays bounded at any model size: party 0 fetches its corrections in messa
 ``FETCH_BYTES`` (the dealer holds one message's worth), and each party expands its own draws from
 its stream (``material.expand``) ahead of use up to ``window_bytes``; what lies beyond the window
 is expanded when it is taken — local work with no communication, moved into the pass and counted
-apart (``late``: requests and seconds), so a report can say what of the online wall it is.
+apart (``late``: requests and seconds), so a report can say what of the online wall it is. Party 0's
+corrections beyond the window are all dealt before the pass too, but kept on its own disk
+(``Spill``: a temporary file, deleted when closed) until taken — its own shares, read back in order.
 """
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -56,7 +60,7 @@ class DealerCore:
     def deal(self, requests: list[tuple]) -> list[dict[str, torch.Tensor]]:
         out = []
         for req in requests:
-            validate(req)
+            validate(req, self.parties)
             fixes, masks = corrections(req, expand(req, self.streams), self.parties)
             if self.masks is not None:
                 self.masks[self.dealt] = (req, masks)
@@ -76,10 +80,11 @@ class Dealt:
 
 
 @functools.lru_cache(maxsize=4096)  # a pass asks the same few sizes thousands of times
-def material_bytes(req: tuple) -> int:
-    """The bytes of a request's material one party holds (every component at 8 bytes an element)."""
+def material_bytes(req: tuple, rank: int = 0) -> int:
+    """The bytes of a request's material party ``rank`` holds (every component it holds at 8 bytes an
+    element: not a mask another party draws alone)."""
     randoms, deriveds = layout(req)
-    return 8 * sum(torch.Size(c.size).numel() for c in randoms + deriveds)
+    return 8 * sum(torch.Size(c.size).numel() for c in randoms + deriveds if c.drawn_by in (None, rank))
 
 
 class DealtProvider:
@@ -96,15 +101,16 @@ class DealtProvider:
         self.expanded = 0  # of ``ready``, how many (from the front) are expanded
         self.held = 0  # their bytes
         self.online_requests = 0  # answered on demand (not dealt in advance)
-        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0, "spilled_bytes": 0}
         self.late = {"seconds": 0.0, "requests": 0, "bytes": 0}  # expanded on take: beyond the window
+        self.spill = Spill()
         self.recording: list | None = None
         self.on_take = None  # the receipt audit's hook: called with each Dealt handed out
 
     # -- dealing ----------------------------------------------------------------------------------
     def deal(self, requests: list[tuple]) -> None:
         """Fetch the material for ``requests`` now and expand it up to the window (every party calls
-        this alike)."""
+        this alike); party 0's corrections beyond the window go to its disk (``Spill``)."""
         t = time.perf_counter()
         for batch in _batches(requests, FETCH_BYTES):
             fixes, travelled = self.fetch(batch) if self.rank == 0 else ([None] * len(batch), 0)
@@ -112,9 +118,13 @@ class DealtProvider:
             for req, fix in zip(batch, fixes):
                 self.ready.append(Dealt(self.issued, req, fix))
                 self.issued += 1
-        self._fill()
+            self._fill()
+            for item in list(self.ready)[max(self.expanded, len(self.ready) - len(batch)):]:  # beyond the window
+                if isinstance(item.fix, dict):
+                    item.fix = self.spill.put(item.fix)
         self.offline["seconds"] += time.perf_counter() - t
         self.offline["requests"] += len(requests)
+        self.offline["spilled_bytes"] = self.spill.bytes
 
     def ready_for_pass(self) -> None:
         """Before a timed pass (after the weights' halves took theirs): expand up to the window again,
@@ -127,7 +137,7 @@ class DealtProvider:
     def _fill(self) -> None:
         while self.expanded < len(self.ready):
             item = self.ready[self.expanded]
-            size = material_bytes(item.request)
+            size = material_bytes(item.request, self.rank)
             if self.held + size > self.window_bytes:
                 return
             self._expand(item)
@@ -138,7 +148,7 @@ class DealtProvider:
         """This party's shares of ``item``: its draws from its stream, and party 0's corrections."""
         drawn = expand(item.request, {self.rank: self.stream})
         item.shares = {name: by_party[self.rank] for name, by_party in drawn.items() if self.rank in by_party}
-        item.shares.update(item.fix or {})
+        item.shares.update((self.spill.get(item.fix) if isinstance(item.fix, list) else item.fix) or {})
         item.fix = None
 
     @contextmanager
@@ -151,7 +161,9 @@ class DealtProvider:
             self.recording = None
 
     def reset_offline(self) -> None:
-        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0}
+        self.offline = {"seconds": 0.0, "bytes": 0, "requests": 0, "spilled_bytes": 0}
+        if not self.ready:  # nothing dealt is waiting: a new spill file for what comes
+            self.spill.close()
         self.reset_late()
         self.online_requests = 0
 
@@ -169,13 +181,13 @@ class DealtProvider:
             raise RuntimeError(f"dealt material out of step: dealt {item.request[:2]}, the protocol asked for {req[:2]}")
         if self.expanded:
             self.expanded -= 1
-            self.held -= material_bytes(req)
+            self.held -= material_bytes(req, self.rank)
         else:  # beyond the window: expanded now, in the pass
             t = time.perf_counter()
             self._expand(item)
             self.late["seconds"] += time.perf_counter() - t
             self.late["requests"] += 1
-            self.late["bytes"] += material_bytes(req)
+            self.late["bytes"] += material_bytes(req, self.rank)
         if self.on_take is not None:
             self.on_take(item)
         return item.shares
@@ -184,6 +196,12 @@ class DealtProvider:
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
         s = self._take(request_key("additive", size0, size1, op, args, kwargs))
         return _arith(s["a"]), _arith(s["b"]), _arith(s["c"])
+
+    def weight_triple(self, size0, size1, op: str, side: int, owner: int) -> dict:
+        """Shares of a Beaver triple for a product whose operand ``side`` the ``owner`` knows (a
+        weight): that operand's mask is the owner's draw alone (None on the other parties)."""
+        s = self._take(request_key("weight", size0, size1, op, side, owner))
+        return {name: s.get(name) for name in ("a", "b", "c")}
 
     def square(self, size, device=None):
         s = self._take(request_key("square", size))
@@ -205,6 +223,40 @@ class DealtProvider:
                             pairs: tuple = ()) -> dict:
         """Shares of the exact truncation's material (``truncation.truncation_material``)."""
         return self._take(request_key("trunc", size, k, others, degree, other_degrees, pairs))
+
+
+class Spill:
+    """Party 0's corrections beyond the window, on its own disk until taken: one temporary file
+    (unlinked at once: gone with the process), appended in dealing order and read back by handle."""
+
+    def __init__(self):
+        self.file, self.bytes = None, 0
+
+    def put(self, fix: dict[str, torch.Tensor]) -> list[tuple]:
+        """Write ``fix`` out; its handle: (name, shape, offset) per tensor."""
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="truncbridge-corrections-")
+        self.file.seek(0, os.SEEK_END)
+        handle = []
+        for name, t in fix.items():
+            flat = t.to(torch.int64).contiguous().reshape(-1).numpy()
+            handle.append((name, tuple(t.shape), self.file.tell()))
+            self.file.write(flat.data)
+            self.bytes += flat.nbytes
+        return handle
+
+    def get(self, handle: list[tuple]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, shape, offset in handle:
+            out[name] = torch.empty(shape, dtype=torch.int64)
+            self.file.seek(offset)
+            self.file.readinto(out[name].reshape(-1).numpy().data)
+        return out
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file, self.bytes = None, 0
 
 
 def _arith(share: torch.Tensor):

@@ -2,9 +2,11 @@
 
 A *request* names material by sizes only — ``("additive", size0, size1, op, args, kwargs)``,
 ``("square", size)``, ``("binary", size0, size1)``, ``("wraps", size)``, ``("B2A", size)`` (CrypTen's
-five provider functions) and ``("trunc", size, k, others, degree, other_degrees, pairs)`` (the exact
+five provider functions), ``("trunc", size, k, others, degree, other_degrees, pairs)`` (the exact
 truncation's r, powers of r >> k and msb(r), and the material of the products its opening carries:
-``truncation.py``).
+``truncation.py``) and ``("weight", size0, size1, op, side, owner)``: a Beaver triple for a product
+whose operand ``side`` is known to the model owner (a weight), whose mask the owner alone draws
+(``openings.half_opened``).
 This is all the dealer ever receives.
 
 Sharing follows CrypTen's TTP design: the dealer and each computing party share a stream
@@ -12,7 +14,9 @@ Sharing follows CrypTen's TTP design: the dealer and each computing party share 
 mask: a, b, r) is the sum (or XOR) of every party's draw from its stream, so no party knows it.
 A *derived* component (c = a·b, r², wraps, r >> k, ...) is drawn by parties 1.. from their
 streams; party 0's share is the dealer's *correction* ``value − Σ others`` — the only thing that
-travels. Party and dealer expand a request with the
+travels. A mask *drawn by* one party (a weight's, drawn by its owner) is that party's draw alone: the
+others hold no share of it (zero), and the one who draws it is the only receiver that knows it — it
+masks what that party knows already. Party and dealer expand a request with the
 same code (``expand``), so their streams stay in step as long as the request sequence agrees.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Component:
     size: tuple
     xor: bool = False  # XOR-shared (binary) rather than additively shared mod 2^64
     bits: int = 64  # random XOR components may be narrower (B2A's one bit)
+    drawn_by: int | None = None  # a random component drawn by this party alone (the others' shares are zero)
 
 
 R = "r"  # the exact truncation's mask; h = r >> k and m = msb(r) are made from it
@@ -73,26 +78,31 @@ PRODUCTS = {"mul": torch.mul, "matmul": torch.matmul}
 # (core.ring.matmul_mod64; tiny ones as torch's int64 matmul), 2-7x torch's int64 matmul at 32-128 x 768 x
 # 3072 here. Shares, masks and masked openings are uniform 64-bit values: no magnitude to measure.
 RING_PRODUCTS = {"mul": torch.mul, "matmul": functools.partial(matmul_mod64, a_bits=64, b_bits=64)}
-KINDS = ("additive", "square", "binary", "wraps", "B2A", "trunc")
+KINDS = ("additive", "square", "binary", "wraps", "B2A", "trunc", "weight")
+MASKS = ("a", "b")  # a triple's masks of operand 0 and operand 1
 MAX_ELEMENTS = 1 << 28  # per component (2 GiB of int64): far above any plan run here, far below harm
 MAX_DEGREE = 8  # powers of r >> k a truncation's opening carries (core.fusion carries at most a few)
 MAX_SHIFT = 62  # a shift of 63 or more would leave no bits of a 64-bit ring value
 
 
-def validate(req: tuple) -> None:
+def validate(req: tuple, parties: int | None = None) -> None:
     """Refuse a request that is not one the protocol makes: an unknown kind or product, extra
     arguments, sizes that are not shapes or exceed ``MAX_ELEMENTS``, a shift or degree out of
-    range. The dealer checks every request before it draws anything."""
+    range, a weight's owner who is not one of the ``parties``. The dealer checks every request
+    before it draws anything."""
     def fail(why: str):
         raise ValueError(f"refused correlated-randomness request {str(req)[:120]}: {why}")
 
     if not isinstance(req, tuple) or not req or req[0] not in KINDS:
         fail(f"the kind must be one of {', '.join(KINDS)}")
-    arity = {"additive": 6, "square": 2, "binary": 3, "wraps": 2, "B2A": 2, "trunc": 7}[req[0]]
+    arity = {"additive": 6, "square": 2, "binary": 3, "wraps": 2, "B2A": 2, "trunc": 7, "weight": 6}[req[0]]
     if len(req) != arity:
         fail(f"{req[0]} takes {arity - 1} fields")
     if req[0] == "additive" and (req[3] not in PRODUCTS or req[4] != () or req[5] != ()):
         fail(f"a triple is for one of {', '.join(PRODUCTS)}, with no further arguments")
+    if req[0] == "weight" and (req[3] not in PRODUCTS or req[4] not in (0, 1) or not isinstance(req[5], int)
+                               or not 0 <= req[5] < (parties if parties is not None else req[5] + 1)):
+        fail(f"a weight's triple is for one of {', '.join(PRODUCTS)}, a side 0 or 1 and its owner among the parties")
     if req[0] == "trunc":
         _, _, k, others, degree, other_degrees, pairs = req
         if not (isinstance(k, int) and 1 <= k <= MAX_SHIFT):
@@ -128,6 +138,10 @@ def layout(req: tuple) -> tuple[list[Component], list[Component]]:
     if fn == "additive":
         _, s0, s1, op, _, _ = req
         return [Component("a", s0), Component("b", s1)], [Component("c", _result_size(op, s0, s1))]
+    if fn == "weight":  # the weight's mask is its owner's draw alone
+        _, s0, s1, op, side, owner = req
+        return ([Component("a", s0, drawn_by=owner if side == 0 else None),
+                 Component("b", s1, drawn_by=owner if side == 1 else None)], [Component("c", _result_size(op, s0, s1))])
     if fn == "square":
         return [Component("r", req[1])], [Component("r2", req[1])]
     if fn == "binary":
@@ -165,7 +179,7 @@ def derive(req: tuple, plain: dict[str, torch.Tensor], shares: dict[str, list[to
     """The derived components' values from the random ones' values (``plain``) and every party's
     shares of them (``shares``: the wraps count needs those)."""
     fn = req[0]
-    if fn == "additive":
+    if fn in ("additive", "weight"):
         return {"c": RING_PRODUCTS[req[3]](plain["a"], plain["b"])}
     if fn == "square":
         return {"r2": plain["r"] * plain["r"]}
@@ -218,12 +232,14 @@ def draw(stream, comp: Component) -> torch.Tensor:
 
 def expand(req: tuple, streams: dict) -> dict[str, dict[int, torch.Tensor]]:
     """Draw, for every party whose stream is given, its shares of a request: random components
-    for every party, derived ones for parties 1.. (party 0 gets a correction)."""
+    for every party (or only the one that draws it alone), derived ones for parties 1.. (party 0
+    gets a correction)."""
     randoms, deriveds = layout(req)
     out: dict[str, dict[int, torch.Tensor]] = {c.name: {} for c in randoms + deriveds}
     for p, stream in sorted(streams.items()):
         for c in randoms:
-            out[c.name][p] = draw(stream, c)
+            if c.drawn_by in (None, p):
+                out[c.name][p] = draw(stream, c)
         if p != 0:
             for c in deriveds:
                 out[c.name][p] = draw(stream, Component(c.name, c.size, c.xor))
@@ -235,7 +251,7 @@ def corrections(req: tuple, drawn: dict[str, dict[int, torch.Tensor]], parties: 
     """The dealer's side (it holds every generator): party 0's corrections of the derived
     components, and the plaintext of the random ones (the masks, for the audit)."""
     randoms, deriveds = layout(req)
-    shares = {c.name: [drawn[c.name][p] for p in range(parties)] for c in randoms}
+    shares = {c.name: [drawn[c.name][p] for p in range(parties) if p in drawn[c.name]] for c in randoms}
     masks = {c.name: combine(shares[c.name], c.xor) for c in randoms}
     derived = derive(req, masks, shares)
     fixes = {}

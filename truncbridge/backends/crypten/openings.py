@@ -11,18 +11,23 @@ provider requests: a party receives exactly what it would receive step by step.
 
 A product of a weight (known before the client's input) is opened in two halves: w − b before the
 online phase (``half_opened``, input-independent, like dealing), x − a online (``half_finished``).
-Who learns what is unchanged — the same two masked values are opened — but the weights' openings
-leave the online phase.
+The weight's mask b is the model owner's draw alone: the others learn nothing of w from w − b, and
+the owner, who knows w, nothing new. So the product's terms that do not involve the client's input
+are made before the online phase, and online only the owner multiplies: the weight (a few bits)
+by the opened x − a. The same two masked values are opened as in a plain Beaver product.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .material import RING_PRODUCTS
+from ...core.gemm import magnitude_bits
+from ...core.ring import matmul_mod64
+from .material import MASKS, RING_PRODUCTS
 
 
 @dataclass
@@ -63,28 +68,54 @@ def beaver(x, y, op: str, rank: int) -> Pending:
                    lambda opened: _product(triple, *opened, op, rank))
 
 
-def half_opened(side: int, w, other_size, op: str) -> Pending:
+@dataclass
+class WeightHalf:
+    """What a weight's product keeps between its two halves (``half_opened``, ``half_finished``):
+    this party's share of the activation's mask, its input-independent share of the product
+    (c + the weight's opening times the activation's mask), and — on the owner only — the weight
+    itself in the ring (its mask plus its opening) with its magnitude bits."""
+    mask: torch.Tensor
+    pre: torch.Tensor
+    weight: torch.Tensor | None
+    weight_bits: int
+    audit: Any = None  # the receipt audit's record of the weight's half (its triple's dealing index)
+
+
+def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pending:
     """Before the online phase, half of a Beaver product whose operand ``side`` (0 or 1) is ``w``,
-    known before the client's input (a weight): take the triple now and open w − its mask (kind
-    "half-a" or "half-b"). The result, (triple, opened value, this step's audit record or None), is
-    what ``half_finished`` needs; it does not hold the step, so nothing waits for the cyclic garbage
-    collector (a weight-sized triple per half did, between passes)."""
+    an input-independent value the ``owner`` knows (a weight). Its triple's mask of ``w`` is the
+    owner's draw alone (``material``, kind "weight"), so opening w − mask tells the others nothing
+    and the owner nothing new; everything but the owner's product of the weight with the opened
+    activation is computed here, offline: the others keep no weight-sized value. The result is a
+    ``WeightHalf``; it does not hold the step, so nothing waits for the cyclic garbage collector."""
     sizes = (w.size(), torch.Size(other_size)) if side == 0 else (torch.Size(other_size), w.size())
-    triple = _provider().generate_additive_triple(*sizes, op, device=w.device)
-    step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share - triple[side].share)],
-                   lambda opened: (triple, opened[0], step.audit))
+    t = _provider().weight_triple(*sizes, op, side, owner)
+    wmask, amask = t[MASKS[side]], t[MASKS[1 - side]]
+
+    def finish(opened):
+        delta, f = opened[0], RING_PRODUCTS[op]
+        pre = t["c"] + (f(delta, amask) if side == 0 else f(amask, delta))
+        weight = wmask + delta if rank == owner else None
+        return WeightHalf(amask, pre, weight, 0 if weight is None else magnitude_bits(weight), step.audit)
+
+    step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share if wmask is None else w.share - wmask)], finish)
     return step
 
 
-def half_finished(side: int, x, pre: tuple, op: str, rank: int) -> Pending:
-    """Online, the other half (``half_opened``): x is operand ``side``; open x − its mask only."""
-    triple, known, _ = pre
-
+def half_finished(side: int, x, pre: WeightHalf, op: str, rank: int) -> Pending:
+    """Online, the other half (``half_opened``): x is operand ``side``; open x − its mask only. The
+    owner's share gains the weight times the opened value: one product, with the weight's few bits;
+    the others' shares were made offline."""
     def finish(opened):
-        eps, delta = (opened[0], known) if side == 0 else (known, opened[0])
-        return _product(triple, eps, delta, op, rank)
+        if pre.weight is None:
+            return _ast(pre.pre)
+        f = RING_PRODUCTS[op] if op != "matmul" else functools.partial(matmul_mod64, a_bits=64, b_bits=pre.weight_bits)
+        if side == 0:
+            return _ast(pre.pre + f(opened[0], pre.weight))
+        g = f if op != "matmul" else functools.partial(matmul_mod64, a_bits=pre.weight_bits, b_bits=64)
+        return _ast(pre.pre + g(pre.weight, opened[0]))
 
-    return Pending(("half-a", "half-b")[side], (x,), [_ast(x.share - triple[side].share)], finish)
+    return Pending(("half-a", "half-b")[side], (x,), [_ast(x.share - pre.mask)], finish)
 
 
 def square(x, rank: int) -> Pending:
