@@ -214,6 +214,20 @@ def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, a_bits, b_bits, seed):
     assert matmul_mod64(a, b, method="int64").tolist() == want
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
+def test_a_wide_right_operand_is_multiplied_a_column_block_at_a_time(monkeypatch, block):
+    """Blocks of columns (a memory bound on the limbs of the head's weight) give the same exact
+    product, whatever the block, a one-column block and a transposed (strided) operand included."""
+    from truncbridge.core import ring
+
+    g = torch.Generator().manual_seed(block)
+    a, b = _random_ints(5, 16, 64, g), _random_ints(40, 16, 64, g).T
+    want = matmul_mod64(a, b, method="int64")
+    monkeypatch.setattr(ring, "LIMB_BLOCK_ELEMENTS", block)
+    assert torch.equal(matmul_mod64(a, b, method="split"), want)
+    assert torch.equal(matmul_mod64(a, b, method="split", a_bits=64, b_bits=64), want)
+
+
 def _random_ints(rows: int, cols: int, bits: int, g: torch.Generator) -> torch.Tensor:
     """Integers with |x| < 2^bits, the extremes included (bits = 64: the whole int64 range)."""
     hi = 2 ** min(bits, 63)

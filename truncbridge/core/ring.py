@@ -155,6 +155,10 @@ CPU_INT64_MACS_PER_GEMM = 2**15  # an int64 matmul wins only below this many mul
 # against 18 ms for one GEMM, 208 ms for nine); at 8^3 and 32x64x32 a GEMM's own overhead loses
 
 
+LIMB_BLOCK_ELEMENTS = 1 << 22  # a wider right operand (the head's 768 x 50257) is cut into limbs a column block at a
+# time: its float64 limbs (up to ~4 copies of it) never all exist at once; the products are the same integers
+
+
 def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits: int | None = None,
                  b_bits: int | None = None) -> torch.Tensor:
     """torch.matmul of integer tensors (int64, or float64 holding integers), exact mod 2^64.
@@ -172,6 +176,10 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
             method = "int64"
     if method == "int64":
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
+    if b.dim() == 2 and b.numel() > LIMB_BLOCK_ELEMENTS and b.shape[1] > 1:  # a column block at a time
+        cols = max(1, LIMB_BLOCK_ELEMENTS // b.shape[0])
+        return torch.cat([matmul_mod64(a, b[:, j:j + cols], "split", a_bits, b_bits) for j in range(0, b.shape[1], cols)],
+                         dim=-1)
     out = None
     for part, shift in matmul_parts(a, b, a_bits, b_bits):
         if shift >= 64:  # a multiple of 2^64
