@@ -26,7 +26,8 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
     client, helper   SHARE_BYTES x P + min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
                      architecture, built from the config; else the client builds it on the meta device)
                      (the owner's "a party's" adds OWNER_WEIGHT_BYTES x P)
-    dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES)
+    dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES) + the largest
+                     request (8 L, the head's weight mask, + 2 x 8 x parties x s x w: its c, every party's draw)
                      (--dealer owner-insecure: the owner deals, and that term is the owner's)
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values
                      besides the weights' masks, 8 P)
@@ -34,7 +35,7 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
                      its opening of one message of weights' halves (``backends/crypten/batched.py``)
 
 SHARE_BYTES = 8 per parameter: every party's share of the weights while their halves open (each goes
-as its halves open); OWNER_WEIGHT_BYTES = 8: the weights in the ring that the owner keeps for its online
+as its halves open); OWNER_WEIGHT_BYTES = 4: the weights in the ring that the owner keeps for its online
 products (``openings.half_opened``: the others keep nothing weight-sized); material is expanded at
 most W ahead (``dealer.DealtProvider``). Measured on issue 27's 114 M-parameter Llama, 2PC, seq 32, one
 policy: owner 4.6 GB, client 3.0 GB, dealer 0.97 GB (11.4, 10.7 and 1.9 GB before memory was
@@ -57,7 +58,7 @@ CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.
 DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
 SHARE_BYTES = 8
-OWNER_WEIGHT_BYTES = 8
+OWNER_WEIGHT_BYTES = 4  # int32, where a weight in the ring fits (|w| < 2^15 at 16 fraction bits); else 8
 WINDOW_BYTES = 1 << 30  # run_pi's default --material-window (backends/crypten/dealer.py)
 FETCH_BYTES = 256 << 20  # party 0's corrections per message (backends/crypten/dealer.py)
 HALVES_PER_MESSAGE = 1 << 24  # weights' elements per message of halves (backends/crypten/batched.py)
@@ -181,11 +182,12 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, va
                               "ring weights": OWNER_WEIGHT_BYTES * shape.params})}
     for role in ("client", "helper")[:parties - 1]:
         out[role] = Estimate({**base, **({"architecture": 4 * shape.params} if vanilla else {}), **shares})
-    dealing = {"runtime": DEALER_BYTES, "material": 2 * min(material * parties, FETCH_BYTES)}
+    dealing = {"runtime": DEALER_BYTES, "material": 2 * min(material * parties, FETCH_BYTES),
+               "largest request": 8 * shape.largest_param + 2 * 8 * parties * seq_len * shape.widest(seq_len)}
     if dealer:
         out["dealer"] = Estimate(dealing)
     else:  # --dealer owner-insecure: the owner deals too
-        out["owner"].terms["dealing"] = dealing["material"]
+        out["owner"].terms["dealing"] = dealing["material"] + dealing["largest request"]
     return out
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..backends.crypten.material import combine, layout
+from ..backends.crypten.openings import REVEAL_ELEMENTS
 from ..backends.crypten.roles import OWNER
 from ..backends.crypten.truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 from .results import INSECURE
@@ -208,9 +209,9 @@ def _kinds(step: Opening) -> list[str]:
 
 def _want(kind: str, steps: list[Opening], dealer_masks: dict) -> list[torch.Tensor]:
     """What every party must receive in this step (all but wraps): a batch's parts, concatenated."""
-    if kind == "batch":
+    if kind == "batch":  # one message, opened in parts of REVEAL_ELEMENTS
         parts = [_want(p.kind, [s.parts[i] for s in steps], dealer_masks) for i, p in enumerate(steps[0].parts)]
-        return [torch.cat([t.reshape(-1) for part in parts for t in part])]
+        return list(torch.cat([t.reshape(-1) for part in parts for t in part]).split(REVEAL_ELEMENTS))
     masks = [dealer_masks[m][1] for m in steps[0].masks]
     return _expected(kind, _pool(kind, [s.secrets for s in steps]), masks)
 

@@ -32,9 +32,9 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
     reads it, else None: ``interpret_waves``'s ``precomputed``) and, for every private product of a
     weight, (the activation's side, the weight's half of its Beaver opening), opened here — before
     the online phase, since none of it depends on the client's input. Memory stays bounded: the
-    halves go in messages of about ``HALVES_PER_MESSAGE`` elements, and a weight's share is dropped
-    once its halves are open unless an online node reads it (what a half keeps is its triple and
-    the opened w − b)."""
+    halves go in messages of about ``HALVES_PER_MESSAGE`` elements, a weight's share is made when first
+    read and dropped once its halves are open unless an online node reads it (what a half keeps is
+    an ``openings.WeightHalf``: output-sized, and the weight itself on the owner)."""
     sides = {n.id: side for n in program.nodes if n.id not in riding
              and (side := weight_side(n, static_ids)) is not None}
     online = {i for n in program.nodes if n.id not in static_ids and n.id not in sides for i in n.inputs if i in static_ids}
@@ -52,10 +52,15 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
         halves.update({i: (side, h.result) for i, (side, h) in pending.items()})
         pending.clear()
 
+    def value(i: int):
+        if i not in env:  # a source (a weight's share) is made when first read, not all at the program's start
+            env[i] = run_node(backend, program[i], [])
+        return env[i]
+
     queued = 0
     for n in program.nodes:
-        if n.id in static_ids:
-            env[n.id] = run_node(backend, n, [env[i] for i in n.inputs])
+        if n.id in static_ids and n.inputs:
+            env[n.id] = run_node(backend, n, [value(i) for i in n.inputs])
             for i in n.inputs:
                 release(i)
             if not uses[n.id] and n.id not in online:  # read by nothing here or online
@@ -63,11 +68,11 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
         elif n.id in sides:
             side, w = sides[n.id], n.inputs[sides[n.id]]
             other = program[n.inputs[1 - side]]
-            pending[n.id] = (1 - side, openings.half_opened(side, env[w], other.shape, n.op, rank, backend.owner))
+            pending[n.id] = (1 - side, openings.half_opened(side, value(w), other.shape, n.op, rank, backend.owner))
             release(w)
             queued += program[w].numel
             if queued >= HALVES_PER_MESSAGE:
                 flush()
                 queued = 0
     flush()
-    return {i: env.get(i) if i in online else None for i in static_ids}, halves
+    return {i: value(i) if i in online else None for i in static_ids}, halves

@@ -29,6 +29,9 @@ from ...core.gemm import magnitude_bits
 from ...core.ring import matmul_mod64
 from .material import MASKS, RING_PRODUCTS
 
+REVEAL_ELEMENTS = 1 << 24  # a larger message (a head's weight half, before the online phase) opens in parts of
+# this size, so that the communicator's copies are one part's: online messages are far smaller
+
 
 @dataclass
 class Pending:
@@ -73,7 +76,7 @@ class WeightHalf:
     """What a weight's product keeps between its two halves (``half_opened``, ``half_finished``):
     this party's share of the activation's mask, its input-independent share of the product
     (c + the weight's opening times the activation's mask), and — on the owner only — the weight
-    itself in the ring (its mask plus its opening) with its magnitude bits."""
+    itself in the ring (its mask plus its opening; int32 where it fits) with its magnitude bits."""
     mask: torch.Tensor
     pre: torch.Tensor
     weight: torch.Tensor | None
@@ -96,7 +99,10 @@ def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pen
         delta, f = opened[0], RING_PRODUCTS[op]
         pre = t["c"] + (f(delta, amask) if side == 0 else f(amask, delta))
         weight = wmask + delta if rank == owner else None
-        return WeightHalf(amask, pre, weight, 0 if weight is None else magnitude_bits(weight), step.audit)
+        bits = 0 if weight is None else magnitude_bits(weight)
+        if bits < 32:  # a weight in the ring has ~20 bits: kept at 4 bytes an element (the products read any integer type)
+            weight = None if weight is None else weight.to(torch.int32)
+        return WeightHalf(amask, pre, weight, bits, step.audit)
 
     step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share if wmask is None else w.share - wmask)], finish)
     return step
@@ -136,7 +142,8 @@ def reveal_together(steps: list[Pending]) -> None:
         return
     masked = [m for s in steps for m in s.masked]
     flat = torch.cat([m.share.reshape(-1) for m in masked])
-    opened = type(masked[0]).from_shares(flat, precision=0).reveal()  # one all-reduce
+    parts = [type(masked[0]).from_shares(part, precision=0).reveal() for part in flat.split(REVEAL_ELEMENTS)]
+    opened = parts[0] if len(parts) == 1 else torch.cat(parts)  # one all-reduce (a head's weight half: a few)
     offset = 0
     for s in steps:
         values = []
