@@ -176,11 +176,14 @@ def check_memory(config: PiConfig, parties: int, host_ranks: list[int]) -> dict:
             "host_estimate_bytes": int(on_host), **facts}
 
 
-def revealed_references(config: PiConfig, parties: int, model, plans: dict, revealed: dict, say) -> dict:
-    """--benchmark-reveal: the float and emulated references on the client's revealed ids."""
+def revealed_references(config: PiConfig, parties: int, loaded, plans: dict, revealed: dict, say) -> dict:
+    """--benchmark-reveal: the float and emulated references on the client's revealed ids (the float model
+    loaded again where ``set_up`` released it for the run: the same checkpoint, or the same seed)."""
+    from ..frontend.models import load_model
     from ..pipeline import one_hot, vocab_size
 
     ids = revealed["ids"]
+    model = loaded.model if loaded.model is not None else load_model(config.model, config.preset).model
     say("emulating the plans on the revealed input (exact, and with the protocol's truncation model)")
     return references(model, plans, ids, {"tokens": one_hot(ids[None], vocab_size(model))}, config.truncation, parties)
 
@@ -203,6 +206,8 @@ def set_up(config: PiConfig, parties: int, say, host_ranks: list[int]) -> tuple[
     else:
         plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
     captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
+    if not config.vanilla and loaded.generated is None:  # the plans hold the weights: the float model waits on disk
+        loaded.model = None  # (or its seed) until --benchmark-reveal's references (``revealed_references``)
     return plans, captured, loaded, memory
 
 

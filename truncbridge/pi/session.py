@@ -270,7 +270,7 @@ def _client_result(comm, config: PiConfig, setup: Setup, outputs: dict) -> int:
 
 
 def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: list, revealed: dict | None, say) -> None:
-    refs = None if revealed is None else revealed_references(config, parties, setup.loaded.model, setup.plans, revealed, say)
+    refs = None if revealed is None else revealed_references(config, parties, setup.loaded, setup.plans, revealed, say)
     rows = []
     for policy in setup.policies:
         row = policy_row(policy, parties, runs[policy], refs, revealed["logits"][policy] if revealed else None)
