@@ -214,16 +214,18 @@ def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, a_bits, b_bits, seed):
     assert matmul_mod64(a, b, method="int64").tolist() == want
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
-def test_a_wide_right_operand_is_multiplied_a_column_block_at_a_time(monkeypatch, block):
+@pytest.mark.parametrize("block, narrowest", [(1, 1), (7, 1), (64, 1), (64, 16), (64, 40), (64, 41), (1 << 22, 1)])
+def test_a_wide_right_operand_is_multiplied_a_column_block_at_a_time(monkeypatch, block, narrowest):
     """Blocks of columns (a memory bound on the limbs of the head's weight) give the same exact
-    product, whatever the block, a one-column block and a transposed (strided) operand included."""
+    product, whatever the block, a one-column block, blocks no narrower than the operand (no
+    blocking, no recursion) and a transposed (strided) operand included."""
     from truncbridge.core import ring
 
     g = torch.Generator().manual_seed(block)
     a, b = _random_ints(5, 16, 64, g), _random_ints(40, 16, 64, g).T
     want = matmul_mod64(a, b, method="int64")
     monkeypatch.setattr(ring, "LIMB_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(ring, "LIMB_BLOCK_MIN_COLUMNS", narrowest)
     assert torch.equal(matmul_mod64(a, b, method="split"), want)
     assert torch.equal(matmul_mod64(a, b, method="split", a_bits=64, b_bits=64), want)
 
