@@ -31,7 +31,8 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
                      (--dealer owner-insecure: the owner deals, and that term is the owner's)
     material         MATERIAL x s x layers x (4 hidden + 2 MLP + heads x s) x 8   (one policy's dealt values
                      besides the weights' masks, 8 P)
-    halves' message  5 x 8 x min(P, HALVES_PER_MESSAGE): the shares, masked shares, their concatenation and
+    halves' message  5 x 8 x min(P, max(HALVES_PER_MESSAGE, L)) (a weight larger than a message is one alone: the
+                     head's, GPT-2-small's 38.6 M): the shares, masked shares, their concatenation and
                      its opening of one message of weights' halves (``backends/crypten/batched.py``)
 
 SHARE_BYTES = 8 per parameter: every party's share of the weights while their halves open (each goes
@@ -176,7 +177,7 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, va
     material = MATERIAL * seq_len * shape.layers * (4 * shape.hidden + 2 * shape.mlp + shape.heads * seq_len) * 8
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
     shares = {"weights' halves": SHARE_BYTES * shape.params, "material": min(material + 8 * shape.params, window),
-              "halves' message": 5 * 8 * min(shape.params, HALVES_PER_MESSAGE)}
+              "halves' message": 5 * 8 * min(shape.params, max(HALVES_PER_MESSAGE, shape.largest_param))}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params,
                               "corrections' message": 2 * min(material, FETCH_BYTES), **shares,
                               "ring weights": OWNER_WEIGHT_BYTES * shape.params})}
