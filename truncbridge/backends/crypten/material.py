@@ -101,7 +101,7 @@ def validate(req: tuple, parties: int | None = None) -> None:
     if req[0] == "additive" and (req[3] not in PRODUCTS or req[4] != () or req[5] != ()):
         fail(f"a triple is for one of {', '.join(PRODUCTS)}, with no further arguments")
     if req[0] == "weight" and (req[3] not in PRODUCTS or req[4] not in (0, 1) or not isinstance(req[5], int)
-                               or not 0 <= req[5] < (parties if parties is not None else req[5] + 1)):
+                               or req[5] < 0 or parties is not None and req[5] >= parties):
         fail(f"a weight's triple is for one of {', '.join(PRODUCTS)}, a side 0 or 1 and its owner among the parties")
     if req[0] == "trunc":
         _, _, k, others, degree, other_degrees, pairs = req

@@ -18,7 +18,6 @@ by the opened x − a. The same two masked values are opened as in a plain Beave
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,10 +97,12 @@ def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pen
     def finish(opened):
         delta, f = opened[0], RING_PRODUCTS[op]
         pre = t["c"] + (f(delta, amask) if side == 0 else f(amask, delta))
-        weight = wmask + delta if rank == owner else None
-        bits = 0 if weight is None else magnitude_bits(weight)
+        if rank != owner:
+            return WeightHalf(amask, pre, None, 0, step.audit)
+        weight = wmask + delta
+        bits = magnitude_bits(weight)
         if bits < 32:  # a weight in the ring has ~20 bits: kept at 4 bytes an element (the products read any integer type)
-            weight = None if weight is None else weight.to(torch.int32)
+            weight = weight.to(torch.int32)
         return WeightHalf(amask, pre, weight, bits, step.audit)
 
     step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share if wmask is None else w.share - wmask)], finish)
@@ -115,11 +116,11 @@ def half_finished(side: int, x, pre: WeightHalf, op: str, rank: int) -> Pending:
     def finish(opened):
         if pre.weight is None:
             return _ast(pre.pre)
-        f = RING_PRODUCTS[op] if op != "matmul" else functools.partial(matmul_mod64, a_bits=64, b_bits=pre.weight_bits)
-        if side == 0:
-            return _ast(pre.pre + f(opened[0], pre.weight))
-        g = f if op != "matmul" else functools.partial(matmul_mod64, a_bits=pre.weight_bits, b_bits=64)
-        return _ast(pre.pre + g(pre.weight, opened[0]))
+        x, w = opened[0], pre.weight
+        if op != "matmul":
+            return _ast(pre.pre + x * w)
+        return _ast(pre.pre + (matmul_mod64(x, w, a_bits=64, b_bits=pre.weight_bits) if side == 0
+                               else matmul_mod64(w, x, a_bits=pre.weight_bits, b_bits=64)))
 
     return Pending(("half-a", "half-b")[side], (x,), [_ast(x.share - pre.mask)], finish)
 
