@@ -102,9 +102,10 @@ def plan_costs(plan: Plan, protocol: Protocol, network: dict, fuse: bool = True,
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "mul":
             rounds, bits = mul_r, opened_elements(plan, n) * mul_b
-            side = weight_side(n, static)  # the weight's half is opened before the online phase
-            half = 0 if side is None else plan.program[n.inputs[side]].numel * mul_b
-            weights_bits, bits = weights_bits + half, bits - half
+            side = weight_side(n, static)  # the weight's half is opened before the online phase: the owner
+            weight = 0 if side is None else plan.program[n.inputs[side]].numel  # sends it to every other party
+            # (CrypTen counts a broadcast's sender (parties - 1) elements an element: the most any party sends)
+            weights_bits, bits = weights_bits + weight * (protocol.parties - 1) * l, bits - weight * mul_b
             layer["private_products"] += op.scalar_products(n, plan.program)
         elif op.cost == "comparison":
             rounds, bits = cmp_r, n.numel * cmp_b

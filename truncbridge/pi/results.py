@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 INSECURE = "owner-insecure"
 MEASURED = ("wall_s", "rounds", "bytes", "offline_s", "offline_bytes")
-PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes", "started_s", "late_expansion_s")
+PER_PARTY = MEASURED + ("comm_s", "peak_rss_bytes", "started_s", "late_expansion_s", "weights_s")
 # what a computing party sends rank 0 after each timed run (numbers only; the audit checks it)
 STATISTICS = frozenset(PER_PARTY + ("loopback_s", "weights_rounds", "weights_bytes", "dealt_requests",
                                     "online_dealer_requests", "truncations_executed"))
@@ -42,6 +42,7 @@ class RunMeasurement:
     loopback_s: float | None = None  # with --network: the same pass on loopback, just before
     started_s: float | None = None  # seconds from this process's launch to this online pass's start (progress.py)
     late_expansion_s: float = 0.0  # of wall_s: dealt material expanded in the pass, beyond --material-window
+    weights_s: float = 0.0  # the weights' phase: their shares and halves, opened after dealing, before the pass
     logits: torch.Tensor | None = None  # the revealed output, at the client only
 
     def statistics(self) -> dict:
@@ -77,6 +78,7 @@ def policy_row(policy: str, parties: int, runs: list[list[RunMeasurement]], refe
             "rounds": max(m.rounds for m in first),
             "bytes": max(m.bytes for m in first),
             "offline_s": statistics.median(offline),
+            "weights_s": statistics.median(max(m.weights_s for m in everyone) for everyone in runs),
             "offline_bytes": sum(m.offline_bytes for m in first),  # what the dealer sent
             # input-independent openings between dealing and the online phase (weights' halves)
             "weights_rounds": max(m.weights_rounds for m in first),

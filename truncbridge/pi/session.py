@@ -173,9 +173,10 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider.deal(trace)
     offline = dict(provider.offline)
     party.reset_stats()
+    t = time.perf_counter()
     with party.audited(before_input=True):  # input-independent: the weights' halves of their products
         getattr(runner, "prepare", lambda: None)()
-    weights, _ = party.stats(), provider.ready_for_pass()
+    weights, weights_s, _ = party.stats(), time.perf_counter() - t, provider.ready_for_pass()
     party.crypten.communicator.get().barrier()
     party.reset_stats()
     t, started = time.perf_counter(), launch_age_s() if party.rank == OWNER else None
@@ -191,7 +192,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
                           truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(), started_s=started,
-                          late_expansion_s=provider.late["seconds"], logits=None if opened is None else opened[0][0])
+                          late_expansion_s=provider.late["seconds"], weights_s=weights_s, logits=None if opened is None else opened[0][0])
 
 
 def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:

@@ -11,10 +11,13 @@ provider requests: a party receives exactly what it would receive step by step.
 
 A product of a weight (known before the client's input) is opened in two halves: w − b before the
 online phase (``half_opened``, input-independent, like dealing), x − a online (``half_finished``).
-The weight's mask b is the model owner's draw alone: the others learn nothing of w from w − b, and
-the owner, who knows w, nothing new. So the product's terms that do not involve the client's input
-are made before the online phase, and online only the owner multiplies: the weight (a few bits)
-by the opened x − a. The same two masked values are opened as in a plain Beaver product.
+The weight's mask b is the model owner's draw alone, and the weight is the owner's alone (its
+share is the weight, the others' zero: ``batched.prepare_static``), so the owner *sends* w − b: one
+message from it to each other party (``Pending.sender``), not an all-reduce of shares. The others
+learn nothing of w from w − b, and the owner, who knows w, nothing new. So the product's terms that
+do not involve the client's input are made before the online phase, and online only the owner
+multiplies: the weight (a few bits) by the opened x − a. The same two masked values are opened as
+in a plain Beaver product.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class Pending:
     finish: Callable[[list[torch.Tensor]], Any]  # the opened values -> the step's result
     result: Any = None
     audit: Any = None  # the receipt audit's record of this step (``audit.py``), when auditing
+    sender: int | None = None  # the one party that knows the masked values (a weight's half): it sends them
 
 
 def _provider():
@@ -85,11 +89,12 @@ class WeightHalf:
 
 def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pending:
     """Before the online phase, half of a Beaver product whose operand ``side`` (0 or 1) is ``w``,
-    an input-independent value the ``owner`` knows (a weight). Its triple's mask of ``w`` is the
-    owner's draw alone (``material``, kind "weight"), so opening w − mask tells the others nothing
-    and the owner nothing new; everything but the owner's product of the weight with the opened
-    activation is computed here, offline: the others keep no weight-sized value. The result is a
-    ``WeightHalf``; it does not hold the step, so nothing waits for the cyclic garbage collector."""
+    an input-independent value the ``owner`` holds alone (a weight: the others' shares are zero, and
+    their ``w`` only gives its size). Its triple's mask of ``w`` is the owner's draw alone
+    (``material``, kind "weight"), so the owner sends w − mask: it tells the others nothing and the
+    owner nothing new. Everything but the owner's product of the weight with the opened activation is
+    computed here, offline: the others keep no weight-sized value. The result is a ``WeightHalf``; it
+    does not hold the step, so nothing waits for the cyclic garbage collector."""
     sizes = (w.size(), torch.Size(other_size)) if side == 0 else (torch.Size(other_size), w.size())
     t = _provider().weight_triple(*sizes, op, side, owner)
     wmask, amask = t[MASKS[side]], t[MASKS[1 - side]]
@@ -99,13 +104,14 @@ def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pen
         pre = t["c"] + (f(delta, amask) if side == 0 else f(amask, delta))
         if rank != owner:
             return WeightHalf(amask, pre, None, 0, step.audit)
-        weight = wmask + delta
+        weight = w.share  # the mask plus the opening, w − mask: the owner's share is the whole weight
         bits = magnitude_bits(weight)
         if bits < 32:  # a weight in the ring has ~20 bits: kept at 4 bytes an element (the products read any integer type)
             weight = weight.to(torch.int32)
         return WeightHalf(amask, pre, weight, bits, step.audit)
 
-    step = Pending(("half-a", "half-b")[side], (w,), [_ast(w.share if wmask is None else w.share - wmask)], finish)
+    masked = w.share - wmask if rank == owner else w.share  # the others' (zero) is never sent
+    step = Pending(("half-a", "half-b")[side], (w,), [_ast(masked)], finish, sender=owner)
     return step
 
 
@@ -138,13 +144,16 @@ def square(x, rank: int) -> Pending:
 
 
 def reveal_together(steps: list[Pending]) -> None:
-    """Open every step's masked values in one message, then finish each (``Pending.result``)."""
+    """Open every step's masked values in one message, then finish each (``Pending.result``): one
+    all-reduce of every party's masked shares, or — where one party knows the masked values (a
+    weight's halves: ``Pending.sender``) — that party's broadcast of them."""
     if not steps:
         return
     masked = [m for s in steps for m in s.masked]
-    flat = torch.cat([m.share.reshape(-1) for m in masked])
-    parts = [type(masked[0]).from_shares(part, precision=0).reveal() for part in flat.split(REVEAL_ELEMENTS)]
-    opened = parts[0] if len(parts) == 1 else torch.cat(parts)  # one all-reduce (a head's weight half: a few)
+    sender = steps[0].sender
+    if any(s.sender != sender for s in steps):
+        raise ValueError("one message has one sender: a weight's halves open apart from the online steps")
+    opened = _sent(masked, sender) if sender is not None else _all_reduced(masked)
     offset = 0
     for s in steps:
         values = []
@@ -154,3 +163,24 @@ def reveal_together(steps: list[Pending]) -> None:
             offset += n
         s.result = s.finish(values)
         s.secrets, s.masked, s.finish = (), [], None  # opened: what a half keeps outlives its step, not its shares
+
+
+def _all_reduced(masked: list) -> torch.Tensor:
+    flat = torch.cat([m.share.reshape(-1) for m in masked])
+    parts = [type(masked[0]).from_shares(part, precision=0).reveal() for part in flat.split(REVEAL_ELEMENTS)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)  # one all-reduce (a head's weight half: a few)
+
+
+def _sent(masked: list, sender: int) -> torch.Tensor:
+    """The sender's masked values, broadcast from it in parts of ``REVEAL_ELEMENTS``: the others receive
+    them into one buffer (their own ``masked`` give only the sizes)."""
+    import crypten.communicator as comm
+
+    link = comm.get()
+    if link.get_rank() == sender:
+        flat = torch.cat([m.share.reshape(-1) for m in masked])
+    else:
+        flat = torch.empty(sum(m.share.numel() for m in masked), dtype=torch.int64)
+    for part in flat.split(REVEAL_ELEMENTS):  # contiguous views of flat: received in place
+        link.broadcast(part, sender)
+    return flat

@@ -132,6 +132,12 @@ class PlanRunner:
         value = self.ring.encode(values[name], node.scale) if self.rank == holder else None
         return share_from(self.AST, value, node.shape, holder, self.rank)
 
+    def owned(self, node):
+        """A weight shared the owner's way (``batched.prepare_static``): its share is the weight, the others' zero."""
+        share = (self.ring.encode(self.plan.program.weights[node.attrs["name"]], node.scale) if self.rank == self.owner
+                 else torch.zeros(node.shape, dtype=torch.int64))
+        return self.AST.from_shares(share, precision=0)
+
     def local(self, node, op, xs):  # the same linear map on every party's share
         return self._local(op.real([x.share for x in xs], node, self.plan.program))
 
