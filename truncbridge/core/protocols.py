@@ -42,10 +42,6 @@ class Protocol:
         return self.data["truncation"]["headroom_bits"]
 
     @property
-    def parties(self) -> int:
-        return self.data.get("parties", 2)
-
-    @property
     def truncation_kind(self) -> str:
         return self.data["truncation"]["kind"]
 

@@ -192,7 +192,8 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
                           truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(), started_s=started,
-                          late_expansion_s=provider.late["seconds"], weights_s=weights_s, logits=None if opened is None else opened[0][0])
+                          late_expansion_s=provider.late["seconds"], weights_s=weights_s,
+                          logits=None if opened is None else opened[0][0])
 
 
 def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:
