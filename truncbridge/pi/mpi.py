@@ -99,11 +99,14 @@ def wait_for(comm, source: int, kind: str, tag: int = DATA_TAG):
 
 
 def bcast(comm, obj, kind: str, root: int = 0, ranks=None):
-    """``obj`` from ``root`` to ``ranks`` (default: all), idle-waiting."""
+    """``obj`` from ``root`` to ``ranks`` (default: all), idle-waiting; a receiver that fails before it
+    receives (a large message waits for its receiver) raises ``PeerFailed`` here too."""
     ranks = range(comm.Get_size()) if ranks is None else ranks
     if comm.Get_rank() == root:
-        for request in [comm.isend(obj, dest=r, tag=DATA_TAG) for r in ranks if r != root]:
-            request.wait()
+        requests = [comm.isend(obj, dest=r, tag=DATA_TAG) for r in ranks if r != root]
+        while not all(r.Test() for r in requests):
+            _check_notices(comm)
+            time.sleep(POLL_S)
         return obj
     return wait_for(comm, root, kind) if comm.Get_rank() in ranks else None
 

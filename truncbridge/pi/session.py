@@ -117,21 +117,22 @@ def _setup(comm, config: PiConfig, parties: int, say, host_ranks: list[int] = (0
         keys, traces = dealer_traces(config, parties, docs, say)
         mpi.bcast(comm, traces, "traces", ranks=range(parties))
         return Setup(_run_order(plans, config), plans, captured, loaded, memory=memory, traces=traces, trace_keys=keys)
-    docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
-    setup = Setup(_run_order(docs, config), {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()},
-                  traces=mpi.bcast(comm, None, "traces", ranks=range(parties)))
-    if not all(p.redacted for p in setup.plans.values()):  # never hold the owner's bounds
-        raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
+    mine = Setup(())  # built while the owner plans: the client's input, and the graph where vanilla runs
     if rank == CLIENT or config.vanilla:
         with torch.device("cpu" if config.vanilla else "meta"):  # the client's input needs the shapes, not weights
             loaded = load_architecture(config.model, config.preset)
-        setup.captured = capture(loaded.model, config.seq_len) if config.vanilla else None
+        mine.captured = capture(loaded.model, config.seq_len) if config.vanilla else None
         if rank == CLIENT:  # the client's input: read, tokenized and fitted to --seq-len here only
-            setup.loaded = loaded
-            setup.given = client_input(loaded, config.seq_len, config.client.prompt, config.client.text)
-            setup.ids = setup.given.ids[None]
-            setup.inputs = {"tokens": one_hot(setup.ids, vocab_size(loaded.model))}
-    return setup
+            mine.loaded = loaded
+            mine.given = client_input(loaded, config.seq_len, config.client.prompt, config.client.text)
+            mine.ids = mine.given.ids[None]
+            mine.inputs = {"tokens": one_hot(mine.ids, vocab_size(loaded.model))}
+    docs = mpi.bcast(comm, None, "plans", ranks=range(parties))
+    plans = {k: plan_from_json(d, f"redacted {k} plan") for k, d in docs.items()}
+    if not all(p.redacted for p in plans.values()):  # never hold the owner's bounds
+        raise RuntimeError("received an unredacted plan: the owner must send planfile.redact_plan_json's version")
+    traces = mpi.bcast(comm, None, "traces", ranks=range(parties))
+    return replace(mine, policies=_run_order(docs, config), plans=plans, traces=traces)
 
 
 def _run_order(plans: dict, config: PiConfig) -> tuple[str, ...]:
@@ -171,9 +172,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider = party.provider
     provider.reset_offline()
     provider.deal(trace)
-    offline = dict(provider.offline)
-    party.reset_stats()
-    t = time.perf_counter()
+    offline, t, _ = dict(provider.offline), time.perf_counter(), party.reset_stats()
     with party.audited(before_input=True):  # input-independent: the weights' halves of their products
         getattr(runner, "prepare", lambda: None)()
     weights, weights_s, _ = party.stats(), time.perf_counter() - t, provider.ready_for_pass()
@@ -197,13 +196,12 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
 
 
 def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:
-    """What a party sends rank 0 after a timed run: its measurements, never the output (the
-    client's logits stay with the client); its peak RSS too with ``keeps_memory``. ``--audit`` checks them."""
+    """What a party sends rank 0 after a timed run: its measurements, never the output (the client's logits
+    stay with the client); not its peak RSS where it ``keeps_memory`` (``keeps_its_memory``). ``--audit`` checks them."""
     return {**mine.statistics(), "peak_rss_bytes": None} if keeps_memory else mine.statistics()
 
 
-def keeps_its_memory(rank: int, config: PiConfig) -> bool:
-    """The client's peak RSS stays on its rank unless --benchmark-reveal: reading its input (any --text) grew it."""
+def keeps_its_memory(rank: int, config: PiConfig) -> bool:  # unless --benchmark-reveal: its input (any --text) grew it
     return rank == CLIENT and not config.benchmark_reveal
 
 
