@@ -21,7 +21,7 @@ def _providers(window: int, fetched: list | None = None) -> list[DealtProvider]:
     keys = {p: bytes([p + 1]) * randomness.KEY_BYTES for p in range(PARTIES)}
     core = DealerCore(keys)
 
-    def fetch(requests):
+    def fetch(requests, following=None):
         if fetched is not None:
             fetched.append(sum(material_bytes(r) for r in requests))
         return core.deal(requests), 0

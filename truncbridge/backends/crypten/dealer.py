@@ -94,7 +94,7 @@ class DealtProvider:
 
     def __init__(self, rank: int, stream, fetch, window_bytes: int = WINDOW_BYTES):
         self.rank, self.stream = rank, stream  # this party's stream, shared with the dealer
-        self.fetch = fetch  # rank 0: requests -> (its corrections, bytes that travelled for them)
+        self.fetch = fetch  # rank 0: (requests, the next batch to ask for) -> (its corrections, bytes that travelled)
         self.window_bytes = window_bytes
         self.ready: deque[Dealt] = deque()
         self.issued = 0  # dealing index of the next request
@@ -112,8 +112,10 @@ class DealtProvider:
         """Fetch the material for ``requests`` now and expand it up to the window (every party calls
         this alike); party 0's corrections beyond the window go to its disk (``Spill``)."""
         t = time.perf_counter()
-        for batch in _batches(requests, FETCH_BYTES):
-            fixes, travelled = self.fetch(batch) if self.rank == 0 else ([None] * len(batch), 0)
+        batches = _batches(requests, FETCH_BYTES)
+        for k, batch in enumerate(batches):
+            following = batches[k + 1] if k + 1 < len(batches) else None  # the dealer makes it while this expands
+            fixes, travelled = self.fetch(batch, following) if self.rank == 0 else ([None] * len(batch), 0)
             self.offline["bytes"] += travelled
             for req, fix in zip(batch, fixes):
                 self.ready.append(Dealt(self.issued, req, fix))

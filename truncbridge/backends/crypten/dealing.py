@@ -44,19 +44,25 @@ def install_provider(crypten, dealer: str, audit: bool = False, window_bytes: in
     if dealer == "separate":
         key = randomness.recv_key(comm.get_ttp_rank(), comm.ttp_group)  # sent by serve()
 
-        def fetch(requests):
+        asked = []  # the requests whose answer the dealer is making while this party expands the last one's
+
+        def fetch(requests, following=None):
+            dealer = comm.get_ttp_rank()
             try:
-                sent = _send({"requests": requests}, comm.get_ttp_rank(), comm.ttp_group)
-                fixes, received = _recv(comm.get_ttp_rank(), comm.ttp_group)
+                sent = 0 if asked and asked.pop() is requests else _send({"requests": requests}, dealer, comm.ttp_group)
+                fixes, received = _recv(dealer, comm.ttp_group)
+                if following:  # asked now: the dealer deals them while this party expands these
+                    sent += _send({"requests": following}, dealer, comm.ttp_group)
+                    asked.append(following)
             except RuntimeError as exc:  # name the dealer, not this party, as the one lost
-                raise DealerLost(f"{role(comm.get_ttp_rank(), comm.get_world_size())} was lost: {first_line(exc)}") from exc
+                raise DealerLost(f"{role(dealer, comm.get_world_size())} was lost: {first_line(exc)}") from exc
             return fixes, sent + received
     elif rank == 0:  # owner-insecure: the owner holds every stream key
         keys = {p: randomness.new_key() for p in range(comm.get_world_size())}
         for p in range(1, comm.get_world_size()):
             randomness.send_key(keys[p], p, comm.main_group).wait()
         core = DealerCore(keys, audit=audit)
-        key, fetch = keys[0], lambda requests: (core.deal(requests), 0)  # nothing travels
+        key, fetch = keys[0], lambda requests, following=None: (core.deal(requests), 0)  # nothing travels
     else:
         key, fetch = randomness.recv_key(0, comm.main_group), None
     provider = DealtProvider(rank, randomness.stream(key), fetch, window_bytes)
