@@ -11,6 +11,8 @@ VARIANT:
              client's revealed output too), without --benchmark-reveal — the MPI audit must flag it
   open-cache  --generate: each step opens its new keys and values to the client with the logits (a KV
              cache opened by mistake) — the audit must flag it
+  slow-dealing  party 0 deals each pass's material SLOW_DEALING_S late (as a big model's corrections
+             take it), longer than the others' --timeout: they must wait for it, not name it stalled
   attack     unchanged protocol; afterwards party 0 (the owner) tries to read the client's token
              ids from its own view: the first opening of one_hot @ embedding, plus the masks it
              knows — all of them when it deals (--dealer owner-insecure), none otherwise.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +98,21 @@ def offsets(step) -> list[int]:
     return out
 
 
+SLOW_DEALING_S = 12.0
+
+
+def slow_dealing() -> None:
+    """Party 0's bulk dealing (before each timed pass; not the recording pass's one request at a time) starts late."""
+    deal = dealer.DealtProvider.deal
+
+    def late(self, requests):
+        if self.rank == 0 and len(requests) > 1:
+            time.sleep(SLOW_DEALING_S)
+        return deal(self, requests)
+
+    dealer.DealtProvider.deal = late
+
+
 def session_model():
     from truncbridge.frontend.models import load_architecture
 
@@ -112,6 +130,8 @@ def main() -> int:
         openings.beaver = unmasked_beaver
     elif variant == "reused":
         reuse_material()
+    elif variant == "slow-dealing":
+        slow_dealing()
     elif variant == "gather-logits":
         session.statistics = lambda mine, keeps_memory=False: {**mine.statistics(), "logits": mine.logits}  # logits too
     elif variant == "open-cache":

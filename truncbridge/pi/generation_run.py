@@ -104,6 +104,7 @@ def timed(party, steps: CachedRunners, trace: list, prompt, sampler_factory, eos
     provider.reset_offline()
     provider.deal(trace)
     offline = dict(provider.offline)
+    party.settle("dealt")  # party 0 may deal for longer than a receive waits
     measured = generate(party, steps, prompt, sampler_factory(), eos, control, network)
     measured.total = replace(measured.total, offline_s=offline["seconds"], offline_bytes=offline["bytes"],
                              dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests)

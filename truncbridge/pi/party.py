@@ -67,6 +67,7 @@ class Party(Link):
         self._stop = threading.Event()
         self._exiting = threading.Lock()
         self._seen: dict[int, tuple[int, float]] = {}  # peer -> (last counter, local time it changed)
+        self._settled = 0  # ``settle`` calls so far: each waits on its own key
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Party:
@@ -104,6 +105,16 @@ class Party(Link):
         self._thread.join()
         self.crypten.communicator.get().barrier()  # nobody tears down the store while others beat
         self.crypten.uninit()
+
+    def settle(self, what: str) -> None:
+        """Wait, idle, until every computing party has got here. Dealing is uneven (party 0 fetches its
+        corrections and expands them, the others only their own draws) and may outlast ``timeout_s``,
+        the receive timeout that names a stalled peer; a lost peer still ends this wait (the watchdog)."""
+        self._settled += 1
+        key = f"truncbridge/settled/{what}/{self._settled}"
+        self._store.add(key, 1)
+        while self._store.add(key, 0) < self.world_size:
+            time.sleep(HEARTBEAT_S)
 
     def fail(self, exc: BaseException) -> None:
         """The main thread hit an error: name the party responsible, tell the others, exit. An

@@ -172,6 +172,7 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider = party.provider
     provider.reset_offline()
     provider.deal(trace)
+    party.settle("dealt")  # party 0 may deal for longer than a receive waits
     offline, t, _ = dict(provider.offline), time.perf_counter(), party.reset_stats()
     with party.audited(before_input=True):  # input-independent: the weights' halves of their products
         getattr(runner, "prepare", lambda: None)()
