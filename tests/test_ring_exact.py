@@ -215,14 +215,18 @@ def test_limb_matmul_is_exact_mod_2_64(rows, inner, cols, a_bits, b_bits, seed):
 
 
 @pytest.mark.parametrize("block, narrowest", [(1, 1), (7, 1), (64, 1), (64, 16), (64, 40), (64, 41), (1 << 22, 1)])
-def test_a_wide_right_operand_is_multiplied_a_column_block_at_a_time(monkeypatch, block, narrowest):
-    """Blocks of columns (a memory bound on the limbs of the head's weight) give the same exact
-    product, whatever the block, a one-column block, blocks no narrower than the operand (no
-    blocking, no recursion) and a transposed (strided) operand included."""
+@pytest.mark.parametrize("tall", [False, True], ids=["wide", "tall"])
+def test_a_large_right_operand_is_multiplied_a_block_at_a_time(monkeypatch, block, narrowest, tall):
+    """Blocks of columns of a wide operand (the head's weight) or of the inner dimension of a tall one (a one-hot
+    embedding's), a memory bound on their limbs, give the same exact product, whatever the block: a one-column or
+    one-row block, blocks no smaller than the operand (no blocking, no recursion), a transposed (strided) operand
+    and a batched left operand included."""
     from truncbridge.core import ring
 
     g = torch.Generator().manual_seed(block)
     a, b = _random_ints(5, 16, 64, g), _random_ints(40, 16, 64, g).T
+    if tall:
+        a, b = torch.stack([_random_ints(5, 40, 64, g), _random_ints(5, 40, 64, g)]), b.T
     want = matmul_mod64(a, b, method="int64")
     monkeypatch.setattr(ring, "LIMB_BLOCK_ELEMENTS", block)
     monkeypatch.setattr(ring, "LIMB_BLOCK_MIN_COLUMNS", narrowest)

@@ -155,8 +155,10 @@ CPU_INT64_MACS_PER_GEMM = 2**15  # an int64 matmul wins only below this many mul
 # against 18 ms for one GEMM, 208 ms for nine); at 8^3 and 32x64x32 a GEMM's own overhead loses
 
 
-LIMB_BLOCK_ELEMENTS = 1 << 22  # a wider right operand (the head's 768 x 50257) is cut into limbs a column block at a
-# time: its float64 limbs (up to ~4 copies of it) never all exist at once; the products are the same integers.
+LIMB_BLOCK_ELEMENTS = 1 << 22  # a larger right operand is cut into limbs a block at a time: a wide one (the head's
+# 768 x 50257) a block of columns, a tall one (a one-hot embedding's 50257 x 768) a block of the inner dimension, whose
+# products add up mod 2^64. Its float64 limbs (up to ~4 copies of it) never all exist at once; the products are the
+# same integers.
 LIMB_BLOCK_MIN_COLUMNS = 512  # narrower blocks split the left operand again for too little work: a one-hot
 # embedding's 128 x 50257 by 50257 x 768 took 6.1 s in blocks of 83 columns against 1.7 s whole
 
@@ -178,6 +180,13 @@ def matmul_mod64(a: torch.Tensor, b: torch.Tensor, method: str = "auto", a_bits:
             method = "int64"
     if method == "int64":
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
+    if b.dim() == 2 and b.numel() > LIMB_BLOCK_ELEMENTS and b.shape[0] > b.shape[1]:  # tall: inner blocks, added
+        rows = max(1, LIMB_BLOCK_ELEMENTS // b.shape[1])
+        parts = (matmul_mod64(a[..., k:k + rows], b[k:k + rows], "split", a_bits, b_bits) for k in range(0, b.shape[0], rows))
+        out = next(parts)
+        for part in parts:
+            out.add_(part)
+        return out
     cols = max(LIMB_BLOCK_MIN_COLUMNS, LIMB_BLOCK_ELEMENTS // max(b.shape[0], 1)) if b.dim() == 2 else 0
     if b.numel() > LIMB_BLOCK_ELEMENTS and 0 < cols < b.shape[1]:  # a column block at a time
         return torch.cat([matmul_mod64(a, b[:, j:j + cols], "split", a_bits, b_bits) for j in range(0, b.shape[1], cols)],
