@@ -196,7 +196,7 @@ def test_run_pi_refuses_every_party_before_any_builds(config_of_7b):
                            "--seq-len", "16", "--policy", "lazy"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    each = "(1 policy, --seq-len 16) on this host (owner 169.1, client 60.7, dealer 2.0 GB)"  # no vanilla: no 4 P arch
+    each = "(1 policy, --seq-len 16) on this host (owner 115.2, client 6.8, dealer 2.0 GB)"  # no vanilla: no 4 P arch
     assert len(errors) == 1 and each in errors[0], done.stderr[-3000:]
     assert "more than the" in errors[0] and "fewer parties" in errors[0] and "--memory-check off" in errors[0]
     stops = [line for line in done.stderr.splitlines() if "stops: party 0 (model owner) failed during set-up" in line]

@@ -405,8 +405,8 @@ def test_the_client_keeps_the_reason_its_input_failed(tmp_path):
 @timed
 def test_a_dealing_longer_than_the_receive_timeout_is_waited_for(tmp_path):
     """Party 0 deals for 12 s before the timed pass (pi_variants' slow-dealing), with --timeout 8: the others
-    wait for it (``Party.settle``) instead of naming it stalled. Negative control, by hand: with ``settle``
-    a no-op the same run ends "party 0 (model owner) stalled: no progress while this party waited 8 s"."""
+    wait for it (``Party.settle``) instead of giving up. Negative control, by hand: with ``settle`` a no-op
+    the same run ends "party 1 (client) failed: RuntimeError: [...] Timed out waiting 8000ms for recv"."""
     result, _ = run_json(tmp_path, 3, "slow-dealing", *TINY, "--policy", "eager", "--timeout", "8", script=VARIANTS)
     assert result["rows"][0]["policy"] == "eager" and result["rows"][0]["rounds"] > 0
 

@@ -23,7 +23,7 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
     a party          RUNTIME_BYTES + CRYPTEN_BYTES (CrypTen and its communicator)
     owner            4 P + 8 P (the model, the program; planning) + 2 x min(material, FETCH_BYTES) (one message
                      of party 0's corrections and its pickle; those beyond the window wait on its disk) + a party's
-    client, helper   SHARE_BYTES x P + min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
+    client, helper   min(material + 8 P, W) + halves' message, + 4 P where vanilla runs (the
                      architecture, built from the config; else the client builds it on the meta device)
                      (the owner's "a party's" adds OWNER_WEIGHT_BYTES x P)
     dealer           DEALER_BYTES (its runtime: no model) + 2 x min(material x parties, FETCH_BYTES) + the largest
@@ -35,15 +35,16 @@ run_pi, per process (``pi_estimates``; W the --material-window, 1 GB by default)
                      head's, GPT-2-small's 38.6 M): the shares, masked shares, their concatenation and
                      its opening of one message of weights' halves (``backends/crypten/batched.py``)
 
-SHARE_BYTES = 8 per parameter: every party's share of the weights while their halves open (each goes
-as its halves open); OWNER_WEIGHT_BYTES = 4: the weights in the ring that the owner keeps for its online
-products (``openings.half_opened``: the others keep nothing weight-sized); material is expanded at
-most W ahead (``dealer.DealtProvider``). Measured on issue 27's 114 M-parameter Llama, 2PC, seq 32, one
-policy: owner 4.6 GB, client 3.0 GB, dealer 0.97 GB (11.4, 10.7 and 1.9 GB before memory was
-bounded). MATERIAL = 16 fits the 449 MB dealt there. The constants were measured on a 2-core x86-64
-Linux machine (tests/test_memory.py and tests/test_run_pi_medium.py check the estimate against peak RSS
-of real commands within ``AGREEMENT``). ``--memory-check off`` skips the refusal (the estimate is still
-reported).
+A weight is the owner's alone in the weights' phase (its share is the weight, the others' zero), and the
+owner sends its halves (``openings.half_opened``): the others make nothing weight-sized, and the owner's
+shares live one message at a time. OWNER_WEIGHT_BYTES = 4: the weights in the ring that the owner keeps
+for its online products; material is expanded at most W ahead (``dealer.DealtProvider``). Measured on
+issue 27's 114 M-parameter Llama, 2PC, seq 32, one policy: owner 3.5 GB, dealer 0.95 GB (11.4 and 1.9 GB
+before memory was bounded); GPT-2-small, 3PC + dealer, seq 128, W = 512 MB: owner 4.58, client 2.39,
+helper 2.19, dealer 1.55 GB (estimated 5.11, 2.58, 2.58, 1.50). MATERIAL = 16 fits the 449 MB dealt
+there. The constants were measured on a 2-core x86-64 Linux machine (tests/test_memory.py and
+tests/test_run_pi_medium.py check the estimate against peak RSS of real commands within ``AGREEMENT``).
+``--memory-check off`` skips the refusal (the estimate is still reported).
 """
 from __future__ import annotations
 
@@ -58,7 +59,6 @@ RUNTIME_BYTES = 450e6  # emulate random:llama --seq-len 16 (0.2 M parameters) pe
 CRYPTEN_BYTES = 50e6  # run_pi random-llama --seq-len 16 --policy lazy: owner 0.53 GB, client 0.47 GB
 DEALER_BYTES = 350e6  # the dealer builds no model: 0.36 GB in that run
 LIVE_VALUES = 8
-SHARE_BYTES = 8
 OWNER_WEIGHT_BYTES = 4  # int32, where a weight in the ring fits (|w| < 2^15 at 16 fraction bits); else 8
 WINDOW_BYTES = 1 << 30  # run_pi's default --material-window (backends/crypten/dealer.py)
 FETCH_BYTES = 256 << 20  # party 0's corrections per message (backends/crypten/dealer.py)
@@ -176,7 +176,7 @@ def pi_estimates(shape: ModelShape, seq_len: int, parties: int, dealer: bool, va
     """run_pi: role -> the estimate of its process (the module docstring's model)."""
     material = MATERIAL * seq_len * shape.layers * (4 * shape.hidden + 2 * shape.mlp + shape.heads * seq_len) * 8
     base = {"runtime": RUNTIME_BYTES + CRYPTEN_BYTES}
-    shares = {"weights' halves": SHARE_BYTES * shape.params, "material": min(material + 8 * shape.params, window),
+    shares = {"material": min(material + 8 * shape.params, window),
               "halves' message": 5 * 8 * min(shape.params, max(HALVES_PER_MESSAGE, shape.largest_param))}
     out = {"owner": Estimate({**base, "float model": 4 * shape.params, "program weights": 8 * shape.params,
                               "corrections' message": 2 * min(material, FETCH_BYTES), **shares,
