@@ -110,7 +110,7 @@ def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pen
             weight = weight.to(torch.int32)
         return WeightHalf(amask, pre, weight, bits, step.audit)
 
-    masked = w.share - wmask if rank == owner else w.share  # the others' (zero) is never sent
+    masked = wmask.neg_().add_(w.share) if rank == owner else w.share  # w − b in b's buffer; the others' (0) stays
     step = Pending(("half-a", "half-b")[side], (w,), [_ast(masked)], finish, sender=owner)
     return step
 
@@ -177,8 +177,8 @@ def _sent(masked: list, sender: int) -> torch.Tensor:
     import crypten.communicator as comm
 
     link = comm.get()
-    if link.get_rank() == sender:
-        flat = torch.cat([m.share.reshape(-1) for m in masked])
+    if link.get_rank() == sender:  # a weight alone in its message (a head's) is sent as it is: no copy
+        flat = masked[0].share.reshape(-1) if len(masked) == 1 else torch.cat([m.share.reshape(-1) for m in masked])
     else:
         flat = torch.empty(sum(m.share.numel() for m in masked), dtype=torch.int64)
     for part in flat.split(REVEAL_ELEMENTS):  # contiguous views of flat: received in place
