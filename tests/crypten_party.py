@@ -4,7 +4,8 @@ the dealer when RANK == WORLD_SIZE.
     RANK=r WORLD_SIZE=n RENDEZVOUS=file:///tmp/x python tests/crypten_party.py MODE POLICY TRUNCATION OUT.json
 
 MODE ``runner``: ``PlanRunner`` on the small program below; ``module``: the same plan as a
-``PlanModule`` in a CrypTen program, fed a ``crypten.cryptensor`` and followed by a CrypTen op;
+``PlanModule`` in a CrypTen program, its weights the last party's (the helper in 3PC), fed a
+``crypten.cryptensor`` and followed by a CrypTen op;
 ``compare``: ``PlanRunner`` on ``compare_program`` (ReLUs and bare comparisons).
 
 Every receipt is audited as run_pi's ``--audit`` does (``truncbridge.pi.audit``): each computing
@@ -34,10 +35,11 @@ AFTER = 3.0  # the module test multiplies the module's output by this, in CrypTe
 
 
 def program():
-    """matmul with a weight, a square, public ops, a row sum broadcast back, a product."""
+    """matmul with a weight (itself plus a public constant, as Gemma's 1 + γ), a square, public ops, a row
+    sum broadcast back, a product."""
     b = Builder()
     x = b.input("x", (4, 8))
-    w = b.weight("w", torch.linspace(-1, 1, 64, dtype=torch.float64).view(8, 8))
+    w = b.add_public(b.weight("w", torch.linspace(-1.25, 0.75, 64, dtype=torch.float64).view(8, 8)), 0.25)
     y = b.matmul(x, w)
     z = b.add_public(b.mul_public(b.mul(y, y), 0.37), 1.5)
     s = b.move("aten.expand.default", [b.sum(z, [1], keepdim=True)], ["$0", [4, 8]])
@@ -107,7 +109,8 @@ def main() -> None:
         if mode == "generate":  # POLICY names the folder of the generation plans and the client's prompt
             outputs, executed, compared = _generate(tbc, Path(policy), rank, receipts), 0, 0
         elif mode == "module":
-            model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=0)
+            owner = crypten.communicator.get().get_world_size() - 1  # 3PC: the helper owns the weights, not rank 0
+            model = tbc.PlanModule(plan_for(policy), truncation=truncation).encrypt(src=owner)
             with receipts.audited(before_input=True):
                 model.runner.prepare()  # the weights' halves, before the client's input is shared
             x = crypten.cryptensor(INPUTS["x"] if rank == 1 else torch.zeros(4, 8), src=1)

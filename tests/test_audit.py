@@ -111,9 +111,13 @@ def test_wraps_gathers_must_be_masked_share_by_share():
 
 
 # -- batched openings (openings.reveal_together): several steps in one message -----------------
-def batch_logs(parts: list[tuple], received: torch.Tensor, parties: int = 2) -> list[dict]:
-    """One batch of parts (kind, secrets, mask index) whose message every party receives."""
-    shared = [[split(s, parties) for s in secrets] for _, secrets, _ in parts]
+def batch_logs(parts: list[tuple], received: torch.Tensor, parties: int = 2, holder: int | None = None) -> list[dict]:
+    """One batch of parts (kind, secrets, mask index) whose message every party receives; shared at random,
+    or — ``holder`` — the owner's way: its share is the whole secret, the others' zero."""
+    def shares(s):
+        return split(s, parties) if holder is None else [s if r == holder else torch.zeros_like(s) for r in range(parties)]
+
+    shared = [[shares(s) for s in secrets] for _, secrets, _ in parts]
     logs = [{"rank": r, "openings": [], "stray": [], "outputs": 0} for r in range(parties)]
     for r, log in enumerate(logs):
         steps = [Opening(kind, [sh[r] for sh in shares], [index]) for (kind, _, index), shares in zip(parts, shared)]
@@ -163,14 +167,15 @@ def test_a_triples_two_halves_may_be_opened_apart_once_each():
 
 
 def test_a_weights_mask_drawn_alone_is_known_to_its_owner_only_before_any_input():
-    """A weight's triple (kind "weight") has the weight's mask b drawn by the owner alone: the owner may
-    receive w − b in the weights' phase (it knows w). Negative controls: the same receipt online, and a
-    weight's mask drawn by the client (which would learn w), are found."""
+    """A weight's triple (kind "weight") has the weight's mask b drawn by the owner alone: the owner, whose
+    share is the whole weight, may receive w − b in the weights' phase (it knows w). Negative controls: the
+    same receipt online, a weight's mask drawn by the client (which would learn w), and the owner's mask on a
+    weight shared at random (the owner would learn the others' shares) are found."""
     x, w, a, b, _ = beaver()
 
-    def run(drawn_by: int, before_input: bool):
+    def run(drawn_by: int, before_input: bool, holder: int | None = 0):
         masks = {0: (("weight", (3, 4), (4, 2), "matmul", 1, drawn_by), {"a": a, "b": b})}
-        halves = batch_logs([("half-b", [w], 0)], flat(w - b))
+        halves = batch_logs([("half-b", [w], 0)], flat(w - b), holder=holder)
         online = batch_logs([("half-a", [x], 0)], flat(x - a))
         for log in halves:
             log["openings"][0].parts[0].before_input = before_input
@@ -182,6 +187,8 @@ def test_a_weights_mask_drawn_alone_is_known_to_its_owner_only_before_any_input(
         "opening 0 (batch): party 0 receives an opening whose mask it drew (a half-b online)"]
     assert run(drawn_by=1, before_input=True) == [
         "opening 0 (batch): party 1 receives an opening whose mask it drew (a half-b before any input)"]
+    assert run(drawn_by=0, before_input=True, holder=None) == [
+        "opening 0 (batch): party 0 receives an opening whose mask it drew (a half-b before any input)"]
 
 
 # -- MPI, the side channel -----------------------------------------------------------------------

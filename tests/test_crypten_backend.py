@@ -90,9 +90,11 @@ def test_crypten_comparisons_match_the_emulator(tmp_path):
 
 @pytest.mark.parametrize("parties", [3])
 def test_a_plan_module_in_a_crypten_program(parties, tmp_path):
-    """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with.
-    3PC only, for the suite's time: the module's wrapping is the same for any party count, and 2PC's
-    exact truncation runs in test_run_pi (every policy, audited) and 2PC's PlanRunner above."""
+    """PlanModule takes a cryptensor in CrypTen's encoding and returns one CrypTen can go on with. Its
+    weights are the helper's (``encrypt(src=2)``): a weight's public constant (the program's w + 0.25) is
+    added at the owner, whose share is the whole weight, not at rank 0. 3PC only, for the suite's time:
+    the module's wrapping is the same for any party count, and 2PC's exact truncation runs in test_run_pi
+    (every policy, audited) and 2PC's PlanRunner above."""
     results = run_parties(parties, "lazy", "exact", tmp_path, mode="module")
     opened = audited_openings(tmp_path, parties, outputs=1)
     assert all(results[r]["outputs"] is None for r in results if r != 1)

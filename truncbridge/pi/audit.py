@@ -30,7 +30,6 @@ import torch
 
 from ..backends.crypten.material import combine, layout
 from ..backends.crypten.openings import REVEAL_ELEMENTS
-from ..backends.crypten.roles import OWNER
 from ..backends.crypten.truncation import EXACT_LIMIT_BITS as OFFSET_BITS  # the exact truncation opens x + 2^62 + r
 from .results import INSECURE
 
@@ -225,7 +224,7 @@ def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
         if rank in mask_holders:
             out.append(f"{where}: party {rank} receives an opening whose mask it knows (it dealt it)")
         out += [f"{where}: party {rank} receives an opening whose mask it drew ({why})"
-                for why in _drawn_by_receiver(step, rank, dealer_masks)]
+                for why in _drawn_by_receiver(steps, rank, dealer_masks)]
         if kind == "wraps":  # party 0 gathers every x_i + r_i; it must not know r_i
             masks = dealer_masks[step.masks[0]][1]
             want = [s.secrets[0] + masks[f"r@{p}"] for p, s in enumerate(steps)]
@@ -236,15 +235,18 @@ def _check_values(where, kind, steps, dealer_masks, mask_holders) -> list[str]:
     return out
 
 
-def _drawn_by_receiver(step: Opening, rank: int, dealer_masks: dict) -> list[str]:
-    """Why it is wrong that ``rank`` knows a mask of this step: it drew it alone (``material``'s
-    ``drawn_by``). Allowed only to the owner for its weights' halves, opened before any input is shared."""
+def _drawn_by_receiver(steps: list[Opening], rank: int, dealer_masks: dict) -> list[str]:
+    """Why it is wrong that ``rank`` knows a mask of this step (``steps``: every party's record of it): it
+    drew it alone (``material``'s ``drawn_by``). Allowed only to the weight's owner — every other party's
+    share of the secret is zero — for its weights' halves, opened before any input is shared."""
     out = []
-    for part in step.parts or [step]:
+    for i, part in enumerate(steps[rank].parts or [steps[rank]]):
         opened = [HALVES[part.kind]] if part.kind in HALVES else ["a", "b"] if part.kind == "beaver" else []
+        others = [(s.parts or [s])[i].secrets for r, s in enumerate(steps) if r != rank]
+        holds_it = all(not t.any() for secrets in others for t in secrets)  # the whole secret is its share
         for m in (m for m in part.masks if dealer_masks[m][0][0] == "weight"):  # the one kind with masks drawn alone
             drawn = {c.name: c.drawn_by for c in layout(dealer_masks[m][0])[0]}
-            if any(drawn.get(name) == rank for name in opened) and not (rank == OWNER and part.before_input):
+            if any(drawn.get(name) == rank for name in opened) and not (holds_it and part.before_input):
                 out.append(f"a {part.kind} {'before any input' if part.before_input else 'online'}")
     return out
 

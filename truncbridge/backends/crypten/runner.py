@@ -151,7 +151,8 @@ class PlanRunner:
     def public(self, node, op, xs):  # α·x + β (the op table's ``affine``), locally on the shares
         alpha, beta = op.affine(node)
         x = xs[0] if alpha == 1 else self._local(xs[0].share * self.ring_integer(alpha))
-        return x if beta == 0 else add_public(self.AST, x, self.ring_integer(beta), self.rank)
+        at = self.owner if node.id in self._static_ids else 0  # a weight's: the others' shares stay zero (``owned``)
+        return x if beta == 0 else add_public(self.AST, x, self.ring_integer(beta), self.rank, at)
 
     def ring_integer(self, c):
         """A public coefficient as the ring integer (or tensor of them) the parties compute with."""

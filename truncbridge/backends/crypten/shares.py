@@ -14,10 +14,10 @@ def share_from(ast_cls, value: torch.Tensor | None, size, src: int, rank: int, d
     return ast_cls(None, size=torch.Size(size), precision=0, src=src, device=device)
 
 
-def add_public(ast_cls, x, value: torch.Tensor | int, rank: int):
-    """x + a public value (broadcast): one party adds it to its share."""
+def add_public(ast_cls, x, value: torch.Tensor | int, rank: int, at: int = 0):
+    """x + a public value (broadcast): one party (``at``) adds it to its share."""
     value = torch.as_tensor(value, dtype=torch.int64)
     share = x.share.expand(broadcast_shape(x.share.shape, value.shape)).clone()
-    if rank == 0:
+    if rank == at:
         share = share + value
     return ast_cls.from_shares(share, precision=0)
