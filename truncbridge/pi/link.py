@@ -32,11 +32,13 @@ class Link:
 
     def reset_stats(self) -> None:
         self.crypten.reset_communication_stats()
-        self.comm_s = 0.0
+        self.comm_s, self._since = 0.0, time.perf_counter()
 
     def stats(self) -> dict:
+        """Since ``reset_stats``: rounds, bytes, seconds inside communicator calls and seconds in all."""
         s = self.crypten.communicator.get().get_communication_stats()
-        return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"]), "comm_s": self.comm_s}
+        return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"]), "comm_s": self.comm_s,
+                "seconds": time.perf_counter() - self._since}
 
     @contextmanager
     def on_network(self, delayed: bool = True):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,26 +172,26 @@ def run_once(party: Party, runner, trace: list, inputs, network: bool = False) -
     provider.reset_offline()
     provider.deal(trace)
     party.settle("dealt")  # party 0 may deal for longer than a receive waits
-    offline, t, _ = dict(provider.offline), time.perf_counter(), party.reset_stats()
+    offline = dict(provider.offline)
+    party.reset_stats()
     with party.audited(before_input=True):  # input-independent: the weights' halves of their products
         getattr(runner, "prepare", lambda: None)()
-    weights, weights_s, _ = party.stats(), time.perf_counter() - t, provider.ready_for_pass()
+    weights, _ = party.stats(), provider.ready_for_pass()
     party.crypten.communicator.get().barrier()
     party.reset_stats()
-    t, started = time.perf_counter(), launch_age_s() if party.rank == OWNER else None
+    started = launch_age_s() if party.rank == OWNER else None
     with party.audited(), party.on_network(network), CountDivisions(ArithmeticSharedTensor) as divisions:
         outs = runner.run(inputs)
         with party.revealing_output():
             opened = runner.open_outputs(outs, dst=1)
-    wall = time.perf_counter() - t
+    online = party.stats()  # its seconds: the online wall, from the barrier to the revealed output
     executed = runner.truncations_executed if hasattr(runner, "truncations_executed") else divisions.count
-    online = party.stats()
-    return RunMeasurement(wall_s=wall, rounds=online["rounds"], bytes=online["bytes"], comm_s=online["comm_s"],
+    return RunMeasurement(wall_s=online["seconds"], rounds=online["rounds"], bytes=online["bytes"], comm_s=online["comm_s"],
                           offline_s=offline["seconds"], offline_bytes=offline["bytes"],
                           weights_rounds=weights["rounds"], weights_bytes=weights["bytes"],
                           dealt_requests=offline["requests"], online_dealer_requests=provider.online_requests,
                           truncations_executed=executed, peak_rss_bytes=peak_rss_bytes(), started_s=started,
-                          late_expansion_s=provider.late["seconds"], weights_s=weights_s,
+                          late_expansion_s=provider.late["seconds"], weights_s=weights["seconds"],
                           logits=None if opened is None else opened[0][0])
 
 
@@ -202,7 +201,8 @@ def statistics(mine: RunMeasurement, keeps_memory: bool = False) -> dict:
     return {**mine.statistics(), "peak_rss_bytes": None} if keeps_memory else mine.statistics()
 
 
-def keeps_its_memory(rank: int, config: PiConfig) -> bool:  # unless --benchmark-reveal: its input (any --text) grew it
+def keeps_its_memory(rank: int, config: PiConfig) -> bool:
+    """The client's peak RSS stays on its rank unless --benchmark-reveal: reading its input (any --text) grew it."""
     return rank == CLIENT and not config.benchmark_reveal
 
 

@@ -165,8 +165,13 @@ def reveal_together(steps: list[Pending]) -> None:
         s.secrets, s.masked, s.finish = (), [], None  # opened: what a half keeps outlives its step, not its shares
 
 
+def _flat(masked: list) -> torch.Tensor:
+    """This party's masked shares as one vector; one alone (a head's weight half) is not copied."""
+    return masked[0].share.reshape(-1) if len(masked) == 1 else torch.cat([m.share.reshape(-1) for m in masked])
+
+
 def _all_reduced(masked: list) -> torch.Tensor:
-    flat = torch.cat([m.share.reshape(-1) for m in masked])
+    flat = _flat(masked)
     parts = [type(masked[0]).from_shares(part, precision=0).reveal() for part in flat.split(REVEAL_ELEMENTS)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)  # one all-reduce (a head's weight half: a few)
 
@@ -177,10 +182,8 @@ def _sent(masked: list, sender: int) -> torch.Tensor:
     import crypten.communicator as comm
 
     link = comm.get()
-    if link.get_rank() == sender:  # a weight alone in its message (a head's) is sent as it is: no copy
-        flat = masked[0].share.reshape(-1) if len(masked) == 1 else torch.cat([m.share.reshape(-1) for m in masked])
-    else:
-        flat = torch.empty(sum(m.share.numel() for m in masked), dtype=torch.int64)
+    received = link.get_rank() != sender
+    flat = torch.empty(sum(m.share.numel() for m in masked), dtype=torch.int64) if received else _flat(masked)
     for part in flat.split(REVEAL_ELEMENTS):  # contiguous views of flat: received in place
         link.broadcast(part, sender)
     return flat
