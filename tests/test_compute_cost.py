@@ -1,6 +1,7 @@
 """The cost model's local-compute term: protocols/compute.json (measured by launch/calibrate_compute.py) parses
 and is positive where the models have work, ``report`` prints local compute and the predicted wall, run_pi's
-``predictions`` add ``local_s`` (and ``wall_model_s`` on a network) and grow with the model's counts."""
+``predictions`` add ``local_s`` and ``wall_model_s`` (the parties sharing this host's cores, the network's
+time) and grow with the model's counts."""
 from __future__ import annotations
 
 import json
@@ -73,7 +74,19 @@ def test_predictions_grow_with_the_model(default_converted, random_converted):
     assert 0 < p_small["local_s"] < p_large["local_s"]
     assert p_large["wall_model_s"] == pytest.approx(p_large["local_s"] + p_large["network_s"])
     assert "wall_s" not in p_large and {"rounds", "bytes", "network_s"} <= set(p_large)  # results.py's keys kept
-    assert "wall_model_s" not in predictions(large, 2, "exact")  # no network, no wall
+    alone, shared = predictions(large, 2, "exact"), predictions(large, 3, "exact", sharing=1.5)
+    assert "network_s" not in alone and alone["wall_model_s"] == alone["local_s"]  # loopback: the compute alone
+    assert shared["wall_model_s"] == pytest.approx(1.5 * shared["local_s"]) and shared["cpu_sharing"] == 1.5
+
+
+def test_cpu_sharing_counts_the_computing_parties_on_this_host(monkeypatch):
+    from truncbridge.pi.owner import cpu_sharing
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})  # two cores
+    assert cpu_sharing([0, 1, 2, 3], parties=3, threads=1) == 1.5  # 3 parties and a dealer (idle online)
+    assert cpu_sharing([0, 1, 2], parties=2, threads=1) == 1.0  # a core each
+    assert cpu_sharing([0], parties=2, threads=1) == 1.0  # the other party on another host
+    assert cpu_sharing([0, 1], parties=2, threads=2) == 2.0  # each party's threads take every core
 
 
 @pytest.mark.slow  # a plan of a random model

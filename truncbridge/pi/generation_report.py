@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from .options import PiConfig
-from .owner import predictions, process_name
+from .owner import cpu_sharing, predictions, process_name
 from .results import insecure_modes
 
 
@@ -18,8 +18,10 @@ def _slowest(parties: list[dict], key: str) -> float:
     return max(p[key] for p in parties)
 
 
-def policy_row(policy: str, gathered: list, plans: dict | None, config: PiConfig, parties: int) -> dict:
-    """One policy's row: ``gathered`` is [whole pass, prefill, step 1, ...], each every party's statistics."""
+def policy_row(policy: str, gathered: list, plans: dict | None, config: PiConfig, parties: int, sharing: float = 1.0
+               ) -> dict:
+    """One policy's row: ``gathered`` is [whole pass, prefill, step 1, ...], each every party's statistics;
+    ``sharing``: the parties computing on one core of this host (``owner.cpu_sharing``)."""
     total, prefill, *steps = gathered
     tokens = 1 + len(steps)
     row = {"policy": policy, "tokens": tokens,
@@ -39,8 +41,8 @@ def policy_row(policy: str, gathered: list, plans: dict | None, config: PiConfig
         row["per_token_local_s"] = local
     if plans and steps:
         lengths = sorted(plans)[1:1 + len(steps)]  # the steps that ran (an --eos stop runs fewer)
-        predicted = [predictions(plans[c], parties, config.truncation, config.fuse, config.network, config.batch)
-                     for c in lengths]
+        predicted = [predictions(plans[c], parties, config.truncation, config.fuse, config.network, config.batch,
+                                 sharing) for c in lengths]
         row["predicted_per_token"] = {"rounds": statistics.mean(p["rounds"] + 1 for p in predicted),
                                       "bytes": statistics.mean(p["bytes"] for p in predicted)}
         row["predicted_per_token"]["local_s"] = statistics.mean(p.get("local_s", math.nan) for p in predicted)
@@ -92,7 +94,10 @@ def format_table(result: dict) -> str:
 
 
 def report(config: PiConfig, parties: int, setup, passes: dict, pooled: list, revealed: dict | None, say) -> None:
-    rows = [policy_row(p, passes[p], setup.plans.get(p), config, parties) for p in setup.policies if p in passes]
+    import torch
+
+    sharing = cpu_sharing((setup.memory or {}).get("host_ranks", (0,)), parties, torch.get_num_threads())
+    rows = [policy_row(p, passes[p], setup.plans.get(p), config, parties, sharing) for p in setup.policies if p in passes]
     if revealed is not None:
         accuracy = revealed_accuracy(config, setup, revealed, say)
         for r in rows:

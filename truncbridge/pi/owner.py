@@ -106,13 +106,23 @@ def runnable(plan, truncation: str, parties: int, what: str = "this plan") -> No
         raise UserError(f"{what}: {fit.reason}: make it with --protocol {profile.name}")
 
 
+def cpu_sharing(host_ranks, parties: int, threads: int) -> float:
+    """How many computing parties' threads share one core of this host (at least 1): 3 parties on 2 cores
+    compute a round's work in 1.5 times one party's time, since every party computes its part of each round."""
+    import os
+
+    on_host = sum(1 for r in host_ranks if r < parties)
+    return max(1.0, on_host * threads / len(os.sched_getaffinity(0)))
+
+
 def predictions(plan, parties: int, truncation: str, fuse: bool = True, network: dict | None = None,
-                batch: bool = True) -> dict:
+                batch: bool = True, sharing: float = 1.0) -> dict:
     """The cost model's online rounds and bytes for the plan, as run_pi runs it (``batch``: every
     opening ready in the same round in one message, the critical path; else one operation at a
-    time), then one opening of the output, and what they cost on ``network``; ``local_s``: the local compute
-    of the pass (``analysis.compute``, calibrated in ``protocols/compute.json``) and, on ``network``,
-    ``wall_model_s`` = ``local_s`` + ``network_s``: the wall time from the cost model alone."""
+    time), then one opening of the output, and what they cost on ``network``; ``local_s``: one party's local
+    compute of the pass (``analysis.compute``, calibrated in ``protocols/compute.json``); ``wall_model_s`` =
+    ``local_s`` x ``sharing`` (``cpu_sharing``: the parties computing on one core) + ``network_s`` (on
+    ``network``; 0 on loopback): the wall time from the cost model alone."""
     from ..analysis.compute import plan_local_seconds
     from ..analysis.cost import plan_costs
     from ..core.protocols import load_compute, load_network, load_protocol, network_seconds
@@ -125,10 +135,11 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
            "expected_truncation_failures": c.expected_truncation_failures,
            "fused_products": c.fused_products, "fused_pairs": c.fused_pairs}
     local = plan_local_seconds(plan, load_compute(), fuse, batch, truncation == "exact", parties)
-    out["local_s"], out["local_uncalibrated"] = local["local_s"], local["uncalibrated"]
+    out["local_s"], out["local_uncalibrated"], out["cpu_sharing"] = local["local_s"], local["uncalibrated"], sharing
+    out["wall_model_s"] = out["local_s"] * sharing
     if network is not None:
         out["network_s"] = network_seconds(network, out["rounds"] + 1, c.bytes)
-        out["wall_model_s"] = out["local_s"] + out["network_s"]
+        out["wall_model_s"] += out["network_s"]
     return out
 
 

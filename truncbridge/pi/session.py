@@ -36,7 +36,7 @@ from .audit import audit_summary
 from .client import ClientInput, client_input
 from .client import report as client_report
 from .options import PiConfig, computing_parties, parse_args
-from .owner import dealer_traces, predictions, process_name, revealed_references, set_up, store_trace
+from .owner import cpu_sharing, dealer_traces, predictions, process_name, revealed_references, set_up, store_trace
 from .party import Party
 from .progress import Say, launch_age_s, with_progress
 from .results import RunMeasurement, add_predictions, format_table, insecure_modes, policy_row, ratios, startup
@@ -272,13 +272,12 @@ def _client_result(comm, config: PiConfig, setup: Setup, outputs: dict) -> int:
 
 def _report(config: PiConfig, parties: int, runs: dict, setup: Setup, pooled: list, revealed: dict | None, say) -> None:
     refs = None if revealed is None else revealed_references(config, parties, setup.loaded, setup.plans, revealed, say)
-    rows = []
+    rows, sharing = [], cpu_sharing(setup.memory["host_ranks"], parties, torch.get_num_threads())
     for policy in setup.policies:
         row = policy_row(policy, parties, runs[policy], refs, revealed["logits"][policy] if revealed else None)
-        plan = setup.plans.get(policy)
-        if plan:
+        if plan := setup.plans.get(policy):
             add_predictions(row, plan, predictions(plan, parties, config.truncation, config.fuse, config.network,
-                                                   config.batch))
+                                                   config.batch, sharing))
         rows.append(row)
     bounds = sorted({p.config.bounds for p in setup.plans.values()}) if config.plan_files else [config.bounds]
     result = {"parties": parties, "model": config.model, "preset": config.preset, "seq_len": config.seq_len,

@@ -38,16 +38,19 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
     reads it, else None: ``interpret_waves``'s ``precomputed``) and, for every private product of a
     weight, (the activation's side, the weight's half of its Beaver opening), opened here — before
     the online phase, since none of it depends on the client's input. Memory stays bounded: the
-    halves go in messages of about ``HALVES_PER_MESSAGE`` elements, a weight's share is made when first
-    read and dropped once its halves are open unless an online node reads it (what a half keeps is
-    an ``openings.WeightHalf``: output-sized, and the weight itself on the owner)."""
+    halves go in messages of at most ``HALVES_PER_MESSAGE`` elements (a larger weight alone, not
+    copied into a concatenation), a weight's share is made when first read and dropped once its
+    halves are open unless an online node reads it (what a half keeps is an ``openings.WeightHalf``:
+    output-sized, and the weight itself on the owner)."""
     sides = {n.id: side for n in program.nodes if n.id not in riding
              and (side := weight_side(n, static_ids)) is not None}
+    weight_of = {p: program[p].inputs[side] for p, side in sides.items()}
     online = {i for n in program.nodes if n.id not in static_ids and n.id not in sides for i in n.inputs if i in static_ids}
-    uses = Counter(i for n in program.nodes if n.id in static_ids for i in n.inputs)
-    uses.update(program[p].inputs[side] for p, side in sides.items())
-    computed = static_ids if rank == backend.owner else _feeding(program, online)  # the others: zeros, where read online
-    env, pending, halves = {}, {}, {}
+    # made here: on the owner what a half or an online node reads; on the others the latter (else zeros)
+    computed = _feeding(program, online | set(weight_of.values())) if rank == backend.owner else _feeding(program, online)
+    uses = Counter(i for j in computed for i in program[j].inputs)
+    uses.update(weight_of.values())
+    env, pending, halves, kept = {}, {}, {}, openings.OwnerWeights()
 
     def release(i: int) -> None:
         uses[i] -= 1
@@ -60,40 +63,51 @@ def prepare_static(program: Program, backend: Backend, static_ids: set[int], rid
         pending.clear()
 
     def value(i: int):
+        """Made when first read (a weight's share, then what is computed from it) and held until its last reader."""
         if i not in computed:  # the others' zero share of what only a half reads: its size alone
             return backend.AST.from_shares(torch.zeros((), dtype=torch.int64).expand(program[i].shape), precision=0)
-        if i not in env:  # a source (a weight's share) is made when first read, not all at the program's start
-            env[i] = backend.owned(program[i])
+        for j in sorted(_feeding(program, {i}, made=env)):  # what is not yet made, inputs first (ids are topological)
+            n = program[j]
+            env[j] = run_node(backend, n, [env[k] for k in n.inputs]) if n.inputs else backend.owned(n)
+            for k in n.inputs:
+                release(k)
         return env[i]
 
     queued = 0
-    for n in program.nodes:
-        if n.id in static_ids and n.inputs:
-            if n.id in computed:
-                env[n.id] = run_node(backend, n, [value(i) for i in n.inputs])
-            for i in n.inputs:
-                release(i)
-            if not uses[n.id] and n.id not in online:  # read by nothing here or online
-                env.pop(n.id, None)
-        elif n.id in sides:
-            side, w = sides[n.id], n.inputs[sides[n.id]]
-            other = program[n.inputs[1 - side]]
-            pending[n.id] = (1 - side, openings.half_opened(side, value(w), other.shape, n.op, rank, backend.owner))
-            release(w)
-            queued += program[w].numel
-            if queued >= HALVES_PER_MESSAGE:
-                flush()
-                queued = 0
+    for p in _tied_together(program, weight_of):
+        side, w = sides[p], weight_of[p]
+        if queued and queued + program[w].numel > HALVES_PER_MESSAGE:  # a large weight (a head) goes alone:
+            flush()  # its message is its own buffer, not a concatenation with the weights before it
+            queued = 0
+        other = program[program[p].inputs[1 - side]]
+        pending[p] = (1 - side, openings.half_opened(side, value(w), other.shape, program[p].op, rank, backend.owner, kept))
+        release(w)
+        queued += program[w].numel
     flush()
     return {i: value(i) if i in online else None for i in static_ids}, halves
 
 
-def _feeding(program: Program, online: set[int]) -> set[int]:
-    """The input-independent values an online node reads, and those they are made from."""
-    out, todo = set(), list(online)
+def _tied_together(program: Program, weight_of: dict[int, int]) -> list[int]:
+    """The products of weights in program order, except that those reading one weight follow each other (a
+    head tied to the embedding comes second, not last): a weight's share then lives for one message, and
+    the head's half is opened before the others' kept weights have all accumulated."""
+    order = [n.id for n in program.nodes if n.id in weight_of]
+    sources = {p: _feeding(program, {weight_of[p]}) for p in order}  # the weights (and views) each one reads
+    grouped, done = [], set()
+    for p in order:
+        if p not in done:
+            tied = [q for q in order if q not in done and sources[q] & sources[p]]
+            grouped += tied
+            done.update(tied)
+    return grouped
+
+
+def _feeding(program: Program, read: set[int], made=()) -> set[int]:
+    """The values ``read`` and those they are made from, short of those already ``made``."""
+    out, todo = set(), [i for i in read if i not in made]
     while todo:
         i = todo.pop()
         if i not in out:
             out.add(i)
-            todo.extend(program[i].inputs)
+            todo.extend(j for j in program[i].inputs if j not in made)
     return out

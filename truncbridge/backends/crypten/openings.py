@@ -21,6 +21,7 @@ in a plain Beaver product.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,14 +88,38 @@ class WeightHalf:
     audit: Any = None  # the receipt audit's record of the weight's half (its triple's dealing index)
 
 
-def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pending:
+class OwnerWeights:
+    """The owner's weights in the ring, kept for its online products at 4 bytes an element where they
+    fit (a weight in the ring has ~20 bits): narrowed once per base tensor, so that a view of a weight
+    (a head's transpose of the embedding it is tied to, a slice) shares its base's narrowed copy
+    instead of holding one of its own. Lives for one weights' phase (``batched.prepare_static``)."""
+
+    def __init__(self):
+        self._narrowed = {}  # id(base) -> (a weak reference to the int64 base, its int32 copy)
+
+    def keep(self, share: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(the weight to keep: int32 where it fits, else ``share`` itself; its magnitude bits)."""
+        bits = magnitude_bits(share)
+        if bits >= 32:
+            return share, bits
+        base = share if share._base is None else share._base
+        hit = self._narrowed.get(id(base))
+        if hit is None or hit[0]() is not base:  # (a dead reference: another tensor at a freed one's id)
+            if not base.is_contiguous() or base.storage_offset() or (base is not share and magnitude_bits(base) >= 32):
+                return share.to(torch.int32), bits
+            hit = self._narrowed[id(base)] = (weakref.ref(base), base.to(torch.int32))
+        return hit[1].as_strided(share.size(), share.stride(), share.storage_offset()), bits
+
+
+def half_opened(side: int, w, other_size, op: str, rank: int, owner: int, kept: OwnerWeights | None = None) -> Pending:
     """Before the online phase, half of a Beaver product whose operand ``side`` (0 or 1) is ``w``,
     an input-independent value the ``owner`` holds alone (a weight: the others' shares are zero, and
     their ``w`` only gives its size). Its triple's mask of ``w`` is the owner's draw alone
     (``material``, kind "weight"), so the owner sends w − mask: it tells the others nothing and the
     owner nothing new. Everything but the owner's product of the weight with the opened activation is
     computed here, offline: the others keep no weight-sized value. The result is a ``WeightHalf``; it
-    does not hold the step, so nothing waits for the cyclic garbage collector."""
+    does not hold the step, so nothing waits for the cyclic garbage collector. ``kept``: the owner's
+    narrowed weights of this phase, shared between a weight's views (a fresh copy without it)."""
     sizes = (w.size(), torch.Size(other_size)) if side == 0 else (torch.Size(other_size), w.size())
     t = _provider().weight_triple(*sizes, op, side, owner)
     wmask, amask = t[MASKS[side]], t[MASKS[1 - side]]
@@ -104,10 +129,7 @@ def half_opened(side: int, w, other_size, op: str, rank: int, owner: int) -> Pen
         pre = t["c"] + (f(delta, amask) if side == 0 else f(amask, delta))
         if rank != owner:
             return WeightHalf(amask, pre, None, 0, step.audit)
-        weight = w.share  # the mask plus the opening, w − mask: the owner's share is the whole weight
-        bits = magnitude_bits(weight)
-        if bits < 32:  # a weight in the ring has ~20 bits: kept at 4 bytes an element (the products read any integer type)
-            weight = weight.to(torch.int32)
+        weight, bits = (kept or OwnerWeights()).keep(w.share)  # the owner's share is the whole weight
         return WeightHalf(amask, pre, weight, bits, step.audit)
 
     masked = wmask.neg_().add_(w.share) if rank == owner else w.share  # w − b in b's buffer; the others' (0) stays
