@@ -40,9 +40,10 @@ owner sends its halves (``openings.half_opened``): the others make nothing weigh
 shares live one message at a time. OWNER_WEIGHT_BYTES = 4: the weights in the ring that the owner keeps
 for its online products; material is expanded at most W ahead (``dealer.DealtProvider``). Measured on
 issue 27's 114 M-parameter Llama, 2PC, seq 32, one policy: owner 3.5 GB, dealer 0.95 GB (11.4 and 1.9 GB
-before memory was bounded); GPT-2-small, 3PC + dealer, seq 128, W = 512 MB: owner 4.58, client 2.39,
-helper 2.19, dealer 1.55 GB (estimated 5.11, 2.58, 2.58, 1.50). MATERIAL = 16 fits the 449 MB dealt
-there. The constants were measured on a 2-core x86-64 Linux machine (tests/test_memory.py and
+before memory was bounded); GPT-2-small, 3PC + dealer, seq 128, W = 512 MB, planning in the same run:
+owner 3.47, helper 2.02, dealer 1.65 GB, the client's 2.0 sampled (estimated 5.11, 2.58, 2.58, 1.50: the
+owner's term holds the planning's float64 program, gone by the weights' phase). MATERIAL = 16 fits the
+449 MB dealt there. The constants were measured on a 2-core x86-64 Linux machine (tests/test_memory.py and
 tests/test_run_pi_medium.py check the estimate against peak RSS of real commands within ``AGREEMENT``).
 ``--memory-check off`` skips the refusal (the estimate is still reported).
 """
