@@ -39,7 +39,7 @@ from ..core.errors import UserError
 from ..frontend.calibrate import MASK_VALUE
 from ..frontend.capture import Captured
 from ..frontend.recipes import power
-from ..frontend.walk import GraphWalk, TokenIds, aten_name, flatten_args
+from ..frontend.walk import GraphWalk, TokenIds, aten_name, first_unhandled, flatten_args, where
 
 aten = torch.ops.aten
 # Masked entries become score + MASK_FILL. After softmax subtracts the row max, a masked entry sits in
@@ -64,6 +64,38 @@ def _method_rule(name: str):
     return lambda walk, node, *args, **kwargs: getattr(walk, name)(*args, **kwargs)
 
 
+def _rules(rsqrt) -> dict:
+    """ATen op -> rule, for ops on secret data (``rsqrt``: the runner's inv_sqrt, rescaled or not)."""
+    return {
+        **{t: _method_rule(m) for t, m in (
+            (aten.embedding.default, "embedding"), (aten.add.Tensor, "add"), (aten.sub.Tensor, "sub"),
+            (aten.mul.Tensor, "mul"), (aten.div.Tensor, "div"), (aten.pow.Tensor_Scalar, "pow"),
+            (aten.mm.default, "matmul"), (aten.bmm.default, "matmul"), (aten.matmul.default, "matmul"),
+            (aten.addmm.default, "addmm"), (aten._to_copy.default, "to_copy"),
+            (aten.native_layer_norm.default, "layer_norm"), (aten.split_with_sizes.default, "split"),
+            (aten.split.Tensor, "split"), (aten.unbind.int, "unbind"))},
+        **{t: _value_rule(f) for t, f in {
+            aten.neg.default: lambda x: -x, aten._softmax.default: lambda x, dim, *_: x.softmax(dim),
+            aten.mean.dim: lambda x, dims, keepdim=False, **_: x.mean(dims, keepdim=keepdim),
+            aten.sum.dim_IntList: lambda x, dims, keepdim=False, **_: x.sum(dims, keepdim=keepdim),
+            aten.rsqrt.default: rsqrt, aten.sqrt.default: lambda x: x.sqrt(),
+            aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
+            aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
+            aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(), aten.relu.default: lambda x: x.relu(),
+            aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
+        }.items()},
+    }
+
+
+def check_supported(captured: Captured) -> None:
+    """Refuse, in one line and before any party computes, a graph with an op on secret data that vanilla
+    CrypTen has no rule for (else found only when vanilla's pass reaches it, after every other policy's)."""
+    node = first_unhandled(captured, _rules(None))
+    if node is not None:
+        raise UserError(f"{VanillaRunner.no_rule} ATen op {aten_name(node.target)} on secret data (node {node.name}"
+                        f"{where(node)}): leave vanilla out of --policy")
+
+
 class VanillaRunner(GraphWalk):
     no_rule = "vanilla CrypTen: no rule for"
 
@@ -81,24 +113,13 @@ class VanillaRunner(GraphWalk):
             self.weights = captured.weights
         else:  # other ranks do not hold the weights: zeros of the right shape make that explicit
             self.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
-        s2 = rsqrt_scale * rsqrt_scale
-        self.rules = {
-            **{t: _method_rule(m) for t, m in (
-                (aten.embedding.default, "embedding"), (aten.add.Tensor, "add"), (aten.sub.Tensor, "sub"),
-                (aten.mul.Tensor, "mul"), (aten.div.Tensor, "div"), (aten.pow.Tensor_Scalar, "pow"),
-                (aten.mm.default, "matmul"), (aten.bmm.default, "matmul"), (aten.matmul.default, "matmul"),
-                (aten.addmm.default, "addmm"), (aten._to_copy.default, "to_copy"))},
-            **{t: _value_rule(f) for t, f in {
-                aten.neg.default: lambda x: -x, aten._softmax.default: lambda x, dim, *_: x.softmax(dim),
-                aten.mean.dim: lambda x, dims, keepdim=False, **_: x.mean(dims, keepdim=keepdim),
-                aten.sum.dim_IntList: lambda x, dims, keepdim=False, **_: x.sum(dims, keepdim=keepdim),
-                aten.rsqrt.default: lambda x: (x * s2).inv_sqrt() * rsqrt_scale, aten.sqrt.default: lambda x: x.sqrt(),
-                aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
-                aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
-                aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(),
-                aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
-            }.items()},
-        }
+        self.rsqrt_scale = rsqrt_scale
+        self.rules = _rules(self.rsqrt)
+
+    def rsqrt(self, x):
+        """CrypTen's inv_sqrt, with the hand-made rescaling ``rsqrt_scale`` s: s · inv_sqrt(s² x)."""
+        s = self.rsqrt_scale
+        return x.inv_sqrt() if s == 1 else (x * (s * s)).inv_sqrt() * s
 
     def run(self, input_ids: torch.Tensor | None, state: dict | None = None) -> list:
         """Evaluate the graph; ``input_ids`` only on the client's rank; ``state``: the KV cache's MPCTensors by
@@ -199,6 +220,26 @@ class VanillaRunner(GraphWalk):
         if beta != 1 or alpha != 1:
             raise UserError("vanilla CrypTen: aten.addmm with alpha/beta != 1 is not supported")
         return self.add(self.matmul(a, b), bias)
+
+    def layer_norm(self, x, shape, weight=None, bias=None, eps=1e-5):
+        """LayerNorm as CrypTen normalises in its batch norm (0.4.1 has no LayerNorm): the mean and the
+        variance over the last ``len(shape)`` dims, (x − mean) · inv_sqrt(variance + eps), then the weight
+        and bias; ATen's (output, mean, rstd)."""
+        dims = list(range(-len(shape), 0))
+        mean = x.mean(dims, keepdim=True)
+        centred = x - mean
+        rstd = self.rsqrt(centred.square().mean(dims, keepdim=True) + eps)
+        out = centred * rstd
+        if weight is not None:
+            out = out * weight
+        return (out if bias is None else out + bias), mean, rstd
+
+    def split(self, x, sizes, dim=0):
+        """split / split_with_sizes on the shares (local): each part a secret of its own."""
+        return [self._wrap(part.contiguous(), x) for part in torch.split(x.share, sizes, dim)]
+
+    def unbind(self, x, dim=0):
+        return [self._wrap(part.contiguous(), x) for part in torch.unbind(x.share, dim)]
 
     def to_copy(self, x, **kwargs):
         dtype = kwargs.get("dtype")

@@ -157,6 +157,22 @@ class GraphWalk:
     no_rule_hint = ""
 
 
+def first_unhandled(captured: Captured, handled) -> Any:
+    """The first node that a walk would meet on secret data (what the client's input or a cache reaches)
+    without a rule in ``handled`` (ATen ops), else None: found from the graph alone, before any walk."""
+    secret = {captured.client_input, *captured.state_inputs}
+    passed = {operator.getitem, *IDENTITY_OPS, *MOVE_OPS, *TOKEN_RESHAPES, *handled}
+    for node in captured.graph.nodes:
+        args = flatten_args(list(node.args) + list(node.kwargs.values()))
+        if node.op != "call_function" or node.target in SKIP_OPS or not any(
+                isinstance(a, torch.fx.Node) and a.name in secret for a in args):
+            continue
+        secret.add(node.name)
+        if node.target not in passed:
+            return node
+    return None
+
+
 def where(node) -> str:
     """", in <module path> (<class>)" of the module a captured node comes from, if recorded."""
     stack = node.meta.get("nn_module_stack")

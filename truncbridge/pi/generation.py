@@ -88,6 +88,11 @@ def set_up(comm, config: PiConfig, parties: int, say, host_ranks) -> GenerationS
                               eos=eos if rank == CLIENT else None)
     if config.vanilla:
         out.captured = vanilla_graphs(config, out.loaded, length, config.generation.tokens)
+        if rank == OWNER:  # an op vanilla cannot run: refused before any pass
+            from ..crypten.vanilla import check_supported
+
+            for graph in out.captured.values():
+                check_supported(graph)
     return out
 
 

@@ -217,6 +217,10 @@ def set_up(config: PiConfig, parties: int, say, host_ranks: list[int]) -> tuple[
     else:
         plans, converted = make_plans(config, loaded, parties, say)  # converted None: every plan from the cache
     captured = converted.captured if converted else capture(loaded.model, config.seq_len) if config.vanilla else None
+    if config.vanilla:  # an op vanilla cannot run: refused now, not after every other policy's pass
+        from ..crypten.vanilla import check_supported
+
+        check_supported(captured)
     if not config.vanilla and loaded.generated is None:  # the plans hold the weights: the float model waits on disk
         loaded.model = None  # (or its seed) until --benchmark-reveal's references (``revealed_references``)
     return plans, captured, loaded, memory

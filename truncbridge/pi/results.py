@@ -162,10 +162,10 @@ VANILLA_TOP1_HINT = 0.9
 LEGEND = (
     "columns: wall_s online wall time (median, slowest party); pred_s the loopback pass + the cost model's network "
     "time (only with --network); model_s the cost model's alone: its local compute (protocols/compute.json) times the "
-    "computing parties sharing one core of this host (predicted.cpu_sharing), + its network time; loop_s the same pass on loopback; local_s its local compute: wall "
-    "less the time inside communicator calls (waiting for peers, the emulated network), the most of any party; "
-    "rounds and MB online, per party "
-    "(the most of any party); offline_s and offline_MB dealing (what the dealer sent); weights_MB the weights' halves "
+    "computing parties sharing one core of this host (predicted.cpu_sharing), + its network time; loop_s the same "
+    "pass on loopback; local_s its local compute: wall less the time inside communicator calls (waiting for peers, "
+    "the emulated network), the most of any party; rounds and MB online, per party (the most of any party); "
+    "offline_s and offline_MB dealing (what the dealer sent); weights_MB the weights' halves "
     "opened before the online phase (- for vanilla: it opens them online); truncs truncation protocols executed "
     "(vanilla: CrypTen divisions, one call per tensor)",
     "accuracy (--benchmark-reveal): vs_emu max |logit - exact emulation|; spread the largest difference between "
