@@ -151,6 +151,7 @@ def test_each_partys_online_bytes_are_the_cost_models(every_policy_run):
         for rank, party in enumerate(row["per_party"]):
             assert party["bytes"] == predicted + output_opening_bytes(parties, rank), (policy, rank, party["bytes"], predicted)
         assert row["bytes"] == predicted + output_opening_bytes(parties, 1)  # the row: the busiest party, the client
+        assert row["predicted"]["output_bytes"] == output_opening_bytes(parties, 1)  # the cost model's count of it
 
 
 @timed

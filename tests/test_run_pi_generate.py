@@ -39,6 +39,7 @@ def test_private_generation_is_the_float_models_and_its_audit_is_clean(tmp_path,
     assert result["audit"]["finding_count"] == 0, result["audit"]["findings"][:5]
     assert row["online_dealer_requests"] == 0  # every step's material was dealt before the online phase
     assert row["per_token_rounds"] == row["predicted_per_token"]["rounds"]
+    assert row["per_token_bytes"] == pytest.approx(row["predicted_per_token"]["bytes"], rel=1e-12)  # logits' opening in
     assert row["tokens"] == 3 and len(row["steps"]) == 3 and row["steps"][1]["rounds"] < row["steps"][0]["rounds"]
 
 

@@ -44,7 +44,7 @@ def policy_row(policy: str, gathered: list, plans: dict | None, config: PiConfig
         predicted = [predictions(plans[c], parties, config.truncation, config.fuse, config.network, config.batch,
                                  sharing) for c in lengths]
         row["predicted_per_token"] = {"rounds": statistics.mean(p["rounds"] + 1 for p in predicted),
-                                      "bytes": statistics.mean(p["bytes"] for p in predicted)}
+                                      "bytes": statistics.mean(p["bytes"] + p["output_bytes"] for p in predicted)}
         row["predicted_per_token"]["local_s"] = statistics.mean(p.get("local_s", math.nan) for p in predicted)
         if config.network is not None:  # wall_s: this pass's measured local compute + the predicted network time;
             network = statistics.mean(p["network_s"] for p in predicted)  # wall_model_s: the cost model's alone

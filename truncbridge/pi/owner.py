@@ -119,7 +119,8 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
                 batch: bool = True, sharing: float = 1.0) -> dict:
     """The cost model's online rounds and bytes for the plan, as run_pi runs it (``batch``: every
     opening ready in the same round in one message, the critical path; else one operation at a
-    time), then one opening of the output, and what they cost on ``network``; ``local_s``: one party's local
+    time), then one opening of the output (``output_bytes``: CrypTen's count for the client, who receives every
+    other party's share of the first output), and what they cost on ``network``; ``local_s``: one party's local
     compute of the pass (``analysis.compute``, calibrated in ``protocols/compute.json``); ``wall_model_s`` =
     ``local_s`` x ``sharing`` (``cpu_sharing``: the parties computing on one core) + ``network_s`` (on
     ``network``; 0 on loopback): the wall time from the cost model alone."""
@@ -133,12 +134,13 @@ def predictions(plan, parties: int, truncation: str, fuse: bool = True, network:
            "rounds_critical_path": c.rounds, "rounds_sequential": c.rounds_sequential,
            "bytes": c.bytes, "weights_bytes": c.weights_bytes,
            "expected_truncation_failures": c.expected_truncation_failures,
-           "fused_products": c.fused_products, "fused_pairs": c.fused_pairs}
+           "fused_products": c.fused_products, "fused_pairs": c.fused_pairs,
+           "output_bytes": (parties - 1) * plan.program[plan.program.outputs[0]].numel * 8}
     local = plan_local_seconds(plan, load_compute(), fuse, batch, truncation == "exact", parties)
     out["local_s"], out["local_uncalibrated"], out["cpu_sharing"] = local["local_s"], local["uncalibrated"], sharing
     out["wall_model_s"] = out["local_s"] * sharing
     if network is not None:
-        out["network_s"] = network_seconds(network, out["rounds"] + 1, c.bytes)
+        out["network_s"] = network_seconds(network, out["rounds"] + 1, c.bytes + out["output_bytes"])
         out["wall_model_s"] += out["network_s"]
     return out
 
