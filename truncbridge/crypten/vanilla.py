@@ -15,7 +15,8 @@ Known deviations from the float model (all CrypTen's, kept on purpose except whe
 - Additive -inf attention masks: CrypTen's exp is garbage below about -256, so entries <=
   ``MASK_VALUE`` of a public tensor added to secret data are replaced by the finite ``MASK_FILL``
   (the usual user workaround; see its comment).
-- GELU: CrypTen has none; we use x * sigmoid(1.702 x) (the sigmoid approximation of GELU).
+- GELU: CrypTen has none; its tanh form (GPT-2's) is written out on CrypTen's tanh, as Hugging Face writes
+  it; the erf form is x * sigmoid(1.702 x) (the sigmoid approximation of GELU).
 - ``pow`` with odd exponents >= 5 is wrong in CrypTen (it returns x^(3(p-1)/2)): we use
   square-and-multiply with CrypTen's products instead. CrypTen's ``erf`` suffers from the same bug
   and is used as is.
@@ -29,6 +30,7 @@ Call inside an initialised CrypTen process (``truncbridge.crypten.import_crypten
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,9 +84,15 @@ def _rules(rsqrt) -> dict:
             aten.reciprocal.default: lambda x: x.reciprocal(), aten.exp.default: lambda x: x.exp(),
             aten.sigmoid.default: lambda x: x.sigmoid(), aten.silu.default: lambda x: x * x.sigmoid(),
             aten.tanh.default: lambda x: x.tanh(), aten.erf.default: lambda x: x.erf(), aten.relu.default: lambda x: x.relu(),
-            aten.gelu.default: lambda x, **_: x * (x * 1.702).sigmoid(),  # CrypTen has no GELU
+            aten.gelu.default: _gelu,
         }.items()},
     }
+
+
+def _gelu(x, approximate: str = "none"):  # the tanh form as Hugging Face writes it out (GPT-2's gelu_new)
+    if approximate == "tanh":
+        return x * 0.5 + x * 0.5 * ((x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)).tanh()
+    return x * (x * 1.702).sigmoid()
 
 
 def check_supported(captured: Captured) -> None:
@@ -109,10 +117,8 @@ class VanillaRunner(GraphWalk):
         self.MPC, self.client = MPCTensor, client
         self.secret_types = (MPCTensor,)
         self.rank = self.crypten.communicator.get().get_rank()
-        if self.rank == OWNER:
-            self.weights = captured.weights
-        else:  # other ranks do not hold the weights: zeros of the right shape make that explicit
-            self.weights = {k: torch.zeros_like(v) for k, v in captured.weights.items()}
+        # other ranks do not hold the weights: zeros of the right shape make that explicit
+        self.weights = captured.weights if self.rank == OWNER else {k: torch.zeros_like(v) for k, v in captured.weights.items()}
         self.rsqrt_scale = rsqrt_scale
         self.rules = _rules(self.rsqrt)
 

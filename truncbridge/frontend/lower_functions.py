@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from . import recipes, recipes_compressed, recipes_wide
+from . import recipes, recipes_compressed, recipes_even, recipes_wide
 from .calibrate import SCORE_RANGE_MARGIN, positive_range, widened
 from .lower_comparisons import COMPARISON_RULES
 from .lower_rules import Secret, on_add, on_mul
@@ -140,7 +140,8 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     """The automatic recipe: an elementwise op of one secret tensor (and public scalars) as a
     Chebyshev fit of the op itself, evaluated with torch over the calibrated, widened range; the
     tanh family (tanh, sigmoid, SiLU, GELU, erf) by ``recipes_wide.saturating``, which holds on
-    any finite range. Its tolerance shrinks by the public factor its output is scaled by next
+    any finite range, or SiLU and GELU by a series in x^2 (``recipes_even``), whichever has the
+    fewest products. Its tolerance shrinks by the public factor its output is scaled by next
     (soft-capping's cap * tanh(x / cap)), so the error the model sees stays within tol."""
     name = aten_name(node.target).split(".")[-2]
     lo, hi = widened(lw.range_of(node.args[0]))
@@ -149,14 +150,14 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
     family = recipes_wide.family_name(name, kw) if not rest else None
     try:
         fn = torch_function(node.target, rest, kw)
-        wide_erf = family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_compressed.ERF_PLAIN_REACH
-        if family is not None and not wide_erf:
-            try:
-                if recipes_wide.products(family, lo, hi, tol) < _plain_products(fn, lo, hi, tol, name):
-                    return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
-            except UserError:
-                wide_erf = family in ("erf", "gelu")
-        if wide_erf:  # erf's own argument outgrows the doublings: compress it through tanh
+        fits = _family_fits(family, fn, lo, hi, tol, name)
+        best = min(fits, key=fits.get, default=None)
+        if best is not None and fits[best] < _plain_products(fn, lo, hi, tol, name):
+            if best == "even":
+                c = recipes_wide.odd_slope(family)
+                return Secret(recipes_even.even_linear(lw.b, x_id, fn, c, lo, hi, tol, name, gain))
+            return Secret(recipes_wide.saturating(lw.b, x_id, family, lo, hi, tol, gain))
+        if family in ("erf", "gelu") and not fits:  # erf's own argument outgrows the doublings: compress it through tanh
             return Secret(recipes_compressed.erf_family(lw.b, x_id, family, lo, hi, tol))
         try:
             return Secret(recipes.chebyshev(lw.b, x_id, fn, lo, hi, tol, name, gain))
@@ -166,6 +167,26 @@ def on_pointwise(lw, node, x, *rest, **kw) -> Secret:
             return Secret(recipes_compressed.auto_compressed(lw.b, x_id, fn, lo, hi, tol, name))
     except UserError as e:
         raise UserError(f"{e} (node {node.name})") from None
+
+
+def _family_fits(family: str | None, fn, lo: float, hi: float, tol: float, name: str) -> dict[str, int]:
+    """The tanh family's candidates that fit, with their secret products: the tanh doublings
+    ("saturating"; not for erf's forms past ERF_PLAIN_REACH, whose argument outgrows them) and, for
+    a member whose odd part is linear (SiLU, GELU), the series in x^2 ("even", ``recipes_even``)."""
+    fits: dict[str, int] = {}
+    if family is None:
+        return fits
+    candidates, c = {}, recipes_wide.odd_slope(family)
+    if c is not None:
+        candidates["even"] = lambda: recipes_even.products(fn, c, lo, hi, tol, name)
+    if not (family in ("erf", "gelu") and max(abs(lo), abs(hi)) > recipes_compressed.ERF_PLAIN_REACH):
+        candidates["saturating"] = lambda: recipes_wide.products(family, lo, hi, tol)
+    for kind, count in candidates.items():
+        try:
+            fits[kind] = count()
+        except UserError:
+            pass
+    return fits
 
 
 def _plain_products(fn, lo: float, hi: float, tol: float, name: str) -> float:

@@ -71,6 +71,12 @@ def family_name(name: str, kwargs: dict) -> str | None:
     return name if name in FAMILY else None
 
 
+def odd_slope(name: str) -> float | None:
+    """c where ``name`` is c x + an even function (a member multiplied by x, H odd), else None."""
+    _, times_x, (_, c) = FAMILY[name]
+    return c if times_x else None
+
+
 def _reciprocal_iterations(tol: float) -> int:
     e, n = 1.0 / 3.0, 0
     while e > tol / 64:

@@ -94,6 +94,30 @@ def opaque_modules(model: torch.nn.Module):
             del module.forward  # the class's own forward again
 
 
+# Hugging Face's spellings of GELU's tanh form: the same function as aten.gelu(approximate="tanh"),
+# written out in ops that capture would decompose (x^3, tanh, ...); captured as the one op instead, its
+# recipe sees the whole function (``recipes_even``: a series in x^2, less than half the products)
+TANH_GELU_CLASSES = {"NewGELUActivation", "FastGELUActivation", "GELUTanh", "PytorchGELUTanh"}
+
+
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+@contextmanager
+def whole_activations(model: torch.nn.Module):
+    """While capturing: Hugging Face's tanh-GELU modules call aten.gelu(approximate="tanh")."""
+    patched = [m for m in model.modules()
+               if type(m).__name__ in TANH_GELU_CLASSES and type(m).__module__.startswith("transformers.")]
+    for module in patched:
+        module.forward = _tanh_gelu
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def decompositions() -> dict:
     """Core-ATen decompositions, except the ops captured whole."""
     table = torch.export.default_decompositions()
