@@ -14,7 +14,7 @@ from test_wide_recipes import TOL, TORCH, _run
 
 from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
-from truncbridge.frontend import lower_functions, recipes_even, recipes_wide
+from truncbridge.frontend import lower_functions, recipes_even, recipes_wide, registry
 
 CASES = [("gelu_tanh", -5.66, 5.66), ("gelu_tanh", -11.3, 4.0), ("gelu", -4.0, 4.0), ("silu", -8.0, 8.0),
          ("silu", 1.0, 6.0), ("gelu", -3.0, -0.5)]
@@ -77,3 +77,13 @@ def test_gpt2s_written_out_gelu_is_captured_whole():
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
     written = 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     assert torch.allclose(written, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12)  # one function
+
+
+@pytest.mark.slow  # converts a tiny model (capture, calibration): ~5 CPU-s
+def test_a_registered_gelu_class_keeps_the_users_recipe(monkeypatch):
+    """register_recipe(NewGELUActivation) wins over capturing it as aten.gelu: its opaque op, the automatic fit."""
+    monkeypatch.setitem(registry.MODULE_CLASSES, hf_activations.NewGELUActivation, None)
+    converted = _convert(hf_activations.NewGELUActivation())
+    assert not _fit_nodes(converted.program, "gelu")
+    assert [n.facts.recipe_params["method"] for n in converted.program.nodes
+            if (n.recipe or "").startswith("newgeluactivation") and n.facts.recipe_params] == ["chebyshev"]

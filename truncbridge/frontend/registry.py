@@ -106,9 +106,10 @@ def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def whole_activations(model: torch.nn.Module):
-    """While capturing: Hugging Face's tanh-GELU modules call aten.gelu(approximate="tanh")."""
-    patched = [m for m in model.modules()
-               if type(m).__name__ in TANH_GELU_CLASSES and type(m).__module__.startswith("transformers.")]
+    """While capturing: Hugging Face's tanh-GELU modules call aten.gelu(approximate="tanh"), unless the
+    user registered their class (``register_recipe``: the user's recipe wins)."""
+    patched = [m for m in model.modules() if type(m).__name__ in TANH_GELU_CLASSES and type(m) not in MODULE_CLASSES
+               and type(m).__module__.startswith("transformers.")]
     for module in patched:
         module.forward = _tanh_gelu
     try:
