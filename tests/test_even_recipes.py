@@ -12,9 +12,13 @@ import transformers.activations as hf_activations
 from test_auto_recipes import _convert, _fit_nodes
 from test_wide_recipes import TOL, TORCH, _run
 
+from truncbridge.analysis import place, static_bounds
+from truncbridge.analysis.cost import plan_costs
 from truncbridge.core.errors import UserError
 from truncbridge.core.ir import Builder
-from truncbridge.frontend import lower_functions, recipes_even, recipes_wide, registry
+from truncbridge.core.protocols import load_network, load_protocol
+from truncbridge.core.types import PlanConfig
+from truncbridge.frontend import lower_functions, recipes_compressed, recipes_even, recipes_wide, registry
 
 CASES = [("gelu_tanh", -5.66, 5.66), ("gelu_tanh", -11.3, 4.0), ("gelu", -4.0, 4.0), ("silu", -8.0, 8.0),
          ("silu", 1.0, 6.0), ("gelu", -3.0, -0.5)]
@@ -58,6 +62,31 @@ def test_a_range_too_wide_for_the_series_is_left_to_the_doublings():
     fits = lower_functions._family_fits("silu", fn, -40.0, 40.0, TOL, "silu")
     assert set(fits) == {"saturating"}
     assert set(lower_functions._family_fits("silu", fn, -8.0, 8.0, TOL, "silu")) == {"even", "saturating"}
+
+
+def _seconds_on_mid(build, elements: int = 128 * 3072) -> float:
+    """A recipe alone on GPT-2-small's MLP width at seq 128, placed lazily: its rounds and bytes on `mid` under
+    the default protocol, in seconds."""
+    b = Builder()
+    b.output(build(b, b.input("x", (elements,))))
+    plan = place(b.program, static_bounds(b.program), PlanConfig(64, 16, "lazy"))
+    return plan_costs(plan, load_protocol("crypten-exact-2pc"), load_network("mid")).latency_s
+
+
+def test_the_series_wins_in_a_plan_where_the_lowering_takes_it():
+    """Products are the lowering's proxy; a plan's rounds and bytes are the truth. GPT-2's GELU range: the
+    series beats the doublings on `mid` (30 % fewer bytes, one more round). A wide erf-GELU range (all-MiniLM-
+    L6-v2's last layer, +-9.5), where the compression through tanh was the only recipe: the series has fewer
+    products and costs less than half its time on `mid`, and the lowering takes it."""
+    fn, c = _even("gelu_tanh")
+    even = _seconds_on_mid(lambda b, x: recipes_even.even_linear(b, x, fn, c, -4.75, 4.75, TOL, "gelu_tanh"))
+    doubled = _seconds_on_mid(lambda b, x: recipes_wide.saturating(b, x, "gelu_tanh", -4.75, 4.75, TOL))
+    assert even < 0.8 * doubled, (even, doubled)
+    fn, c = _even("gelu")
+    even = _seconds_on_mid(lambda b, x: recipes_even.even_linear(b, x, fn, c, -9.5, 9.5, TOL, "gelu"))
+    compressed = _seconds_on_mid(lambda b, x: recipes_compressed.erf_family(b, x, "gelu", -9.5, 9.5, TOL))
+    assert even < 0.5 * compressed, (even, compressed)
+    assert set(lower_functions._family_fits("gelu", fn, -9.5, 9.5, TOL, "gelu")) == {"even"}  # not the compression
 
 
 def test_a_function_whose_odd_part_is_not_linear_is_refused():
