@@ -17,7 +17,7 @@ import torch
 from torch.export.graph_signature import InputKind
 
 from ..core.errors import UserError, first_line
-from .registry import decompositions, opaque_modules, whole_activations
+from .registry import captured_forwards, decompositions
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with opaque_modules(model), whole_activations(model):
+            with captured_forwards(model):
                 exported = torch.export.export(module, args, kwargs=kwargs)
             return exported.run_decompositions(decompositions())
         except UserError:

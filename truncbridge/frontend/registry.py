@@ -76,24 +76,6 @@ def _opaque_op(instance: torch.nn.Module):
     return overload
 
 
-@contextmanager
-def opaque_modules(model: torch.nn.Module):
-    """While capturing: instances of registered module classes call their opaque op."""
-    patched = []
-    for module in model.modules():
-        if type(module) in MODULE_CLASSES:
-            if any(True for _ in module.parameters()):
-                raise UserError(f"{type(module).__name__}: a registered module must have no parameters")
-            op = _opaque_op(module)
-            patched.append(module)
-            module.forward = op
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward  # the class's own forward again
-
-
 # Hugging Face's spellings of GELU's tanh form: the same function as aten.gelu(approximate="tanh"),
 # written out in ops that capture would decompose (x^3, tanh, ...); captured as the one op instead, its
 # recipe sees the whole function (``recipes_even``: a series in x^2, less than half the products)
@@ -104,19 +86,33 @@ def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x, approximate="tanh")
 
 
+def _forward_while_captured(module: torch.nn.Module):
+    """What ``module`` computes while captured, or None for its own forward: a registered class its
+    opaque op (a user's registration wins), a Hugging Face tanh-GELU aten.gelu(approximate="tanh")."""
+    cls = type(module)
+    if cls in MODULE_CLASSES:
+        if any(True for _ in module.parameters()):
+            raise UserError(f"{cls.__name__}: a registered module must have no parameters")
+        return _opaque_op(module)
+    if cls.__name__ in TANH_GELU_CLASSES and cls.__module__.startswith("transformers."):
+        return _tanh_gelu
+    return None
+
+
 @contextmanager
-def whole_activations(model: torch.nn.Module):
-    """While capturing: Hugging Face's tanh-GELU modules call aten.gelu(approximate="tanh"), unless the
-    user registered their class (``register_recipe``: the user's recipe wins)."""
-    patched = [m for m in model.modules() if type(m).__name__ in TANH_GELU_CLASSES and type(m) not in MODULE_CLASSES
-               and type(m).__module__.startswith("transformers.")]
-    for module in patched:
-        module.forward = _tanh_gelu
+def captured_forwards(model: torch.nn.Module):
+    """While capturing: the modules ``_forward_while_captured`` names compute what it says."""
+    patched = []
+    for module in model.modules():
+        forward = _forward_while_captured(module)
+        if forward is not None:
+            patched.append(module)
+            module.forward = forward
     try:
         yield
     finally:
         for module in patched:
-            del module.forward
+            del module.forward  # the class's own forward again
 
 
 def decompositions() -> dict:
